@@ -1,0 +1,880 @@
+"""Tests of CancellationToken, one group per contract line of API.md (Tokens, Precise points)."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import math
+import sys
+import tracemalloc
+import weakref
+
+import pytest
+import trio
+import trio.testing
+
+import trio_cancel as tc
+
+# ---------------------------------------------------------------- cancel / state
+
+
+def test_cancel_sets_state_and_reason() -> None:
+    token = tc.CancellationToken()
+    assert not token.is_cancelled()
+    assert token.reason is None
+    assert token.cause is None
+    token.cancel("shutdown")
+    assert token.is_cancelled()
+    assert token.reason == "shutdown"
+
+
+def test_cancel_is_idempotent_first_reason_wins() -> None:
+    token = tc.CancellationToken()
+    token.cancel("first", cause=KeyError("k"))
+    token.cancel("second", cause="other")
+    assert token.reason == "first"
+    assert isinstance(token.cause, KeyError)
+
+
+def test_cancel_without_reason_reason_stays_none() -> None:
+    token = tc.CancellationToken()
+    token.cancel()
+    assert token.is_cancelled()
+    assert token.reason is None
+
+
+def test_cancel_cause_only_gives_str_reason() -> None:
+    cause = TimeoutError("peer silent for 30 s")
+    token = tc.CancellationToken()
+    child = token.child_token()
+    token.cancel(cause=cause)
+    assert token.reason == "peer silent for 30 s"
+    assert child.cause is cause
+    assert child.reason == "peer silent for 30 s"
+
+
+def test_cancel_rejects_non_str_reason() -> None:
+    token = tc.CancellationToken()
+    with pytest.raises(TypeError, match="reason must be a str"):
+        token.cancel(42)  # type: ignore[arg-type]
+    assert not token.is_cancelled()
+
+
+def test_cancel_outside_trio_run_then_bind_inside() -> None:
+    token = tc.CancellationToken()
+    token.cancel("before run")
+
+    async def main() -> bool:
+        with token.cancel_scope() as cs:
+            await trio.sleep_forever()
+        return cs.cancelled_caught
+
+    assert trio.run(main) is True
+
+
+def test_repr_shows_state() -> None:
+    token = tc.CancellationToken()
+    kids = [token.child_token() for _ in range(3)]
+    assert repr(token) == "<CancellationToken live, 3 children>"
+    token.cancel("shutdown")
+    assert repr(token) == "<CancellationToken cancelled 'shutdown'>"
+    assert all(k.is_cancelled() for k in kids)
+
+
+# ---------------------------------------------------------------- children
+
+
+def test_child_token_cancelled_with_parent() -> None:
+    root = tc.CancellationToken()
+    child = root.child_token()
+    grandchild = child.child_token()
+    root.cancel("root went")
+    assert child.is_cancelled()
+    assert grandchild.is_cancelled()
+    assert grandchild.reason == "root went"
+
+
+def test_child_token_cancel_leaves_parent_and_siblings() -> None:
+    root = tc.CancellationToken()
+    a, b = root.child_token(), root.child_token()
+    a_kid = a.child_token()
+    a.cancel("only a")
+    assert a_kid.is_cancelled()
+    assert not root.is_cancelled()
+    assert not b.is_cancelled()
+    root.cancel("later")
+    assert a.reason == "only a"
+    assert b.reason == "later"
+
+
+def test_child_token_of_cancelled_born_cancelled() -> None:
+    root = tc.CancellationToken()
+    root.cancel("gone", cause=ValueError("x"))
+    child = root.child_token()
+    assert child.is_cancelled()
+    assert child.reason == "gone"
+    assert isinstance(child.cause, ValueError)
+
+
+def test_cancel_deep_chain_has_no_recursion() -> None:
+    root = tc.CancellationToken()
+    node = root
+    chain = []
+    for _ in range(100_000):
+        node = node.child_token()
+        chain.append(node)
+    assert sys.getrecursionlimit() < 100_000
+    root.cancel("deep")
+    assert chain[-1].reason == "deep"
+    assert all(n.is_cancelled() for n in chain[::997])
+
+
+def test_cancel_deep_chain_with_callback_at_bottom() -> None:
+    root = tc.CancellationToken()
+    node = root
+    for _ in range(100_000):
+        node = node.child_token()
+    ran: list[str | None] = []
+    bottom = weakref.ref(node)
+
+    def record() -> None:
+        tok = bottom()
+        assert tok is not None
+        ran.append(tok.reason)
+
+    node.on_cancel(record)
+    del node  # only the pin keeps the chain alive now
+    gc.collect()
+    root.cancel("deep")
+    assert ran == ["deep"]
+
+
+def test_child_token_parent_holds_children_weakly() -> None:
+    root = tc.CancellationToken()
+    child = root.child_token()
+    ref = weakref.ref(child)
+    del child
+    gc.collect()
+    assert ref() is None
+    assert repr(root) == "<CancellationToken live>"
+
+
+def test_child_token_million_short_lived_children_flat_memory() -> None:
+    root = tc.CancellationToken()
+    for _ in range(1000):  # warm up allocator pools
+        root.child_token()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        for _ in range(100_000):
+            child = root.child_token()
+            child.child_token()
+        del child
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 100,000 retained children would take well over 10 MB; a flat root retains ~nothing.
+    assert after - base < 200_000
+
+
+def test_child_with_callback_is_pinned_until_it_runs() -> None:
+    root = tc.CancellationToken()
+    ran: list[str] = []
+    root.child_token().child_token().on_cancel(lambda: ran.append("grandchild"))
+    gc.collect()
+    root.cancel()
+    assert ran == ["grandchild"]
+
+
+def test_child_with_unregistered_callback_is_released() -> None:
+    root = tc.CancellationToken()
+    child = root.child_token()
+    reg = child.on_cancel(lambda: None)
+    ref = weakref.ref(child)
+    del child
+    gc.collect()
+    assert ref() is not None  # pinned by the callback (the registration holds it too)
+    assert reg.unregister() is True
+    del reg
+    gc.collect()
+    assert ref() is None
+
+
+# ---------------------------------------------------------------- any()
+
+
+def test_any_cancelled_by_any_input_with_its_reason() -> None:
+    a, b = tc.CancellationToken(), tc.CancellationToken()
+    linked = tc.CancellationToken.any(a, b)
+    assert not linked.is_cancelled()
+    b.cancel("b fired", cause=3)
+    assert linked.reason == "b fired"
+    assert linked.cause == 3
+    assert not a.is_cancelled()
+    a.cancel("a fired")
+    assert linked.reason == "b fired"
+
+
+def test_any_with_already_cancelled_input_born_cancelled() -> None:
+    a, b = tc.CancellationToken(), tc.CancellationToken()
+    b.cancel("early")
+    linked = tc.CancellationToken.any(a, b)
+    assert linked.is_cancelled()
+    assert linked.reason == "early"
+
+
+def test_any_no_inputs_only_own_cancel() -> None:
+    linked = tc.CancellationToken.any()
+    assert not linked.is_cancelled()
+    linked.cancel("own")
+    assert linked.reason == "own"
+
+
+def test_any_cancel_linked_leaves_inputs() -> None:
+    a = tc.CancellationToken()
+    linked = tc.CancellationToken.any(a, a)
+    kid = linked.child_token()
+    linked.cancel("linked")
+    assert kid.is_cancelled()
+    assert not a.is_cancelled()
+
+
+def test_any_rejects_non_tokens() -> None:
+    with pytest.raises(TypeError, match="argument 1 is str"):
+        tc.CancellationToken.any(tc.CancellationToken(), "nope")  # type: ignore[arg-type]
+
+
+def test_any_linked_callback_unpinned_from_live_input() -> None:
+    a, b = tc.CancellationToken(), tc.CancellationToken()
+    linked = tc.CancellationToken.any(a, b)
+    ran: list[str | None] = []
+    linked.on_cancel(lambda: ran.append("x"))
+    ref = weakref.ref(linked)
+    del linked
+    gc.collect()
+    assert ref() is not None
+    a.cancel("a")
+    assert ran == ["x"]
+    gc.collect()
+    assert ref() is None  # b no longer pins it
+    b.cancel("b")
+    assert ran == ["x"]
+
+
+# ---------------------------------------------------------------- on_cancel
+
+
+def test_on_cancel_order_own_in_registration_order_then_descendants() -> None:
+    root = tc.CancellationToken()
+    child = root.child_token()
+    grandchild = child.child_token()
+    calls: list[str] = []
+    grandchild.on_cancel(lambda: calls.append("grandchild"))
+    child.on_cancel(lambda: calls.append("child-1"))
+    root.on_cancel(lambda: calls.append("root-1"))
+    child.on_cancel(lambda: calls.append("child-2"))
+    root.on_cancel(lambda: calls.append("root-2"))
+    root.cancel()
+    assert calls[:2] == ["root-1", "root-2"]
+    assert calls.index("child-1") < calls.index("child-2") < calls.index("grandchild")
+
+
+async def test_on_cancel_runs_after_state_scopes_and_waiters() -> None:
+    root = tc.CancellationToken()
+    leaf = root.child_token().child_token()
+    seen: dict[str, bool] = {}
+    with leaf.cancel_scope() as cs:
+
+        def callback() -> None:
+            seen["leaf cancelled"] = leaf.is_cancelled()
+            seen["scope cancelled"] = cs.cancel_called
+
+        root.on_cancel(callback)
+        root.cancel()
+        await trio.lowlevel.checkpoint()
+    assert seen == {"leaf cancelled": True, "scope cancelled": True}
+
+
+def test_on_cancel_callback_errors_grouped_nothing_skipped() -> None:
+    root = tc.CancellationToken()
+    child = root.child_token()
+    calls: list[str] = []
+
+    def boom() -> None:
+        calls.append("boom")
+        raise ValueError("callback failed")
+
+    root.on_cancel(boom)
+    root.on_cancel(lambda: calls.append("second"))
+    child.on_cancel(lambda: calls.append("child"))
+    with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="callback failed")):
+        root.cancel("x")
+    assert calls == ["boom", "second", "child"]
+    assert child.is_cancelled()
+
+
+def test_on_cancel_several_errors_all_in_group() -> None:
+    root = tc.CancellationToken()
+    root.on_cancel(lambda: 1 / 0)
+    root.child_token().on_cancel(lambda: [][1])
+    with pytest.RaisesGroup(ZeroDivisionError, IndexError):
+        root.cancel()
+
+
+def test_on_cancel_on_cancelled_token_runs_now_error_bare() -> None:
+    token = tc.CancellationToken()
+    token.cancel()
+    ran: list[int] = []
+    reg = token.on_cancel(lambda: ran.append(1))
+    assert ran == [1]
+    assert reg.unregister() is False
+    with pytest.raises(ZeroDivisionError):
+        token.on_cancel(lambda: 1 / 0)
+
+
+def test_registration_unregister_true_then_false() -> None:
+    token = tc.CancellationToken()
+    ran: list[int] = []
+    reg = token.on_cancel(lambda: ran.append(1))
+    assert reg.unregister() is True
+    assert reg.unregister() is False
+    token.cancel()
+    assert ran == []
+
+
+def test_registration_unregister_after_run_false() -> None:
+    token = tc.CancellationToken()
+    reg = token.on_cancel(lambda: None)
+    token.cancel()
+    assert reg.unregister() is False
+
+
+def test_registration_context_manager_unregisters() -> None:
+    token = tc.CancellationToken()
+    ran: list[int] = []
+    with token.on_cancel(lambda: ran.append(1)) as reg:
+        assert isinstance(reg, tc.Registration)
+    token.cancel()
+    assert ran == []
+
+
+def test_on_cancel_rejects_non_callable() -> None:
+    with pytest.raises(TypeError, match="needs a callable"):
+        tc.CancellationToken().on_cancel("no")  # type: ignore[arg-type]
+
+
+def test_on_cancel_callback_may_cancel_other_tokens() -> None:
+    a, b = tc.CancellationToken(), tc.CancellationToken()
+    a.on_cancel(lambda: b.cancel("chained"))
+    a.cancel()
+    assert b.reason == "chained"
+
+
+def test_classes_have_no_public_constructor() -> None:
+    token = tc.CancellationToken()
+    with pytest.raises(TypeError, match="no public constructor"):
+        tc.Registration(token, print)
+    with pytest.raises(TypeError, match="no public constructor"):
+        tc.DropGuard(token, None)
+
+
+# ---------------------------------------------------------------- wait_cancelled
+
+
+async def test_wait_cancelled_returns_at_once_with_checkpoint() -> None:
+    token = tc.CancellationToken()
+    token.cancel()
+    with trio.testing.assert_checkpoints():
+        await token.wait_cancelled()
+
+
+async def test_wait_cancelled_wakes_every_waiter(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    child = token.child_token()
+    woken: list[int] = []
+
+    async def waiter(i: int, tok: tc.CancellationToken) -> None:
+        await tok.wait_cancelled()
+        woken.append(i)
+
+    for i in range(5):
+        nursery.start_soon(waiter, i, child if i % 2 else token)
+    await trio.testing.wait_all_tasks_blocked()
+    assert woken == []
+    token.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(woken) == [0, 1, 2, 3, 4]
+
+
+async def test_wait_cancelled_is_cancellable_and_binds_nothing() -> None:
+    token = tc.CancellationToken()
+    with trio.move_on_after(1) as outer:
+        await token.wait_cancelled()
+    assert outer.cancelled_caught
+    assert not token.is_cancelled()
+
+
+async def test_wait_cancelled_cancelled_before_call() -> None:
+    token = tc.CancellationToken()
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await token.wait_cancelled()
+        pytest.fail("not reached")  # pragma: no cover
+    assert cs.cancelled_caught
+
+
+async def test_wait_cancelled_in_autojump_time(autojump_clock: trio.testing.MockClock) -> None:
+    token = tc.CancellationToken()
+    token.cancel_after(2.5)
+    start = trio.current_time()
+    await token.wait_cancelled()
+    assert trio.current_time() - start == 2.5
+
+
+# ---------------------------------------------------------------- cancel_scope
+
+
+async def test_cancel_scope_absorbs_token_cancellation_with_reason() -> None:
+    token = tc.CancellationToken()
+    seen: list[trio.Cancelled] = []
+    with token.cancel_scope() as cs:
+        token.cancel("stop now")
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled as exc:
+            seen.append(exc)
+            raise
+    assert cs.cancelled_caught
+    assert seen[0].reason == "stop now"
+    assert seen[0].source == "explicit"
+
+
+async def test_cancel_scope_binds_cancel_scope_object() -> None:
+    token = tc.CancellationToken()
+    with token.cancel_scope() as cs:
+        assert isinstance(cs, trio.CancelScope)
+        assert not cs.cancel_called
+    assert not cs.cancelled_caught
+
+
+async def test_cancel_scope_already_cancelled_cancels_at_first_checkpoint() -> None:
+    token = tc.CancellationToken()
+    token.cancel("early")
+    reached: list[str] = []
+    with token.cancel_scope() as cs:
+        reached.append("before checkpoint")
+        await trio.lowlevel.checkpoint()
+        reached.append("after checkpoint")  # pragma: no cover
+    assert reached == ["before checkpoint"]
+    assert cs.cancelled_caught
+
+
+async def test_cancel_scope_cancelled_from_another_task(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+
+    async def canceller() -> None:
+        await trio.sleep(1)
+        token.cancel("from elsewhere")
+
+    nursery.start_soon(canceller)
+    with token.cancel_scope() as cs:
+        await trio.sleep_forever()
+    assert cs.cancelled_caught
+
+
+async def test_cancel_scope_outside_cancellation_propagates() -> None:
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer:
+        with token.cancel_scope() as inner:
+            outer.cancel("outer")
+            await trio.sleep_forever()
+        pytest.fail("outer cancellation was absorbed")  # pragma: no cover
+    assert outer.cancelled_caught
+    assert not inner.cancelled_caught
+    assert not token.is_cancelled()
+
+
+async def test_cancel_scope_enter_exit_are_not_checkpoints() -> None:
+    token = tc.CancellationToken()
+    with trio.testing.assert_no_checkpoints(), token.cancel_scope():
+        pass
+
+
+async def test_cancel_scope_unregistered_on_exit() -> None:
+    token = tc.CancellationToken()
+    with token.cancel_scope():
+        assert "1 scope" in repr(token)
+    assert repr(token) == "<CancellationToken live>"
+    with pytest.raises(ValueError, match="in body"), token.cancel_scope():
+        raise ValueError("in body")
+    assert repr(token) == "<CancellationToken live>"
+
+
+async def test_cancel_scope_reentry_rejected() -> None:
+    bound = tc.CancellationToken().cancel_scope()
+    with bound:
+        pass
+    with pytest.raises(RuntimeError, match="already entered"), bound:
+        pass  # pragma: no cover
+
+
+async def test_cancel_scope_nested_parent_and_child() -> None:
+    parent = tc.CancellationToken()
+    child = parent.child_token()
+    with parent.cancel_scope() as outer:
+        with child.cancel_scope() as inner:
+            child.cancel("child only")
+            await trio.sleep_forever()
+        assert inner.cancelled_caught
+        assert not outer.cancel_called
+        with child.cancel_scope() as late:  # child already cancelled
+            await trio.lowlevel.checkpoint()
+        assert late.cancelled_caught
+        parent.cancel("parent")
+        await trio.sleep_forever()
+    assert outer.cancelled_caught
+
+
+async def test_cancel_scope_child_scope_cancelled_by_parent_token() -> None:
+    parent = tc.CancellationToken()
+    child = parent.child_token()
+    with parent.cancel_scope() as outer:
+        with child.cancel_scope() as inner:
+            parent.cancel("parent")
+            await trio.sleep_forever()
+        pytest.fail("outer scope also cancelled: must stop here")  # pragma: no cover
+    # Both scopes are cancelled; as in Trio, the outermost cancelled scope catches.
+    assert inner.cancel_called
+    assert not inner.cancelled_caught
+    assert outer.cancelled_caught
+
+
+async def test_cancel_scope_token_fires_during_shielded_cleanup(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    token = tc.CancellationToken()
+    cleaned: list[str] = []
+    with token.cancel_scope() as cs:
+        with trio.CancelScope(shield=True):
+            token.cancel("during cleanup")
+            await trio.sleep(1)
+            cleaned.append("cleanup finished")
+        await trio.lowlevel.checkpoint()
+        pytest.fail("not reached")  # pragma: no cover
+    assert cleaned == ["cleanup finished"]
+    assert cs.cancelled_caught
+
+
+# ---------------------------------------------------------------- fail_scope
+
+
+async def test_fail_scope_raises_operation_cancelled() -> None:
+    token = tc.CancellationToken()
+
+    async def body() -> None:
+        with token.fail_scope():
+            token.cancel("too late", cause=KeyError("job"))
+            await trio.sleep_forever()
+
+    with pytest.raises(tc.OperationCancelledError) as info:
+        await body()
+    assert info.value.reason == "too late"
+    assert isinstance(info.value.cause, KeyError)
+
+
+async def test_fail_scope_body_finishing_before_checkpoint_raises_nothing() -> None:
+    token = tc.CancellationToken()
+    with token.fail_scope() as cs:
+        token.cancel("fired")
+    assert cs.cancel_called
+    assert not cs.cancelled_caught
+
+
+async def test_fail_scope_outside_cancellation_is_not_converted() -> None:
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer, token.fail_scope():
+        outer.cancel()
+        await trio.sleep_forever()
+    assert outer.cancelled_caught
+
+
+async def test_fail_scope_already_cancelled_token() -> None:
+    token = tc.CancellationToken()
+    token.cancel("early")
+    with pytest.raises(tc.OperationCancelledError, match="early"), token.fail_scope():
+        await trio.lowlevel.checkpoint()
+
+
+# ---------------------------------------------------------------- run_until_cancelled
+
+
+async def test_run_until_cancelled_returns_value() -> None:
+    async def work(x: int, y: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return x + y
+
+    assert await tc.CancellationToken().run_until_cancelled(work, 2, 3) == 5
+
+
+async def test_run_until_cancelled_token_fires_returns_none(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    token = tc.CancellationToken()
+    token.cancel_after(1)
+    steps: list[str] = []
+
+    async def work() -> str:
+        steps.append("started")
+        await trio.sleep(10)
+        steps.append("finished")  # pragma: no cover
+        return "value"  # pragma: no cover
+
+    assert await token.run_until_cancelled(work) is None
+    assert steps == ["started"]
+    assert trio.current_time() == 1
+
+
+async def test_run_until_cancelled_already_cancelled_never_starts() -> None:
+    token = tc.CancellationToken()
+    token.cancel()
+    started: list[bool] = []
+
+    async def work() -> int:
+        started.append(True)  # pragma: no cover
+        return 1  # pragma: no cover
+
+    with trio.testing.assert_checkpoints():
+        assert await token.run_until_cancelled(work) is None
+    assert started == []
+
+
+async def test_run_until_cancelled_value_after_fire_before_checkpoint_kept() -> None:
+    token = tc.CancellationToken()
+
+    async def work() -> str:
+        token.cancel("fired while finishing")
+        return "kept"
+
+    assert await token.run_until_cancelled(work) == "kept"
+
+
+async def test_run_until_cancelled_is_a_checkpoint_without_inner_checkpoint() -> None:
+    async def quick() -> int:
+        return 7
+
+    with trio.testing.assert_checkpoints():
+        assert await tc.CancellationToken().run_until_cancelled(quick) == 7
+
+
+async def test_run_until_cancelled_outside_cancellation_propagates() -> None:
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer:
+        outer.cancel()
+        await token.run_until_cancelled(trio.sleep_forever)
+        pytest.fail("not reached")  # pragma: no cover
+    assert outer.cancelled_caught
+    with trio.move_on_after(0.01) as outer2:
+        await token.run_until_cancelled(trio.sleep_forever)
+    assert outer2.cancelled_caught
+
+
+async def test_run_until_cancelled_exception_propagates() -> None:
+    async def fails() -> None:
+        await trio.lowlevel.checkpoint()
+        raise KeyError("inner")
+
+    with pytest.raises(KeyError, match="inner"):
+        await tc.CancellationToken().run_until_cancelled(fails)
+
+
+# ---------------------------------------------------------------- drop_guard
+
+
+def test_drop_guard_cancels_on_normal_exit() -> None:
+    token = tc.CancellationToken()
+    with token.drop_guard("block done") as guard:
+        assert isinstance(guard, tc.DropGuard)
+        assert guard.token is token
+        assert not token.is_cancelled()
+    assert token.reason == "block done"
+
+
+def test_drop_guard_cancels_on_exception() -> None:
+    token = tc.CancellationToken()
+    with pytest.raises(KeyError), token.drop_guard():
+        raise KeyError("body")
+    assert token.is_cancelled()
+
+
+def test_drop_guard_disarm_returns_token_keeps_live() -> None:
+    token = tc.CancellationToken()
+    with token.drop_guard() as guard:
+        assert guard.disarm() is token
+    assert not token.is_cancelled()
+    assert "disarmed" in repr(guard)
+
+
+def test_drop_guard_rejects_bad_reason() -> None:
+    with pytest.raises(TypeError, match="reason"):
+        tc.CancellationToken().drop_guard(b"x")  # type: ignore[arg-type]
+
+
+def test_drop_guard_callback_error_and_body_error_both_propagate() -> None:
+    token = tc.CancellationToken()
+    token.on_cancel(lambda: 1 / 0)
+    with (
+        pytest.RaisesGroup(KeyError, pytest.RaisesGroup(ZeroDivisionError)),
+        token.drop_guard(),
+    ):
+        raise KeyError("body")
+
+
+def test_drop_guard_callback_error_alone_propagates_group() -> None:
+    token = tc.CancellationToken()
+    token.on_cancel(lambda: 1 / 0)
+    with pytest.RaisesGroup(ZeroDivisionError), token.drop_guard():
+        pass
+
+
+async def test_drop_guard_async_with_cancelled_from_outside() -> None:
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer:
+        async with token.drop_guard("outer cancel"):
+            outer.cancel()
+            await trio.sleep_forever()
+    assert outer.cancelled_caught
+    assert token.reason == "outer cancel"
+
+
+async def test_drop_guard_async_with_cancelled_before_entering() -> None:
+    token = tc.CancellationToken()
+    body: list[bool] = []
+    with trio.CancelScope() as outer:
+        outer.cancel()
+        async with token.drop_guard():
+            body.append(True)  # pragma: no cover
+    assert body == []
+    assert token.is_cancelled()
+
+
+async def test_drop_guard_async_with_normal_exit() -> None:
+    token = tc.CancellationToken()
+    async with token.drop_guard() as guard:
+        await trio.lowlevel.checkpoint()
+    assert guard.token.is_cancelled()
+
+
+# ---------------------------------------------------------------- cancel_after
+
+
+def test_cancel_after_outside_run_is_runtime_error() -> None:
+    with pytest.raises(RuntimeError, match=r"inside trio\.run"):
+        tc.CancellationToken().cancel_after(1)
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, math.nan])
+async def test_cancel_after_rejects_bad_delay(bad: float) -> None:
+    with pytest.raises(ValueError, match="seconds must be >= 0"):
+        tc.CancellationToken().cancel_after(bad)
+
+
+async def test_cancel_after_rejects_non_number() -> None:
+    with pytest.raises(TypeError, match="seconds must be a number"):
+        tc.CancellationToken().cancel_after("1")  # type: ignore[arg-type]
+
+
+async def test_cancel_after_fires_on_virtual_clock(autojump_clock: trio.testing.MockClock) -> None:
+    token = tc.CancellationToken()
+    child = token.child_token()
+    token.cancel_after(3, "deadline")
+    with child.cancel_scope() as cs:
+        await trio.sleep(100)
+    assert cs.cancelled_caught
+    assert trio.current_time() == 3
+    assert child.reason == "deadline"
+
+
+async def test_cancel_after_later_call_replaces(autojump_clock: trio.testing.MockClock) -> None:
+    token = tc.CancellationToken()
+    token.cancel_after(5, "first")
+    token.cancel_after(2, "second")
+    await token.wait_cancelled()
+    assert trio.current_time() == 2
+    assert token.reason == "second"
+
+    token2 = tc.CancellationToken()
+    token2.cancel_after(1, "short")
+    token2.cancel_after(7, "long")
+    await token2.wait_cancelled()
+    assert trio.current_time() == 2 + 7
+    assert token2.reason == "long"
+
+
+async def test_cancel_after_zero_cancels_promptly(autojump_clock: trio.testing.MockClock) -> None:
+    token = tc.CancellationToken()
+    token.cancel_after(0, "now")
+    assert not token.is_cancelled()  # not inside the call
+    await trio.testing.wait_all_tasks_blocked()
+    assert token.reason == "now"
+    assert trio.current_time() == 0
+
+
+async def test_cancel_after_on_cancelled_token_is_noop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    token = tc.CancellationToken()
+    token.cancel("first")
+    token.cancel_after(1, "timer")
+    await trio.sleep(2)
+    assert token.reason == "first"
+
+
+async def test_cancel_after_cancelled_early_drops_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    token = tc.CancellationToken()
+    token.cancel_after(1, "timer")
+    token.cancel("manual")
+    await trio.sleep(2)
+    assert token.reason == "manual"
+
+
+async def test_cancel_after_many_tokens_fire_in_deadline_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fired: list[tuple[int, float]] = []
+    tokens = [tc.CancellationToken() for _ in range(5)]
+    for i, tok in enumerate(tokens):
+        tok.on_cancel(functools.partial(lambda i: fired.append((i, trio.current_time())), i))
+    for i, delay in enumerate([4, 1, 3, 1, 2]):
+        tokens[i].cancel_after(delay)
+    await trio.sleep(10)
+    assert [i for i, _ in fired] == [1, 3, 4, 2, 0]
+    assert [t for _, t in fired] == [1, 1, 2, 3, 4]
+
+
+def test_cancel_after_pending_timer_does_not_keep_run_alive() -> None:
+    token = tc.CancellationToken()
+
+    async def main() -> None:
+        token.cancel_after(3600, "never")
+        await trio.lowlevel.checkpoint()
+
+    trio.run(main)  # returns at once: the timer task is a system task
+    assert not token.is_cancelled()
+
+
+async def test_cancel_after_callback_error_is_logged(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = tc.CancellationToken()
+    token.on_cancel(lambda: 1 / 0)
+    token.cancel_after(1)
+    with caplog.at_level(logging.ERROR, logger="trio_cancel"):
+        await trio.sleep(2)
+    assert token.is_cancelled()
+    assert "on_cancel callback raised" in caplog.text
+    assert "ZeroDivisionError" in caplog.text

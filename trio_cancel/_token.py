@@ -1,0 +1,677 @@
+"""Hierarchical cancellation tokens built on Trio cancel scopes.
+
+A :class:`CancellationToken` is a node in a directed acyclic graph: ``child_token()`` adds one
+edge, :meth:`CancellationToken.any` adds one edge from each input. ``cancel()`` marks the node
+and every node reachable from it.
+
+Invariants (every method keeps them; the tests check them):
+
+1. A node's parent set is fixed at creation. A node is cancelled iff ``cancel()`` was called on
+   it or on one of its ancestors; once cancelled it never changes again, and its reason and
+   cause are those of the first ``cancel()`` that reached it.
+2. A cancelled node owns nothing: no children, no scopes, no waiters, no callbacks, no timer.
+   Everything is released by the ``cancel()`` that marked it. A child created from a cancelled
+   node is born cancelled and is not linked to it.
+3. Parents hold children weakly (``_children``), except *pinned* children (``_pinned``): a
+   node is pinned in each parent while it, or a descendant of it, has a registered ``on_cancel``
+   callback. ``_pins`` counts the node's own callbacks plus its pinned children. Pinning is what
+   keeps a callback alive when nobody holds its token any more; nothing else keeps a child
+   alive, so a root that hands out and drops a million children keeps flat memory. Bound scopes
+   and waiters need no pin: the task using them holds the token.
+4. Every live (uncancelled) node has only live parents.
+5. ``cancel()`` never recurses: one iterative walk collects the newly cancelled nodes in
+   pre-order (a node before its descendants), then three flat passes act on that list: mark,
+   cancel scopes and wake waiters, run callbacks. Its cost is linear in nodes + scopes +
+   callbacks reached.
+6. Registering and unregistering a child, a scope, a waiter or a callback is O(1), except that
+   the first callback in a subtree pins the chain of uncancelled ancestors once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import weakref
+from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, final
+
+import attrs
+import trio
+
+from ._exceptions import OperationCancelledError
+from ._util import NoPublicConstructor
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+
+T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
+
+_log = logging.getLogger("trio_cancel")
+
+
+def _check_reason(reason: object, what: str = "reason") -> None:
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError(f"{what} must be a str or None, not {type(reason).__name__}")
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class CancellationToken:
+    """A cancellation signal that can be shared, nested and bound to Trio cancel scopes.
+
+    The counterpart of tokio-util's ``CancellationToken``, .NET's ``CancellationTokenSource``
+    and Go's ``context.WithCancelCause``. A token is plain data until code binds it to a
+    :class:`trio.CancelScope` (:meth:`cancel_scope`, :meth:`fail_scope`,
+    :meth:`run_until_cancelled`) or waits on it (:meth:`wait_cancelled`), so it can be created
+    and cancelled outside :func:`trio.run`.
+
+    Lifecycle: a token is *live* until the first :meth:`cancel` that reaches it (its own or an
+    ancestor's), then *cancelled* forever, with that call's reason and cause. Cancelling is
+    synchronous: when :meth:`cancel` returns, every descendant reads as cancelled, every bound
+    scope has been cancelled with the reason, every waiter has been woken and every callback has
+    run.
+
+    Python has no ``clone()``: share the same object between tasks. Use :meth:`child_token` for
+    a token that the parent cancels but that can also be cancelled alone.
+    """
+
+    _cancelled: bool = attrs.field(default=False, init=False)
+    _reason: str | None = attrs.field(default=None, init=False)
+    _cause: object | None = attrs.field(default=None, init=False)
+    _parents: tuple[CancellationToken, ...] = attrs.field(default=(), init=False)
+    _children: weakref.WeakSet[CancellationToken] | None = attrs.field(default=None, init=False)
+    _pinned: set[CancellationToken] | None = attrs.field(default=None, init=False)
+    _pins: int = attrs.field(default=0, init=False)
+    _scopes: set[trio.CancelScope] | None = attrs.field(default=None, init=False)
+    _event: trio.Event | None = attrs.field(default=None, init=False)
+    _callbacks: dict[Registration, Callable[[], object]] | None = attrs.field(
+        default=None, init=False
+    )
+    _timer: _TimerEntry | None = attrs.field(default=None, init=False)
+
+    # ------------------------------------------------------------------ queries
+
+    def is_cancelled(self) -> bool:
+        """Whether a ``cancel()`` has reached this token. Not a checkpoint; never blocks."""
+        return self._cancelled
+
+    @property
+    def reason(self) -> str | None:
+        """The reason of the ``cancel()`` that reached this token; ``None`` while live."""
+        return self._reason
+
+    @property
+    def cause(self) -> object | None:
+        """The structured cause of the ``cancel()`` that reached this token, or ``None``.
+
+        Lets code tell a timeout from a shutdown from a peer failure without parsing strings
+        (Go's ``context.Cause``).
+        """
+        return self._cause
+
+    def __repr__(self) -> str:
+        if self._cancelled:
+            return f"<CancellationToken cancelled {self._reason!r}>"
+        parts = ["live"]
+        n_children = len(self._children) if self._children is not None else 0
+        if n_children:
+            parts.append(f"{n_children} child{'ren' if n_children != 1 else ''}")
+        if self._scopes:
+            parts.append(f"{len(self._scopes)} scope{'s' if len(self._scopes) != 1 else ''}")
+        if self._callbacks:
+            n = len(self._callbacks)
+            parts.append(f"{n} callback{'s' if n != 1 else ''}")
+        return f"<CancellationToken {', '.join(parts)}>"
+
+    # ------------------------------------------------------------------ tree
+
+    def child_token(self) -> CancellationToken:
+        """A new token that is cancelled when this one is.
+
+        Cancelling the child never touches this token or its other children. A child of a
+        cancelled token is born cancelled with the same reason and cause. This token holds the
+        child only weakly: a child nobody references any more (and that has no ``on_cancel``
+        callback) is freed.
+
+        Not a checkpoint; never blocks.
+        """
+        child = CancellationToken()
+        if self._cancelled:
+            child._cancelled = True
+            child._reason = self._reason
+            child._cause = self._cause
+            return child
+        child._parents = (self,)
+        if self._children is None:
+            self._children = weakref.WeakSet()
+        self._children.add(child)
+        return child
+
+    @staticmethod
+    def any(*tokens: CancellationToken) -> CancellationToken:
+        """A linked token, cancelled as soon as any of ``tokens`` is, with that token's reason.
+
+        The counterpart of JavaScript's ``AbortSignal.any`` and .NET's
+        ``CreateLinkedTokenSource``. If an input is already cancelled, the result is born
+        cancelled with the reason of the first such input. With no inputs, only the result's
+        own :meth:`cancel` cancels it. The inputs hold the result weakly, as a child.
+
+        Not a checkpoint; never blocks.
+        """
+        for i, tok in enumerate(tokens):
+            if not isinstance(tok, CancellationToken):
+                raise TypeError(
+                    f"CancellationToken.any() takes CancellationTokens; argument {i} is "
+                    f"{type(tok).__name__}"
+                )
+        for tok in tokens:
+            if tok._cancelled:
+                return tok.child_token()
+        linked = CancellationToken()
+        unique = tuple(dict.fromkeys(tokens))
+        linked._parents = unique
+        for tok in unique:
+            if tok._children is None:
+                tok._children = weakref.WeakSet()
+            tok._children.add(linked)
+        return linked
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, reason: str | None = None, *, cause: object | None = None) -> None:
+        """Cancel this token and every descendant.
+
+        Idempotent: the first call wins and its reason and cause stay. When only ``cause`` is
+        given, the reason is ``str(cause)``. Before returning, in this order: every token of the
+        subtree reads as cancelled; every bound scope is cancelled with
+        ``CancelScope.cancel(reason=...)`` and every waiter is woken; every ``on_cancel``
+        callback has run (a token's own in registration order, a token's before its
+        descendants'). A callback that raises never stops the others: the exceptions are raised
+        afterwards, together, as one :exc:`ExceptionGroup`.
+
+        Iterative, never recursive; linear in the tokens, scopes and callbacks reached.
+
+        Not a checkpoint; never blocks. Call it from the Trio thread (or outside
+        :func:`trio.run`); from another thread use
+        ``trio.from_thread.run_sync(token.cancel, reason)``.
+
+        Args:
+            reason: A string carried by the resulting :exc:`trio.Cancelled` exceptions.
+            cause: Any object describing why (an exception, an enum member...).
+
+        Raises:
+            TypeError: ``reason`` is not a string or None.
+            ExceptionGroup: One or more ``on_cancel`` callbacks raised.
+        """
+        _check_reason(reason)
+        if self._cancelled:
+            return
+        if reason is None and cause is not None:
+            reason = str(cause)
+
+        # Pass 1: mark the subtree, in pre-order.
+        order: list[CancellationToken] = []
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            if node._cancelled:
+                continue
+            node._cancelled = True
+            node._reason = reason
+            node._cause = cause
+            order.append(node)
+            children = node._children
+            if children:
+                # reversed so that pops come out in the order the set yields them
+                stack.extend(reversed(list(children)))
+
+        # Pass 2: release ownership, cancel scopes, wake waiters.
+        for node in order:
+            if node._pins:
+                # Only a linked token (any()) can have a live parent outside the subtree.
+                for parent in node._parents:
+                    if not parent._cancelled:
+                        parent._unpin_child(node)
+                node._pins = 0
+            node._parents = ()
+            node._children = None
+            node._pinned = None
+            if node._timer is not None:
+                node._timer.token = None
+                node._timer = None
+            scopes = node._scopes
+            if scopes:
+                node._scopes = None
+                for cs in scopes:
+                    cs.cancel(reason=reason)
+            event = node._event
+            if event is not None:
+                node._event = None
+                event.set()
+
+        # Pass 3: callbacks.
+        errors: list[BaseException] = []
+        for node in order:
+            callbacks = node._callbacks
+            if not callbacks:
+                continue
+            node._callbacks = None
+            for callback in callbacks.values():
+                try:
+                    callback()
+                except BaseException as exc:  # noqa: BLE001, ASYNC103 - re-raised below in a group
+                    errors.append(exc)
+        if errors:
+            raise BaseExceptionGroup(
+                f"{len(errors)} on_cancel callback{'s' if len(errors) != 1 else ''} raised",
+                errors,
+            )
+
+    def _add_pin(self) -> None:
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            node._pins += 1
+            if node._pins == 1:
+                for parent in node._parents:
+                    if parent._pinned is None:
+                        parent._pinned = set()
+                    parent._pinned.add(node)
+                    stack.append(parent)
+
+    def _remove_pin(self) -> None:
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            if node._cancelled:
+                continue
+            node._pins -= 1
+            if node._pins == 0:
+                for parent in node._parents:
+                    if parent._pinned is not None:
+                        parent._pinned.discard(node)
+                    stack.append(parent)
+
+    def _unpin_child(self, child: CancellationToken) -> None:
+        if self._pinned is not None:
+            self._pinned.discard(child)
+        self._remove_pin()
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait_cancelled(self) -> None:
+        """Wait until this token is cancelled (tokio ``cancelled()``).
+
+        Cancellation:
+            Always a checkpoint: returns at once (after a checkpoint) if the token is already
+            cancelled. Cancelling the caller while it waits raises :exc:`trio.Cancelled` and
+            changes nothing; waiting does not bind the token to the caller's scopes.
+        """
+        if self._cancelled:
+            await trio.lowlevel.checkpoint()
+            return
+        event = self._event
+        if event is None:
+            event = self._event = trio.Event()
+        await event.wait()
+
+    def cancel_scope(self) -> _BoundScope:
+        """Bind a new :class:`trio.CancelScope` to this token: ``with token.cancel_scope() as cs:``.
+
+        The body is cancelled when the token is (at once if it already is), with the token's
+        reason on the :exc:`trio.Cancelled`. Like :func:`trio.move_on_after`, the scope absorbs
+        that cancellation: execution continues after the block and ``cs.cancelled_caught``
+        tells whether the body was cut short. The scope is unregistered from the token when the
+        block exits.
+
+        Cancellation:
+            Entering and leaving are not checkpoints. A cancellation from outside (an enclosing
+            scope, another token's scope) is not absorbed: it propagates as usual.
+        """
+        return _BoundScope._create(self, fail=False)
+
+    def fail_scope(self) -> _BoundScope:
+        """As :meth:`cancel_scope`, but fail when the token cut the body short.
+
+        If the token cancelled the body (``cs.cancelled_caught``), the exit raises
+        :exc:`OperationCancelledError` with the token's ``reason`` and ``cause``, as
+        :func:`trio.fail_after` raises :exc:`trio.TooSlowError`. A body that finishes before a
+        checkpoint delivers the cancellation raises nothing.
+
+        Cancellation:
+            Entering and leaving are not checkpoints. A cancellation from outside propagates
+            unchanged and is never turned into :exc:`OperationCancelledError`.
+        """
+        return _BoundScope._create(self, fail=True)
+
+    async def run_until_cancelled(
+        self, async_fn: Callable[[*PosArgsT], Awaitable[T]], *args: *PosArgsT
+    ) -> T | None:
+        """Run ``async_fn(*args)`` in a scope bound to this token.
+
+        Returns:
+            What ``async_fn`` returned, or ``None`` if the token cancelled it first. If the
+            token is already cancelled, ``async_fn`` is never started. A value returned after
+            the token fired but before a checkpoint delivered the cancellation is kept.
+
+        Cancellation:
+            Always a checkpoint. A cancellation from outside propagates as
+            :exc:`trio.Cancelled` as usual; exceptions of ``async_fn`` propagate unchanged.
+        """
+        if self._cancelled:
+            await trio.lowlevel.checkpoint()
+            return None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with self.cancel_scope():
+            result = await async_fn(*args)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return result
+        # The token's cancellation was delivered (at a checkpoint) and absorbed.
+        return None
+
+    # ------------------------------------------------------------------ guards, callbacks
+
+    def drop_guard(self, reason: str | None = None) -> DropGuard:
+        """A guard that cancels this token when its block exits, by any route.
+
+        ``with token.drop_guard():`` and ``async with token.drop_guard():`` both work (tokio
+        ``drop_guard()``). Call :meth:`DropGuard.disarm` inside the block to keep the token
+        live. Not a checkpoint; never blocks.
+
+        Args:
+            reason: The reason the guard cancels with.
+        """
+        _check_reason(reason)
+        return DropGuard._create(self, reason)
+
+    def on_cancel(self, callback: Callable[[], object]) -> Registration:
+        """Run ``callback()`` synchronously inside the ``cancel()`` that reaches this token.
+
+        If the token is already cancelled, the callback runs now, inside this call, and its
+        exception (if any) propagates bare from here. Otherwise the returned
+        :class:`Registration` can :meth:`~Registration.unregister` it, or be used as a context
+        manager that unregisters on exit. A registered callback keeps its token alive (it is
+        held by the token's ancestors) until it runs or is unregistered.
+
+        Not a checkpoint; never blocks.
+        """
+        if not callable(callback):
+            raise TypeError(f"on_cancel() needs a callable, not {type(callback).__name__}")
+        registration = Registration._create(self, callback)
+        if self._cancelled:
+            registration._done = True
+            callback()
+            return registration
+        if self._callbacks is None:
+            self._callbacks = {}
+        self._callbacks[registration] = callback
+        self._add_pin()
+        return registration
+
+    def cancel_after(self, seconds: float, reason: str | None = None) -> None:
+        """Cancel this token ``seconds`` from now on Trio's clock.
+
+        Works with :class:`trio.testing.MockClock` and autojump. A later call replaces the
+        pending timer. No timer outlives :func:`trio.run` or keeps it from returning: a pending
+        timer is dropped when the run ends. ``0`` cancels promptly (within the current
+        scheduling round, not inside this call). A no-op on a cancelled token. If a callback
+        raises when the timer fires, the error is logged on the ``trio_cancel`` logger.
+
+        Not a checkpoint; never blocks.
+
+        Raises:
+            RuntimeError: Called outside :func:`trio.run`.
+            ValueError: ``seconds`` is negative or NaN.
+        """
+        if not isinstance(seconds, int | float):
+            raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
+        if math.isnan(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        _check_reason(reason)
+        try:
+            now = trio.current_time()
+        except RuntimeError:
+            raise RuntimeError("cancel_after() must be called inside trio.run") from None
+        if self._cancelled:
+            return
+        if self._timer is not None:
+            self._timer.token = None
+        self._timer = _timer_service().schedule(self, now + seconds, reason)
+
+
+@final
+class _BoundScope(metaclass=NoPublicConstructor):
+    """The context manager returned by ``cancel_scope()`` and ``fail_scope()``."""
+
+    __slots__ = ("_fail", "_scope", "_token")
+
+    def __init__(self, token: CancellationToken, *, fail: bool) -> None:
+        self._token = token
+        self._fail = fail
+        self._scope: trio.CancelScope | None = None
+
+    def __enter__(self) -> trio.CancelScope:
+        if self._scope is not None:
+            raise RuntimeError("this token scope was already entered; call cancel_scope() again")
+        token = self._token
+        cs = self._scope = trio.CancelScope()
+        if token._cancelled:
+            cs.cancel(reason=token._reason)
+        else:
+            if token._scopes is None:
+                token._scopes = set()
+            token._scopes.add(cs)
+        return cs.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        cs = self._scope
+        assert cs is not None
+        scopes = self._token._scopes
+        if scopes is not None:
+            scopes.discard(cs)
+        handled = cs.__exit__(exc_type, exc, tb)
+        if self._fail and cs.cancelled_caught and self._token._cancelled:
+            raise OperationCancelledError(self._token._reason, self._token._cause) from None
+        return handled
+
+    def __repr__(self) -> str:
+        kind = "fail_scope" if self._fail else "cancel_scope"
+        return f"<{kind} of {self._token!r}>"
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class Registration(metaclass=NoPublicConstructor):
+    """An ``on_cancel`` callback's registration, returned by :meth:`CancellationToken.on_cancel`.
+
+    States: *pending* (registered), then *done* (it ran, or was unregistered). As a context
+    manager it unregisters on exit. Not constructed by users.
+    """
+
+    _token: CancellationToken
+    _callback: Callable[[], object]
+    _done: bool = attrs.field(default=False, init=False)
+
+    def unregister(self) -> bool:
+        """Remove the callback. Not a checkpoint; never blocks.
+
+        Returns:
+            True if it was removed; False if it already ran or was already unregistered.
+        """
+        if self._done:
+            return False
+        self._done = True
+        token = self._token
+        callbacks = token._callbacks
+        if callbacks is None or callbacks.pop(self, None) is None:
+            return False  # it ran (or is running) inside cancel()
+        token._remove_pin()
+        return True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.unregister()
+
+    def __repr__(self) -> str:
+        state = "done" if self._done or self._token._cancelled else "pending"
+        return f"<Registration {state} {self._callback!r}>"
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class DropGuard(metaclass=NoPublicConstructor):
+    """Cancels its token when its ``with`` / ``async with`` block exits, unless disarmed.
+
+    The counterpart of tokio-util's ``DropGuard``, made explicit because Python has no
+    ``Drop``. States: *armed*, then *disarmed* (by :meth:`disarm`) or *fired* (at exit).
+    Built by :meth:`CancellationToken.drop_guard`.
+    """
+
+    _token: CancellationToken
+    _reason: str | None
+    _armed: bool = attrs.field(default=True, init=False)
+
+    @property
+    def token(self) -> CancellationToken:
+        """The guarded token."""
+        return self._token
+
+    def disarm(self) -> CancellationToken:
+        """Keep the token live when the block exits; returns the token.
+
+        Not a checkpoint; never blocks.
+        """
+        self._armed = False
+        return self._token
+
+    def _fire(self, exc: BaseException | None) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        try:
+            self._token.cancel(self._reason)
+        except BaseException as cb_error:
+            if exc is None:
+                raise
+            # Both travel on; a trio.Cancelled inside the group is still handled by its scope.
+            raise BaseExceptionGroup(  # noqa: ASYNC104
+                "drop guard block and on_cancel callbacks raised", [exc, cb_error]
+            ) from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._fire(exc)
+
+    async def __aenter__(self) -> Self:
+        """Cancellation: a checkpoint; if it raises, the block never ran and the token is
+        cancelled, as for any other exit."""
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException as exc:
+            self._fire(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Cancellation: cancels the token, then a schedule point that never raises, so it
+        cannot replace the block's own exception."""
+        self._fire(exc)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<DropGuard {'armed' if self._armed else 'disarmed'} {self._token!r}>"
+
+
+# ---------------------------------------------------------------------- timers
+
+
+@attrs.define(eq=False, repr=False)
+class _TimerEntry:
+    deadline: float
+    seq: int
+    token: CancellationToken | None
+    reason: str | None
+
+    def __lt__(self, other: _TimerEntry) -> bool:
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+
+class _TimerService:
+    """One system task per run sleeps until the earliest pending ``cancel_after`` deadline."""
+
+    def __init__(self) -> None:
+        self._heap: list[_TimerEntry] = []
+        self._seq = itertools.count()
+        self._sleep: trio.CancelScope | None = None
+
+    def schedule(
+        self, token: CancellationToken, deadline: float, reason: str | None
+    ) -> _TimerEntry:
+        entry = _TimerEntry(deadline, next(self._seq), token, reason)
+        heapq.heappush(self._heap, entry)
+        if self._sleep is not None and deadline < self._sleep.deadline:
+            self._sleep.deadline = deadline
+        return entry
+
+    async def run(self) -> None:
+        heap = self._heap
+        while True:
+            while heap and heap[0].token is None:
+                heapq.heappop(heap)
+            deadline = heap[0].deadline if heap else math.inf
+            with trio.CancelScope(deadline=deadline) as self._sleep:
+                await trio.sleep_forever()
+            self._sleep = None
+            now = trio.current_time()
+            while heap and heap[0].deadline <= now:
+                entry = heapq.heappop(heap)
+                token = entry.token
+                if token is None:
+                    continue
+                entry.token = None
+                token._timer = None
+                try:
+                    token.cancel(entry.reason)
+                except ExceptionGroup:
+                    _log.exception("on_cancel callback raised in %r fired by cancel_after", token)
+
+
+_TIMERS: trio.lowlevel.RunVar[_TimerService] = trio.lowlevel.RunVar("trio_cancel.timers")
+
+
+def _timer_service() -> _TimerService:
+    try:
+        return _TIMERS.get()
+    except LookupError:
+        service = _TimerService()
+        _TIMERS.set(service)
+        trio.lowlevel.spawn_system_task(service.run, name="trio_cancel.cancel_after timers")
+        return service
