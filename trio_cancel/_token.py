@@ -156,8 +156,9 @@ class CancellationToken:
         """A linked token, cancelled as soon as any of ``tokens`` is, with that token's reason.
 
         The counterpart of JavaScript's ``AbortSignal.any`` and .NET's
-        ``CreateLinkedTokenSource``. If an input is already cancelled, the result is born
-        cancelled with the reason of the first such input. With no inputs, only the result's
+        ``CreateLinkedTokenSource``. If inputs are already cancelled, the result is born
+        cancelled with the reason of the first cancelled input in argument order (as
+        ``AbortSignal.any`` does). With no inputs, only the result's
         own :meth:`cancel` cancels it. The inputs hold the result weakly, as a child.
 
         Not a checkpoint; never blocks.
