@@ -601,6 +601,26 @@ async def test_fail_scope_outside_cancellation_is_not_converted() -> None:
     assert outer.cancelled_caught
 
 
+async def test_fail_scope_scope_cancelled_by_hand_still_fails() -> None:
+    token = tc.CancellationToken()
+
+    async def body() -> None:
+        with token.fail_scope() as cs:
+            cs.cancel()
+            await trio.lowlevel.checkpoint()
+
+    with pytest.raises(tc.OperationCancelledError) as info:
+        await body()
+    assert info.value.reason is None
+    assert not token.is_cancelled()
+
+
+async def test_fail_scope_body_exception_propagates_unchanged() -> None:
+    token = tc.CancellationToken()
+    with pytest.raises(KeyError), token.fail_scope():
+        raise KeyError("body")
+
+
 async def test_fail_scope_already_cancelled_token() -> None:
     token = tc.CancellationToken()
     token.cancel("early")

@@ -44,6 +44,7 @@ from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from contextlib import AbstractContextManager
     from types import TracebackType
 
 
@@ -320,7 +321,7 @@ class CancellationToken:
             event = self._event = trio.Event()
         await event.wait()
 
-    def cancel_scope(self) -> _BoundScope:
+    def cancel_scope(self) -> AbstractContextManager[trio.CancelScope, bool]:
         """Bind a new :class:`trio.CancelScope` to this token: ``with token.cancel_scope() as cs:``.
 
         The body is cancelled when the token is (at once if it already is), with the token's
@@ -333,21 +334,23 @@ class CancellationToken:
             Entering and leaving are not checkpoints. A cancellation from outside (an enclosing
             scope, another token's scope) is not absorbed: it propagates as usual.
         """
-        return _BoundScope._create(self, fail=False)
+        return _BoundScope._create(self)
 
-    def fail_scope(self) -> _BoundScope:
+    def fail_scope(self) -> AbstractContextManager[trio.CancelScope, None]:
         """As :meth:`cancel_scope`, but fail when the token cut the body short.
 
-        If the token cancelled the body (``cs.cancelled_caught``), the exit raises
-        :exc:`OperationCancelledError` with the token's ``reason`` and ``cause``, as
-        :func:`trio.fail_after` raises :exc:`trio.TooSlowError`. A body that finishes before a
-        checkpoint delivers the cancellation raises nothing.
+        If the body was cut short by this scope (``cs.cancelled_caught``: the token cancelled
+        it, or you cancelled ``cs`` yourself), the exit raises :exc:`OperationCancelledError`
+        with the token's ``reason`` and ``cause``, as :func:`trio.fail_after` raises
+        :exc:`trio.TooSlowError`; so the block never ends quietly half-done, and
+        ``return await ...`` inside it type-checks. A body that finishes before a checkpoint
+        delivers the cancellation raises nothing.
 
         Cancellation:
             Entering and leaving are not checkpoints. A cancellation from outside propagates
             unchanged and is never turned into :exc:`OperationCancelledError`.
         """
-        return _BoundScope._create(self, fail=True)
+        return _BoundFailScope._create(self)
 
     async def run_until_cancelled(
         self, async_fn: Callable[[*PosArgsT], Awaitable[T]], *args: *PosArgsT
@@ -444,20 +447,18 @@ class CancellationToken:
         self._timer = _timer_service().schedule(self, now + seconds, reason)
 
 
-@final
 class _BoundScope(metaclass=NoPublicConstructor):
-    """The context manager returned by ``cancel_scope()`` and ``fail_scope()``."""
+    """The context manager returned by ``cancel_scope()``: absorbs the token's cancellation."""
 
-    __slots__ = ("_fail", "_scope", "_token")
+    __slots__ = ("_scope", "_token")
 
-    def __init__(self, token: CancellationToken, *, fail: bool) -> None:
+    def __init__(self, token: CancellationToken) -> None:
         self._token = token
-        self._fail = fail
         self._scope: trio.CancelScope | None = None
 
     def __enter__(self) -> trio.CancelScope:
         if self._scope is not None:
-            raise RuntimeError("this token scope was already entered; call cancel_scope() again")
+            raise RuntimeError("this token scope was already entered; make a new one")
         token = self._token
         cs = self._scope = trio.CancelScope()
         if token._cancelled:
@@ -468,25 +469,47 @@ class _BoundScope(metaclass=NoPublicConstructor):
             token._scopes.add(cs)
         return cs.__enter__()
 
+    def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> tuple[trio.CancelScope, bool]:
+        cs = self._scope
+        assert cs is not None
+        scopes = self._token._scopes
+        if scopes is not None:
+            scopes.discard(cs)
+        return cs, cs.__exit__(exc_type, exc, tb)
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        cs = self._scope
-        assert cs is not None
-        scopes = self._token._scopes
-        if scopes is not None:
-            scopes.discard(cs)
-        handled = cs.__exit__(exc_type, exc, tb)
-        if self._fail and cs.cancelled_caught and self._token._cancelled:
-            raise OperationCancelledError(self._token._reason, self._token._cause) from None
-        return handled
+        return self._exit(exc_type, exc, tb)[1]
 
     def __repr__(self) -> str:
-        kind = "fail_scope" if self._fail else "cancel_scope"
-        return f"<{kind} of {self._token!r}>"
+        return f"<{type(self).__name__} of {self._token!r}>"
+
+
+@final
+class _BoundFailScope(_BoundScope):
+    """The context manager returned by ``fail_scope()``: never swallows an exception."""
+
+    __slots__ = ()
+
+    def __exit__(  # type: ignore[override]
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        cs, _ = self._exit(exc_type, exc, tb)
+        if cs.cancelled_caught:
+            token = self._token
+            raise OperationCancelledError(token._reason, token._cause) from None
 
 
 @final

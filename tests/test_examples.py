@@ -1,0 +1,128 @@
+"""Runs every script in examples/ as a user would, and checks the lines each must print.
+
+Each entry maps a script to the regular expressions its output must match, in order, and those
+it must never match. A script added to examples/ without an entry here fails
+``test_every_example_is_checked``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@attrs.frozen
+class Expect:
+    lines: tuple[str, ...]  # regexes that must match, in this order
+    never: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    timeout: float = 60
+
+
+CHECKS: dict[str, Expect] = {
+    "token_tree.py": Expect(
+        lines=(
+            r"^1000 leaf workers running under 1111 tokens$",
+            r"^\d+ ticks in 2\.0 s$",
+            r"^root\.cancel\(\): 1000 of 1000 leaves cancelled$",
+            r"^the whole tree was joined [\d.]+ ms after cancel\(\)$",
+        ),
+    ),
+    "token_cancel.py": Expect(
+        lines=(
+            r"^Task [12] is cancelling\.\.\.$",
+            r"^Task [12] is cleaning up$",
+            r"^Task [12] is cancelling\.\.\.$",
+            r"^Task [12] is cleaning up$",
+            r"^Task 3 is cancelling\.\.\.$",
+            r"^child cancelled: True; parent cancelled: False$",
+            r"^Task 4 still running under the parent token$",
+            r"^Task 4 is cancelling\.\.\.$",
+        ),
+        never=(r"completed normally",),
+    ),
+    "cancel_me.py": Expect(
+        lines=(
+            r"^--- cancelled while pending at the await$",
+            r"^1$",
+            r"^cancelled at the await: True",
+            r"^run_until_cancelled returned None; cancel_me never started$",
+            r"^1$",
+            r"^cancelled at its first checkpoint: True$",
+        ),
+        never=(r"^2$",),
+    ),
+    "query_timeout.py": Expect(
+        lines=(
+            r"^slow query stopped after 0\.1\d s \(not left running\)$",
+            r"^Query timed out$",
+            r"^Error: Query timeout \(after 0\.1\d s\)$",
+            r"^slow query stopped after 0\.1\d s",
+            r"^Error: Query timeout$",
+        ),
+        never=(r"rows:",),
+    ),
+    "state_machine.py": Expect(
+        lines=(
+            r"^\s+\[m1\] reached C$",
+            r"^\s+\[m1\] finished without being cancelled$",
+            r"^\s+\[m2\] cancel requested in state A: accepted$",
+            r"^\s+\[m2\] cancelled \(state A\)$",
+            r"^\s+\[m3\] cancel requested in state B: refused here$",
+            r"^\s+\[m3\] -> C$",
+            r"^\s+\[m3\] reached C$",
+            r"^\s+\[m3\] cancelled \(state C\)$",
+        ),
+        never=(r"\[m2\] -> B", r"\[m3\] finished without being cancelled"),
+    ),
+    "runtime_view.py": Expect(
+        lines=(
+            r"^runner: step worker-\d: poll$",
+            r"^main: cancelling worker-2's token$",
+            r"^runner: step worker-2: woken to receive Cancelled\(reason='worker 2 not needed', "
+            r"source='explicit'\) instead of a poll$",
+            r"^worker-2: unwinding \(finally\)$",
+            r"^runner: worker-2 exited after \d+ steps$",
+            r"^worker-1: finished its three ticks$",
+        ),
+        never=(r"worker-2: finished",),
+    ),
+}
+
+
+def test_every_example_is_checked() -> None:
+    scripts = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
+    assert scripts == set(CHECKS)
+
+
+@pytest.mark.parametrize("script", sorted(CHECKS))
+def test_example_prints_expected_lines(script: str) -> None:
+    expect = CHECKS[script]
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *expect.args],
+        capture_output=True,
+        text=True,
+        timeout=expect.timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    pos = 0
+    for pattern in expect.lines:
+        regex = re.compile(pattern)
+        for i in range(pos, len(out)):
+            if regex.search(out[i]):
+                pos = i + 1
+                break
+        else:
+            pytest.fail(f"{script}: no line matching {pattern!r} after line {pos}:\n{proc.stdout}")
+    for pattern in expect.never:
+        bad = [line for line in out if re.search(pattern, line)]
+        assert not bad, f"{script} printed {bad}"
