@@ -1,0 +1,44 @@
+# Two entry points for users: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ASYNC_RULES := ASYNC102,ASYNC103,ASYNC104,ASYNC120,ASYNC910,ASYNC911
+
+# The examples `make demo` shows, in order (every script is also run by tests/test_examples.py).
+DEMOS := token_cancel cancel_me query_timeout token_tree state_machine runtime_view
+
+.PHONY: venv demo test lint typecheck docs pytest clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	@for d in $(DEMOS); do \
+	  echo; echo "===== examples/$$d.py"; \
+	  $(BIN)/python examples/$$d.py || exit 1; \
+	done
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/flake8-async --enable $(ASYNC_RULES) $$(find trio_cancel tests examples -name '*.py')
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -n -q -b html docs docs/_build/html
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck docs pytest
+
+clean:
+	rm -rf $(VENV) docs/_build .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,28 @@
+"""Sphinx configuration for trio_cancel's documentation."""
+
+from __future__ import annotations
+
+project = "trio_cancel"
+copyright = "2026, the trio_cancel developers"
+author = "the trio_cancel developers"
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinxcontrib_trio",
+]
+
+html_theme = "furo"
+html_static_path = ["_static"]
+exclude_patterns = ["_build"]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+napoleon_google_docstring = True
+napoleon_custom_sections = [("Cancellation", "notes_style")]
+
+# Every cross-reference into trio_cancel must resolve (nitpicky, and -W makes a miss an error).
+# Intersphinx would need the network, which the build machines do not have, so references to
+# Python's and Trio's own objects stay plain text instead of links.
+nitpicky = True
+nitpick_ignore_regex = [(r"py:.*", r"^(?!trio_cancel\b).*")]
