@@ -27,6 +27,15 @@ class Expect:
 
 
 CHECKS: dict[str, Expect] = {
+    "bench_token_scopes.py": Expect(
+        lines=(
+            r"^2000 tasks, median of 1 runs, each in a fresh process$",
+            r"^variant\s+cancel\+join\s+in cancel\(\)\s+bytes/task\s+ratio$",
+            r"^nursery\s+[\d.]+s\s+[\d.]+s\s+\d+\s+1\.00$",
+            r"^token\s+[\d.]+s\s+[\d.]+s\s+\d+\s+[\d.]+$",
+        ),
+        args=("--tasks", "2000", "--repeat", "1"),
+    ),
     "token_tree.py": Expect(
         lines=(
             r"^1000 leaf workers running under 1111 tokens$",

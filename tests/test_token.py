@@ -898,3 +898,49 @@ async def test_cancel_after_callback_error_is_logged(
     assert token.is_cancelled()
     assert "on_cancel callback raised" in caplog.text
     assert "ZeroDivisionError" in caplog.text
+
+
+# ---------------------------------------------------------------- threads, run boundaries
+
+
+async def test_cancel_from_worker_thread_via_from_thread() -> None:
+    token = tc.CancellationToken()
+
+    def in_thread() -> None:
+        trio.from_thread.run_sync(token.cancel, "from a thread")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, in_thread)
+        with token.cancel_scope() as cs:
+            await trio.sleep_forever()
+    assert cs.cancelled_caught
+    assert token.reason == "from a thread"
+
+
+def test_cancel_after_trio_run_ended() -> None:
+    token = tc.CancellationToken()
+    child = token.child_token()
+
+    async def main() -> None:
+        child.cancel_after(10)
+        with child.cancel_scope():
+            await trio.lowlevel.checkpoint()
+        await token.run_until_cancelled(trio.lowlevel.checkpoint)
+
+    trio.run(main)
+    token.cancel("after the run")  # plain data again: no scope, no timer, no error
+    assert child.reason == "after the run"
+
+
+def test_token_reusable_across_runs() -> None:
+    token = tc.CancellationToken()
+
+    async def main() -> bool:
+        with token.cancel_scope() as cs:
+            token.cancel_after(1, "second run timer")
+            await trio.sleep_forever()
+        return cs.cancelled_caught
+
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    assert trio.run(main, clock=clock) is True
+    assert token.reason == "second run timer"
