@@ -303,6 +303,19 @@ class CancellationToken:
             self._pinned.discard(child)
         self._remove_pin()
 
+    def _add_scope(self, cs: trio.CancelScope) -> None:
+        """Bind an existing (possibly not yet entered) scope: O(1)."""
+        if self._cancelled:
+            cs.cancel(reason=self._reason)
+            return
+        if self._scopes is None:
+            self._scopes = set()
+        self._scopes.add(cs)
+
+    def _discard_scope(self, cs: trio.CancelScope) -> None:
+        if self._scopes is not None:
+            self._scopes.discard(cs)
+
     # ------------------------------------------------------------------ waiting
 
     async def wait_cancelled(self) -> None:
@@ -459,14 +472,8 @@ class _BoundScope(metaclass=NoPublicConstructor):
     def __enter__(self) -> trio.CancelScope:
         if self._scope is not None:
             raise RuntimeError("this token scope was already entered; make a new one")
-        token = self._token
         cs = self._scope = trio.CancelScope()
-        if token._cancelled:
-            cs.cancel(reason=token._reason)
-        else:
-            if token._scopes is None:
-                token._scopes = set()
-            token._scopes.add(cs)
+        self._token._add_scope(cs)
         return cs.__enter__()
 
     def _exit(
@@ -477,9 +484,7 @@ class _BoundScope(metaclass=NoPublicConstructor):
     ) -> tuple[trio.CancelScope, bool]:
         cs = self._scope
         assert cs is not None
-        scopes = self._token._scopes
-        if scopes is not None:
-            scopes.discard(cs)
+        self._token._discard_scope(cs)
         return cs, cs.__exit__(exc_type, exc, tb)
 
     def __exit__(

@@ -1,0 +1,445 @@
+"""Tests of spawn, TaskHandle, AbortHandle and outcomes (API.md: Tasks, Precise points)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import trio_cancel as tc
+
+
+async def _returns(value: int, delay: float = 0) -> int:
+    await trio.sleep(delay)
+    return value
+
+
+async def _fails(delay: float = 0) -> None:
+    await trio.sleep(delay)
+    raise ValueError("task failed")
+
+
+# ---------------------------------------------------------------- completed / failed
+
+
+async def test_spawn_completed_value(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, _returns, 7)
+    assert not handle.is_finished()
+    assert handle.outcome is None
+    assert await handle.join() == tc.Completed(7)
+    assert handle.is_finished()
+    assert handle.outcome == tc.Completed(7)
+
+
+async def test_spawn_name_default_and_given(nursery: trio.Nursery) -> None:
+    seen: list[str] = []
+
+    async def record() -> None:
+        seen.append(trio.lowlevel.current_task().name)
+        await trio.lowlevel.checkpoint()
+
+    assert tc.spawn(nursery, _returns, 1).name == "_returns"
+    handle = tc.spawn(nursery, record, name="worker-7")
+    assert handle.name == "worker-7"
+    await handle.join()
+    assert seen == ["worker-7"]
+
+
+async def test_spawn_failed_does_not_cancel_nursery(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        sibling = tc.spawn(nursery, _returns, 1, 5)
+        failing = tc.spawn(nursery, _fails, 1)
+        outcome = await failing.join()
+        assert isinstance(outcome, tc.Failed)
+        assert isinstance(outcome.error, ValueError)
+        assert str(outcome.error) == "task failed"
+    assert sibling.outcome == tc.Completed(1)
+    assert not nursery.cancel_scope.cancel_called
+
+
+async def test_spawn_exception_group_is_failed(nursery: trio.Nursery) -> None:
+    async def raise_at_once() -> None:  # noqa: ASYNC910 - no checkpoint on purpose
+        raise ValueError("task failed")
+
+    async def inner_group() -> None:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(raise_at_once)
+            inner.start_soon(raise_at_once)
+
+    outcome = await tc.spawn(nursery, inner_group).join()
+    assert isinstance(outcome, tc.Failed)
+    assert isinstance(outcome.error, ExceptionGroup)
+    assert len(outcome.error.exceptions) == 2
+
+
+async def test_spawn_keyboard_interrupt_recorded_and_propagates() -> None:
+    handles: list[tc.TaskHandle[None]] = []
+
+    async def interrupt() -> None:
+        await trio.lowlevel.checkpoint()
+        raise KeyboardInterrupt
+
+    with pytest.RaisesGroup(KeyboardInterrupt):
+        async with trio.open_nursery() as nursery:
+            handles.append(tc.spawn(nursery, interrupt))
+    outcome = handles[0].outcome
+    assert isinstance(outcome, tc.Failed)
+    assert isinstance(outcome.error, KeyboardInterrupt)
+
+
+# ---------------------------------------------------------------- abort
+
+
+async def test_abort_before_first_run_never_runs(nursery: trio.Nursery) -> None:
+    ran: list[bool] = []
+
+    async def body() -> None:
+        ran.append(True)  # pragma: no cover
+        await trio.lowlevel.checkpoint()  # pragma: no cover
+
+    handle = tc.spawn(nursery, body)
+    handle.abort("changed my mind")
+    assert await handle.join() == tc.Aborted("changed my mind")
+    assert ran == []
+
+
+async def test_abort_while_running_unwinds_finally(autojump_clock: trio.testing.MockClock) -> None:
+    steps: list[str] = []
+
+    async def body() -> int:
+        try:
+            await trio.sleep(10)
+            return 1  # pragma: no cover
+        finally:
+            steps.append("finally")
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, body)
+        await trio.sleep(1)
+        handle.abort("stop")
+        assert await handle.join() == tc.Aborted("stop")
+    assert steps == ["finally"]
+    assert trio.current_time() == 1
+
+
+async def test_abort_without_reason_is_aborted_none(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, trio.sleep_forever)
+    await trio.testing.wait_all_tasks_blocked()
+    handle.abort()
+    assert await handle.join() == tc.Aborted(None)
+
+
+async def test_abort_is_idempotent_first_reason_stays(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, trio.sleep_forever)
+    handle.abort("first")
+    handle.abort("second")
+    assert await handle.join() == tc.Aborted("first")
+
+
+async def test_abort_after_finish_has_no_effect(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, _returns, 3)
+    await handle.join()
+    handle.abort("too late")
+    assert handle.outcome == tc.Completed(3)
+
+
+async def test_abort_rejects_non_str_reason(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, _returns, 3)
+    with pytest.raises(TypeError, match="reason"):
+        handle.abort(3)  # type: ignore[arg-type]
+    assert await handle.join() == tc.Completed(3)
+
+
+async def test_abort_during_shielded_cleanup_cleanup_finishes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    steps: list[str] = []
+    in_cleanup = trio.Event()
+
+    async def body() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.move_on_after(5, shield=True):
+                in_cleanup.set()
+                await trio.sleep(2)
+                steps.append("cleanup done")
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, body)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel("outer")  # gets the task into its cleanup
+        await in_cleanup.wait()
+        handle.abort("during cleanup")
+    assert steps == ["cleanup done"]
+    assert handle.outcome == tc.Aborted("outer")
+
+
+async def test_abort_while_in_shielded_section_outcome_aborted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    steps: list[str] = []
+
+    async def body() -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(2)
+            steps.append("shielded part done")
+        await trio.sleep(10)
+        steps.append("not reached")  # pragma: no cover
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, body)
+        await trio.sleep(1)
+        handle.abort("mid-shield")
+        assert await handle.join() == tc.Aborted("mid-shield")
+    assert steps == ["shielded part done"]
+    assert trio.current_time() == 2
+
+
+async def test_task_catching_its_cancellation_and_returning_is_completed(
+    nursery: trio.Nursery,
+) -> None:
+    async def stubborn() -> str:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            return "returned anyway"  # noqa: ASYNC104 - the behaviour under test
+
+    handle = tc.spawn(nursery, stubborn)
+    await trio.testing.wait_all_tasks_blocked()
+    handle.abort("stop")
+    assert await handle.join() == tc.Completed("returned anyway")
+
+
+async def test_task_failing_while_aborted_is_failed_error_kept(nursery: trio.Nursery) -> None:
+    async def fails_in_cleanup() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise RuntimeError("cleanup broke")
+
+    handle = tc.spawn(nursery, fails_in_cleanup)
+    await trio.testing.wait_all_tasks_blocked()
+    handle.abort("stop")
+    outcome = await handle.join()
+    assert isinstance(outcome, tc.Failed)
+    assert isinstance(outcome.error, RuntimeError)
+    assert isinstance(outcome.error.__context__, trio.Cancelled)
+    assert not nursery.cancel_scope.cancel_called
+
+
+async def test_outside_cancellation_recorded_and_propagates() -> None:
+    handles: list[tc.TaskHandle[None]] = []
+    async with trio.open_nursery() as nursery:
+        handles.append(tc.spawn(nursery, trio.sleep_forever))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel("from outside")
+    assert nursery.cancel_scope.cancelled_caught  # the Cancelled reached the nursery's scope
+    assert handles[0].outcome == tc.Aborted("from outside")
+
+
+async def test_outside_cancellation_before_first_run() -> None:
+    handles: list[tc.TaskHandle[int]] = []
+    with trio.CancelScope() as outer:
+        async with trio.open_nursery() as nursery:
+            outer.cancel("early outside")
+            handles.append(tc.spawn(nursery, _returns, 1, 1))
+    assert outer.cancelled_caught
+    assert handles[0].outcome == tc.Aborted("early outside")
+
+
+# ---------------------------------------------------------------- join
+
+
+async def test_join_cancelled_task_keeps_running(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, _returns, 5, 3)
+        with trio.move_on_after(1) as waited:
+            await handle.join()
+        assert waited.cancelled_caught
+        assert not handle.is_finished()
+        assert await handle.join() == tc.Completed(5)
+    assert trio.current_time() == 3
+
+
+async def test_join_is_checkpoint_when_finished(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, _returns, 1)
+    await handle.join()
+    with trio.testing.assert_checkpoints():
+        await handle.join()
+
+
+async def test_join_cancelled_before_call_consumes_nothing(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, _returns, 2)
+    await handle.join()
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await handle.join()
+    assert cs.cancelled_caught
+    assert await handle.join() == tc.Completed(2)
+
+
+async def test_join_many_waiters(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, _returns, 9, 1)
+    got: list[tc.Outcome[int]] = []
+
+    async def waiter() -> None:
+        got.append(await handle.join())
+
+    async with trio.open_nursery() as waiters:
+        for _ in range(3):
+            waiters.start_soon(waiter)
+    assert got == [tc.Completed(9)] * 3
+
+
+# ---------------------------------------------------------------- tokens
+
+
+async def test_spawn_with_token_aborts_with_token_reason(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    handle = tc.spawn(nursery, trio.sleep_forever, token=token)
+    await trio.testing.wait_all_tasks_blocked()
+    token.cancel("token fired")
+    assert await handle.join() == tc.Aborted("token fired")
+    assert handle.token is token
+    assert repr(token) == "<CancellationToken cancelled 'token fired'>"
+
+
+async def test_spawn_with_cancelled_token_never_runs(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    token.cancel("already")
+    ran: list[bool] = []
+
+    async def body() -> None:
+        ran.append(True)  # pragma: no cover
+        await trio.lowlevel.checkpoint()  # pragma: no cover
+
+    assert await tc.spawn(nursery, body, token=token).join() == tc.Aborted("already")
+    assert ran == []
+
+
+async def test_abort_then_token_first_reason_wins(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    a = tc.spawn(nursery, trio.sleep_forever, token=token.child_token())
+    b = tc.spawn(nursery, trio.sleep_forever, token=token)
+    await trio.testing.wait_all_tasks_blocked()
+    a.abort("abort first")
+    token.cancel("token second")
+    b.abort("abort second")
+    assert await a.join() == tc.Aborted("abort first")
+    assert await b.join() == tc.Aborted("token second")
+
+
+async def test_finished_task_unregisters_from_token(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    await tc.spawn(nursery, _returns, 1, token=token).join()
+    assert repr(token) == "<CancellationToken live>"
+
+
+# ---------------------------------------------------------------- handles, gc, reporting
+
+
+async def test_abort_handle(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, trio.sleep_forever)
+    ah = handle.abort_handle()
+    assert not ah.is_finished()
+    ah.abort("via abort handle")
+    assert await handle.join() == tc.Aborted("via abort handle")
+    assert ah.is_finished()
+    assert "finished" in repr(ah)
+
+
+async def test_dropped_handle_never_cancels_task(autojump_clock: trio.testing.MockClock) -> None:
+    done: list[str] = []
+
+    async def body() -> None:
+        await trio.sleep(1)
+        done.append("Task completed")
+
+    async with trio.open_nursery() as nursery:
+        tc.spawn(nursery, body)  # handle dropped at once
+        gc.collect()
+    assert done == ["Task completed"]
+
+
+async def test_unretrieved_failure_logged_when_handle_discarded(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle = tc.spawn(nursery, _fails, name="lost-failure")
+    await trio.testing.wait_all_tasks_blocked()
+    assert handle.is_finished()
+    with caplog.at_level(logging.ERROR, logger="trio_cancel"):
+        del handle
+        gc.collect()
+    assert "'lost-failure' failed and its outcome was never retrieved" in caplog.text
+    assert "ValueError: task failed" in caplog.text
+
+
+async def test_retrieved_failure_not_logged(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle = tc.spawn(nursery, _fails)
+    await handle.join()
+    with caplog.at_level(logging.ERROR, logger="trio_cancel"):
+        del handle
+        gc.collect()
+    assert caplog.text == ""
+
+
+async def test_spawn_rejects_bad_arguments(nursery: trio.Nursery) -> None:
+    with pytest.raises(TypeError, match=r"trio\.Nursery"):
+        tc.spawn("nursery", _returns, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async function"):
+        tc.spawn(nursery, 3, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="CancellationToken"):
+        tc.spawn(nursery, _returns, 1, token="t")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name"):
+        tc.spawn(nursery, _returns, 1, name=5)  # type: ignore[arg-type]
+
+
+async def test_handles_not_constructible() -> None:
+    with pytest.raises(TypeError, match="no public constructor"):
+        tc.TaskHandle(_returns, (), "x", None)
+    with pytest.raises(TypeError, match="no public constructor"):
+        tc.AbortHandle(None)  # type: ignore[arg-type]
+
+
+async def test_handle_repr_states(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, trio.sleep_forever, name="w")
+    assert repr(handle) == "<TaskHandle 'w' pending>"
+    await trio.testing.wait_all_tasks_blocked()
+    assert repr(handle) == "<TaskHandle 'w' running>"
+    handle.abort("x")
+    assert repr(handle) == "<TaskHandle 'w' aborting>"
+    await handle.join()
+    assert repr(handle) == "<TaskHandle 'w' finished Aborted(reason='x')>"
+
+
+# ---------------------------------------------------------------- outcome values
+
+
+def test_outcomes_are_frozen_values_usable_in_match() -> None:
+    err = ValueError("e")
+    assert tc.Completed(1) == tc.Completed(1)
+    assert tc.Failed(err) == tc.Failed(err)
+    assert tc.Aborted("r") == tc.Aborted("r")
+    assert tc.Aborted("r") != tc.Aborted(None)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        tc.Completed(1).value = 2  # type: ignore[misc]
+
+    def describe(outcome: tc.Outcome[int]) -> str:
+        match outcome:
+            case tc.Completed(value):
+                return f"value {value}"
+            case tc.Failed(error):
+                return f"error {error}"
+            case tc.Aborted(reason):
+                return f"aborted {reason}"
+
+    assert describe(tc.Completed(3)) == "value 3"
+    assert describe(tc.Failed(err)) == "error e"
+    assert describe(tc.Aborted("why")) == "aborted why"
