@@ -206,7 +206,7 @@ async def test_task_catching_its_cancellation_and_returning_is_completed(
     async def stubborn() -> str:
         try:
             await trio.sleep_forever()
-        except trio.Cancelled:
+        except trio.Cancelled:  # noqa: ASYNC103 - the behaviour under test
             return "returned anyway"  # noqa: ASYNC104 - the behaviour under test
 
     handle = tc.spawn(nursery, stubborn)
