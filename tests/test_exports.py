@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import typing
 
 import pytest
 
 import trio_cancel as tc
 
-PUBLIC = sorted(tc.__all__)
+TYPE_ALIASES = {"Outcome"}
+PUBLIC = sorted(set(tc.__all__) - TYPE_ALIASES)
 
 
 def test_all_names_exist_and_live_in_trio_cancel() -> None:
@@ -17,10 +19,15 @@ def test_all_names_exist_and_live_in_trio_cancel() -> None:
         assert obj.__module__ == "trio_cancel", name
 
 
+def test_outcome_alias_is_the_union_of_the_three_outcomes() -> None:
+    parts = typing.get_args(tc.Outcome[int])  # type: ignore[misc]
+    assert parts == (tc.Completed[int], tc.Failed, tc.Aborted)
+
+
 def test_no_private_module_leaks_a_public_name() -> None:
     exported = {name for name in dir(tc) if not name.startswith("_")}
     exported -= {"testing", "annotations"}
-    assert exported == set(PUBLIC)
+    assert exported == set(PUBLIC) | TYPE_ALIASES
 
 
 @pytest.mark.parametrize("name", PUBLIC)

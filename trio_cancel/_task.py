@@ -495,7 +495,7 @@ class JoinSet:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> Literal[False]:
+    ) -> bool:
         """Cancellation: aborts the running tasks and waits for them (a checkpoint).
 
         The body's exception propagates as itself; a non-cancellation ``BaseException`` from a
@@ -506,16 +506,22 @@ class JoinSet:
         assert self._nursery_cm is not None
         try:
             # Joining the aborted tasks is the point of this exit, as for a nursery's own.
-            await self._nursery_cm.__aexit__(None, None, None)  # noqa: ASYNC102
+            return await self._nursery_cm.__aexit__(exc_type, exc, tb)  # type: ignore[return-value]  # noqa: ASYNC102
         except BaseExceptionGroup as group:
             if exc is None:
                 raise
-            _, rest = group.split(trio.Cancelled)
-            if rest is not None:
-                raise BaseExceptionGroup(
-                    "JoinSet body and tasks raised", [exc, *rest.exceptions]
-                ) from None
+            cancelled, rest = group.split(trio.Cancelled)
+            only_body = group.exceptions == (exc,)
+            only_cancels = rest is None and isinstance(exc, trio.Cancelled)
+            if not (only_body or only_cancels):
+                raise
+            # Unwrap: the body's exception propagates as itself, with its own context.
+            context = exc.__context__
+            try:
+                raise exc
+            finally:
+                exc.__context__ = context
+                del exc, group, cancelled, rest
         finally:
             for handle in self._finished:
                 handle._report_unretrieved("JoinSet closed")
-        return False  # noqa: ASYNC910 - the nursery exit above is the checkpoint

@@ -1,0 +1,323 @@
+"""Tests of JoinSet and current_task_tree."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+import trio.testing
+
+import trio_cancel as tc
+
+
+async def _after(delay: float, value: int) -> int:
+    await trio.sleep(delay)
+    return value
+
+
+async def _fail_after(delay: float) -> None:
+    await trio.sleep(delay)
+    raise ValueError(f"failed after {delay}")
+
+
+async def test_join_next_in_finishing_order(autojump_clock: trio.testing.MockClock) -> None:
+    async with tc.JoinSet() as js:
+        for delay, value in [(3, 30), (1, 10), (2, 20)]:
+            js.spawn(_after, delay, value)
+        assert len(js) == 3
+        got = [await js.join_next() for _ in range(3)]
+        assert got == [tc.Completed(10), tc.Completed(20), tc.Completed(30)]
+        assert len(js) == 0
+        assert await js.join_next() is None
+
+
+async def test_join_next_on_empty_set_is_none_and_checkpoint() -> None:
+    async with tc.JoinSet() as js:
+        with trio.testing.assert_checkpoints():
+            assert await js.join_next() is None
+
+
+async def test_join_next_ready_outcome_is_checkpoint(nursery: trio.Nursery) -> None:
+    async with tc.JoinSet() as js:
+        js.spawn(_after, 0, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.testing.assert_checkpoints():
+            assert await js.join_next() == tc.Completed(1)
+
+
+async def test_async_for_yields_every_outcome(autojump_clock: trio.testing.MockClock) -> None:
+    async with tc.JoinSet() as js:
+        js.spawn(_after, 2, 2)
+        js.spawn(_fail_after, 1)
+        outcomes = [o async for o in js]
+    assert outcomes[1] == tc.Completed(2)
+    assert isinstance(outcomes[0], tc.Failed)
+    assert str(outcomes[0].error) == "failed after 1"
+
+
+async def test_join_all_finishing_order_and_empties(autojump_clock: trio.testing.MockClock) -> None:
+    async with tc.JoinSet() as js:
+        for delay in (2, 1, 3):
+            js.spawn(_after, delay, delay)
+        assert await js.join_all() == [tc.Completed(1), tc.Completed(2), tc.Completed(3)]
+        assert len(js) == 0
+        assert await js.join_all() == []
+
+
+async def test_join_next_cancelled_consumes_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    async with tc.JoinSet() as js:
+        js.spawn(_after, 5, 1)
+        with trio.move_on_after(1) as waited:
+            await js.join_next()
+        assert waited.cancelled_caught
+        assert len(js) == 1
+        await trio.sleep(10)  # the task finishes while nobody waits
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await js.join_next()  # cancelled before it could take the ready outcome
+        assert cs.cancelled_caught
+        assert len(js) == 1
+        assert await js.join_next() == tc.Completed(1)
+
+
+async def test_join_all_cancelled_consumes_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    async with tc.JoinSet() as js:
+        js.spawn(_after, 1, 1)
+        js.spawn(_after, 5, 5)
+        with trio.move_on_after(2):
+            await js.join_all()
+        assert len(js) == 2
+        assert await js.join_all() == [tc.Completed(1), tc.Completed(5)]
+
+
+async def test_concurrent_join_next_waiters(autojump_clock: trio.testing.MockClock) -> None:
+    results: list[tc.Outcome[object] | None] = []
+    async with tc.JoinSet() as js:
+        js.spawn(_after, 1, 7)
+
+        async def waiter() -> None:
+            results.append(await js.join_next())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            nursery.start_soon(waiter)
+    assert sorted(results, key=repr) == [tc.Completed(7), None]
+
+
+async def test_abort_all_and_shutdown(autojump_clock: trio.testing.MockClock) -> None:
+    async with tc.JoinSet() as js:
+        for _ in range(3):
+            js.spawn(trio.sleep_forever)
+        js.spawn(_after, 0, 1)
+        await trio.sleep(1)
+        await js.shutdown("closing")  # the returned task's outcome is already in
+        assert len(js) == 4
+        outcomes = await js.join_all()
+        assert len(js) == 0
+    assert outcomes[0] == tc.Completed(1)
+    assert outcomes[1:] == [tc.Aborted("closing")] * 3
+
+
+async def test_shutdown_cancelled_while_waiting_tasks_still_wind_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow_cleanup() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.move_on_after(10, shield=True):
+                await trio.sleep(3)
+
+    async with tc.JoinSet() as js:
+        js.spawn(slow_cleanup)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(1):
+            await js.shutdown("stop")
+        assert len(js) == 1
+        assert await js.join_next() == tc.Aborted("stop")
+    assert trio.current_time() == 3
+
+
+async def test_exit_aborts_running_tasks_and_waits(autojump_clock: trio.testing.MockClock) -> None:
+    steps: list[str] = []
+
+    async def worker() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            steps.append("worker unwound")
+
+    async with tc.JoinSet() as js:
+        handle = js.spawn(worker)
+        await trio.sleep(1)
+    assert steps == ["worker unwound"]
+    assert handle.outcome == tc.Aborted(None)
+
+
+async def test_spawn_outside_async_with_is_runtime_error() -> None:
+    js = tc.JoinSet()
+    with pytest.raises(RuntimeError, match="open set"):
+        js.spawn(_after, 0, 1)
+    async with js:
+        pass
+    with pytest.raises(RuntimeError, match="closed"):
+        js.spawn(_after, 0, 1)
+    with pytest.raises(RuntimeError, match="only once"):
+        async with js:
+            pass  # pragma: no cover
+
+
+async def test_body_exception_propagates_as_itself() -> None:
+    with pytest.raises(KeyError, match="body"):
+        async with tc.JoinSet() as js:
+            js.spawn(trio.sleep_forever)
+            await trio.testing.wait_all_tasks_blocked()
+            raise KeyError("body")
+
+
+async def test_task_exceptions_never_reach_the_nursery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.JoinSet() as js:
+        js.spawn(_fail_after, 1)
+        js.spawn(_after, 2, 2)
+        outcomes = await js.join_all()
+    assert isinstance(outcomes[0], tc.Failed)
+    assert outcomes[1] == tc.Completed(2)
+
+
+async def test_outside_cancellation_aborts_tasks_and_propagates() -> None:
+    handles: list[tc.TaskHandle[None]] = []
+    with trio.CancelScope() as outer:
+        async with tc.JoinSet() as js:
+            handles.append(js.spawn(trio.sleep_forever))
+            await trio.testing.wait_all_tasks_blocked()
+            outer.cancel("outside")
+            await trio.sleep_forever()
+    assert outer.cancelled_caught
+    assert handles[0].outcome in (tc.Aborted("outside"), tc.Aborted(None))
+
+
+async def test_task_keyboard_interrupt_propagates_from_exit() -> None:
+    async def interrupt() -> None:
+        await trio.lowlevel.checkpoint()
+        raise KeyboardInterrupt
+
+    handles: list[tc.TaskHandle[None]] = []
+    with pytest.RaisesGroup(KeyboardInterrupt):
+        async with tc.JoinSet() as js:
+            handles.append(js.spawn(interrupt))
+            await trio.sleep_forever()  # cancelled by the nursery when the task raises
+    outcome = handles[0].outcome
+    assert isinstance(outcome, tc.Failed)
+    assert isinstance(outcome.error, KeyboardInterrupt)
+
+
+async def test_task_keyboard_interrupt_with_body_error_both_propagate() -> None:
+    async def interrupt_when_aborted() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise KeyboardInterrupt
+
+    with pytest.RaisesGroup(KeyError, KeyboardInterrupt):
+        async with tc.JoinSet() as js:
+            js.spawn(interrupt_when_aborted)
+            await trio.testing.wait_all_tasks_blocked()
+            raise KeyError("body")
+
+
+async def test_body_exception_keeps_its_context() -> None:
+    with pytest.raises(KeyError) as info:
+        async with tc.JoinSet() as js:
+            js.spawn(trio.sleep_forever)
+            try:
+                raise ValueError("original")
+            except ValueError:
+                raise KeyError("body") from None
+    assert isinstance(info.value.__context__, ValueError)
+    assert info.value.__suppress_context__
+
+
+async def test_body_cancelled_from_outside_unwrapped() -> None:
+    with trio.CancelScope() as outer:
+        try:
+            async with tc.JoinSet() as js:
+                js.spawn(trio.sleep_forever)
+                await trio.testing.wait_all_tasks_blocked()
+                outer.cancel()
+                await trio.sleep_forever()
+        except trio.Cancelled:
+            raise
+        except BaseExceptionGroup:  # pragma: no cover
+            pytest.fail("a group escaped")
+    assert outer.cancelled_caught
+
+
+async def test_unretrieved_failure_logged_at_exit(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="trio_cancel"):
+        async with tc.JoinSet() as js:
+            js.spawn(_fail_after, 1, name="forgotten")
+            js.spawn(_fail_after, 1, name="collected")
+            first = await js.join_next()
+            await trio.sleep(2)
+    assert isinstance(first, tc.Failed)
+    assert caplog.text.count("never retrieved") == 1
+    assert "JoinSet closed: task" in caplog.text
+
+
+async def test_joinset_repr_and_len() -> None:
+    js = tc.JoinSet()
+    assert repr(js) == "<JoinSet new, 0 running, 0 finished and not joined>"
+    async with js:
+        js.spawn(trio.sleep_forever)
+        assert len(js) == 1
+        assert repr(js) == "<JoinSet open, 1 running, 0 finished and not joined>"
+    assert repr(js) == "<JoinSet closed, 0 running, 1 finished and not joined>"
+
+
+async def test_joinset_spawn_with_token(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    async with tc.JoinSet() as js:
+        js.spawn(trio.sleep_forever, token=token)
+        await trio.testing.wait_all_tasks_blocked()
+        token.cancel("token")
+        assert await js.join_next() == tc.Aborted("token")
+
+
+# ---------------------------------------------------------------- current_task_tree
+
+
+async def test_current_task_tree_shows_tasks_handles_tokens_and_cancel_state() -> None:
+    token = tc.CancellationToken()
+    async with trio.open_nursery() as nursery:
+        tc.spawn(nursery, trio.sleep_forever, name="bound", token=token.child_token())
+        aborted = tc.spawn(nursery, trio.sleep_forever, name="aborted")
+        nursery.start_soon(trio.sleep_forever, name="plain")
+        await trio.testing.wait_all_tasks_blocked()
+        aborted.abort("stop it")
+        tree = tc.current_task_tree(trio.lowlevel.current_task())
+        nursery.cancel_scope.cancel("done")
+        after = tc.current_task_tree(trio.lowlevel.current_task())
+    text = str(tree)
+    assert "└─ nursery [open]" in text
+    assert "task 'bound' handle: running token: <CancellationToken live, 1 scope>" in text
+    assert "task 'aborted' [cancelled] handle: aborting" in text
+    assert "task 'plain'" in text
+    names = [n.name for n in tree.tasks()]
+    assert names[1:] == ["aborted", "bound", "plain"]
+    assert "nursery [cancelled ('done')]" in str(after)
+    assert all(n.cancelled for n in after.tasks()[1:])
+
+
+async def test_current_task_tree_whole_run_contains_this_task() -> None:
+    me = trio.lowlevel.current_task().name
+    assert me in {n.name for n in tc.current_task_tree().tasks()}
+
+
+def test_current_task_tree_outside_run() -> None:
+    with pytest.raises(RuntimeError):
+        tc.current_task_tree()
