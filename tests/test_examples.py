@@ -27,14 +27,49 @@ class Expect:
 
 
 CHECKS: dict[str, Expect] = {
-    "bench_token_scopes.py": Expect(
+    "bench_tasks.py": Expect(
         lines=(
             r"^2000 tasks, median of 1 runs, each in a fresh process$",
-            r"^variant\s+cancel\+join\s+in cancel\(\)\s+bytes/task\s+ratio$",
-            r"^nursery\s+[\d.]+s\s+[\d.]+s\s+\d+\s+1\.00$",
-            r"^token\s+[\d.]+s\s+[\d.]+s\s+\d+\s+[\d.]+$",
+            r"^variant\s+start\s+cancel\+join\s+in cancel\s+bytes/task\s+start x\s+cancel x",
+            r"^nursery\s+[\d.]+s\s+[\d.]+s\s+[\d.]+s\s+\d+\s+1\.00\s+1\.00\s+1\.00$",
+            r"^token\s+[\d.]+s\s+[\d.]+s\s+[\d.]+s\s+\d+(\s+[\d.]+){3}$",
+            r"^spawn\s+[\d.]+s\s+[\d.]+s\s+[\d.]+s\s+\d+(\s+[\d.]+){3}$",
+            r"^spawn\+token\s+[\d.]+s\s+[\d.]+s\s+[\d.]+s\s+\d+(\s+[\d.]+){3}$",
         ),
         args=("--tasks", "2000", "--repeat", "1"),
+    ),
+    "abort_cpu_task.py": Expect(
+        lines=(
+            r"^--- 1\. cooperative",
+            r"^Task was aborted$",
+            r"the loop then stopped [\d.]+ ms after abort\(\), at its next checkpoint$",
+            r"^--- 2\. no checkpoints",
+            r"^Task was aborted: True$",
+            r"^\s+worker process \d+ stopped burning CPU \d+ ms after abort\(\) \(killed\)$",
+            r"^--- 3\. a thread can only be abandoned$",
+            r"^Task was aborted: True$",
+            r"^\s+but the abandoned thread still runs 200 ms later: True$",
+        ),
+        never=(r"^Completed:",),
+    ),
+    "drop_handle.py": Expect(
+        lines=(
+            r"^both handles are gone; the tasks are still running$",
+            r"^Task completed \(handle went out of scope\)$",
+            r"^Task completed \(handle dropped with del\)$",
+            r"^nursery joined after 1\.\d s: dropping a handle cancels nothing$",
+        ),
+    ),
+    "abort.py": Expect(
+        lines=(r"^Task was cancelled$", r"^join\(\) -> Aborted\(reason='aborted by main'\)$"),
+        never=(r"Task completed",),
+    ),
+    "task_outcomes.py": Expect(
+        lines=(
+            r"^compute: Completed\(42\)$",
+            r"^crash: Error\(ValueError\('disk on fire'\)\)$",
+            r"^long_job: Canceled\('user pressed stop'\)$",
+        ),
     ),
     "token_tree.py": Expect(
         lines=(

@@ -1,15 +1,20 @@
-"""Quick measurement: cancelling N tasks bound to child tokens against Trio's nursery cancel.
+"""Quick measurement: what task handles and token-bound scopes cost against plain Trio.
 
-Not a seed example: this is the foundation's sanity check before the full benchmark
+Not a seed example: a sanity check of the building blocks before the full benchmark
 (``bench_cancel.py``, which reproduces the seed's criterion table). Each variant runs in a fresh
 subprocess, so peak memory is its own:
 
-* ``nursery``: N tasks in ``trio.sleep_forever()``; ``nursery.cancel_scope.cancel()``.
+* ``nursery``: N tasks in ``trio.sleep_forever()`` started with ``nursery.start_soon``;
+  cancelled with ``nursery.cancel_scope.cancel()``.
 * ``token``: N tasks, each inside ``with root.child_token().cancel_scope():``; ``root.cancel()``.
+* ``spawn``: N tasks started with ``tc.spawn`` (a handle each); ``handle.abort()`` on every one.
+* ``spawn+token``: N tasks started with ``tc.spawn(..., token=root.child_token())``;
+  ``root.cancel()``.
 
-Reported: the time from the cancel call until the nursery has joined every task, the time spent
-inside the cancel call itself, and the peak resident memory per task above the start. Figures
-are medians over ``--repeat`` runs; ratios are against ``nursery`` in the same run.
+Reported: the time to start the N tasks, the time from the first cancel call until the nursery
+has joined every task, the time spent inside the cancel calls, and the peak resident memory per
+task above the start. Figures are medians over ``--repeat`` runs; ratios are against
+``nursery`` in the same run.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import trio.testing
 
 import trio_cancel as tc
 
-VARIANTS = ("nursery", "token")
+VARIANTS = ("nursery", "token", "spawn", "spawn+token")
 
 
 def _rss_kib() -> int:
@@ -48,22 +53,35 @@ async def _token_bound(token: tc.CancellationToken) -> None:
 async def _run_one(variant: str, n: int) -> dict[str, float]:
     base_kib = _rss_kib()
     root = tc.CancellationToken()
+    handles: list[tc.TaskHandle[None]] = []
     async with trio.open_nursery() as nursery:
-        for _ in range(n):
-            if variant == "nursery":
+        t_start = time.perf_counter()
+        if variant == "nursery":
+            for _ in range(n):
                 nursery.start_soon(_sleeper)
-            else:
+        elif variant == "token":
+            for _ in range(n):
                 nursery.start_soon(_token_bound, root.child_token())
+        elif variant == "spawn":
+            handles = [tc.spawn(nursery, _sleeper) for _ in range(n)]
+        else:
+            handles = [tc.spawn(nursery, _sleeper, token=root.child_token()) for _ in range(n)]
+        t_spawn = time.perf_counter() - t_start
         await trio.testing.wait_all_tasks_blocked()
         t0 = time.perf_counter()
         if variant == "nursery":
             nursery.cancel_scope.cancel()
+        elif variant == "spawn":
+            for handle in handles:
+                handle.abort("benchmark")
         else:
             root.cancel("benchmark")
         t_call = time.perf_counter() - t0
     t_all = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert all(h.outcome == tc.Aborted("benchmark") for h in handles)
     return {
+        "spawn_s": t_spawn,
         "cancel_s": t_all,
         "call_s": t_call,
         "bytes_per_task": (peak_kib - base_kib) * 1024 / n,
@@ -96,12 +114,17 @@ def main() -> None:
     med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in results.items()}
     base = med["nursery"]
     print(f"{args.tasks} tasks, median of {args.repeat} runs, each in a fresh process")
-    print(f"{'variant':<10}{'cancel+join':>13}{'in cancel()':>13}{'bytes/task':>12}{'ratio':>8}")
+    print(
+        f"{'variant':<13}{'start':>9}{'cancel+join':>13}{'in cancel':>11}{'bytes/task':>12}"
+        f"{'start x':>9}{'cancel x':>10}{'bytes x':>9}"
+    )
     for v in VARIANTS:
         m = med[v]
         print(
-            f"{v:<10}{m['cancel_s']:>12.3f}s{m['call_s']:>12.3f}s"
-            f"{m['bytes_per_task']:>12.0f}{m['cancel_s'] / base['cancel_s']:>8.2f}"
+            f"{v:<13}{m['spawn_s']:>8.3f}s{m['cancel_s']:>12.3f}s{m['call_s']:>10.3f}s"
+            f"{m['bytes_per_task']:>12.0f}{m['spawn_s'] / base['spawn_s']:>9.2f}"
+            f"{m['cancel_s'] / base['cancel_s']:>10.2f}"
+            f"{m['bytes_per_task'] / base['bytes_per_task']:>9.2f}"
         )
 
 
