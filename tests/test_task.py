@@ -401,6 +401,15 @@ async def test_spawn_rejects_bad_arguments(nursery: trio.Nursery) -> None:
         tc.spawn(nursery, _returns, 1, name=5)  # type: ignore[arg-type]
 
 
+async def test_spawn_into_closed_nursery_leaves_token_clean() -> None:
+    token = tc.CancellationToken()
+    async with trio.open_nursery() as nursery:
+        pass
+    with pytest.raises(RuntimeError, match="closed"):
+        tc.spawn(nursery, _returns, 1, token=token)
+    assert repr(token) == "<CancellationToken live>"
+
+
 async def test_handles_not_constructible() -> None:
     with pytest.raises(TypeError, match="no public constructor"):
         tc.TaskHandle(_returns, (), "x", None)

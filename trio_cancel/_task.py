@@ -318,9 +318,9 @@ def _make_handle(
     elif not isinstance(name, str):
         raise TypeError(f"name must be a str or None, not {type(name).__name__}")
     handle = cast("TaskHandle[T]", TaskHandle._create(async_fn, args, name, token, on_done))
+    nursery.start_soon(handle._run, name=name)  # raises if the nursery is closed
     if token is not None:
-        token._add_scope(handle._scope)
-    nursery.start_soon(handle._run, name=name)
+        token._add_scope(handle._scope)  # before the task first runs: start_soon only schedules
     return handle
 
 
