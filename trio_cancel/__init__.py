@@ -7,7 +7,22 @@ graceful shutdown, built on Trio's cancel scopes and nurseries. Import it as
 
 from __future__ import annotations
 
-from ._exceptions import OperationCancelledError as OperationCancelledError
+from ._broadcast import (
+    BroadcastReceiver as BroadcastReceiver,
+    BroadcastSender as BroadcastSender,
+    open_broadcast_channel as open_broadcast_channel,
+)
+from ._exceptions import (
+    LaggedError as LaggedError,
+    OperationCancelledError as OperationCancelledError,
+)
+from ._notify import Notify as Notify
+from ._oneshot import (
+    OneshotReceiver as OneshotReceiver,
+    OneshotSender as OneshotSender,
+    open_oneshot_channel as open_oneshot_channel,
+)
+from ._select import Merge as Merge, Selected as Selected, merge as merge, select as select
 from ._task import (
     Aborted as Aborted,
     AbortHandle as AbortHandle,
@@ -29,24 +44,44 @@ from ._token import (
     Registration as Registration,
 )
 from ._util import fixup_module_metadata as _fixup_module_metadata
+from ._watch import (
+    WatchReceiver as WatchReceiver,
+    WatchSender as WatchSender,
+    open_watch_channel as open_watch_channel,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AbortHandle",
     "Aborted",
+    "BroadcastReceiver",
+    "BroadcastSender",
     "CancellationToken",
     "Completed",
     "DropGuard",
     "Failed",
     "JoinSet",
+    "LaggedError",
+    "Merge",
+    "Notify",
+    "OneshotReceiver",
+    "OneshotSender",
     "OperationCancelledError",
     "Outcome",
     "Registration",
+    "Selected",
     "TaskHandle",
     "TaskTree",
     "TaskTreeNode",
+    "WatchReceiver",
+    "WatchSender",
     "current_task_tree",
+    "merge",
+    "open_broadcast_channel",
+    "open_oneshot_channel",
+    "open_watch_channel",
+    "select",
     "spawn",
 ]
 

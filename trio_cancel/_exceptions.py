@@ -24,3 +24,19 @@ class OperationCancelledError(Exception):
 
     def __repr__(self) -> str:
         return f"OperationCancelledError(reason={self.reason!r}, cause={self.cause!r})"
+
+
+@final
+class LaggedError(Exception):
+    """A broadcast receiver fell more than ``capacity`` values behind.
+
+    Raised once by ``receive()``; the receiver then continues from the oldest value still kept
+    (tokio ``RecvError::Lagged``).
+
+    Attributes:
+        skipped: How many values this receiver will never see.
+    """
+
+    def __init__(self, skipped: int) -> None:
+        super().__init__(f"receiver lagged behind and skipped {skipped} values")
+        self.skipped = skipped

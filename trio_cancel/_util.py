@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from abc import ABCMeta
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
 
-class NoPublicConstructor(type):
+class NoPublicConstructor(ABCMeta):
     """Metaclass for classes that only a factory of this package builds.
 
     Calling the class raises :exc:`TypeError`; the package itself uses ``cls._create(...)``.

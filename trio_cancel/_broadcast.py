@@ -1,0 +1,229 @@
+"""broadcast channels: each receiver sees every value sent after it subscribed (tokio broadcast).
+
+The shared state keeps the last ``capacity`` values in a ring, indexed by sequence number: the
+value numbered ``seq`` lives in slot ``seq % capacity`` while ``seq >= head - capacity``. Each
+receiver holds the number of the next value it will read. Sending is O(1) plus waking the
+receivers that wait, each once (one ``ParkingLot``); receiving is O(1).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar, cast, final
+
+import attrs
+import trio
+
+from ._endpoint import SyncClosable
+from ._exceptions import LaggedError
+from ._util import NoPublicConstructor
+
+T = TypeVar("T")
+
+_EMPTY = object()
+
+
+@attrs.define(eq=False, repr=False)
+class _BroadcastState(Generic[T]):
+    capacity: int
+    ring: list[T | object]
+    head: int = 0  # sequence number of the next value sent
+    senders: int = 1
+    receivers: int = 1
+    lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+
+    @property
+    def oldest(self) -> int:
+        return max(0, self.head - self.capacity)
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class BroadcastSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
+    """A sending end of :func:`open_broadcast_channel`. Not constructed by users.
+
+    The channel ends (receivers get :exc:`trio.EndOfChannel` once drained) when every sender,
+    including every :meth:`clone`, is closed.
+    """
+
+    _state: _BroadcastState[T]
+    _closed: bool = attrs.field(default=False, init=False)
+
+    @property
+    def receiver_count(self) -> int:
+        """How many receivers are open."""
+        return self._state.receivers
+
+    def is_closed(self) -> bool:
+        """Whether no receiver is left. Not a checkpoint; never blocks."""
+        return self._state.receivers == 0
+
+    def send(self, value: T) -> int:
+        """Send ``value`` to every open receiver. Not a checkpoint; never blocks.
+
+        If a receiver is ``capacity`` values behind, the oldest value it has not read is
+        overwritten and that receiver will get :exc:`LaggedError`.
+
+        Returns:
+            How many receivers will see the value.
+
+        Raises:
+            trio.BrokenResourceError: No receiver is open; nothing is stored.
+            trio.ClosedResourceError: This sender was closed.
+        """
+        self._check_open()
+        state = self._state
+        if state.receivers == 0:
+            raise trio.BrokenResourceError("no broadcast receiver is open")
+        state.ring[state.head % state.capacity] = value
+        state.head += 1
+        state.lot.unpark_all()
+        return state.receivers
+
+    def subscribe(self) -> BroadcastReceiver[T]:
+        """A new receiver that sees the values sent after this call. Never blocks.
+
+        Raises:
+            trio.ClosedResourceError: This sender was closed.
+        """
+        self._check_open()
+        return _new_receiver(self._state)
+
+    def clone(self) -> BroadcastSender[T]:
+        """Another sender on the same channel. Not a checkpoint; never blocks.
+
+        Raises:
+            trio.ClosedResourceError: This sender was closed.
+        """
+        self._check_open()
+        self._state.senders += 1
+        return BroadcastSender._create(self._state)
+
+    def _close(self) -> None:
+        state = self._state
+        state.senders -= 1
+        if state.senders == 0:
+            state.lot.unpark_all()
+
+    def __repr__(self) -> str:
+        state = self._state
+        what = "closed" if self._closed else "open"
+        return f"<BroadcastSender {what}, {state.receivers} receivers, capacity {state.capacity}>"
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class BroadcastReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
+    """A receiving end of :func:`open_broadcast_channel`. Not constructed by users.
+
+    Sees every value sent after it was created, in order. A receiver more than ``capacity``
+    values behind gets :exc:`LaggedError` once, then continues from the oldest value still
+    kept. :exc:`trio.EndOfChannel` once every sender is closed and it has read everything.
+    """
+
+    _state: _BroadcastState[T]
+    _next: int
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def receive_nowait(self) -> T:
+        """The next value, if there is one. Not a checkpoint; never blocks.
+
+        Raises:
+            LaggedError: This receiver fell behind; it now continues from the oldest kept value.
+            trio.WouldBlock: Nothing new, and a sender is still open.
+            trio.EndOfChannel: Every sender is closed and nothing new is left.
+            trio.ClosedResourceError: This receiver was closed.
+        """
+        self._check_open()
+        state = self._state
+        oldest = state.oldest
+        if self._next < oldest:
+            skipped = oldest - self._next
+            self._next = oldest
+            raise LaggedError(skipped)
+        if self._next < state.head:
+            value = state.ring[self._next % state.capacity]
+            self._next += 1
+            return value  # type: ignore[return-value]
+        if state.senders == 0:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> T:
+        """Wait for the next value.
+
+        Cancellation:
+            Always a checkpoint. If cancelled, nothing is consumed. Closing this receiver while
+            a task waits on it makes that task raise :exc:`trio.ClosedResourceError`.
+
+        Raises:
+            LaggedError: As :meth:`receive_nowait`.
+            trio.EndOfChannel: Every sender is closed and nothing new is left.
+            trio.ClosedResourceError: This receiver was closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                value = self.receive_nowait()
+            except trio.WouldBlock:
+                await self._state.lot.park()
+                continue
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return value
+
+    def resubscribe(self) -> BroadcastReceiver[T]:
+        """A new receiver that sees values sent after this call. Not a checkpoint; never blocks.
+
+        Raises:
+            trio.ClosedResourceError: This receiver was closed.
+        """
+        self._check_open()
+        return _new_receiver(self._state)
+
+    def _close(self) -> None:
+        state = self._state
+        state.receivers -= 1
+        if state.receivers == 0:
+            state.ring = [_EMPTY] * state.capacity  # nobody can read these any more
+        state.lot.unpark_all()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<BroadcastReceiver closed>"
+        behind = self._state.head - self._next
+        return f"<BroadcastReceiver {behind} unread>"
+
+
+def _new_receiver(state: _BroadcastState[T]) -> BroadcastReceiver[T]:
+    state.receivers += 1
+    return cast("BroadcastReceiver[T]", BroadcastReceiver._create(state, state.head))
+
+
+@final
+class open_broadcast_channel(tuple[BroadcastSender[T], BroadcastReceiver[T]]):
+    """Open a broadcast channel keeping the last ``capacity`` values.
+
+    ``send, recv = tc.open_broadcast_channel[str](16)``; more receivers come from
+    ``send.subscribe()`` or ``recv.resubscribe()``. The counterpart of
+    ``tokio::sync::broadcast::channel``, except that exactly ``capacity`` values are kept (no
+    rounding up). ``send`` is synchronous and never blocks; receivers are
+    :class:`trio.abc.ReceiveChannel` s.
+
+    Not a checkpoint; never blocks.
+
+    Raises:
+        TypeError: ``capacity`` is not an int.
+        ValueError: ``capacity`` is less than 1.
+    """
+
+    def __new__(cls, capacity: int) -> tuple[BroadcastSender[T], BroadcastReceiver[T]]:  # type: ignore[misc]
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        state: _BroadcastState[T] = _BroadcastState(capacity, [_EMPTY] * capacity)
+        send = cast("BroadcastSender[T]", BroadcastSender._create(state))
+        recv = cast("BroadcastReceiver[T]", BroadcastReceiver._create(state, 0))
+        return (send, recv)
+
+    def __init__(self, capacity: int) -> None:
+        """Open a broadcast channel (see the class docstring)."""

@@ -1,0 +1,67 @@
+"""Shared behaviour of the endpoints of trio_cancel's channels (not public)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Self
+
+import trio
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+
+class SyncClosable:
+    """``close()`` is the primitive; ``aclose()``, ``with`` and ``async with`` call it.
+
+    Subclasses set ``_closed`` and implement ``_close()``, which runs once.
+    """
+
+    __slots__ = ()
+    _closed: bool
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close this endpoint; idempotent. Not a checkpoint; never blocks."""
+        if not self._closed:
+            self._closed = True  # type: ignore[misc]  # the slot is declared by each subclass
+            self._close()
+
+    async def aclose(self) -> None:
+        """Close this endpoint (as :meth:`close`).
+
+        Cancellation:
+            Always a checkpoint; the endpoint is closed before it, so it is closed even if the
+            checkpoint raises :exc:`trio.Cancelled`.
+        """
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"this {type(self).__name__} was closed")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Cancellation: closes the endpoint; a schedule point that never raises."""
+        self.close()
+        await trio.lowlevel.cancel_shielded_checkpoint()

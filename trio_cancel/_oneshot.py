@@ -1,0 +1,185 @@
+"""oneshot channels: one value, once, from one sender to one receiver (tokio ``oneshot``).
+
+State machine of the shared ``_OneshotState``: *empty* -> *full* (``send``) -> *taken*
+(``receive``). Independently each side can be closed. The receiver sees: the value if full;
+``EndOfChannel`` if taken, or if the sender closed while empty; ``ClosedResourceError`` once it
+closed itself (close means gone, even with a value waiting).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar, cast, final
+
+import attrs
+import trio
+
+from ._endpoint import SyncClosable
+from ._util import NoPublicConstructor
+
+T = TypeVar("T")
+
+_EMPTY = object()
+
+
+@attrs.define(eq=False, repr=False)
+class _OneshotState(Generic[T]):
+    value: T | object = _EMPTY
+    sent: bool = False
+    taken: bool = False
+    sender_closed: bool = False
+    receiver_closed: bool = False
+    receivers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    closed_event: trio.Event | None = None
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class OneshotSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
+    """The sending half of :func:`open_oneshot_channel`. Not constructed by users.
+
+    States: *ready*, then *spent* (after :meth:`send`) or *closed* (after :meth:`close`). Closing
+    without sending ends the channel: the receiver gets :exc:`trio.EndOfChannel`.
+    """
+
+    _state: _OneshotState[T]
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def send(self, value: T) -> None:
+        """Deliver the one value. Not a checkpoint; never blocks.
+
+        Raises:
+            trio.ClosedResourceError: This sender already sent, or was closed.
+            trio.BrokenResourceError: The receiver is closed; nothing is stored.
+        """
+        state = self._state
+        if self._closed or state.sent:
+            raise trio.ClosedResourceError("a oneshot sender sends once; this one is spent")
+        if state.receiver_closed:
+            raise trio.BrokenResourceError("the oneshot receiver is closed")
+        state.value = value
+        state.sent = True
+        state.receivers.unpark_all()
+
+    def is_closed(self) -> bool:
+        """Whether the receiver is gone. Not a checkpoint; never blocks."""
+        return self._state.receiver_closed
+
+    async def wait_closed(self) -> None:
+        """Wait until the receiver is closed (tokio ``closed()``).
+
+        Cancellation:
+            Always a checkpoint. Cancelling it changes nothing.
+        """
+        state = self._state
+        if state.receiver_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        if state.closed_event is None:
+            state.closed_event = trio.Event()
+        await state.closed_event.wait()
+
+    def _close(self) -> None:
+        state = self._state
+        state.sender_closed = True
+        state.receivers.unpark_all()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "spent" if self._state.sent else "ready"
+        return f"<OneshotSender {state}>"
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class OneshotReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
+    """The receiving half of :func:`open_oneshot_channel`. Not constructed by users.
+
+    ``await receive()`` gives the value once, then raises :exc:`trio.EndOfChannel`; ``async for``
+    yields at most one value. Closing it makes the sender's ``send`` raise
+    :exc:`trio.BrokenResourceError` and wakes :meth:`OneshotSender.wait_closed`.
+    """
+
+    _state: _OneshotState[T]
+    _closed: bool = attrs.field(default=False, init=False)
+
+    def receive_nowait(self) -> T:
+        """The value if it is there. Not a checkpoint; never blocks.
+
+        Raises:
+            trio.WouldBlock: Nothing sent yet, and the sender is still open.
+            trio.EndOfChannel: The value was already taken, or the sender closed without sending.
+            trio.ClosedResourceError: This receiver was closed.
+        """
+        self._check_open()
+        state = self._state
+        if state.sent and not state.taken:
+            state.taken = True
+            value = state.value
+            state.value = _EMPTY
+            return value  # type: ignore[return-value]
+        if state.taken or state.sender_closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> T:
+        """Wait for the value.
+
+        Cancellation:
+            Always a checkpoint. If cancelled, nothing is consumed: the value stays for the next
+            call. Closing this receiver while a task waits makes that task raise
+            :exc:`trio.ClosedResourceError`.
+
+        Raises:
+            trio.EndOfChannel: The value was already taken, or the sender closed without sending.
+            trio.ClosedResourceError: This receiver was closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                value = self.receive_nowait()
+            except trio.WouldBlock:
+                await self._state.receivers.park()
+                continue
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return value
+
+    def _close(self) -> None:
+        state = self._state
+        state.receiver_closed = True
+        state.value = _EMPTY
+        state.receivers.unpark_all()
+        if state.closed_event is not None:
+            state.closed_event.set()
+
+    def __repr__(self) -> str:
+        state = self._state
+        if self._closed:
+            what = "closed"
+        elif state.sent and not state.taken:
+            what = "value waiting"
+        elif state.taken or state.sender_closed:
+            what = "ended"
+        else:
+            what = "empty"
+        return f"<OneshotReceiver {what}>"
+
+
+@final
+class open_oneshot_channel(tuple[OneshotSender[T], OneshotReceiver[T]]):
+    """Open a oneshot channel: ``send, recv = tc.open_oneshot_channel[int]()``.
+
+    The counterpart of ``tokio::sync::oneshot::channel``. The sender's ``send`` is synchronous
+    and never blocks; the receiver is a :class:`trio.abc.ReceiveChannel`. Like
+    :func:`trio.open_memory_channel`, write the value type in brackets (or annotate the
+    endpoints) so type checkers know it.
+
+    Not a checkpoint; never blocks.
+    """
+
+    def __new__(cls) -> tuple[OneshotSender[T], OneshotReceiver[T]]:  # type: ignore[misc]
+        state: _OneshotState[T] = _OneshotState()
+        send = cast("OneshotSender[T]", OneshotSender._create(state))
+        recv = cast("OneshotReceiver[T]", OneshotReceiver._create(state))
+        return (send, recv)
+
+    def __init__(self) -> None:
+        """Open a oneshot channel (see the class docstring)."""

@@ -1,0 +1,256 @@
+"""Racing (tokio ``select!``) and cancel-safe interleaving of channels (``merge``).
+
+Both are built on one idea: a branch that *completed* is never thrown away. Trio cancels a
+losing branch at its next checkpoint, but a branch can finish before that cancellation lands
+(a receive that found an item ready takes it and returns). ``select`` reports such values in
+``also_completed``; ``merge`` keeps them in a buffer for its next iteration.
+"""
+
+from __future__ import annotations
+
+import collections
+import types
+from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
+
+import attrs
+import trio
+
+from ._util import NoPublicConstructor
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
+
+T = TypeVar("T")
+
+
+@final
+@attrs.frozen
+class Selected(Generic[T]):
+    """The result of :func:`select`: which branch won, with what, and what else completed.
+
+    ``name, value = await tc.select(...)`` unpacks it.
+
+    Attributes:
+        name: The winning branch's keyword.
+        value: What it returned.
+        also_completed: Losing branches that returned a value anyway, before their cancellation
+            landed (name to value). Treat these as received: they are not lost.
+    """
+
+    name: str
+    value: T
+    also_completed: Mapping[str, T] = attrs.field(factory=lambda: types.MappingProxyType({}))
+
+    def __iter__(self) -> Iterator[str | T]:
+        yield self.name
+        yield self.value
+
+
+def _reraise_bare(exc: BaseException) -> None:
+    """Raise ``exc`` as itself, leaving its ``__context__`` as it was."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc
+
+
+async def select(**branches: Callable[[], Awaitable[T]] | None) -> Selected[T]:
+    """Run the branches concurrently; the first to return wins and the others are cancelled.
+
+    ``result = await tc.select(msg=recv.receive, stop=token.wait_cancelled)`` is the
+    counterpart of ``tokio::select!``. Each branch is an async function taking no arguments
+    (use :func:`functools.partial` for arguments). A branch given as ``None`` is disabled, like a
+    ``select!`` branch whose ``if`` precondition is false. Every branch has finished before
+    ``select`` returns.
+
+    Returns:
+        A :class:`Selected` with the winner's name and value, and in ``also_completed`` any
+        loser that returned a value before its cancellation landed.
+
+    Raises:
+        ValueError: No branch is enabled.
+        Exception: A branch raised: after the other branches are cancelled, the exception
+            propagates bare if one branch raised, as an :exc:`ExceptionGroup` if several did.
+
+    Cancellation:
+        Always a checkpoint (every enabled branch runs in a task of its own). If the caller is
+        cancelled before any branch returned, every branch is cancelled and
+        :exc:`trio.Cancelled` propagates. If a branch had already won, the result is returned;
+        the caller's scope is still cancelled, so its next checkpoint raises.
+    """
+    enabled = {name: fn for name, fn in branches.items() if fn is not None}
+    if not enabled:
+        raise ValueError("select() needs at least one enabled branch (all were None)")
+    for name, fn in enabled.items():
+        if not callable(fn):
+            raise TypeError(f"select() branch {name!r} must be an async function, not {fn!r}")
+    completed: dict[str, T] = {}
+
+    async def run_branch(name: str, fn: Callable[[], Awaitable[T]], cs: trio.CancelScope) -> None:
+        value = await fn()
+        first = not completed
+        completed[name] = value
+        if first:
+            cs.cancel(reason=f"select: branch {name!r} won")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for name, fn in enabled.items():
+                nursery.start_soon(run_branch, name, fn, nursery.cancel_scope, name=name)
+    except BaseExceptionGroup as group:
+        _, errors = group.split(trio.Cancelled)
+        if errors is None:
+            if not completed:
+                raise
+            # A winner exists and only cancellations from outside are left: return the
+            # result; the outer scope is still cancelled and will raise at the next checkpoint.
+        else:
+            if len(errors.exceptions) == 1 and not isinstance(
+                errors.exceptions[0], BaseExceptionGroup
+            ):
+                _reraise_bare(errors.exceptions[0])
+            raise errors from None
+    winner, *_ = completed
+    value = completed.pop(winner)
+    # The nursery ran at least one branch task, so leaving it was a checkpoint.
+    return Selected(winner, value, types.MappingProxyType(completed))  # noqa: ASYNC910
+
+
+@final
+class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
+    """Interleaves several receive channels; built by :func:`merge`.
+
+    Cancellation guarantee: an item taken from a source is either returned to the consumer or
+    kept in this object's buffer for the next ``receive()``; it is never lost, whatever
+    checkpoint a cancellation lands on. This holds when every source's own ``receive`` is
+    cancel-safe (it consumes nothing when cancelled), as Trio's memory channels and every
+    trio_cancel receiver are.
+
+    Not constructed by users.
+    """
+
+    def __init__(self, sources: tuple[trio.abc.ReceiveChannel[T], ...]) -> None:
+        self._sources = list(sources)
+        self._buffer: collections.deque[T] = collections.deque()
+        self._rotate = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._sources)} sources open"
+        return f"<Merge {state}, {len(self._buffer)} buffered>"
+
+    def _take_ready(self) -> bool:
+        """Move one ready item (round-robin over sources) into the buffer, without blocking."""
+        n = len(self._sources)
+        for i in range(n):
+            index = (self._rotate + i) % n
+            source = self._sources[index]
+            receive_nowait = getattr(source, "receive_nowait", None)
+            if receive_nowait is None:
+                continue
+            try:
+                item = receive_nowait()
+            except trio.WouldBlock:
+                continue
+            except trio.EndOfChannel:
+                del self._sources[index]
+                return self._take_ready()
+            self._buffer.append(item)
+            self._rotate = index + 1
+            return True
+        return False
+
+    async def _race(self) -> None:
+        """Receive from every source at once until one returns; keep everything that returned."""
+        sources = list(self._sources)
+        ended: list[trio.abc.ReceiveChannel[T]] = []
+
+        async def pull(source: trio.abc.ReceiveChannel[T], cs: trio.CancelScope) -> None:
+            try:
+                item = await source.receive()
+            except trio.EndOfChannel:
+                ended.append(source)
+                if len(ended) == len(sources):
+                    cs.cancel()
+                return  # noqa: ASYNC910 - a task's root; receive() was the checkpoint
+            self._buffer.append(item)  # kept even if the consumer is being cancelled
+            cs.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for source in sources:
+                    nursery.start_soon(pull, source, nursery.cancel_scope)
+        except BaseExceptionGroup as group:
+            _, errors = group.split(trio.Cancelled)
+            if errors is None:
+                raise
+            if len(errors.exceptions) == 1 and not isinstance(
+                errors.exceptions[0], BaseExceptionGroup
+            ):
+                _reraise_bare(errors.exceptions[0])
+            raise errors from None
+        finally:
+            for source in ended:
+                self._sources.remove(source)
+
+    async def receive(self) -> T:
+        """The next item from any source.
+
+        Cancellation:
+            Always a checkpoint. If cancelled, no item is lost: one that a source already
+            delivered stays buffered for the next call.
+
+        Raises:
+            trio.EndOfChannel: Every source has ended and the buffer is empty.
+            trio.ClosedResourceError: This merge was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this merge was closed")
+        while not self._buffer:
+            if not self._sources:
+                await trio.lowlevel.checkpoint()
+                raise trio.EndOfChannel
+            if not self._take_ready():
+                await self._race()
+                break
+        else:
+            await trio.lowlevel.checkpoint()  # a buffered or ready item: still a checkpoint
+        if not self._buffer:  # every source ended during the race
+            raise trio.EndOfChannel
+        return self._buffer.popleft()
+
+    async def aclose(self) -> None:
+        """Close the merge (not its sources); buffered items are dropped.
+
+        Cancellation:
+            Always a checkpoint; closed before it.
+        """
+        self._closed = True
+        self._buffer.clear()
+        await trio.lowlevel.checkpoint()
+
+
+def merge(*receive_channels: trio.abc.ReceiveChannel[T]) -> Merge[T]:
+    """Interleave items from several receive channels: ``async for item in tc.merge(a, b):``.
+
+    The cancel-safe answer to "``select!`` in a loop" (tokio-stream's ``StreamExt::merge``):
+    items are returned in the order they become available, round-robin among sources that are
+    ready at once. A source that raises :exc:`trio.EndOfChannel` is dropped; the merge ends when
+    every source has. The sources are not closed by the merge.
+
+    Cancellation guarantee: an item taken from a source is either yielded to the consumer or
+    still available to the next iteration (see :class:`Merge`).
+
+    Not a checkpoint; never blocks.
+
+    Raises:
+        TypeError: An argument is not a :class:`trio.abc.ReceiveChannel`.
+    """
+    for i, channel in enumerate(receive_channels):
+        if not isinstance(channel, trio.abc.ReceiveChannel):
+            raise TypeError(
+                f"merge() takes trio.abc.ReceiveChannels; argument {i} is {type(channel).__name__}"
+            )
+    return cast("Merge[T]", Merge._create(receive_channels))
