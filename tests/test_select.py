@@ -1,0 +1,298 @@
+"""Tests of select (tokio select!) and merge."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+import trio.testing
+
+import trio_cancel as tc
+
+
+async def _after(delay: float, value: str) -> str:
+    await trio.sleep(delay)
+    return value
+
+
+async def test_select_first_to_return_wins_losers_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cleaned: list[str] = []
+
+    async def slow() -> str:
+        try:
+            await trio.sleep(10)
+            return "slow"  # pragma: no cover
+        finally:
+            cleaned.append("slow cleaned up")
+
+    result = await tc.select(fast=functools.partial(_after, 1, "fast"), slow=slow)
+    assert result.name == "fast"
+    assert result.value == "fast"
+    assert dict(result.also_completed) == {}
+    assert cleaned == ["slow cleaned up"]  # finished before select returned
+    assert trio.current_time() == 1
+    name, value = result
+    assert (name, value) == ("fast", "fast")
+
+
+async def test_select_loser_that_completed_anyway_is_kept() -> None:
+    send_a, recv_a = trio.open_memory_channel[str](1)
+    send_b, recv_b = trio.open_memory_channel[str](1)
+    send_a.send_nowait("a")
+    send_b.send_nowait("b")
+    result = await tc.select(a=recv_a.receive, b=recv_b.receive)
+    # Both receives found an item ready and took it before any cancellation could land.
+    assert {result.name, *result.also_completed} == {"a", "b"}
+    assert {result.value, *result.also_completed.values()} == {"a", "b"}
+
+
+async def test_select_disabled_branch_never_runs(autojump_clock: trio.testing.MockClock) -> None:
+    ran: list[str] = []
+
+    async def never() -> str:
+        ran.append("never")  # pragma: no cover
+        return "x"  # pragma: no cover
+
+    result = await tc.select(off=None, on=functools.partial(_after, 1, "on"))
+    assert result.name == "on"
+    paused = True
+    result = await tc.select(
+        data=None if paused else never, ctrl=functools.partial(_after, 1, "ctrl")
+    )
+    assert result.name == "ctrl"
+    assert ran == []
+
+
+async def test_select_all_disabled_is_value_error() -> None:
+    with pytest.raises(ValueError, match="at least one enabled branch"):
+        await tc.select(a=None)
+    with pytest.raises(ValueError, match="at least one enabled branch"):
+        await tc.select()
+
+
+async def test_select_non_callable_branch_is_type_error() -> None:
+    with pytest.raises(TypeError, match="branch 'a'"):
+        await tc.select(a=3)  # type: ignore[arg-type]
+
+
+async def test_select_one_branch_raises_bare(autojump_clock: trio.testing.MockClock) -> None:
+    cleaned: list[str] = []
+
+    async def boom() -> str:
+        await trio.sleep(1)
+        raise KeyError("branch failed")
+
+    async def other() -> str:
+        try:
+            await trio.sleep(10)
+            return "other"  # pragma: no cover
+        finally:
+            cleaned.append("other cancelled")
+
+    with pytest.raises(KeyError, match="branch failed"):
+        await tc.select(boom=boom, other=other)
+    assert cleaned == ["other cancelled"]
+
+
+async def test_select_several_branches_raise_group() -> None:
+    async def boom(exc: Exception) -> str:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        raise exc
+
+    with pytest.RaisesGroup(KeyError, ValueError):
+        await tc.select(
+            a=functools.partial(boom, KeyError("a")), b=functools.partial(boom, ValueError("b"))
+        )
+
+
+async def test_select_cancelled_from_outside_before_winner(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.move_on_after(1) as scope:
+        await tc.select(a=functools.partial(_after, 5, "a"), b=functools.partial(_after, 6, "b"))
+    assert scope.cancelled_caught
+
+
+async def test_select_cancelled_before_call() -> None:
+    started: list[str] = []
+
+    async def branch() -> str:
+        started.append("x")
+        await trio.lowlevel.checkpoint()
+        return "x"  # pragma: no cover
+
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await tc.select(a=branch)
+    assert cs.cancelled_caught
+
+
+async def test_select_winner_kept_when_outside_cancel_lands_during_loser_cleanup(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    outer = trio.CancelScope()
+
+    async def loser() -> str:
+        try:
+            await trio.sleep(10)
+            return "loser"  # pragma: no cover
+        finally:
+            outer.cancel("outside, during cleanup")
+
+    with outer:
+        result = await tc.select(win=functools.partial(_after, 1, "won"), lose=loser)
+        assert result.value == "won"  # the received value is not lost
+        await trio.lowlevel.checkpoint()  # the outside cancellation still lands here
+        pytest.fail("not reached")  # pragma: no cover
+    assert outer.cancelled_caught
+
+
+async def test_select_is_a_checkpoint() -> None:
+    async def immediate() -> str:
+        return "now"
+
+    with trio.testing.assert_checkpoints():
+        assert (await tc.select(a=immediate)).value == "now"
+
+
+async def test_select_with_token_branch(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    send, recv = trio.open_memory_channel[str](0)
+
+    async def canceller() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        token.cancel("stop")
+
+    nursery.start_soon(canceller)
+    result = await tc.select(msg=recv.receive, stop=token.wait_cancelled)
+    assert result.name == "stop"
+    await send.aclose()
+
+
+# ---------------------------------------------------------------- merge
+
+
+async def test_merge_interleaves_and_ends_when_all_sources_end(nursery: trio.Nursery) -> None:
+    send_a, recv_a = trio.open_memory_channel[str](10)
+    send_b, recv_b = trio.open_memory_channel[str](10)
+    for i in range(3):
+        send_a.send_nowait(f"a{i}")
+        send_b.send_nowait(f"b{i}")
+    await send_a.aclose()
+    await send_b.aclose()
+    items = [item async for item in tc.merge(recv_a, recv_b)]
+    assert sorted(items) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert items[:2] == ["a0", "b0"]  # round-robin among ready sources
+
+
+async def test_merge_waits_for_any_source(autojump_clock: trio.testing.MockClock) -> None:
+    send_a, recv_a = trio.open_memory_channel[str](0)
+    _, recv_b = tc.open_oneshot_channel[str]()
+    merged = tc.merge(recv_a, recv_b)
+
+    async def producer() -> None:
+        await trio.sleep(1)
+        await send_a.send("late")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        assert await merged.receive() == "late"
+    assert trio.current_time() == 1
+
+
+async def test_merge_with_trio_cancel_receivers() -> None:
+    bsend, brecv = tc.open_broadcast_channel[str](4)
+    wsend, wrecv = tc.open_watch_channel("initial")
+    bsend.send("b")
+    wsend.send("w")
+    merged = tc.merge(brecv, wrecv)
+    got = {await merged.receive(), await merged.receive()}
+    assert got == {"b", "w"}
+
+
+async def test_merge_consumer_cancelled_between_items_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    send_a, recv_a = trio.open_memory_channel[int](100)
+    send_b, recv_b = trio.open_memory_channel[int](100)
+    merged = tc.merge(recv_a, recv_b)
+    received: list[int] = []
+
+    async def producer(send: trio.MemorySendChannel[int], start: int) -> None:
+        async with send:
+            for i in range(start, start + 50):
+                await send.send(i)
+                await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer, send_a, 0)
+        nursery.start_soon(producer, send_b, 1000)
+        deadline = 0.0
+        while True:
+            deadline += 0.007  # cancel the consumer at odd moments
+            with trio.move_on_at(deadline):
+                try:
+                    received.append(await merged.receive())
+                except trio.EndOfChannel:
+                    break
+    assert sorted(received) == [*range(50), *range(1000, 1050)]
+
+
+async def test_merge_ready_items_both_taken_in_one_race_are_kept() -> None:
+    send_a, recv_a = trio.open_memory_channel[str](1)
+
+    class Slow(trio.abc.ReceiveChannel[str]):
+        """A source without receive_nowait, so merge must race it."""
+
+        def __init__(self, value: str) -> None:
+            self.value: str | None = value
+
+        async def receive(self) -> str:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self.value is None:
+                await trio.sleep_forever()
+            value, self.value = self.value, None
+            assert value is not None
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return value
+
+        async def aclose(self) -> None:
+            await trio.lowlevel.checkpoint()
+
+    send_a.send_nowait("a")
+    merged = tc.merge(Slow("x"), Slow("y"))
+    first = await merged.receive()
+    second = await merged.receive()
+    assert {first, second} == {"x", "y"}
+    assert "2 sources open, 0 buffered" in repr(merged)
+    await send_a.aclose()
+    await recv_a.aclose()
+
+
+async def test_merge_source_error_propagates_bare() -> None:
+    send, recv = trio.open_memory_channel[int](0)
+    await recv.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await tc.merge(recv).receive()
+    await send.aclose()
+
+
+async def test_merge_rejects_non_channels() -> None:
+    with pytest.raises(TypeError, match="argument 0 is list"):
+        tc.merge([])  # type: ignore[arg-type]
+
+
+async def test_merge_aclose_and_closed_use() -> None:
+    _send, recv = trio.open_memory_channel[int](1)
+    merged = tc.merge(recv)
+    await merged.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await merged.receive()
+
+
+async def test_merge_no_sources_ends_at_once() -> None:
+    with trio.testing.assert_checkpoints(), pytest.raises(trio.EndOfChannel):
+        await tc.merge().receive()
