@@ -72,6 +72,73 @@ CHECKS: dict[str, Expect] = {
             r"^long_job: Canceled\('user pressed stop'\)$",
         ),
     ),
+    "control_worker.py": Expect(
+        lines=(
+            r"^Processing: a$",
+            r"^Processing: b$",
+            r"^Worker paused$",
+            r"^main: sent c and d while paused$",
+            r"^main: after 200 ms, 2 items still wait$",
+            r"^Worker resumed$",
+            r"^Processing: c$",
+            r"^Processing: d$",
+            r"^Worker shutting down$",
+        ),
+    ),
+    "task_pool.py": Expect(
+        lines=(
+            r"^quick: finished its work$",
+            *(rf"^worker-{i}: stopped by shutdown$" for i in range(4)),
+            r"^late: never started$",
+            r"^shutdown returned after all 6 tasks ended$",
+        ),
+    ),
+    "oneshot_cancel.py": Expect(
+        lines=(
+            r"^Task is cancelling\.\.\. \(signal received\)$",
+            r"^Task is cleaning up$",
+            r"^Task is cancelling\.\.\. \(sender closed without sending\)$",
+            r"^Task is cleaning up$",
+        ),
+        never=(r"completed normally",),
+    ),
+    "broadcast_cancel.py": Expect(
+        lines=(
+            r"^sent to 2 receivers$",
+            r"^Task [12] is cancelling\.\.\.$",
+            r"^Task [12] is cleaning up$",
+            r"^Task [12] is cancelling\.\.\.$",
+            r"^Task [12] is cleaning up$",
+        ),
+        never=(r"completed normally",),
+    ),
+    "watch_cancel.py": Expect(
+        lines=(
+            r"^Task [12] is cancelling\.\.\.$",
+            r"^Task [12] is cleaning up$",
+            r"^Task [12] is cancelling\.\.\.$",
+            r"^Task [12] is cleaning up$",
+            r"^late subscriber: wait_changed\(\) missed the cancel \(gave up after 200 ms\)$",
+            r"^late subscriber: wait_for\(\) sees the current value at once: True$",
+        ),
+        never=(r"completed normally",),
+    ),
+    "race.py": Expect(
+        lines=(
+            r"^parent: dropped an un-polled cancel_me\(\); it printed nothing$",
+            r"^or_maybe_cancel_me: finished$",
+            r"^cancel_me: cleaned up$",
+            r"^parent2: race won by or_maybe_cancel_me; the loser had finished before this line$",
+        ),
+        never=(r"^cancel_me: finished$",),
+    ),
+    "merge_streams.py": Expect(
+        lines=(
+            r"^naive select loop: received \d+ of 40 items, [1-9]\d* lost$",
+            r"^tc\.merge:\s+received 40 of 40 items, 0 lost$",
+            r"^tc\.merge kept each source's order",
+        ),
+    ),
     "token_tree.py": Expect(
         lines=(
             r"^1000 leaf workers running under 1111 tokens$",

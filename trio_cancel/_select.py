@@ -142,14 +142,20 @@ class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
         return f"<Merge {state}, {len(self._buffer)} buffered>"
 
     def _take_ready(self) -> bool:
-        """Move one ready item (round-robin over sources) into the buffer, without blocking."""
+        """Move one ready item (round-robin over sources) into the buffer, without blocking.
+
+        Returns False, so that the caller races every source, when none is ready or when the
+        next source in turn cannot be polled without blocking (no ``receive_nowait``): that
+        source gets its fair turn in the race.
+        """
         n = len(self._sources)
         for i in range(n):
             index = (self._rotate + i) % n
             source = self._sources[index]
             receive_nowait = getattr(source, "receive_nowait", None)
             if receive_nowait is None:
-                continue
+                self._rotate = index + 1
+                return False
             try:
                 item = receive_nowait()
             except trio.WouldBlock:

@@ -1,0 +1,74 @@
+"""E05: a worker driven by a data channel and a control channel (Shutdown, Pause, Resume).
+
+Seed: ``000_2c132b0b7796ad3d.txt``. The Rust worker loops on ``select!`` over a control
+receiver (``Shutdown`` breaks the loop, ``Pause``/``Resume`` flip a flag) and a data receiver
+whose branch is guarded by ``if !paused``, so no data is taken while paused.
+
+Trio version: the ``mpsc`` channels are Trio's memory channels, used as they are; the loop is
+``tc.select`` with the data branch given as ``None`` while paused (the ``if`` precondition).
+When both branches complete in the same round, the loser's value arrives in
+``result.also_completed`` and is handled too, so no message is lost.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import trio
+
+import trio_cancel as tc
+
+
+class ControlMsg(enum.Enum):
+    SHUTDOWN = "shutdown"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+async def worker(
+    data_rx: trio.MemoryReceiveChannel[str], ctrl_rx: trio.MemoryReceiveChannel[ControlMsg]
+) -> None:
+    paused = False
+    while True:
+        result = await tc.select(
+            ctrl=ctrl_rx.receive,
+            data=None if paused else data_rx.receive,
+        )
+        if "data" in result.also_completed:  # taken in the same round: process it, never drop it
+            print(f"Processing: {result.also_completed['data']}")
+        if result.name == "data":
+            print(f"Processing: {result.value}")
+        msg = result.value if result.name == "ctrl" else result.also_completed.get("ctrl")
+        if msg is ControlMsg.SHUTDOWN:
+            print("Worker shutting down")
+            return
+        if msg is ControlMsg.PAUSE:
+            paused = True
+            print("Worker paused")
+        elif msg is ControlMsg.RESUME:
+            paused = False
+            print("Worker resumed")
+
+
+async def main() -> None:
+    data_tx, data_rx = trio.open_memory_channel[str](10)
+    ctrl_tx, ctrl_rx = trio.open_memory_channel[ControlMsg](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker, data_rx, ctrl_rx)
+        for item in ("a", "b"):
+            await data_tx.send(item)
+        await trio.sleep(0.05)
+        await ctrl_tx.send(ControlMsg.PAUSE)
+        await trio.sleep(0.05)
+        for item in ("c", "d"):
+            await data_tx.send(item)
+        print("main: sent c and d while paused")
+        await trio.sleep(0.2)
+        print(f"main: after 200 ms, {data_rx.statistics().current_buffer_used} items still wait")
+        await ctrl_tx.send(ControlMsg.RESUME)
+        await trio.sleep(0.05)
+        await ctrl_tx.send(ControlMsg.SHUTDOWN)
+
+
+if __name__ == "__main__":
+    trio.run(main)
