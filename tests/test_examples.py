@@ -72,6 +72,17 @@ CHECKS: dict[str, Expect] = {
             r"^long_job: Canceled\('user pressed stop'\)$",
         ),
     ),
+    "bench_channels.py": Expect(
+        lines=(
+            r"^\s*receivers variant\s+send\(\)\s+all woken\s+ns/receiver\s+ratio$",
+            r"^\s+100 trio\.Event\s",
+            r"^\s+100 broadcast\s",
+            r"^\s+100 watch\s",
+            r"^\s+100 Notify\s",
+            r"^\s+1000 Notify\s",
+        ),
+        args=("--sizes", "100", "1000"),
+    ),
     "control_worker.py": Expect(
         lines=(
             r"^Processing: a$",
