@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 project = "trio_cancel"
 copyright = "2026, the trio_cancel developers"
 author = "the trio_cancel developers"
@@ -30,3 +32,21 @@ nitpick_ignore_regex = [
     # type variables in generic signatures are not documented objects
     (r"py:class", r"trio_cancel\._\w+\.(T|T_co|PosArgsT)"),
 ]
+
+
+def _resolve_private_paths(app, env, node, contnode):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """Resolve ``trio_cancel._module.Name`` (as some signatures say) to ``trio_cancel.Name``."""
+
+    target = node.get("reftarget", "")
+    match = re.fullmatch(r"trio_cancel\._\w+\.(\w+)", target)
+    if node.get("refdomain") != "py" or match is None:
+        return None
+    domain = env.get_domain("py")
+    node["reftarget"] = f"trio_cancel.{match.group(1)}"
+    return domain.resolve_xref(
+        env, node["refdoc"], app.builder, node["reftype"], node["reftarget"], node, contnode
+    )
+
+
+def setup(app):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+    app.connect("missing-reference", _resolve_private_paths)
