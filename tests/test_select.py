@@ -296,3 +296,30 @@ async def test_merge_aclose_and_closed_use() -> None:
 async def test_merge_no_sources_ends_at_once() -> None:
     with trio.testing.assert_checkpoints(), pytest.raises(trio.EndOfChannel):
         await tc.merge().receive()
+
+
+# ---------------------------------------------------------------- checkpoints everywhere
+
+
+async def test_every_channel_fast_path_is_a_checkpoint() -> None:
+    o_send, o_recv = tc.open_oneshot_channel[int]()
+    o_send.send(1)
+    b_send, b_recv = tc.open_broadcast_channel[int](2)
+    b_send.send(1)
+    w_send, w_recv = tc.open_watch_channel(0)
+    w_send.send(1)
+    w_other = w_send.subscribe()
+    w_other.close()
+    for ready in (
+        o_recv.receive,
+        b_recv.receive,
+        w_recv.receive,
+        lambda: w_recv.wait_for(lambda v: True),
+        b_recv.aclose,
+        w_send.aclose,
+    ):
+        with trio.testing.assert_checkpoints():
+            await ready()
+    merged = tc.merge(trio.open_memory_channel[int](1)[1])
+    with trio.testing.assert_checkpoints():
+        await merged.aclose()
