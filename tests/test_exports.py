@@ -83,3 +83,15 @@ def test_sync_methods_say_they_never_block() -> None:
         tc.DropGuard.disarm,
     ):
         assert "never blocks" in (inspect.getdoc(method) or ""), method.__qualname__
+
+
+def test_testing_namespace_is_final_documented_and_located() -> None:
+    import trio_cancel.testing as tct
+
+    for name in tct.__all__:
+        obj = getattr(tct, name)
+        assert obj.__module__ == "trio_cancel.testing", name
+        assert inspect.getdoc(obj), name
+        if inspect.isclass(obj):
+            assert getattr(obj, "__final__", False), name
+    assert "Cancellation:" in (inspect.getdoc(tct.cancel_at_each_checkpoint) or "")

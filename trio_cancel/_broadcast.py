@@ -13,6 +13,7 @@ from typing import Generic, TypeVar, cast, final
 import attrs
 import trio
 
+from ._debug import track_endpoints
 from ._endpoint import SyncClosable
 from ._exceptions import LaggedError
 from ._util import NoPublicConstructor
@@ -96,7 +97,9 @@ class BroadcastSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
         """
         self._check_open()
         self._state.senders += 1
-        return BroadcastSender._create(self._state)
+        sender = BroadcastSender._create(self._state)
+        track_endpoints(sender)
+        return sender
 
     def _close(self) -> None:
         state = self._state
@@ -195,7 +198,9 @@ class BroadcastReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPu
 
 def _new_receiver(state: _BroadcastState[T]) -> BroadcastReceiver[T]:
     state.receivers += 1
-    return cast("BroadcastReceiver[T]", BroadcastReceiver._create(state, state.head))
+    receiver = cast("BroadcastReceiver[T]", BroadcastReceiver._create(state, state.head))
+    track_endpoints(receiver)
+    return receiver
 
 
 @final
@@ -223,6 +228,7 @@ class open_broadcast_channel(tuple[BroadcastSender[T], BroadcastReceiver[T]]):
         state: _BroadcastState[T] = _BroadcastState(capacity, [_EMPTY] * capacity)
         send = cast("BroadcastSender[T]", BroadcastSender._create(state))
         recv = cast("BroadcastReceiver[T]", BroadcastReceiver._create(state, 0))
+        track_endpoints(send, recv)
         return (send, recv)
 
     def __init__(self, capacity: int) -> None:

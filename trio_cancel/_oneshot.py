@@ -13,6 +13,7 @@ from typing import Generic, TypeVar, cast, final
 import attrs
 import trio
 
+from ._debug import track_endpoints
 from ._endpoint import SyncClosable
 from ._util import NoPublicConstructor
 
@@ -179,6 +180,7 @@ class open_oneshot_channel(tuple[OneshotSender[T], OneshotReceiver[T]]):
         state: _OneshotState[T] = _OneshotState()
         send = cast("OneshotSender[T]", OneshotSender._create(state))
         recv = cast("OneshotReceiver[T]", OneshotReceiver._create(state))
+        track_endpoints(send, recv)
         return (send, recv)
 
     def __init__(self) -> None:

@@ -38,6 +38,7 @@ from typing import (
 import attrs
 import trio
 
+from ._debug import track_handle
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
 
@@ -319,6 +320,7 @@ def _make_handle(
         raise TypeError(f"name must be a str or None, not {type(name).__name__}")
     handle = cast("TaskHandle[T]", TaskHandle._create(async_fn, args, name, token, on_done))
     nursery.start_soon(handle._run, name=name)  # raises if the nursery is closed
+    track_handle(handle)
     if token is not None:
         token._add_scope(handle._scope)  # before the task first runs: start_soon only schedules
     return handle

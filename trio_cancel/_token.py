@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, final
 import attrs
 import trio
 
+from ._debug import track_registration
 from ._exceptions import OperationCancelledError
 from ._util import NoPublicConstructor
 
@@ -427,6 +428,7 @@ class CancellationToken:
             self._callbacks = {}
         self._callbacks[registration] = callback
         self._add_pin()
+        track_registration(registration)
         return registration
 
     def cancel_after(self, seconds: float, reason: str | None = None) -> None:

@@ -30,7 +30,7 @@ def fixup_module_metadata(module_name: str, namespace: dict[str, object]) -> Non
         if name.startswith("_"):
             continue
         mod = getattr(obj, "__module__", None)
-        if isinstance(mod, str) and mod.startswith("trio_cancel."):
+        if isinstance(mod, str) and mod.startswith(module_name + "._"):
             try:
                 obj.__module__ = module_name
             except (AttributeError, TypeError):  # pragma: no cover - immutable builtins

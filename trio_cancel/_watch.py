@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
 import attrs
 import trio
 
+from ._debug import track_endpoints
 from ._endpoint import SyncClosable
 from ._util import NoPublicConstructor
 
@@ -123,7 +124,9 @@ class WatchSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
         """
         self._check_open()
         self._state.senders += 1
-        return WatchSender._create(self._state)
+        sender = WatchSender._create(self._state)
+        track_endpoints(sender)
+        return sender
 
     async def wait_closed(self) -> None:
         """Wait until every receiver is closed (tokio ``closed()``).
@@ -289,7 +292,9 @@ class WatchReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPublic
 
 def _new_receiver(state: _WatchState[T], seen: int) -> WatchReceiver[T]:
     state.receivers += 1
-    return cast("WatchReceiver[T]", WatchReceiver._create(state, seen))
+    receiver = cast("WatchReceiver[T]", WatchReceiver._create(state, seen))
+    track_endpoints(receiver)
+    return receiver
 
 
 @final
@@ -307,6 +312,7 @@ class open_watch_channel(tuple[WatchSender[T], WatchReceiver[T]]):
         state: _WatchState[T] = _WatchState(initial)
         send = cast("WatchSender[T]", WatchSender._create(state))
         recv = cast("WatchReceiver[T]", WatchReceiver._create(state, 0))
+        track_endpoints(send, recv)
         return (send, recv)
 
     def __init__(self, initial: T) -> None:

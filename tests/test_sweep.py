@@ -1,0 +1,433 @@
+"""Tests of trio_cancel.testing.cancel_at_each_checkpoint, and the sweep of this library's own
+primitives: no item lost or duplicated, no outcome lost, whatever checkpoint a cancellation
+lands on."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import attrs
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+import trio_cancel as tc
+from trio_cancel.testing import CancelSafetyError, SweepResult, cancel_at_each_checkpoint
+
+# ---------------------------------------------------------------- the helper itself
+
+
+@attrs.define
+class Mover:
+    """Moves one item from a channel into a list; the naive version loses it when cancelled."""
+
+    naive: bool
+    source: trio.MemoryReceiveChannel[str] | None = None
+    moved: list[str] = attrs.Factory(list)
+
+    async def run(self) -> None:
+        send, self.source = trio.open_memory_channel[str](1)
+        send.send_nowait("item")
+        self.moved = []
+        item = await self.source.receive()
+        if self.naive:
+            # PLANTED BUG: a checkpoint while the item is only in a local variable
+            await trio.lowlevel.checkpoint()
+            self.moved.append(item)
+        else:
+            self.moved.append(item)
+            await trio.lowlevel.checkpoint()  # FIXED: the item is stored before the checkpoint
+
+    async def check(self) -> None:
+        assert self.source is not None
+        left = self.source.statistics().current_buffer_used
+        assert len(self.moved) + left == 1, f"moved={self.moved}, left in channel={left}"
+        await trio.lowlevel.checkpoint()
+
+
+def _line_of(marker: str) -> int:
+    source, start = inspect.getsourcelines(Mover.run)
+    return start + next(i for i, line in enumerate(source) if marker in line)
+
+
+async def test_sweep_finds_planted_bug_at_right_point_and_location() -> None:
+    mover = Mover(naive=True)
+    with pytest.raises(CancelSafetyError) as info:
+        await cancel_at_each_checkpoint(mover.run, check=mover.check)
+    err = info.value
+    assert isinstance(err, AssertionError)
+    assert err.point == 2
+    assert err.location == f"{__file__}:{_line_of('PLANTED BUG') + 1} in run"
+    assert "at checkpoint 2 of 2" in str(err)
+    assert isinstance(err.__cause__, AssertionError)
+    assert "moved=[], left in channel=0" in str(err.__cause__)
+
+
+async def test_sweep_passes_fixed_version_and_reports_points() -> None:
+    mover = Mover(naive=False)
+    result = await cancel_at_each_checkpoint(mover.run, check=mover.check)
+    assert result == SweepResult(points=2, locations=result.locations, cancelled=result.cancelled)
+    assert result.points == 2
+    assert result.cancelled == 2
+    assert result.locations[1] == f"{__file__}:{_line_of('FIXED')} in run"
+
+
+async def test_sweep_counting_run_check_failure_is_point_zero() -> None:
+    async def op() -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def always_fails() -> None:
+        raise AssertionError("invariant broken")
+
+    with pytest.raises(CancelSafetyError, match="after the uncancelled run") as info:
+        await cancel_at_each_checkpoint(op, check=always_fails)
+    assert info.value.point == 0
+
+
+async def test_sweep_uncancelled_run_raising_is_point_zero() -> None:
+    async def op() -> None:
+        await trio.lowlevel.checkpoint()
+        raise KeyError("broken anyway")
+
+    with pytest.raises(CancelSafetyError, match="uncancelled run raised") as info:
+        await cancel_at_each_checkpoint(op)
+    assert info.value.point == 0
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+async def test_sweep_non_cancelled_exception_under_cancellation_is_failure() -> None:
+    async def op() -> None:
+        try:
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            raise RuntimeError("turned a cancellation into an error") from None  # noqa: ASYNC104
+
+    with pytest.raises(CancelSafetyError, match=r"instead of trio\.Cancelled") as info:
+        await cancel_at_each_checkpoint(op)
+    assert info.value.point == 1
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+async def test_sweep_max_points() -> None:
+    async def op() -> None:
+        for _ in range(20):
+            await trio.lowlevel.checkpoint()
+
+    with pytest.raises(ValueError, match="20 checkpoints, more than max_points=10"):
+        await cancel_at_each_checkpoint(op, max_points=10)
+    assert (await cancel_at_each_checkpoint(op, max_points=20)).points == 20
+
+
+async def test_sweep_operation_without_checkpoints_has_zero_points() -> None:
+    ran: list[int] = []
+
+    async def op() -> None:  # noqa: ASYNC910 - the point of the test
+        ran.append(1)
+
+    result = await cancel_at_each_checkpoint(op)
+    assert result.points == 0
+    assert ran == [1]
+
+
+async def test_sweep_counts_checkpoints_of_spawned_tasks_deterministically() -> None:
+    async def child(delay: float) -> None:
+        await trio.sleep(delay)
+        await trio.lowlevel.checkpoint()
+
+    async def op() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child, 0)
+            nursery.start_soon(child, 0)
+            await trio.lowlevel.checkpoint()
+
+    first = await cancel_at_each_checkpoint(op)
+    second = await cancel_at_each_checkpoint(op)
+    assert first.points >= 5  # two children's checkpoints count too
+    assert first.locations == second.locations
+
+
+async def test_sweep_with_autojump_clock(autojump_clock: trio.testing.MockClock) -> None:
+    async def op() -> None:
+        await trio.sleep(3600)
+        await trio.sleep(3600)
+
+    start = trio.current_time()
+    result = await cancel_at_each_checkpoint(op)
+    assert result.points == 2
+    assert result.cancelled == 2
+    # only the counting run sleeps: each cancelled run is cancelled at its first sleep
+    assert trio.current_time() - start == 7200
+
+
+async def test_sweep_caller_cancelled_stops_sweep(autojump_clock: trio.testing.MockClock) -> None:
+    async def op() -> None:
+        await trio.sleep(10)
+
+    with trio.move_on_after(5) as scope:
+        await cancel_at_each_checkpoint(op)
+    assert scope.cancelled_caught
+
+
+# ---------------------------------------------------------------- sweeping trio_cancel
+
+
+@attrs.define
+class ItemLedger:
+    """Items sent, items received, items left: every item exactly once."""
+
+    sent: list[int] = attrs.Factory(list)
+    got: list[int] = attrs.Factory(list)
+    left: list[int] = attrs.Factory(list)
+
+    def reset(self) -> None:
+        self.sent.clear()
+        self.got.clear()
+        self.left.clear()
+
+    async def check(self) -> None:
+        await trio.lowlevel.checkpoint()
+        assert sorted(self.got + self.left) == sorted(self.sent), attrs.asdict(self)
+        assert len(set(self.got)) == len(self.got), "duplicated"
+
+
+def _drain(receive_nowait: functools.partial[int], into: list[int]) -> None:
+    while True:
+        try:
+            into.append(receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+
+
+async def test_sweep_oneshot_receive() -> None:
+    ledger = ItemLedger()
+
+    async def op() -> None:
+        ledger.reset()
+        send, recv = tc.open_oneshot_channel[int]()
+        ledger.sent.append(1)
+        send.send(1)
+        try:
+            ledger.got.append(await recv.receive())
+        finally:
+            _drain(functools.partial(recv.receive_nowait), ledger.left)
+
+    result = await cancel_at_each_checkpoint(op, check=ledger.check)
+    assert result.points >= 1
+
+
+async def test_sweep_broadcast_receive_loop() -> None:
+    ledger = ItemLedger()
+
+    async def op() -> None:
+        ledger.reset()
+        send, recv = tc.open_broadcast_channel[int](8)
+        for i in range(4):
+            ledger.sent.append(i)
+            send.send(i)
+        send.close()
+        try:
+            async for item in recv:
+                ledger.got.append(item)
+                await trio.lowlevel.checkpoint()
+        finally:
+            _drain(functools.partial(recv.receive_nowait), ledger.left)
+
+    result = await cancel_at_each_checkpoint(op, check=ledger.check)
+    assert result.points >= 8
+
+
+async def test_sweep_watch_receive_sees_latest_once() -> None:
+    seen: list[int] = []
+    state: dict[str, tc.WatchReceiver[int]] = {}
+
+    async def op() -> None:
+        seen.clear()
+        send, recv = tc.open_watch_channel(0)
+        state["recv"] = recv
+        send.send(1)
+        seen.append(await recv.receive())
+        send.send(2)
+        seen.append(await recv.receive())
+
+    async def check() -> None:
+        await trio.lowlevel.checkpoint()
+        recv = state["recv"]
+        # A value is either received or still unseen: never skipped, never delivered twice.
+        assert seen in ([], [1], [1, 2])
+        assert recv.has_changed() == (len(seen) < (2 if seen else 1))
+
+    result = await cancel_at_each_checkpoint(op, check=check)
+    assert result.points == 2
+
+
+async def test_sweep_merge_loses_nothing() -> None:
+    ledger = ItemLedger()
+
+    async def op() -> None:
+        ledger.reset()
+        send_a, recv_a = trio.open_memory_channel[int](10)
+        bsend, brecv = tc.open_broadcast_channel[int](10)
+        for i in range(3):
+            ledger.sent += [i, 100 + i]
+            send_a.send_nowait(i)
+            bsend.send(100 + i)
+        send_a.close()
+        bsend.close()
+        merged = tc.merge(recv_a, brecv)
+        try:
+            async for item in merged:
+                ledger.got.append(item)
+        finally:
+            # What the merge buffered is still "available to the next iteration".
+            ledger.left.extend(merged._buffer)
+            _drain(functools.partial(recv_a.receive_nowait), ledger.left)
+            _drain(functools.partial(brecv.receive_nowait), ledger.left)
+
+    result = await cancel_at_each_checkpoint(op, check=ledger.check)
+    assert result.points >= 6
+
+
+async def test_sweep_merge_racing_sources_loses_nothing() -> None:
+    ledger = ItemLedger()
+
+    class NoNowait(trio.abc.ReceiveChannel[int]):
+        def __init__(self, inner: trio.MemoryReceiveChannel[int]) -> None:
+            self.inner = inner
+
+        async def receive(self) -> int:
+            return await self.inner.receive()
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    async def op() -> None:
+        ledger.reset()
+        pairs = [trio.open_memory_channel[int](10) for _ in range(2)]
+        for n, (send, _) in enumerate(pairs):
+            for i in range(2):
+                ledger.sent.append(10 * n + i)
+                send.send_nowait(10 * n + i)
+            send.close()
+        merged = tc.merge(*(NoNowait(recv) for _, recv in pairs))
+        try:
+            async for item in merged:
+                ledger.got.append(item)
+        finally:
+            ledger.left.extend(merged._buffer)
+            for _, recv in pairs:
+                _drain(functools.partial(recv.receive_nowait), ledger.left)
+
+    result = await cancel_at_each_checkpoint(op, check=ledger.check)
+    assert result.points >= 8
+
+
+async def test_sweep_select_losers_finished_values_kept() -> None:
+    ledger = ItemLedger()
+    cleanups: list[str] = []
+
+    async def op() -> None:
+        ledger.reset()
+        cleanups.clear()
+        send_a, recv_a = trio.open_memory_channel[int](1)
+        send_b, recv_b = trio.open_memory_channel[int](1)
+        ledger.sent += [1, 2]
+        send_a.send_nowait(1)
+        send_b.send_nowait(2)
+
+        async def branch(recv: trio.MemoryReceiveChannel[int], name: str) -> int:
+            try:
+                return await recv.receive()
+            finally:
+                cleanups.append(name)
+
+        try:
+            result = await tc.select(
+                a=functools.partial(branch, recv_a, "a"), b=functools.partial(branch, recv_b, "b")
+            )
+            ledger.got.append(result.value)
+            ledger.got.extend(result.also_completed.values())
+        finally:
+            _drain(functools.partial(recv_a.receive_nowait), ledger.left)
+            _drain(functools.partial(recv_b.receive_nowait), ledger.left)
+
+    async def check() -> None:
+        await ledger.check()
+        assert sorted(cleanups) == ["a", "b"], "a branch was still running after select"
+
+    result = await cancel_at_each_checkpoint(op, check=check)
+    assert result.points >= 3
+
+
+async def test_sweep_joinset_join_next_never_loses_an_outcome(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    outcomes: list[tc.Outcome[object]] = []
+    sets: list[tc.JoinSet] = []
+
+    async def op() -> None:
+        outcomes.clear()
+        sets.clear()
+        async with tc.JoinSet() as js:
+            sets.append(js)
+            js.spawn(trio.sleep, 1)
+            js.spawn(trio.sleep, 2)
+            while (outcome := await js.join_next()) is not None:
+                outcomes.append(outcome)
+
+    async def check() -> None:
+        await trio.lowlevel.checkpoint()
+        js = sets[0]
+        # Every task's outcome was either returned by join_next or is still in the set.
+        assert len(outcomes) + len(js) == 2
+
+    result = await cancel_at_each_checkpoint(op, check=check)
+    assert result.points >= 3
+
+
+async def test_sweep_run_until_cancelled_and_token_scope() -> None:
+    log: list[str] = []
+
+    async def work() -> str:
+        await trio.lowlevel.checkpoint()
+        log.append("work done")
+        await trio.lowlevel.checkpoint()
+        return "value"
+
+    async def op() -> None:
+        log.clear()
+        token = tc.CancellationToken()
+        with token.cancel_scope():
+            result = await token.run_until_cancelled(work)
+            log.append(f"result {result}")
+        assert repr(token) == "<CancellationToken live>"  # every scope unregistered
+
+    async def check() -> None:
+        await trio.lowlevel.checkpoint()
+        assert log in ([], ["work done"], ["work done", "result value"])
+
+    result = await cancel_at_each_checkpoint(op, check=check)
+    assert result.points >= 3
+
+
+async def test_sweep_notify_permit_not_lost() -> None:
+    state: dict[str, object] = {}
+
+    async def op() -> None:
+        notify = tc.Notify()
+        state["notify"] = notify
+        state["woken"] = False
+        notify.notify_one()
+        await notify.wait()
+        state["woken"] = True
+
+    async def check() -> None:
+        await trio.lowlevel.checkpoint()
+        notify = state["notify"]
+        assert isinstance(notify, tc.Notify)
+        permit_left = "permit stored" in repr(notify)
+        assert permit_left != state["woken"], "the permit was lost or used twice"
+
+    await cancel_at_each_checkpoint(op, check=check)
