@@ -152,10 +152,15 @@ async def _run_once(async_fn: Callable[[], Awaitable[object]], cancel_before: in
         with scope:
             try:
                 await async_fn()
-            except BaseException as exc:
+            except trio.Cancelled as exc:
+                run.landing = _landing_location(exc)
+                raise
+            except BaseException as exc:  # noqa: ASYNC103 - Cancelled is re-raised
                 if _only_cancelled(exc):
                     run.landing = _landing_location(_first_leaf(exc))
                     raise
+                if not isinstance(exc, Exception | BaseExceptionGroup):
+                    raise  # KeyboardInterrupt and the like are not the sweep's business
                 run.error = exc  # reported as the sweep's failure
                 run.landing = _landing_location(_first_leaf(exc))
         run.cancelled = scope.cancelled_caught
@@ -253,7 +258,7 @@ async def _check(
     check: Callable[[], Awaitable[object]] | None, k: int, location: str, n: int = 0
 ) -> None:
     if check is None:
-        return
+        return  # noqa: ASYNC910 - private helper; the sweep checkpoints at its end
     try:
         await check()
     except Exception as exc:
