@@ -145,7 +145,7 @@ async def _run_once(async_fn: Callable[[], Awaitable[object]], cancel_before: in
     watcher = _Watcher(cancel_before, scope)
     run = _Run()
 
-    async def runner() -> None:
+    async def runner() -> None:  # noqa: ASYNC910 - a task root
         watcher.tasks.add(trio.lowlevel.current_task())
         if cancel_before == 1:
             scope.cancel(reason="cancel_at_each_checkpoint: point 1")
