@@ -83,6 +83,15 @@ CHECKS: dict[str, Expect] = {
         ),
         args=("--sizes", "100", "1000"),
     ),
+    "cancel_safety_sweep.py": Expect(
+        lines=(
+            r"^naive reader: NOT cancel-safe at checkpoint 2$",
+            r"^\s+cancelled at cancel_safety_sweep\.py:\d+ in read_frame_naive$",
+            r"^\s+chunks accounted for: \['hello'\]$",
+            r"^fixed reader: cancel-safe at all 2 checkpoints$",
+            r"^heartbeat loop with the fixed reader got \[\('5', 'hello'\), \('3', 'abc'\)\]$",
+        ),
+    ),
     "control_worker.py": Expect(
         lines=(
             r"^Processing: a$",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
@@ -15,6 +16,9 @@ import trio.testing
 
 import trio_cancel as tc
 from trio_cancel.testing import CancelSafetyError, SweepResult, cancel_at_each_checkpoint
+
+if TYPE_CHECKING:
+    from trio_cancel.testing.pytest_plugin import CancelSweep
 
 # ---------------------------------------------------------------- the helper itself
 
@@ -201,7 +205,7 @@ def _drain(receive_nowait: functools.partial[int], into: list[int]) -> None:
             return
 
 
-async def test_sweep_oneshot_receive() -> None:
+async def test_sweep_oneshot_receive(cancel_sweep: CancelSweep) -> None:
     ledger = ItemLedger()
 
     async def op() -> None:
@@ -214,11 +218,11 @@ async def test_sweep_oneshot_receive() -> None:
         finally:
             _drain(functools.partial(recv.receive_nowait), ledger.left)
 
-    result = await cancel_at_each_checkpoint(op, check=ledger.check)
+    result = await cancel_sweep(op, check=ledger.check)
     assert result.points >= 1
 
 
-async def test_sweep_broadcast_receive_loop() -> None:
+async def test_sweep_broadcast_receive_loop(cancel_sweep: CancelSweep) -> None:
     ledger = ItemLedger()
 
     async def op() -> None:
@@ -235,11 +239,11 @@ async def test_sweep_broadcast_receive_loop() -> None:
         finally:
             _drain(functools.partial(recv.receive_nowait), ledger.left)
 
-    result = await cancel_at_each_checkpoint(op, check=ledger.check)
+    result = await cancel_sweep(op, check=ledger.check)
     assert result.points >= 8
 
 
-async def test_sweep_watch_receive_sees_latest_once() -> None:
+async def test_sweep_watch_receive_sees_latest_once(cancel_sweep: CancelSweep) -> None:
     seen: list[int] = []
     state: dict[str, tc.WatchReceiver[int]] = {}
 
@@ -259,11 +263,11 @@ async def test_sweep_watch_receive_sees_latest_once() -> None:
         assert seen in ([], [1], [1, 2])
         assert recv.has_changed() == (len(seen) < (2 if seen else 1))
 
-    result = await cancel_at_each_checkpoint(op, check=check)
+    result = await cancel_sweep(op, check=check)
     assert result.points == 2
 
 
-async def test_sweep_merge_loses_nothing() -> None:
+async def test_sweep_merge_loses_nothing(cancel_sweep: CancelSweep) -> None:
     ledger = ItemLedger()
 
     async def op() -> None:
@@ -286,11 +290,11 @@ async def test_sweep_merge_loses_nothing() -> None:
             _drain(functools.partial(recv_a.receive_nowait), ledger.left)
             _drain(functools.partial(brecv.receive_nowait), ledger.left)
 
-    result = await cancel_at_each_checkpoint(op, check=ledger.check)
+    result = await cancel_sweep(op, check=ledger.check)
     assert result.points >= 6
 
 
-async def test_sweep_merge_racing_sources_loses_nothing() -> None:
+async def test_sweep_merge_racing_sources_loses_nothing(cancel_sweep: CancelSweep) -> None:
     ledger = ItemLedger()
 
     class NoNowait(trio.abc.ReceiveChannel[int]):
@@ -320,11 +324,11 @@ async def test_sweep_merge_racing_sources_loses_nothing() -> None:
             for _, recv in pairs:
                 _drain(functools.partial(recv.receive_nowait), ledger.left)
 
-    result = await cancel_at_each_checkpoint(op, check=ledger.check)
+    result = await cancel_sweep(op, check=ledger.check)
     assert result.points >= 8
 
 
-async def test_sweep_select_losers_finished_values_kept() -> None:
+async def test_sweep_select_losers_finished_values_kept(cancel_sweep: CancelSweep) -> None:
     ledger = ItemLedger()
     cleanups: list[str] = []
 
@@ -357,12 +361,12 @@ async def test_sweep_select_losers_finished_values_kept() -> None:
         await ledger.check()
         assert sorted(cleanups) == ["a", "b"], "a branch was still running after select"
 
-    result = await cancel_at_each_checkpoint(op, check=check)
+    result = await cancel_sweep(op, check=check)
     assert result.points >= 3
 
 
 async def test_sweep_joinset_join_next_never_loses_an_outcome(
-    autojump_clock: trio.testing.MockClock,
+    cancel_sweep: CancelSweep, autojump_clock: trio.testing.MockClock
 ) -> None:
     outcomes: list[tc.Outcome[object]] = []
     sets: list[tc.JoinSet] = []
@@ -383,11 +387,11 @@ async def test_sweep_joinset_join_next_never_loses_an_outcome(
         # Every task's outcome was either returned by join_next or is still in the set.
         assert len(outcomes) + len(js) == 2
 
-    result = await cancel_at_each_checkpoint(op, check=check)
+    result = await cancel_sweep(op, check=check)
     assert result.points >= 3
 
 
-async def test_sweep_run_until_cancelled_and_token_scope() -> None:
+async def test_sweep_run_until_cancelled_and_token_scope(cancel_sweep: CancelSweep) -> None:
     log: list[str] = []
 
     async def work() -> str:
@@ -408,11 +412,11 @@ async def test_sweep_run_until_cancelled_and_token_scope() -> None:
         await trio.lowlevel.checkpoint()
         assert log in ([], ["work done"], ["work done", "result value"])
 
-    result = await cancel_at_each_checkpoint(op, check=check)
+    result = await cancel_sweep(op, check=check)
     assert result.points >= 3
 
 
-async def test_sweep_notify_permit_not_lost() -> None:
+async def test_sweep_notify_permit_not_lost(cancel_sweep: CancelSweep) -> None:
     state: dict[str, object] = {}
 
     async def op() -> None:
@@ -430,4 +434,4 @@ async def test_sweep_notify_permit_not_lost() -> None:
         permit_left = "permit stored" in repr(notify)
         assert permit_left != state["woken"], "the permit was lost or used twice"
 
-    await cancel_at_each_checkpoint(op, check=check)
+    await cancel_sweep(op, check=check)
