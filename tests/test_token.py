@@ -944,3 +944,59 @@ def test_token_reusable_across_runs() -> None:
     clock = trio.testing.MockClock(autojump_threshold=0)
     assert trio.run(main, clock=clock) is True
     assert token.reason == "second run timer"
+
+
+async def test_cancelled_carries_reason_and_cancelling_task() -> None:
+    token = tc.CancellationToken()
+    seen: list[trio.Cancelled] = []
+    with token.cancel_scope():
+        token.cancel("why")
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled as exc:
+            seen.append(exc)
+            raise
+    assert seen[0].reason == "why"
+    assert seen[0].source == "explicit"
+    assert seen[0].source_task == repr(trio.lowlevel.current_task())
+
+
+async def test_cancel_falls_back_to_public_cancel_scope_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import trio_cancel._token as token_module
+
+    monkeypatch.setattr(token_module, "_CancelReason", None)
+    token = tc.CancellationToken()
+    seen: list[trio.Cancelled] = []
+    with token.cancel_scope() as cs, token.child_token().cancel_scope() as inner:
+        token.cancel("public path")
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled as exc:
+            seen.append(exc)
+            raise
+    assert cs.cancelled_caught or inner.cancelled_caught
+    assert seen[0].reason == "public path"
+
+
+async def test_many_scopes_and_waiters_on_one_token(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await token.wait_cancelled()
+        woken.append(i)
+
+    for i in range(3):
+        nursery.start_soon(waiter, i)
+    await trio.testing.wait_all_tasks_blocked()
+    with token.cancel_scope() as a, token.cancel_scope() as b, token.cancel_scope() as c:
+        assert repr(token) == "<CancellationToken live, 3 scopes>"
+        with trio.move_on_after(0.01):
+            await token.wait_cancelled()  # a waiter that leaves again
+        token.cancel("all")
+        await trio.lowlevel.checkpoint()
+    assert all(cs.cancel_called for cs in (a, b, c))
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(woken) == [0, 1, 2]
