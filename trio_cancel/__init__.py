@@ -16,6 +16,11 @@ from ._exceptions import (
     LaggedError as LaggedError,
     OperationCancelledError as OperationCancelledError,
 )
+from ._latency import (
+    CancellationLatency as CancellationLatency,
+    LatencyRecord as LatencyRecord,
+    SlowStep as SlowStep,
+)
 from ._notify import Notify as Notify
 from ._oneshot import (
     OneshotReceiver as OneshotReceiver,
@@ -57,12 +62,14 @@ __all__ = [
     "Aborted",
     "BroadcastReceiver",
     "BroadcastSender",
+    "CancellationLatency",
     "CancellationToken",
     "Completed",
     "DropGuard",
     "Failed",
     "JoinSet",
     "LaggedError",
+    "LatencyRecord",
     "Merge",
     "Notify",
     "OneshotReceiver",
@@ -71,6 +78,7 @@ __all__ = [
     "Outcome",
     "Registration",
     "Selected",
+    "SlowStep",
     "TaskHandle",
     "TaskTree",
     "TaskTreeNode",
