@@ -10,6 +10,8 @@ import attrs
 import outcome
 import trio
 
+from ._token import TokenWake
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -33,17 +35,20 @@ class SlowStep:
     seconds: float
 
 
-def _explicit_cancel(task: trio.lowlevel.Task) -> trio.Cancelled | None:
-    """The explicit ``Cancelled`` the runner is about to throw into ``task``, if any.
+def _cancel_wake(task: trio.lowlevel.Task) -> tuple[bool, str | None]:
+    """Whether ``task`` is being woken by an explicit cancellation, and its reason.
 
-    Reads Trio's private ``Task._next_send`` (the outcome the runner will send in), defensively.
+    Two kinds count: an explicit ``trio.Cancelled`` about to be thrown in, and a token's
+    cooperative wake-up of ``wait_cancelled()``. Reads Trio's private ``Task._next_send`` (the
+    outcome the runner will send in), defensively.
     """
     sent = getattr(task, "_next_send", None)
     if isinstance(sent, outcome.Error) and isinstance(sent.error, trio.Cancelled):
-        error = sent.error
-        if error.source == "explicit":
-            return error
-    return None
+        if sent.error.source == "explicit":
+            return True, sent.error.reason
+    elif isinstance(sent, outcome.Value) and isinstance(sent.value, TokenWake):
+        return True, sent.value.reason
+    return False, None
 
 
 @final
@@ -52,7 +57,8 @@ class CancellationLatency(trio.abc.Instrument):
 
     Add it with ``trio.lowlevel.add_instrument(latency)`` (or ``trio.run(...,
     instruments=[latency])``). For every task woken by an explicit cancellation (a token's
-    ``cancel()``, ``TaskHandle.abort()``, ``CancelScope.cancel()``; not deadlines), it records
+    ``cancel()``, whether it wakes ``wait_cancelled()`` or cancels a bound scope,
+    ``TaskHandle.abort()``, ``CancelScope.cancel()``; not deadlines), it records
     the time from that wake-up, which happens inside the ``cancel()`` call, to the task's exit.
     It also flags every step such a task then ran for longer than ``threshold`` seconds without
     reaching a checkpoint: the code that keeps a shutdown waiting.
@@ -79,9 +85,9 @@ class CancellationLatency(trio.abc.Instrument):
     def _note(self, task: trio.lowlevel.Task) -> None:
         if task in self._pending:
             return
-        cancelled = _explicit_cancel(task)
-        if cancelled is not None:
-            self._pending[task] = (self._clock(), cancelled.reason)
+        woken, reason = _cancel_wake(task)
+        if woken:
+            self._pending[task] = (self._clock(), reason)
 
     def task_scheduled(self, task: trio.lowlevel.Task) -> None:
         """Record the moment a task is woken with an explicit ``Cancelled``."""

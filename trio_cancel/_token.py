@@ -38,6 +38,7 @@ import weakref
 from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, final
 
 import attrs
+import outcome
 import trio
 
 from ._debug import track_registration
@@ -246,6 +247,7 @@ class CancellationToken:
         # Pass 2: release ownership, cancel scopes, wake waiters. One cancel reason serves
         # every scope (what CancelScope.cancel() would build for each, from this same task).
         cancel_scope: Callable[[trio.CancelScope], None] | None = None
+        wake: TokenWake | None = None
         for node in order:
             if node._pins:
                 # Only a linked token (any()) can have a live parent outside the subtree.
@@ -272,11 +274,13 @@ class CancellationToken:
             waiters = node._waiters
             if waiters is not None:
                 node._waiters = None
+                if wake is None:
+                    wake = TokenWake(reason)
                 if type(waiters) is dict:
                     for task in waiters:
-                        trio.lowlevel.reschedule(task)
+                        trio.lowlevel.reschedule(task, outcome.Value(wake))
                 else:
-                    trio.lowlevel.reschedule(waiters)  # type: ignore[arg-type]
+                    trio.lowlevel.reschedule(waiters, outcome.Value(wake))  # type: ignore[arg-type]
 
         # Pass 3: callbacks.
         errors: list[BaseException] = []
@@ -504,6 +508,17 @@ class CancellationToken:
         if self._timer is not None:
             self._timer.token = None
         self._timer = _timer_service().schedule(self, now + seconds, reason)
+
+
+@attrs.frozen
+class TokenWake:
+    """What a task parked in ``wait_cancelled()`` is woken with: one per ``cancel()`` call.
+
+    ``CancellationLatency`` recognises these wake-ups (they are cancellations by a token, just
+    delivered cooperatively rather than as a ``trio.Cancelled``).
+    """
+
+    reason: str | None
 
 
 def _count(slot: object) -> int:

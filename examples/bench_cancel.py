@@ -1,0 +1,375 @@
+"""E11: cancel N tasks at once and time it until every task has been joined (the seed's benchmark).
+
+Seed: ``000_2c132b0b7796ad3d.txt``. The Rust criterion benchmark ``bench_million_cancels``
+spawns 1,000,000 tasks, each racing ``child.cancelled()`` against a long sleep in ``select!``
+on its own child token, then times one root ``cancel()`` plus joining all of them, and reports
+a table (tasks, total cancel time, per-task time, peak memory, CPU use).
+
+Trio version, each variant in a fresh subprocess (so peak memory is its own), same N:
+
+* ``token``: the seed's shape. Each task holds its own ``root.child_token()`` and races it
+  against a one-hour sleep: ``with trio.move_on_after(3600): await child.wait_cancelled()``
+  (a deadline is Trio's way to race a sleep). One ``root.cancel()``.
+* ``token-scope``: the exception path. ``with child.cancel_scope(): await trio.sleep(3600)``.
+* ``trio-nursery``: plain Trio, ``await trio.sleep(3600)``; ``nursery.cancel_scope.cancel()``.
+* ``trio-event``: cooperative baseline, tasks wait on one shared ``trio.Event`` (with the same
+  one-hour deadline) and return when it is set.
+* ``asyncio``: ``asyncio.TaskGroup``, ``await asyncio.sleep(3600)``, ``task.cancel()`` on each.
+
+Also measured: the garbage collector's share (the same run with ``gc.disable()`` around the
+cancel) and ``gc.freeze()`` after start-up; bytes per child token; a root that creates and drops
+children keeping flat memory (tracemalloc); and the latency distribution from
+``tc.CancellationLatency`` (in a separate run, since an instrument slows every step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+import trio
+import trio.testing
+
+import trio_cancel as tc
+
+VARIANTS = ("token", "token-scope", "trio-nursery", "trio-event", "asyncio")
+HOUR = 3600.0
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() // 1024
+
+
+# ---------------------------------------------------------------- one run (in a subprocess)
+
+
+async def _token_task(child: tc.CancellationToken) -> None:
+    with trio.move_on_after(HOUR):
+        await child.wait_cancelled()
+
+
+async def _token_scope_task(child: tc.CancellationToken) -> None:
+    with child.cancel_scope():
+        await trio.sleep(HOUR)
+
+
+async def _event_task(event: trio.Event) -> None:
+    with trio.move_on_after(HOUR):
+        await event.wait()
+
+
+async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[str, Any]:
+    root = tc.CancellationToken()
+    event = trio.Event()
+    recorder = tc.CancellationLatency(threshold=0.005) if latency else None
+    base_kib = _rss_kib()
+    async with trio.open_nursery() as nursery:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            if variant == "token":
+                nursery.start_soon(_token_task, root.child_token())
+            elif variant == "token-scope":
+                nursery.start_soon(_token_scope_task, root.child_token())
+            elif variant == "trio-event":
+                nursery.start_soon(_event_task, event)
+            else:
+                nursery.start_soon(trio.sleep, HOUR)
+        await trio.testing.wait_all_tasks_blocked()
+        spawn_s = time.perf_counter() - t0
+        if gc_mode == "freeze":
+            gc.freeze()
+        elif gc_mode == "off":
+            gc.disable()
+        if recorder is not None:
+            trio.lowlevel.add_instrument(recorder)
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        if variant == "trio-nursery":
+            nursery.cancel_scope.cancel()
+        elif variant == "trio-event":
+            event.set()
+        else:
+            root.cancel("benchmark")
+        call_s = time.perf_counter() - t0
+    cancel_s = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0
+    gc.enable()
+    result: dict[str, Any] = {
+        "spawn_s": spawn_s,
+        "cancel_s": cancel_s,
+        "call_s": call_s,
+        "cpu_s": cpu_s,
+        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "base_kib": base_kib,
+    }
+    if recorder is not None:
+        result["latency"] = {
+            "landed": len(recorder.records),
+            "p50_ms": recorder.percentile(50) * 1e3,
+            "p99_ms": recorder.percentile(99) * 1e3,
+            "max_ms": recorder.percentile(100) * 1e3,
+        }
+    return result
+
+
+async def _asyncio_run(n: int) -> dict[str, Any]:
+    base_kib = _rss_kib()
+    tasks: list[asyncio.Task[None]] = []
+    async with asyncio.TaskGroup() as group:
+        t0 = time.perf_counter()
+        tasks = [group.create_task(asyncio.sleep(HOUR)) for _ in range(n)]
+        await asyncio.sleep(0)  # let every task start and block
+        spawn_s = time.perf_counter() - t0
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        for task in tasks:
+            task.cancel()
+        call_s = time.perf_counter() - t0
+    cancel_s = time.perf_counter() - t0
+    return {
+        "spawn_s": spawn_s,
+        "cancel_s": cancel_s,
+        "call_s": call_s,
+        "cpu_s": time.process_time() - cpu0,
+        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "base_kib": base_kib,
+    }
+
+
+def _token_memory(n: int) -> dict[str, Any]:
+    """Bytes per child token kept; bytes retained by a root after creating and dropping n."""
+    root = tc.CancellationToken()
+    for _ in range(1000):
+        root.child_token()
+    gc.collect()
+    tracemalloc.start()
+    base, _ = tracemalloc.get_traced_memory()
+    kept = [root.child_token() for _ in range(n)]
+    per_token = (tracemalloc.get_traced_memory()[0] - base) / n
+    del kept
+    gc.collect()
+    base, _ = tracemalloc.get_traced_memory()
+    for _ in range(n):
+        root.child_token()
+    gc.collect()
+    retained = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return {"bytes_per_child_token": per_token, "churn": n, "churn_retained_bytes": retained}
+
+
+def _child(args: argparse.Namespace) -> None:
+    if args.child == "token-memory":
+        print(json.dumps(_token_memory(args.tasks)))
+    elif args.child == "asyncio":
+        print(json.dumps(asyncio.run(_asyncio_run(args.tasks))))
+    else:
+        print(json.dumps(trio.run(_trio_run, args.child, args.tasks, args.gc, args.latency)))
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def _spawn(variant: str, n: int, gc_mode: str = "default", latency: bool = False) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", variant, "--tasks", str(n), "--gc", gc_mode]
+    if latency:
+        cmd.append("--latency")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def _progress(total: int) -> Any:  # noqa: ANN401 - tqdm's bar, or a stand-in
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="run", file=sys.stderr, leave=False)
+    except ImportError:  # pragma: no cover
+
+        class _Bar:
+            def update(self, n: int = 1) -> None: ...
+            def set_description(self, text: str) -> None: ...
+            def close(self) -> None: ...
+
+        return _Bar()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    parser.add_argument("--full", action="store_true", help="add 1,000,000 tasks (one run)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot per-task time and bytes/task")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tasks", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--gc", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--latency", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+
+    sizes = sorted(set(args.sizes + ([1_000_000] if args.full else [])))
+    largest = max(sizes)
+    plan: list[tuple[str, int, str, int]] = []
+    for n in sizes:
+        repeat = 1 if n >= 1_000_000 else args.repeat
+        plan += [(v, n, "default", repeat) for v in VARIANTS]
+    for mode in ("off", "freeze"):
+        plan += [
+            (v, largest, mode, 1 if largest >= 1_000_000 else args.repeat)
+            for v in ("token-scope", "trio-nursery")
+        ]
+    bar = _progress(sum(r for *_, r in plan) + 2)
+    results: dict[tuple[str, int, str], dict[str, float]] = {}
+    for variant, n, mode, repeat in plan:
+        runs = []
+        for _ in range(repeat):
+            bar.set_description(f"{variant} {n} gc={mode}")
+            runs.append(_spawn(variant, n, mode))
+            bar.update()
+        results[(variant, n, mode)] = _median(runs)
+    latency = _spawn("token", largest, latency=True)["latency"]
+    bar.update()
+    memory = json.loads(
+        subprocess.run(
+            [sys.executable, __file__, "--child", "token-memory", "--tasks", str(largest)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    bar.update()
+    bar.close()
+
+    rows = []
+    for (variant, n, mode), m in results.items():
+        base = results[("trio-nursery", n, mode)]
+        rows.append(
+            {
+                "variant": variant,
+                "tasks": n,
+                "gc": mode,
+                "cancel_s": m["cancel_s"],
+                "per_task_us": m["cancel_s"] / n * 1e6,
+                "call_s": m["call_s"],
+                "spawn_s": m["spawn_s"],
+                "peak_mb": m["peak_kib"] / 1024,
+                "bytes_per_task": (m["peak_kib"] - m["base_kib"]) * 1024 / n,
+                "cpu_pct": 100 * m["cpu_s"] / m["cancel_s"] if m["cancel_s"] else 0.0,
+                "vs_trio_nursery": m["cancel_s"] / base["cancel_s"],
+            }
+        )
+    report = {"rows": rows, "latency": latency, "memory": memory, "cpus": os.cpu_count()}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report, sizes, largest)
+    if args.plot:
+        _plot(rows, args.plot)
+
+
+def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> None:
+    rows = report["rows"]
+
+    def row(variant: str, n: int, mode: str = "default") -> dict[str, Any]:
+        return next(r for r in rows if (r["variant"], r["tasks"], r["gc"]) == (variant, n, mode))
+
+    print(f"Cancel N tasks at once, until all are joined (median; {report['cpus']} CPUs)")
+    header = (
+        f"{'variant':<13}{'tasks':>10}{'cancel+join':>13}{'per task':>11}"
+        f"{'peak mem':>10}{'bytes/task':>12}{'CPU':>6}{'vs nursery':>12}"
+    )
+    print(header)
+    for n in sizes:
+        for v in VARIANTS:
+            r = row(v, n)
+            print(
+                f"{v:<13}{n:>10,}{r['cancel_s']:>12.3f}s{r['per_task_us']:>9.2f}us"
+                f"{r['peak_mb']:>8.0f}MB{r['bytes_per_task']:>12.0f}{r['cpu_pct']:>5.0f}%"
+                f"{r['vs_trio_nursery']:>12.2f}"
+            )
+    print()
+    print(f"Garbage collector at {largest:,} tasks (cancel+join):")
+    for v in ("token-scope", "trio-nursery"):
+        on, off, frozen = (row(v, largest, m)["cancel_s"] for m in ("default", "off", "freeze"))
+        print(
+            f"  {v:<13} gc on {on:.3f}s, off {off:.3f}s (GC share {100 * (1 - off / on):.0f}%),"
+            f" gc.freeze() after start-up {frozen:.3f}s ({on / frozen:.2f}x faster)"
+        )
+    lat = report["latency"]
+    print()
+    print(
+        f"Cancel latency, token variant at {largest:,} tasks (tc.CancellationLatency): "
+        f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
+        f"({lat['landed']:,} landed)"
+    )
+    mem = report["memory"]
+    print(
+        f"Memory: {mem['bytes_per_child_token']:.0f} bytes per child token; a root that created "
+        f"and dropped {mem['churn']:,} children retains {mem['churn_retained_bytes']:,} bytes"
+    )
+    print()
+    n = largest
+    nursery, event = row("trio-nursery", n), row("trio-event", n)
+    token, scope = row("token", n), row("token-scope", n)
+    checks = [
+        ("seed shape (token) <= 0.5x trio-nursery", token["cancel_s"] / nursery["cancel_s"], 0.5),
+        ("seed shape (token) <= 1.2x trio-event", token["cancel_s"] / event["cancel_s"], 1.2),
+        ("token-scope <= 1.3x trio-nursery", scope["cancel_s"] / nursery["cancel_s"], 1.3),
+    ]
+    if 1_000_000 in sizes and 100_000 in sizes:
+        for v in ("token", "token-scope"):
+            ratio = row(v, 1_000_000)["per_task_us"] / row(v, 100_000)["per_task_us"]
+            checks.append((f"{v}: per-task time at 1M <= 1.3x at 100k", ratio, 1.3))
+    for v in ("token", "token-scope"):
+        extra = row(v, n)["bytes_per_task"] - nursery["bytes_per_task"]
+        checks.append((f"{v}: bytes/task <= trio-nursery + 500", extra, 500))
+    print(f"Targets at {n:,} tasks:")
+    for name, value, limit in checks:
+        verdict = "met" if value <= limit else "NOT met"
+        print(f"  {name:<45} {value:>8.2f}  {verdict}")
+
+
+def _plot(rows: list[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for v in VARIANTS:
+        pts = sorted((r["tasks"], r) for r in rows if r["variant"] == v and r["gc"] == "default")
+        xs = [n for n, _ in pts]
+        left.plot(xs, [r["per_task_us"] for _, r in pts], marker="o", label=v)
+        right.plot(xs, [max(r["bytes_per_task"], 1) for _, r in pts], marker="o", label=v)
+    for ax, title in ((left, "cancel+join time per task (us)"), (right, "bytes per task")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tasks")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot written to {path}")
+
+
+if __name__ == "__main__":
+    main()
