@@ -226,7 +226,7 @@ def main() -> None:
         return
 
     sizes = sorted(set(args.sizes + ([1_000_000] if args.full else [])))
-    largest = max(sizes)
+    largest = max(n for n in sizes if n <= 100_000) if min(sizes) <= 100_000 else min(sizes)
     plan: list[tuple[str, int, str, int]] = []
     for n in sizes:
         repeat = 1 if n >= 1_000_000 else args.repeat

@@ -72,6 +72,23 @@ CHECKS: dict[str, Expect] = {
             r"^long_job: Canceled\('user pressed stop'\)$",
         ),
     ),
+    "bench_cancel.py": Expect(
+        lines=(
+            r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",
+            r"^variant\s+tasks\s+cancel\+join\s+per task\s+peak mem\s+bytes/task\s+CPU",
+            r"^token\s+500\s+[\d.]+s\s+[\d.]+us\s+\d+MB\s+-?\d+\s+\d+%\s+[\d.]+$",
+            r"^token-scope\s+500\s",
+            r"^trio-nursery\s+500\s.*\s1\.00$",
+            r"^trio-event\s+500\s",
+            r"^asyncio\s+500\s",
+            r"^  token-scope\s+gc on [\d.]+s, off [\d.]+s \(GC share -?\d+%\)",
+            r"^Cancel latency, token variant at 500 tasks .*\(500 landed\)$",
+            r"^Memory: \d+ bytes per child token; a root that created and dropped 500 children",
+            r"^  seed shape \(token\) <= 0\.5x trio-nursery\s",
+            r"^plot written to ",
+        ),
+        args=("--sizes", "500", "--repeat", "1", "--plot", "/tmp/trio_cancel_bench_test.png"),
+    ),
     "bench_channels.py": Expect(
         lines=(
             r"^\s*receivers variant\s+send\(\)\s+all woken\s+ns/receiver\s+ratio$",
