@@ -11,7 +11,7 @@ DEMOS := token_cancel cancel_me query_timeout token_tree task_outcomes abort dro
 	abort_cpu_task oneshot_cancel broadcast_cancel watch_cancel race control_worker task_pool \
 	merge_streams cancel_safety_sweep state_machine runtime_view
 
-.PHONY: venv demo test lint typecheck docs pytest clean
+.PHONY: venv demo test lint typecheck docs pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck docs pytest
+
+# The seed's benchmark (a few minutes; add FULL=1 for 1,000,000 tasks).
+bench: $(STAMP)
+	$(BIN)/python examples/bench_cancel.py $(if $(FULL),--full) --plot bench_cancel.png
 
 clean:
 	rm -rf $(VENV) docs/_build .mypy_cache .ruff_cache .pytest_cache .hypothesis

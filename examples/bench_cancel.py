@@ -215,6 +215,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="add 1,000,000 tasks (one run)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="a subset to run"
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="plot per-task time and bytes/task")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, default=1000, help=argparse.SUPPRESS)
@@ -230,7 +233,7 @@ def main() -> None:
     plan: list[tuple[str, int, str, int]] = []
     for n in sizes:
         repeat = 1 if n >= 1_000_000 else args.repeat
-        plan += [(v, n, "default", repeat) for v in VARIANTS]
+        plan += [(v, n, "default", repeat) for v in args.variants]
     for mode in ("off", "freeze"):
         plan += [
             (v, largest, mode, 1 if largest >= 1_000_000 else args.repeat)
@@ -245,7 +248,7 @@ def main() -> None:
             runs.append(_spawn(variant, n, mode))
             bar.update()
         results[(variant, n, mode)] = _median(runs)
-    latency = _spawn("token", largest, latency=True)["latency"]
+    latency = _spawn("token", largest, latency=True)["latency"]  # the seed's shape
     bar.update()
     memory = json.loads(
         subprocess.run(
@@ -260,7 +263,7 @@ def main() -> None:
 
     rows = []
     for (variant, n, mode), m in results.items():
-        base = results[("trio-nursery", n, mode)]
+        base = results.get(("trio-nursery", n, mode), m)
         rows.append(
             {
                 "variant": variant,
@@ -287,6 +290,7 @@ def main() -> None:
 
 def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> None:
     rows = report["rows"]
+    present = {r["variant"] for r in rows}
 
     def row(variant: str, n: int, mode: str = "default") -> dict[str, Any]:
         return next(r for r in rows if (r["variant"], r["tasks"], r["gc"]) == (variant, n, mode))
@@ -298,7 +302,7 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     )
     print(header)
     for n in sizes:
-        for v in VARIANTS:
+        for v in (v for v in VARIANTS if v in present):
             r = row(v, n)
             print(
                 f"{v:<13}{n:>10,}{r['cancel_s']:>12.3f}s{r['per_task_us']:>9.2f}us"
@@ -307,7 +311,7 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
             )
     print()
     print(f"Garbage collector at {largest:,} tasks (cancel+join):")
-    for v in ("token-scope", "trio-nursery"):
+    for v in (v for v in ("token-scope", "trio-nursery") if v in present):
         on, off, frozen = (row(v, largest, m)["cancel_s"] for m in ("default", "off", "freeze"))
         print(
             f"  {v:<13} gc on {on:.3f}s, off {off:.3f}s (GC share {100 * (1 - off / on):.0f}%),"
@@ -327,6 +331,8 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     )
     print()
     n = largest
+    if not {"token", "token-scope", "trio-nursery", "trio-event"} <= present:
+        return
     nursery, event = row("trio-nursery", n), row("trio-event", n)
     token, scope = row("token", n), row("token-scope", n)
     checks = [
