@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import SyncClosable
+from ._endpoint import SyncClosable, receive_when_ready
 from ._exceptions import LaggedError
 from ._util import NoPublicConstructor
 
@@ -163,15 +163,7 @@ class BroadcastReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPu
             trio.EndOfChannel: Every sender is closed and nothing new is left.
             trio.ClosedResourceError: This receiver was closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                value = self.receive_nowait()
-            except trio.WouldBlock:
-                await self._state.lot.park()
-                continue
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return value
+        return await receive_when_ready(self.receive_nowait, self._state.lot)
 
     def resubscribe(self) -> BroadcastReceiver[T]:
         """A new receiver that sees values sent after this call. Not a checkpoint; never blocks.

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import trio
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
+
+T = TypeVar("T")
+
+
+async def receive_when_ready(receive_nowait: Callable[[], T], lot: trio.lowlevel.ParkingLot) -> T:
+    """The blocking form of ``receive_nowait``: park in ``lot`` until it stops raising WouldBlock.
+
+    Always a checkpoint; a cancellation consumes nothing (it lands before ``receive_nowait``
+    runs, or while parked). Whoever changes what ``receive_nowait`` would return wakes ``lot``.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    while True:
+        try:
+            value = receive_nowait()
+        except trio.WouldBlock:
+            await lot.park()
+            continue
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return value
 
 
 class SyncClosable:

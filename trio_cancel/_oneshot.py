@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import SyncClosable
+from ._endpoint import SyncClosable, receive_when_ready
 from ._util import NoPublicConstructor
 
 T = TypeVar("T")
@@ -133,15 +133,7 @@ class OneshotReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPubl
             trio.EndOfChannel: The value was already taken, or the sender closed without sending.
             trio.ClosedResourceError: This receiver was closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                value = self.receive_nowait()
-            except trio.WouldBlock:
-                await self._state.receivers.park()
-                continue
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return value
+        return await receive_when_ready(self.receive_nowait, self._state.receivers)
 
     def _close(self) -> None:
         state = self._state

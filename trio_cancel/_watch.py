@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import SyncClosable
+from ._endpoint import SyncClosable, receive_when_ready
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
@@ -212,15 +212,7 @@ class WatchReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPublic
             trio.EndOfChannel: Every sender is closed and nothing unseen remains.
             trio.ClosedResourceError: This receiver was closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                value = self.receive_nowait()
-            except trio.WouldBlock:
-                await self._state.lot.park()
-                continue
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return value
+        return await receive_when_ready(self.receive_nowait, self._state.lot)
 
     def receive_nowait(self) -> T:
         """The value if it changed since last seen (marking it seen). Never blocks.
