@@ -11,7 +11,8 @@ Trio version, each variant in a fresh subprocess (so peak memory is its own), sa
   against a one-hour sleep: ``with trio.move_on_after(3600): await child.wait_cancelled()``
   (a deadline is Trio's way to race a sleep). One ``root.cancel()``.
 * ``token-scope``: the exception path. ``with child.cancel_scope(): await trio.sleep(3600)``.
-* ``trio-nursery``: plain Trio, ``await trio.sleep(3600)``; ``nursery.cancel_scope.cancel()``.
+* ``trio-nursery``: plain Trio, a task function doing ``await trio.sleep(3600)``;
+  ``nursery.cancel_scope.cancel()``.
 * ``trio-event``: cooperative baseline, tasks wait on one shared ``trio.Event`` (with the same
   one-hour deadline) and return when it is set.
 * ``asyncio``: ``asyncio.TaskGroup``, ``await asyncio.sleep(3600)``, ``task.cancel()`` on each.
@@ -65,6 +66,10 @@ async def _token_scope_task(child: tc.CancellationToken) -> None:
         await trio.sleep(HOUR)
 
 
+async def _sleep_task() -> None:
+    await trio.sleep(HOUR)
+
+
 async def _event_task(event: trio.Event) -> None:
     with trio.move_on_after(HOUR):
         await event.wait()
@@ -85,7 +90,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
             elif variant == "trio-event":
                 nursery.start_soon(_event_task, event)
             else:
-                nursery.start_soon(trio.sleep, HOUR)
+                nursery.start_soon(_sleep_task)
         await trio.testing.wait_all_tasks_blocked()
         spawn_s = time.perf_counter() - t0
         if gc_mode == "freeze":
@@ -124,12 +129,16 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
     return result
 
 
+async def _asyncio_sleep_task() -> None:
+    await asyncio.sleep(HOUR)
+
+
 async def _asyncio_run(n: int) -> dict[str, Any]:
     base_kib = _rss_kib()
     tasks: list[asyncio.Task[None]] = []
     async with asyncio.TaskGroup() as group:
         t0 = time.perf_counter()
-        tasks = [group.create_task(asyncio.sleep(HOUR)) for _ in range(n)]
+        tasks = [group.create_task(_asyncio_sleep_task()) for _ in range(n)]
         await asyncio.sleep(0)  # let every task start and block
         spawn_s = time.perf_counter() - t0
         cpu0 = time.process_time()
