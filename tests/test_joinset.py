@@ -321,3 +321,14 @@ async def test_current_task_tree_whole_run_contains_this_task() -> None:
 def test_current_task_tree_outside_run() -> None:
     with pytest.raises(RuntimeError):
         tc.current_task_tree()
+
+
+async def test_abort_all_rejects_bad_reason_and_is_noop_when_empty() -> None:
+    async with tc.JoinSet() as js:
+        js.abort_all("nothing running")  # no task: nothing happens
+        handle = js.spawn(trio.sleep_forever)
+        with pytest.raises(TypeError, match="reason"):
+            js.abort_all(3)  # type: ignore[arg-type]
+        assert not handle.is_finished()
+        js.abort_all("now")
+        assert await js.join_next() == tc.Aborted("now")

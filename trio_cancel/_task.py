@@ -39,7 +39,7 @@ import attrs
 import trio
 
 from ._debug import track_handle
-from ._token import CancellationToken
+from ._token import CancellationToken, _scope_canceller
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
@@ -176,10 +176,13 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
         if self._outcome is not None:
             return
+        self._note_abort(reason)
+        self._scope.cancel(reason=reason)
+
+    def _note_abort(self, reason: str | None) -> None:
         if not self._scope.cancel_called:
             self._aborted_first = True
             self._abort_reason = reason
-        self._scope.cancel(reason=reason)
 
     def abort_handle(self) -> AbortHandle:
         """A small object that can only abort this task and ask whether it finished.
@@ -417,8 +420,14 @@ class JoinSet:
 
     def abort_all(self, reason: str | None = None) -> None:
         """Abort every task still running. Not a checkpoint; never blocks."""
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+        if not self._running:
+            return
+        cancel = _scope_canceller(reason)  # one cancel reason for the whole set
         for handle in list(self._running):
-            handle.abort(reason)
+            handle._note_abort(reason)
+            cancel(handle._scope)
 
     async def join_next(self) -> Outcome[Any] | None:
         """The outcome of the next task to finish, in finishing order; ``None`` if empty.

@@ -19,10 +19,10 @@ Invariants (every method keeps them; the tests check them):
    alive, so a root that hands out and drops a million children keeps flat memory. Bound scopes
    and waiters need no pin: the task using them holds the token.
 4. Every live (uncancelled) node has only live parents.
-5. ``cancel()`` never recurses: one iterative walk collects the newly cancelled nodes in
-   pre-order (a node before its descendants), then three flat passes act on that list: mark,
-   cancel scopes and wake waiters, run callbacks. Its cost is linear in nodes + scopes +
-   callbacks reached.
+5. ``cancel()`` never recurses: one iterative walk marks the newly cancelled nodes and lists
+   them in pre-order (a node before its descendants), then two flat passes act on that list:
+   release ownership, cancel scopes and wake waiters; then run callbacks. Its cost is linear
+   in nodes + scopes + callbacks reached.
 6. Registering and unregistering a child, a scope, a waiter or a callback is O(1), except that
    the first callback in a subtree pins the chain of uncancelled ancestors once.
 """
