@@ -32,13 +32,13 @@ class LineChannel(trio.abc.ReceiveChannel[str]):
     """Lines from a byte stream. Cancel-safe: bytes already read stay in the buffer."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream = stream
+        self.stream = stream
         self._buffer = bytearray()
 
     async def receive(self) -> str:
         await trio.lowlevel.checkpoint_if_cancelled()
         while b"\n" not in self._buffer:
-            data = await self._stream.receive_some()
+            data = await self.stream.receive_some()
             if not data:
                 raise trio.EndOfChannel
             self._buffer += data
@@ -48,7 +48,7 @@ class LineChannel(trio.abc.ReceiveChannel[str]):
         return line.decode()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        await self.stream.aclose()
 
 
 async def serve_lines(stream: trio.SocketStream) -> None:
@@ -68,7 +68,9 @@ async def open_sources(
     async with send:
         for i in range(N):
             send.send_nowait(f"chan-{i}")
-    await trio.sleep(0.05)  # let the server's bytes arrive: both sources now have data ready
+    # Wait until the server's bytes have arrived: both sources then have data ready.
+    await trio.lowlevel.wait_readable(lines.stream.socket)
+    await trio.sleep(0.01)
     return lines, recv
 
 
