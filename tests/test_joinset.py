@@ -332,3 +332,33 @@ async def test_abort_all_rejects_bad_reason_and_is_noop_when_empty() -> None:
         assert not handle.is_finished()
         js.abort_all("now")
         assert await js.join_next() == tc.Aborted("now")
+
+
+async def test_cancelled_before_call_changes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.JoinSet() as js:
+        handle = js.spawn(_after, 1, 1)
+        for call in (js.shutdown, js.join_all, js.join_next):
+            with trio.CancelScope() as cs:
+                cs.cancel()
+                await call()
+            assert cs.cancelled_caught
+        assert not handle.is_finished()  # shutdown() cancelled before the call aborted nothing
+        await trio.sleep(2)
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await js.join_all()
+        assert len(js) == 1
+        assert await js.join_all() == [tc.Completed(1)]
+
+
+async def test_merge_cancelled_before_call_keeps_ready_item() -> None:
+    send, recv = trio.open_memory_channel[int](1)
+    send.send_nowait(7)
+    merged = tc.merge(recv)
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await merged.receive()
+    assert cs.cancelled_caught
+    assert await merged.receive() == 7

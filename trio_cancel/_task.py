@@ -472,9 +472,10 @@ class JoinSet:
         The outcomes stay in the set for :meth:`join_next` / :meth:`join_all`.
 
         Cancellation:
-            Always a checkpoint. If cancelled while waiting, the tasks are already aborted and
-            keep winding down; nothing is consumed.
+            Always a checkpoint. Cancelled before the call, it aborts nothing. Cancelled while
+            waiting, the tasks are already aborted and keep winding down; nothing is consumed.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled before the call: no effect
         self.abort_all(reason)
         await self._wait_all_finished()
         await trio.lowlevel.cancel_shielded_checkpoint()
