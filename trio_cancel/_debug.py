@@ -1,9 +1,10 @@
 """Opt-in tracking of what a test created, for the leak checks of trio_cancel.testing.
 
 Tracking is off unless a ``LeakTracker`` is set in the current context (the pytest fixture
-``trio_cancel_leaks`` does that for one test): then the factories record the endpoints, task
-handles and ``on_cancel`` registrations they create. Off, it costs one ``ContextVar.get()`` per
-factory call; the token tree's hot paths (``child_token``, ``cancel``) never call it.
+``trio_cancel_leaks`` does that for one test): then the factories record the endpoints and
+``on_cancel`` registrations they create (tasks are watched by an instrument instead). Off, it
+costs one ``ContextVar.get()`` per factory call; the token tree's hot paths (``child_token``,
+``cancel``) never call it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import attrs
 @attrs.define(eq=False)
 class LeakTracker:
     endpoints: list[object] = attrs.Factory(list)
-    handles: list[object] = attrs.Factory(list)
     registrations: list[object] = attrs.Factory(list)
 
 
@@ -29,12 +29,6 @@ def track_endpoints(*objs: object) -> None:
     tracker = CURRENT.get()
     if tracker is not None:
         tracker.endpoints.extend(objs)
-
-
-def track_handle(obj: object) -> None:
-    tracker = CURRENT.get()
-    if tracker is not None:
-        tracker.handles.append(obj)
 
 
 def track_registration(obj: object) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
 import attrs
 import trio
 
-from ._util import NoPublicConstructor
+from ._util import NoPublicConstructor, raise_errors_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -44,16 +44,6 @@ class Selected(Generic[T]):
     def __iter__(self) -> Iterator[str | T]:
         yield self.name
         yield self.value
-
-
-def _reraise_bare(exc: BaseException) -> None:
-    """Raise ``exc`` as itself, leaving its ``__context__`` as it was."""
-    context = exc.__context__
-    try:
-        raise exc
-    finally:
-        exc.__context__ = context
-        del exc
 
 
 async def select(**branches: Callable[[], Awaitable[T]] | None) -> Selected[T]:
@@ -100,18 +90,11 @@ async def select(**branches: Callable[[], Awaitable[T]] | None) -> Selected[T]:
             for name, fn in enabled.items():
                 nursery.start_soon(run_branch, name, fn, nursery.cancel_scope, name=name)
     except BaseExceptionGroup as group:
-        _, errors = group.split(trio.Cancelled)
-        if errors is None:
-            if not completed:
-                raise
-            # A winner exists and only cancellations from outside are left: return the
-            # result; the outer scope is still cancelled and will raise at the next checkpoint.
-        else:
-            if len(errors.exceptions) == 1 and not isinstance(
-                errors.exceptions[0], BaseExceptionGroup
-            ):
-                _reraise_bare(errors.exceptions[0])
-            raise errors from None
+        raise_errors_of(group)
+        if not completed:
+            raise
+        # A winner exists and only cancellations from outside are left: return the result;
+        # the outer scope is still cancelled and will raise at the next checkpoint.
     winner, *_ = completed
     value = completed.pop(winner)
     # The nursery ran at least one branch task, so leaving it was a checkpoint.
@@ -189,14 +172,8 @@ class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
                 for source in sources:
                     nursery.start_soon(pull, source, nursery.cancel_scope)
         except BaseExceptionGroup as group:
-            _, errors = group.split(trio.Cancelled)
-            if errors is None:
-                raise
-            if len(errors.exceptions) == 1 and not isinstance(
-                errors.exceptions[0], BaseExceptionGroup
-            ):
-                _reraise_bare(errors.exceptions[0])
-            raise errors from None
+            raise_errors_of(group)
+            raise
         finally:
             for source in ended:
                 self._sources.remove(source)

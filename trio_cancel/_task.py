@@ -38,9 +38,8 @@ from typing import (
 import attrs
 import trio
 
-from ._debug import track_handle
 from ._token import CancellationToken, _scope_canceller
-from ._util import NoPublicConstructor
+from ._util import NoPublicConstructor, check_reason, first_leaf, only_cancelled, reraise_bare
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -94,16 +93,10 @@ Outcome: TypeAlias = Completed[T] | Failed | Aborted
 
 
 def _outcome_of_base_exception(exc: BaseException) -> Failed | Aborted:
-    if isinstance(exc, trio.Cancelled):
-        return Aborted(exc.reason)
-    if isinstance(exc, BaseExceptionGroup):
-        cancelled, rest = exc.split(trio.Cancelled)
-        if rest is None and cancelled is not None:
-            first: BaseException = cancelled
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            assert isinstance(first, trio.Cancelled)
-            return Aborted(first.reason)
+    if only_cancelled(exc):
+        first = first_leaf(exc)
+        assert isinstance(first, trio.Cancelled)
+        return Aborted(first.reason)
     return Failed(exc)
 
 
@@ -172,8 +165,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         the scope (this or the token's) fixes the reason. No effect once finished.
         Not a checkpoint; never blocks.
         """
-        if reason is not None and not isinstance(reason, str):
-            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+        check_reason(reason)
         if self._outcome is not None:
             return
         self._note_abort(reason)
@@ -323,7 +315,6 @@ def _make_handle(
         raise TypeError(f"name must be a str or None, not {type(name).__name__}")
     handle = cast("TaskHandle[T]", TaskHandle._create(async_fn, args, name, token, on_done))
     nursery.start_soon(handle._run, name=name)  # raises if the nursery is closed
-    track_handle(handle)
     if token is not None:
         token._add_scope(handle._scope)  # before the task first runs: start_soon only schedules
     return handle
@@ -420,8 +411,7 @@ class JoinSet:
 
     def abort_all(self, reason: str | None = None) -> None:
         """Abort every task still running. Not a checkpoint; never blocks."""
-        if reason is not None and not isinstance(reason, str):
-            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+        check_reason(reason)
         if not self._running:
             return
         cancel = _scope_canceller(reason)  # one cancel reason for the whole set
@@ -502,7 +492,7 @@ class JoinSet:
         self._state = "open"
         return self
 
-    async def __aexit__(
+    async def __aexit__(  # noqa: ASYNC910 - awaiting the nursery exit is the checkpoint
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -522,18 +512,10 @@ class JoinSet:
         except BaseExceptionGroup as group:
             if exc is None:
                 raise
-            cancelled, rest = group.split(trio.Cancelled)
             only_body = group.exceptions == (exc,)
-            only_cancels = rest is None and isinstance(exc, trio.Cancelled)
-            if not (only_body or only_cancels):
+            if not (only_body or (isinstance(exc, trio.Cancelled) and only_cancelled(group))):
                 raise
-            # Unwrap: the body's exception propagates as itself, with its own context.
-            context = exc.__context__
-            try:
-                raise exc
-            finally:
-                exc.__context__ = context
-                del exc, group, cancelled, rest
+            reraise_bare(exc)  # the body's exception propagates as itself
         finally:
             for handle in self._finished:
                 handle._report_unretrieved("JoinSet closed")

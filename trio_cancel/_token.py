@@ -43,7 +43,7 @@ import trio
 
 from ._debug import track_registration
 from ._exceptions import OperationCancelledError
-from ._util import NoPublicConstructor
+from ._util import NoPublicConstructor, check_reason
 
 try:  # Trio's private cancel reason record (see _scope_canceller)
     from trio._core._run import CancelReason as _CancelReason
@@ -60,11 +60,6 @@ T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
 
 _log = logging.getLogger("trio_cancel")
-
-
-def _check_reason(reason: object, what: str = "reason") -> None:
-    if reason is not None and not isinstance(reason, str):
-        raise TypeError(f"{what} must be a str or None, not {type(reason).__name__}")
 
 
 @final
@@ -222,7 +217,7 @@ class CancellationToken:
             TypeError: ``reason`` is not a string or None.
             ExceptionGroup: One or more ``on_cancel`` callbacks raised.
         """
-        _check_reason(reason)
+        check_reason(reason)
         if self._cancelled:
             return
         if reason is None and cause is not None:
@@ -451,7 +446,7 @@ class CancellationToken:
         Args:
             reason: The reason the guard cancels with.
         """
-        _check_reason(reason)
+        check_reason(reason)
         return DropGuard._create(self, reason)
 
     def on_cancel(self, callback: Callable[[], object]) -> Registration:
@@ -498,7 +493,7 @@ class CancellationToken:
             raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
         if math.isnan(seconds) or seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-        _check_reason(reason)
+        check_reason(reason)
         try:
             now = trio.current_time()
         except RuntimeError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABCMeta
 from typing import Any, NoReturn, TypeVar
 
+import trio
+
 T = TypeVar("T")
 
 
@@ -22,6 +24,47 @@ class NoPublicConstructor(ABCMeta):
 
     def _create(cls: type[T], *args: Any, **kwargs: Any) -> T:  # noqa: ANN401
         return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+def check_reason(reason: object) -> None:
+    """A cancel reason is a ``str`` or ``None`` (Trio's ``CancelScope.cancel`` takes only those)."""
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first non-group exception inside ``exc`` (``exc`` itself if it is not a group)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``trio.Cancelled``, or a group holding nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
+def reraise_bare(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` as itself (out of the group it came in), keeping its ``__context__``."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc
+
+
+def raise_errors_of(group: BaseExceptionGroup[BaseException]) -> None:
+    """Raise what ``group`` holds besides ``trio.Cancelled``: bare if it is one exception, as a
+    group if several. Returns (raising nothing) if the group held only cancellations."""
+    _, errors = group.split(trio.Cancelled)
+    if errors is None:
+        return
+    if len(errors.exceptions) == 1 and not isinstance(errors.exceptions[0], BaseExceptionGroup):
+        reraise_bare(errors.exceptions[0])
+    raise errors from None
 
 
 def fixup_module_metadata(module_name: str, namespace: dict[str, object]) -> None:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, final
 import attrs
 import trio
 
+from .._util import first_leaf, only_cancelled
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from types import FrameType
@@ -94,18 +96,6 @@ def _landing_location(exc: BaseException) -> str | None:
     return found
 
 
-def _only_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[1] is None
-    return isinstance(exc, trio.Cancelled)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 class _Watcher(trio.abc.Instrument):
     def __init__(self, cancel_before: int | None, scope: trio.CancelScope) -> None:
         self.tasks: set[trio.lowlevel.Task] = set()
@@ -156,13 +146,13 @@ async def _run_once(async_fn: Callable[[], Awaitable[object]], cancel_before: in
                 run.landing = _landing_location(exc)
                 raise
             except BaseException as exc:  # noqa: ASYNC103 - Cancelled is re-raised
-                if _only_cancelled(exc):
-                    run.landing = _landing_location(_first_leaf(exc))
+                if only_cancelled(exc):
+                    run.landing = _landing_location(first_leaf(exc))
                     raise
                 if not isinstance(exc, Exception | BaseExceptionGroup):
                     raise  # KeyboardInterrupt and the like are not the sweep's business
                 run.error = exc  # reported as the sweep's failure
-                run.landing = _landing_location(_first_leaf(exc))
+                run.landing = _landing_location(first_leaf(exc))
         run.cancelled = scope.cancelled_caught
 
     # Trio's scheduler shuffle (private; if it moves, runs are merely not reseeded).
