@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import SyncClosable, receive_when_ready
+from ._endpoint import FanoutSender, SharedEnds, SyncClosable, receive_when_ready
 from ._exceptions import LaggedError
 from ._util import NoPublicConstructor
 
@@ -24,13 +24,10 @@ _EMPTY = object()
 
 
 @attrs.define(eq=False, repr=False)
-class _BroadcastState(Generic[T]):
+class _BroadcastState(SharedEnds, Generic[T]):
     capacity: int
     ring: list[T | object]
     head: int = 0  # sequence number of the next value sent
-    senders: int = 1
-    receivers: int = 1
-    lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
 
     @property
     def oldest(self) -> int:
@@ -39,7 +36,7 @@ class _BroadcastState(Generic[T]):
 
 @final
 @attrs.define(eq=False, repr=False)
-class BroadcastSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
+class BroadcastSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicConstructor):
     """A sending end of :func:`open_broadcast_channel`. Not constructed by users.
 
     The channel ends (receivers get :exc:`trio.EndOfChannel` once drained) when every sender,
@@ -48,15 +45,6 @@ class BroadcastSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
 
     _state: _BroadcastState[T]
     _closed: bool = attrs.field(default=False, init=False)
-
-    @property
-    def receiver_count(self) -> int:
-        """How many receivers are open."""
-        return self._state.receivers
-
-    def is_closed(self) -> bool:
-        """Whether no receiver is left. Not a checkpoint; never blocks."""
-        return self._state.receivers == 0
 
     def send(self, value: T) -> int:
         """Send ``value`` to every open receiver. Not a checkpoint; never blocks.
@@ -100,12 +88,6 @@ class BroadcastSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
         sender = BroadcastSender._create(self._state)
         track_endpoints(sender)
         return sender
-
-    def _close(self) -> None:
-        state = self._state
-        state.senders -= 1
-        if state.senders == 0:
-            state.lot.unpark_all()
 
     def __repr__(self) -> str:
         state = self._state

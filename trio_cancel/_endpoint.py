@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self, TypeVar
 
+import attrs
 import trio
 
 if TYPE_CHECKING:
@@ -28,6 +29,39 @@ async def receive_when_ready(receive_nowait: Callable[[], T], lot: trio.lowlevel
             continue
         await trio.lowlevel.cancel_shielded_checkpoint()
         return value
+
+
+@attrs.define(eq=False, repr=False)
+class SharedEnds:
+    """State common to broadcast and watch: open senders and receivers, and parked receivers."""
+
+    senders: int = attrs.field(default=1, kw_only=True)
+    receivers: int = attrs.field(default=1, kw_only=True)
+    lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, kw_only=True)
+
+    def close_sender(self) -> None:
+        self.senders -= 1
+        if self.senders == 0:
+            self.lot.unpark_all()  # receivers see the end once they have drained
+
+
+class FanoutSender:
+    """``receiver_count`` and ``is_closed()`` of a sender over :class:`SharedEnds`."""
+
+    __slots__ = ()
+    _state: SharedEnds
+
+    @property
+    def receiver_count(self) -> int:
+        """How many receivers are open."""
+        return self._state.receivers
+
+    def is_closed(self) -> bool:
+        """Whether no receiver is left. Not a checkpoint; never blocks."""
+        return self._state.receivers == 0
+
+    def _close(self) -> None:
+        self._state.close_sender()
 
 
 class SyncClosable:

@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import SyncClosable, receive_when_ready
+from ._endpoint import FanoutSender, SharedEnds, SyncClosable, receive_when_ready
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
@@ -23,12 +23,9 @@ T = TypeVar("T")
 
 
 @attrs.define(eq=False, repr=False)
-class _WatchState(Generic[T]):
+class _WatchState(SharedEnds, Generic[T]):
     value: T
     version: int = 0
-    senders: int = 1
-    receivers: int = 1
-    lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     closed_event: trio.Event | None = None
 
     def changed(self) -> None:
@@ -38,7 +35,7 @@ class _WatchState(Generic[T]):
 
 @final
 @attrs.define(eq=False, repr=False)
-class WatchSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
+class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicConstructor):
     """A sending end of :func:`open_watch_channel`. Not constructed by users.
 
     The channel closes (receivers get :exc:`trio.EndOfChannel` once they have seen the last
@@ -47,15 +44,6 @@ class WatchSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
 
     _state: _WatchState[T]
     _closed: bool = attrs.field(default=False, init=False)
-
-    @property
-    def receiver_count(self) -> int:
-        """How many receivers are open."""
-        return self._state.receivers
-
-    def is_closed(self) -> bool:
-        """Whether no receiver is left. Not a checkpoint; never blocks."""
-        return self._state.receivers == 0
 
     def send(self, value: T) -> None:
         """Store ``value`` and notify the receivers. Not a checkpoint; never blocks.
@@ -141,12 +129,6 @@ class WatchSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
         if state.closed_event is None:
             state.closed_event = trio.Event()
         await state.closed_event.wait()
-
-    def _close(self) -> None:
-        state = self._state
-        state.senders -= 1
-        if state.senders == 0:
-            state.lot.unpark_all()
 
     def __repr__(self) -> str:
         state = self._state
