@@ -184,3 +184,18 @@ async def test_reprs() -> None:
 def test_endpoints_not_constructible() -> None:
     with pytest.raises(TypeError, match="no public constructor"):
         tc.OneshotSender(None)  # type: ignore[arg-type]
+
+
+async def test_aclose_cancelled_before_the_call_still_closes() -> None:
+    send, recv = tc.open_oneshot_channel[int]()
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await recv.aclose()
+    assert cs.cancelled_caught
+    assert send.is_closed()
+    merged = tc.merge(trio.open_memory_channel[int](1)[1])
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await merged.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await merged.receive()

@@ -231,3 +231,20 @@ async def test_ten_thousand_waiting_receivers(nursery: trio.Nursery) -> None:
     send.send(1)
     await trio.testing.wait_all_tasks_blocked()
     assert done == 10_000
+
+
+async def test_wait_closed_cancelled_before_and_while_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    send, recv = tc.open_watch_channel(0)
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await send.wait_closed()
+    assert cs.cancelled_caught
+    with trio.move_on_after(1) as waited:
+        await send.wait_closed()
+    assert waited.cancelled_caught
+    assert not send.is_closed()  # cancelling the waits changed nothing
+    recv.close()
+    with trio.testing.assert_checkpoints():
+        await send.wait_closed()
