@@ -180,6 +180,31 @@ def test_child_token_million_short_lived_children_flat_memory() -> None:
     assert after - base < 200_000
 
 
+def test_short_lived_children_beside_long_lived_ones_stay_flat_and_linked() -> None:
+    # The pattern that would make a naive "purge dead children when the list is full" rule
+    # quadratic: many live children, and one short-lived child dying between each creation.
+    root = tc.CancellationToken()
+    kept = [root.child_token() for _ in range(1000)]
+    for _ in range(50_000):
+        root.child_token()
+    assert root._children is not None
+    assert len(root._children) <= 2 * len(kept) + 8  # dead references are purged as it grows
+    linked = tc.CancellationToken.any(root, tc.CancellationToken())
+    root.cancel("bulk")
+    assert all(child.reason == "bulk" for child in kept)
+    assert linked.reason == "bulk"
+
+
+def test_cancel_visits_siblings_in_creation_order() -> None:
+    root = tc.CancellationToken()
+    ran: list[int] = []
+    children = [root.child_token() for _ in range(50)]
+    for i, child in enumerate(children):
+        child.child_token().on_cancel(functools.partial(ran.append, i))
+    root.cancel()
+    assert ran == list(range(50))
+
+
 def test_child_with_callback_is_pinned_until_it_runs() -> None:
     root = tc.CancellationToken()
     ran: list[str] = []

@@ -12,28 +12,30 @@ Invariants (every method keeps them; the tests check them):
 2. A cancelled node owns nothing: no children, no scopes, no waiters, no callbacks, no timer.
    Everything is released by the ``cancel()`` that marked it. A child created from a cancelled
    node is born cancelled and is not linked to it.
-3. Parents hold children weakly (``_children``), except *pinned* children (``_pinned``): a
-   node is pinned in each parent while it, or a descendant of it, has a registered ``on_cancel``
-   callback. ``_pins`` counts the node's own callbacks plus its pinned children. Pinning is what
-   keeps a callback alive when nobody holds its token any more; nothing else keeps a child
-   alive, so a root that hands out and drops a million children keeps flat memory. Bound scopes
-   and waiters need no pin: the task using them holds the token.
+3. Parents hold children weakly (``_children``: plain weak references, in creation order),
+   except *pinned* children (``_pinned``): a node is pinned in each parent while it, or a
+   descendant of it, has a registered ``on_cancel`` callback. ``_pins`` counts the node's own
+   callbacks plus its pinned children. Pinning is what keeps a callback alive when nobody holds
+   its token any more; nothing else keeps a child alive, so a root that hands out and drops a
+   million children keeps flat memory. Bound scopes and waiters need no pin: the task using them
+   holds the token.
 4. Every live (uncancelled) node has only live parents.
 5. ``cancel()`` never recurses: one iterative walk marks the newly cancelled nodes and lists
    them in pre-order (a node before its descendants), then two flat passes act on that list:
    release ownership, cancel scopes and wake waiters; then run callbacks. Its cost is linear
    in nodes + scopes + callbacks reached.
-6. Registering and unregistering a child, a scope, a waiter or a callback is O(1), except that
-   the first callback in a subtree pins the chain of uncancelled ancestors once.
+6. Registering and unregistering a child, a scope, a waiter or a callback is O(1) (amortised
+   for a child), except that the first callback in a subtree pins the chain of uncancelled
+   ancestors once.
 """
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
 import math
+import operator
 import weakref
 from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, final
 
@@ -86,8 +88,17 @@ class CancellationToken:
     _cancelled: bool = attrs.field(default=False, init=False)
     _reason: str | None = attrs.field(default=None, init=False)
     _cause: object | None = attrs.field(default=None, init=False)
-    _parents: tuple[CancellationToken, ...] = attrs.field(default=(), init=False)
-    _children: weakref.WeakSet[CancellationToken] | None = attrs.field(default=None, init=False)
+    # The parent of a child_token() is stored as itself (no tuple per child); any() stores a
+    # tuple. Read it through _parents_of().
+    _parents: CancellationToken | tuple[CancellationToken, ...] = attrs.field(
+        default=(), init=False
+    )
+    # Weak references to the children, in creation order. Dead references are dropped when the
+    # list reaches ``_children_limit`` (then twice the live count): amortised O(1) per child,
+    # and a parent that creates and drops children keeps flat memory. Plain references, not a
+    # WeakSet: no callback runs when a child dies, and each child costs ~90 bytes, not ~190.
+    _children: list[weakref.ref[CancellationToken]] | None = attrs.field(default=None, init=False)
+    _children_limit: int = attrs.field(default=8, init=False)
     _pinned: set[CancellationToken] | None = attrs.field(default=None, init=False)
     _pins: int = attrs.field(default=0, init=False)
     # One bound scope is stored as itself; more go in a set (most tokens bind one scope).
@@ -125,7 +136,7 @@ class CancellationToken:
         if self._cancelled:
             return f"<CancellationToken cancelled {self._reason!r}>"
         parts = ["live"]
-        n_children = len(self._children) if self._children is not None else 0
+        n_children = len(_live(self._children))
         if n_children:
             parts.append(f"{n_children} child{'ren' if n_children != 1 else ''}")
         n_scopes = _count(self._scopes)
@@ -154,10 +165,8 @@ class CancellationToken:
             child._reason = self._reason
             child._cause = self._cause
             return child
-        child._parents = (self,)
-        if self._children is None:
-            self._children = weakref.WeakSet()
-        self._children.add(child)
+        child._parents = self
+        self._link_child(child)
         return child
 
     @staticmethod
@@ -185,10 +194,18 @@ class CancellationToken:
         unique = tuple(dict.fromkeys(tokens))
         linked._parents = unique
         for tok in unique:
-            if tok._children is None:
-                tok._children = weakref.WeakSet()
-            tok._children.add(linked)
+            tok._link_child(linked)
         return linked
+
+    def _link_child(self, child: CancellationToken) -> None:
+        refs = self._children
+        if refs is None:
+            self._children = [weakref.ref(child)]
+            return
+        if len(refs) >= self._children_limit:
+            refs[:] = [ref for ref in refs if ref() is not None]
+            self._children_limit = max(8, 2 * len(refs))
+        refs.append(weakref.ref(child))
 
     # ------------------------------------------------------------------ cancel
 
@@ -200,8 +217,9 @@ class CancellationToken:
         subtree reads as cancelled; every bound scope is cancelled with
         ``CancelScope.cancel(reason=...)`` and every waiter is woken; every ``on_cancel``
         callback has run (a token's own in registration order, a token's before its
-        descendants'). A callback that raises never stops the others: the exceptions are raised
-        afterwards, together, as one :exc:`ExceptionGroup`.
+        descendants', siblings in the order they were created). A callback that raises never
+        stops the others: the exceptions are raised afterwards, together, as one
+        :exc:`ExceptionGroup`.
 
         Iterative, never recursive; linear in the tokens, scopes and callbacks reached.
 
@@ -236,8 +254,8 @@ class CancellationToken:
             order.append(node)
             children = node._children
             if children:
-                # reversed so that pops come out in the order the set yields them
-                stack.extend(reversed(list(children)))
+                # reversed so that children are visited in creation order
+                stack.extend(reversed(_live(children)))
 
         # Pass 2: release ownership, cancel scopes, wake waiters. One cancel reason serves
         # every scope (what CancelScope.cancel() would build for each, from this same task).
@@ -246,7 +264,7 @@ class CancellationToken:
         for node in order:
             if node._pins:
                 # Only a linked token (any()) can have a live parent outside the subtree.
-                for parent in node._parents:
+                for parent in _parents_of(node):
                     if not parent._cancelled:
                         parent._unpin_child(node)
                 node._pins = 0
@@ -301,7 +319,7 @@ class CancellationToken:
             node = stack.pop()
             node._pins += 1
             if node._pins == 1:
-                for parent in node._parents:
+                for parent in _parents_of(node):
                     if parent._pinned is None:
                         parent._pinned = set()
                     parent._pinned.add(node)
@@ -315,7 +333,7 @@ class CancellationToken:
                 continue
             node._pins -= 1
             if node._pins == 0:
-                for parent in node._parents:
+                for parent in _parents_of(node):
                     if parent._pinned is not None:
                         parent._pinned.discard(node)
                     stack.append(parent)
@@ -516,6 +534,17 @@ class TokenWake:
     reason: str | None
 
 
+def _parents_of(node: CancellationToken) -> tuple[CancellationToken, ...]:
+    parents = node._parents
+    return parents if type(parents) is tuple else (parents,)  # type: ignore[return-value]
+
+
+def _live(refs: list[weakref.ref[CancellationToken]] | None) -> list[CancellationToken]:
+    if not refs:
+        return []
+    return [child for ref in refs if (child := ref()) is not None]
+
+
 def _count(slot: object) -> int:
     if slot is None:
         return 0
@@ -531,26 +560,19 @@ def _scope_canceller(reason: str | None) -> Callable[[trio.CancelScope], None]:
     call; a mass cancel of N token-bound scopes spends a third of its time there. Trio's private
     ``CancelScope._cancel(CancelReason)`` takes a prebuilt one; if a future Trio removes it, this
     falls back to the public method.
+
+    The caller is an :func:`operator.methodcaller` (C code, no Python frame of its own): each
+    Cancelled that Trio captures keeps the chain of Python frames it was raised under alive
+    until the task runs, so a frame here would cost every cancelled task ~200 bytes.
     """
-    cancel_with = getattr(trio.CancelScope, "_cancel", None)
-    if _CancelReason is None or cancel_with is None:
-        return functools.partial(_public_cancel, reason=reason)
+    if _CancelReason is None or getattr(trio.CancelScope, "_cancel", None) is None:
+        return operator.methodcaller("cancel", reason=reason)
     try:
         source_task: str | None = repr(trio.lowlevel.current_task())
     except RuntimeError:
         source_task = None
     shared = _CancelReason(reason=reason, source="explicit", source_task=source_task)
-    return functools.partial(_private_cancel, cancel_with, shared)
-
-
-def _public_cancel(cs: trio.CancelScope, *, reason: str | None) -> None:
-    cs.cancel(reason=reason)
-
-
-def _private_cancel(
-    cancel_with: Callable[[trio.CancelScope, object], None], shared: object, cs: trio.CancelScope
-) -> None:
-    cancel_with(cs, shared)
+    return operator.methodcaller("_cancel", shared)
 
 
 class _BoundScope(metaclass=NoPublicConstructor):
