@@ -991,7 +991,7 @@ async def test_cancel_falls_back_to_public_cancel_scope_api(
 ) -> None:
     import trio_cancel._token as token_module
 
-    monkeypatch.setattr(token_module, "_CancelReason", None)
+    monkeypatch.setattr(token_module, "_FAST_CANCEL", False)
     token = tc.CancellationToken()
     seen: list[trio.Cancelled] = []
     with token.cancel_scope() as cs, token.child_token().cancel_scope() as inner:
@@ -1003,6 +1003,52 @@ async def test_cancel_falls_back_to_public_cancel_scope_api(
             raise
     assert cs.cancelled_caught or inner.cancelled_caught
     assert seen[0].reason == "public path"
+
+
+async def test_cancel_bound_scope_that_has_a_deadline(autojump_clock: trio.abc.Clock) -> None:
+    # A scope with a registered deadline takes Trio's own path (its deadline is unregistered);
+    # the token's reason wins over the deadline that never came.
+    token = tc.CancellationToken()
+    seen: list[trio.Cancelled] = []
+    start = trio.current_time()
+    with token.cancel_scope() as cs:
+        cs.deadline = start + 100
+        token.cancel("before the deadline")
+        try:
+            await trio.sleep(1)
+        except trio.Cancelled as exc:
+            seen.append(exc)
+            raise
+    assert cs.cancelled_caught
+    assert seen[0].reason == "before the deadline"
+    assert trio.current_time() == start
+    await trio.sleep(200)  # the old deadline firing now would find nothing to cancel
+
+
+async def test_cancel_reaches_shielded_and_nested_bound_scopes_alike(nursery: trio.Nursery) -> None:
+    token = tc.CancellationToken()
+    caught: list[str] = []
+
+    async def body(name: str, shield: bool) -> None:
+        with token.cancel_scope() as outer:
+            with trio.CancelScope(shield=shield), token.child_token().cancel_scope() as inner:
+                await trio.sleep_forever()
+            caught.append(f"{name}: inner={inner.cancelled_caught}")
+            await trio.sleep_forever()
+        caught.append(f"{name}: outer={outer.cancelled_caught}")
+
+    nursery.start_soon(body, "plain", False)
+    nursery.start_soon(body, "shielded", True)
+    await trio.testing.wait_all_tasks_blocked()
+    token.cancel("all")
+    await trio.testing.wait_all_tasks_blocked()
+    # Trio's rule: an inner scope catches only what its parent cannot see. Unshielded, the
+    # outer scope is cancelled too, so the Cancelled goes past the inner block to the outer.
+    assert sorted(caught) == [
+        "plain: outer=True",
+        "shielded: inner=True",
+        "shielded: outer=True",
+    ]
 
 
 async def test_many_scopes_and_waiters_on_one_token(nursery: trio.Nursery) -> None:

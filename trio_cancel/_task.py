@@ -38,7 +38,7 @@ from typing import (
 import attrs
 import trio
 
-from ._token import CancellationToken, _scope_canceller
+from ._token import CancellationToken, cancel_scopes
 from ._util import NoPublicConstructor, check_reason, first_leaf, only_cancelled, reraise_bare
 
 if TYPE_CHECKING:
@@ -414,10 +414,10 @@ class JoinSet:
         check_reason(reason)
         if not self._running:
             return
-        cancel = _scope_canceller(reason)  # one cancel reason for the whole set
-        for handle in list(self._running):
+        handles = list(self._running)
+        for handle in handles:
             handle._note_abort(reason)
-            cancel(handle._scope)
+        cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all
 
     async def join_next(self) -> Outcome[Any] | None:
         """The outcome of the next task to finish, in finishing order; ``None`` if empty.
