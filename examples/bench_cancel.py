@@ -383,7 +383,7 @@ def _plot(rows: list[dict[str, Any]], path: str) -> None:
     left.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    print(f"plot written to {path}")
+    print(f"plot written to {path}", file=sys.stderr)  # keeps --json output parseable
 
 
 if __name__ == "__main__":

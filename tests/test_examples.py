@@ -7,6 +7,7 @@ it must never match. A script added to examples/ without an entry here fails
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -85,7 +86,6 @@ CHECKS: dict[str, Expect] = {
             r"^Cancel latency, token variant at 500 tasks .*\(500 landed\)$",
             r"^Memory: \d+ bytes per child token; a root that created and dropped 500 children",
             r"^  seed shape \(token\) <= 0\.5x trio-nursery\s",
-            r"^plot written to ",
         ),
         args=("--sizes", "500", "--repeat", "1", "--plot", "/tmp/trio_cancel_bench_test.png"),
     ),
@@ -275,3 +275,25 @@ def test_example_prints_expected_lines(script: str) -> None:
     for pattern in expect.never:
         bad = [line for line in out if re.search(pattern, line)]
         assert not bad, f"{script} printed {bad}"
+
+
+def test_bench_cancel_json_output_parses_and_plot_is_written(tmp_path: Path) -> None:
+    plot = tmp_path / "bench.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "bench_cancel.py"),
+            *("--sizes", "200", "--repeat", "1", "--json", "--plot", str(plot)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)  # nothing else on stdout
+    variants = {(row["variant"], row["gc"]) for row in report["rows"] if row["tasks"] == 200}
+    assert {("token", "default"), ("token-scope", "off"), ("trio-nursery", "freeze")} <= variants
+    assert report["latency"]["landed"] == 200
+    assert plot.stat().st_size > 1000
+    assert "plot written to" in proc.stderr

@@ -256,8 +256,8 @@ class CancellationToken:
                 # reversed so that children are visited in creation order
                 stack.extend(reversed(_live(children)))
 
-        # Pass 2: release ownership, cancel scopes, wake waiters. One cancel reason serves
-        # every scope (what CancelScope.cancel() would build for each, from this same task).
+        # Pass 2: release ownership, wake waiters, collect the bound scopes; then cancel them
+        # all in one cancel_scopes() call (one cancel reason, one Python frame for all).
         scopes_to_cancel: list[trio.CancelScope] = []
         wake: TokenWake | None = None
         for node in order:
@@ -554,12 +554,12 @@ def _count(slot: object) -> int:
 
 # Trio's CancelScope fields that cancel_scopes() sets directly; checked once here so that a
 # Trio that renames them gets the public method instead of an AttributeError.
-_FAST_CANCEL = _CancelReason is not None and {
-    "_cancel_status",
-    "_registered_deadline",
-    "_cancel_called",
-    "_cancel_reason",
-} <= {field.name for field in attrs.fields(trio.CancelScope)}
+_FAST_CANCEL = (
+    _CancelReason is not None
+    and callable(getattr(trio.CancelScope, "_cancel", None))
+    and {"_cancel_status", "_registered_deadline", "_cancel_called", "_cancel_reason"}
+    <= {field.name for field in getattr(trio.CancelScope, "__attrs_attrs__", ())}
+)
 
 
 @trio.lowlevel.enable_ki_protection
