@@ -157,30 +157,31 @@ async def _asyncio_run(n: int) -> dict[str, Any]:
     }
 
 
-def _token_memory(n: int) -> dict[str, Any]:
-    """Bytes per child token kept; bytes retained by a root after creating and dropping n."""
+def _token_memory(n: int, churn: int) -> dict[str, Any]:
+    """Bytes per child token kept (n of them); bytes a root retains after churning through
+    ``churn`` children that are created and dropped at once."""
     root = tc.CancellationToken()
-    for _ in range(1000):
+    for _ in range(1000):  # warm up the allocator pools and the root's child list
         root.child_token()
     gc.collect()
     tracemalloc.start()
     base, _ = tracemalloc.get_traced_memory()
-    kept = [root.child_token() for _ in range(n)]
-    per_token = (tracemalloc.get_traced_memory()[0] - base) / n
-    del kept
-    gc.collect()
-    base, _ = tracemalloc.get_traced_memory()
-    for _ in range(n):
+    for _ in range(churn):
         root.child_token()
     gc.collect()
     retained = tracemalloc.get_traced_memory()[0] - base
+    other = tc.CancellationToken()
+    base, _ = tracemalloc.get_traced_memory()
+    kept = [other.child_token() for _ in range(n)]
+    per_token = (tracemalloc.get_traced_memory()[0] - base) / n
     tracemalloc.stop()
-    return {"bytes_per_child_token": per_token, "churn": n, "churn_retained_bytes": retained}
+    del kept
+    return {"bytes_per_child_token": per_token, "churn": churn, "churn_retained_bytes": retained}
 
 
 def _child(args: argparse.Namespace) -> None:
     if args.child == "token-memory":
-        print(json.dumps(_token_memory(args.tasks)))
+        print(json.dumps(_token_memory(args.tasks, args.churn)))
     elif args.child == "asyncio":
         print(json.dumps(asyncio.run(_asyncio_run(args.tasks))))
     else:
@@ -228,6 +229,12 @@ def main() -> None:
         "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="a subset to run"
     )
     parser.add_argument("--plot", metavar="FILE.png", help="plot per-task time and bytes/task")
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=1_000_000,
+        help="child tokens a root creates and drops for the flat-memory check",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument("--gc", default="default", help=argparse.SUPPRESS)
@@ -261,7 +268,10 @@ def main() -> None:
     bar.update()
     memory = json.loads(
         subprocess.run(
-            [sys.executable, __file__, "--child", "token-memory", "--tasks", str(largest)],
+            [
+                *(sys.executable, __file__, "--child", "token-memory"),
+                *("--tasks", str(largest), "--churn", str(args.churn)),
+            ],
             capture_output=True,
             text=True,
             check=True,

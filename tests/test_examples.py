@@ -84,10 +84,10 @@ CHECKS: dict[str, Expect] = {
             r"^asyncio\s+500\s",
             r"^  token-scope\s+gc on [\d.]+s, off [\d.]+s \(GC share -?\d+%\)",
             r"^Cancel latency, token variant at 500 tasks .*\(500 landed\)$",
-            r"^Memory: \d+ bytes per child token; a root that created and dropped 500 children",
+            r"^Memory: \d+ bytes per child token; a root that created and dropped 2,000 children",
             r"^  seed shape \(token\) <= 0\.5x trio-nursery\s",
         ),
-        args=("--sizes", "500", "--repeat", "1", "--plot", "/tmp/trio_cancel_bench_test.png"),
+        args=("--sizes", "500", "--repeat", "1", "--churn", "2000"),
     ),
     "bench_channels.py": Expect(
         lines=(
@@ -283,7 +283,7 @@ def test_bench_cancel_json_output_parses_and_plot_is_written(tmp_path: Path) -> 
         [
             sys.executable,
             str(EXAMPLES / "bench_cancel.py"),
-            *("--sizes", "200", "--repeat", "1", "--json", "--plot", str(plot)),
+            *("--sizes", "200", "--repeat", "1", "--churn", "2000", "--json", "--plot", str(plot)),
         ],
         capture_output=True,
         text=True,
@@ -295,5 +295,7 @@ def test_bench_cancel_json_output_parses_and_plot_is_written(tmp_path: Path) -> 
     variants = {(row["variant"], row["gc"]) for row in report["rows"] if row["tasks"] == 200}
     assert {("token", "default"), ("token-scope", "off"), ("trio-nursery", "freeze")} <= variants
     assert report["latency"]["landed"] == 200
+    assert report["memory"]["churn"] == 2000
+    assert report["memory"]["churn_retained_bytes"] < 50_000  # 2,000 retained children: ~500 KB
     assert plot.stat().st_size > 1000
     assert "plot written to" in proc.stderr
