@@ -18,9 +18,11 @@ Trio version, each variant in a fresh subprocess (so peak memory is its own), sa
 * ``asyncio``: ``asyncio.TaskGroup``, ``await asyncio.sleep(3600)``, ``task.cancel()`` on each.
 
 Also measured: the garbage collector's share (the same run with ``gc.disable()`` around the
-cancel) and ``gc.freeze()`` after start-up; bytes per child token; a root that creates and drops
-children keeping flat memory (tracemalloc); and the latency distribution from
-``tc.CancellationLatency`` (in a separate run, since an instrument slows every step).
+cancel), ``gc.freeze()`` after start-up and raised collector thresholds
+(``gc.set_threshold(100_000, 50, 100)`` after start-up); bytes per child token; a root that
+creates and drops 1,000,000 children keeping flat memory (tracemalloc); and the latency
+distribution from ``tc.CancellationLatency`` (in a separate run, since an instrument slows
+every step).
 """
 
 from __future__ import annotations
@@ -93,8 +95,11 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
                 nursery.start_soon(_sleep_task)
         await trio.testing.wait_all_tasks_blocked()
         spawn_s = time.perf_counter() - t0
+        thresholds = gc.get_threshold()
         if gc_mode == "freeze":
             gc.freeze()
+        elif gc_mode == "threshold":
+            gc.set_threshold(100_000, 50, 100)
         elif gc_mode == "off":
             gc.disable()
         if recorder is not None:
@@ -111,6 +116,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
     cancel_s = time.perf_counter() - t0
     cpu_s = time.process_time() - cpu0
     gc.enable()
+    gc.set_threshold(*thresholds)
     result: dict[str, Any] = {
         "spawn_s": spawn_s,
         "cancel_s": cancel_s,
@@ -250,7 +256,7 @@ def main() -> None:
     for n in sizes:
         repeat = 1 if n >= 1_000_000 else args.repeat
         plan += [(v, n, "default", repeat) for v in args.variants]
-    for mode in ("off", "freeze"):
+    for mode in ("off", "freeze", "threshold"):
         plan += [
             (v, largest, mode, 1 if largest >= 1_000_000 else args.repeat)
             for v in ("token-scope", "trio-nursery")
@@ -331,10 +337,13 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     print()
     print(f"Garbage collector at {largest:,} tasks (cancel+join):")
     for v in (v for v in ("token-scope", "trio-nursery") if v in present):
-        on, off, frozen = (row(v, largest, m)["cancel_s"] for m in ("default", "off", "freeze"))
+        on, off, frozen, raised = (
+            row(v, largest, m)["cancel_s"] for m in ("default", "off", "freeze", "threshold")
+        )
         print(
             f"  {v:<13} gc on {on:.3f}s, off {off:.3f}s (GC share {100 * (1 - off / on):.0f}%),"
-            f" gc.freeze() after start-up {frozen:.3f}s ({on / frozen:.2f}x faster)"
+            f" gc.freeze() after start-up {frozen:.3f}s ({on / frozen:.2f}x faster),"
+            f" gc.set_threshold(100_000, 50, 100) {raised:.3f}s ({on / raised:.2f}x faster)"
         )
     lat = report["latency"]
     print()

@@ -82,7 +82,8 @@ CHECKS: dict[str, Expect] = {
             r"^trio-nursery\s+500\s.*\s1\.00$",
             r"^trio-event\s+500\s",
             r"^asyncio\s+500\s",
-            r"^  token-scope\s+gc on [\d.]+s, off [\d.]+s \(GC share -?\d+%\)",
+            r"^  token-scope\s+gc on [\d.]+s, off [\d.]+s \(GC share -?\d+%\), gc\.freeze\(\)"
+            r".*gc\.set_threshold\(100_000, 50, 100\) [\d.]+s",
             r"^Cancel latency, token variant at 500 tasks .*\(500 landed\)$",
             r"^Memory: \d+ bytes per child token; a root that created and dropped 2,000 children",
             r"^  seed shape \(token\) <= 0\.5x trio-nursery\s",
@@ -293,7 +294,12 @@ def test_bench_cancel_json_output_parses_and_plot_is_written(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)  # nothing else on stdout
     variants = {(row["variant"], row["gc"]) for row in report["rows"] if row["tasks"] == 200}
-    assert {("token", "default"), ("token-scope", "off"), ("trio-nursery", "freeze")} <= variants
+    assert {
+        ("token", "default"),
+        ("token-scope", "off"),
+        ("trio-nursery", "freeze"),
+        ("trio-nursery", "threshold"),
+    } <= variants
     assert report["latency"]["landed"] == 200
     assert report["memory"]["churn"] == 2000
     assert report["memory"]["churn_retained_bytes"] < 50_000  # 2,000 retained children: ~500 KB
