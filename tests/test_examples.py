@@ -73,6 +73,36 @@ CHECKS: dict[str, Expect] = {
             r"^long_job: Canceled\('user pressed stop'\)$",
         ),
     ),
+    "async_guard.py": Expect(
+        lines=(
+            r"^normal exit:$",
+            r"^  s1: released$",
+            r"^  open after the block: False$",
+            r"^  s2: released$",
+            r"^  the block's error still propagates: RuntimeError\('query failed'\); open: False$",
+            r"^cancelled mid-await:$",
+            r"^  s3: released$",
+            r"^  cancelled: True; open: False$",
+            r"^  s4: graceful shutdown$",
+            r"^  s4: released$",
+            r"^  releases: 1, guard armed: False$",
+            r"^  gave up after 0\.1 s: timed_out=True; open: True$",
+            r"^  CleanupTimeoutWarning: cleanup Session\.release overran its grace period "
+            r"of 0\.1 s",
+        ),
+    ),
+    "transfer_money.py": Expect(
+        lines=(
+            r"^naive transfer, cancelled between debit and credit:$",
+            r"^  balances after the cancel: \{'alice': 100, 'bob': 50, 'carol': 0\}$",
+            r"^  another writer meanwhile: failed: database is locked$",
+            r"^guarded transfer, cancelled at the same place:$",
+            r"^  balances after the cancel: \{'alice': 100, 'bob': 50, 'carol': 0\}$",
+            r"^  another writer meanwhile: ok$",
+            r"^guarded transfer cancelled at each of its \d+ cancellation points: "
+            r"[1-9]\d* runs moved nothing, \d+ moved all 10, none moved part; total still 150$",
+        ),
+    ),
     "bench_cancel.py": Expect(
         lines=(
             r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",

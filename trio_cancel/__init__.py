@@ -16,6 +16,14 @@ from ._exceptions import (
     LaggedError as LaggedError,
     OperationCancelledError as OperationCancelledError,
 )
+from ._guard import (
+    AsyncGuard as AsyncGuard,
+    CleanupTimeoutWarning as CleanupTimeoutWarning,
+    Transaction as Transaction,
+    TransactionGuard as TransactionGuard,
+    async_guard as async_guard,
+    commit_or_rollback as commit_or_rollback,
+)
 from ._latency import (
     CancellationLatency as CancellationLatency,
     LatencyRecord as LatencyRecord,
@@ -60,10 +68,12 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AbortHandle",
     "Aborted",
+    "AsyncGuard",
     "BroadcastReceiver",
     "BroadcastSender",
     "CancellationLatency",
     "CancellationToken",
+    "CleanupTimeoutWarning",
     "Completed",
     "DropGuard",
     "Failed",
@@ -82,8 +92,12 @@ __all__ = [
     "TaskHandle",
     "TaskTree",
     "TaskTreeNode",
+    "Transaction",
+    "TransactionGuard",
     "WatchReceiver",
     "WatchSender",
+    "async_guard",
+    "commit_or_rollback",
     "current_task_tree",
     "merge",
     "open_broadcast_channel",

@@ -1,0 +1,319 @@
+"""Cleanup guards: the async counterpart of Rust's ``Drop``.
+
+Rust runs ``Drop`` on every exit from a scope, but ``Drop`` cannot await, so async cleanup gets
+spawned and may never finish. In Trio the cleanup can run in place: the guard's ``__aexit__``
+awaits it, shielded from the cancellation that is ending the block (otherwise the first await
+of the cleanup would be cancelled too) and bounded by a grace period (otherwise a stuck cleanup
+would make the cancellation hang forever).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING, Literal, Protocol, Self, TypeVarTuple, final
+
+import attrs
+import trio
+
+from ._util import NoPublicConstructor
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+PosArgsT = TypeVarTuple("PosArgsT")
+
+
+@final
+class CleanupTimeoutWarning(RuntimeWarning):
+    """A cleanup (an :func:`async_guard` cleanup or a rollback) overran its grace period.
+
+    The cleanup was cancelled when its grace period ended; what it had not done yet is not
+    done. The exception that ended the guarded block (if any) still propagates.
+    """
+
+
+class Transaction(Protocol):
+    """What :func:`commit_or_rollback` needs: async ``commit()`` and ``rollback()``.
+
+    A structural type: any object with these two methods fits, nothing to inherit. What they
+    return is ignored.
+    """
+
+    async def commit(self) -> object:
+        """Make the transaction's writes permanent.
+
+        Cancellation:
+            :func:`commit_or_rollback` calls it shielded, bounded by its grace period.
+        """
+
+    async def rollback(self) -> object:
+        """Discard the transaction's writes.
+
+        Cancellation:
+            :func:`commit_or_rollback` calls it shielded, bounded by its grace period.
+        """
+
+
+def _check_grace(grace: float) -> float:
+    if isinstance(grace, bool) or not isinstance(grace, int | float):
+        raise TypeError(f"grace must be a number of seconds, not {type(grace).__name__}")
+    if math.isnan(grace) or grace < 0:
+        raise ValueError(f"grace must be >= 0 seconds, not {grace!r}")
+    return float(grace)
+
+
+async def _bounded(
+    grace: float, async_fn: Callable[[*PosArgsT], Awaitable[object]], *args: *PosArgsT
+) -> tuple[BaseException | None, bool]:
+    """Run ``async_fn(*args)`` shielded, cancelled after ``grace`` seconds.
+
+    Returns what it raised (or None) and whether the grace period cut it short. Never raises.
+    """
+    error: BaseException | None = None
+    try:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + grace) as scope:
+            await async_fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed back to the caller, who raises it
+        error = exc
+    return error, scope.cancelled_caught
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _combine(block_error: BaseException | None, cleanup_error: BaseException, what: str) -> None:
+    """Raise ``cleanup_error``, together with ``block_error`` if the block raised too."""
+    if block_error is None:
+        raise cleanup_error
+    raise BaseExceptionGroup(f"the block and its {what} both raised", [block_error, cleanup_error])
+
+
+def _pending_cancel() -> bool:
+    """Whether a cancellation is pending for the current task (delivered or not)."""
+    deadline = trio.current_effective_deadline()  # -inf once an enclosing scope is cancelled
+    return deadline == -math.inf or deadline <= trio.current_time()
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class AsyncGuard(metaclass=NoPublicConstructor):
+    """Runs an async cleanup when its ``async with`` block exits, unless disarmed.
+
+    Built by :func:`async_guard`. States: *armed*, then *disarmed* (by :meth:`disarm`) or
+    *done* (the cleanup ran, or was cut short by its grace period: :attr:`timed_out`).
+
+    Attributes:
+        timed_out: True once the cleanup overran the grace period and was cancelled; False
+            until then.
+    """
+
+    _cleanup: Callable[[], Awaitable[object]]
+    _name: str
+    _grace: float
+    _armed: bool = attrs.field(default=True, init=False)
+    _entered: bool = attrs.field(default=False, init=False)
+    timed_out: bool = attrs.field(default=False, init=False)
+
+    @property
+    def armed(self) -> bool:
+        """Whether the cleanup will still run when the block exits."""
+        return self._armed
+
+    def disarm(self) -> None:
+        """Skip the cleanup when the block exits (the explicit path already did the work).
+
+        Not a checkpoint; never blocks. Calling it after the cleanup ran does nothing.
+        """
+        self._armed = False
+
+    async def _fire(self, block_error: BaseException | None) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        error, self.timed_out = await _bounded(self._grace, self._cleanup)
+        if self.timed_out:
+            warnings.warn(
+                CleanupTimeoutWarning(
+                    f"cleanup {self._name} overran its grace period of {self._grace:g} s "
+                    "and was cancelled"
+                ),
+                stacklevel=3,
+            )
+        if error is not None:
+            _combine(block_error, error, "cleanup")
+
+    async def __aenter__(self) -> Self:
+        """Cancellation: a checkpoint; if it raises, the block never ran and the cleanup runs
+        (shielded, bounded) as for any other exit, then the cancellation propagates."""
+        if self._entered:
+            raise RuntimeError("this guard was already entered; make a new one")
+        self._entered = True
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException as exc:
+            await self._fire(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Cancellation: the cleanup is shielded from it. After a block that raised nothing,
+        a checkpoint (a cancellation that arrived during the cleanup is raised there, after
+        it); otherwise the block's exception travels on unchanged (with the cleanup's, in a
+        group, if the cleanup raised too)."""
+        if self._armed:
+            await self._fire(exc)
+            if exc is None:  # a cancellation that arrived during the cleanup lands here
+                await trio.lowlevel.checkpoint_if_cancelled()
+        elif exc is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def __repr__(self) -> str:
+        state = "armed" if self._armed else "timed out" if self.timed_out else "not armed"
+        return f"<AsyncGuard {self._name} {state}, grace {self._grace:g} s>"
+
+
+def async_guard(
+    cleanup: Callable[[*PosArgsT], Awaitable[object]], *args: *PosArgsT, grace: float = 5.0
+) -> AsyncGuard:
+    """``async with tc.async_guard(cleanup, *args, grace=5.0) as guard:``.
+
+    When the block exits by any route (normally, by an exception, or cancelled, including
+    cancelled while entering), ``await cleanup(*args)`` runs once, shielded from the
+    cancellation that is ending the block and cancelled after ``grace`` seconds. A cleanup cut
+    short warns :exc:`CleanupTimeoutWarning` and sets ``guard.timed_out``; it raises nothing
+    by itself. If the cleanup raises, its exception propagates (together with the block's, in a
+    :exc:`BaseExceptionGroup`, if the block raised too). ``guard.disarm()`` skips the cleanup.
+
+    Raises:
+        TypeError: ``cleanup`` is not callable, or ``grace`` is not a number.
+        ValueError: ``grace`` is negative or NaN (``math.inf`` means no bound).
+
+    Not a checkpoint; never blocks (entering and leaving the block are).
+    """
+    if not callable(cleanup):
+        raise TypeError(f"cleanup must be an async function, not {type(cleanup).__name__}")
+    grace = _check_grace(grace)
+
+    async def run() -> None:
+        await cleanup(*args)
+
+    return AsyncGuard._create(run, _name(cleanup), grace)
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class TransactionGuard(metaclass=NoPublicConstructor):
+    """Commits or rolls back a transaction when its ``async with`` block exits.
+
+    Built by :func:`commit_or_rollback`.
+
+    Attributes:
+        outcome: ``None`` while the block runs, then what its exit did: ``"committed"``,
+            ``"rolled back"`` or ``"rollback timed out"``.
+    """
+
+    _tx: Transaction
+    _grace: float
+    _entered: bool = attrs.field(default=False, init=False)
+    outcome: Literal["committed", "rolled back", "rollback timed out"] | None = attrs.field(
+        default=None, init=False
+    )
+
+    @property
+    def transaction(self) -> Transaction:
+        """The guarded transaction."""
+        return self._tx
+
+    async def _rollback(self, block_error: BaseException | None) -> None:
+        error, timed_out = await _bounded(self._grace, self._tx.rollback)
+        self.outcome = "rollback timed out" if timed_out else "rolled back"
+        if timed_out:
+            warnings.warn(
+                CleanupTimeoutWarning(
+                    f"rollback of {self._tx!r} overran its grace period of {self._grace:g} s "
+                    "and was cancelled"
+                ),
+                stacklevel=3,
+            )
+        if error is not None:
+            _combine(block_error, error, "rollback")
+
+    async def __aenter__(self) -> Self:
+        """Cancellation: a checkpoint; if it raises, the transaction is rolled back (shielded,
+        bounded) and the cancellation propagates."""
+        if self._entered:
+            raise RuntimeError("this guard was already entered; make a new one")
+        self._entered = True
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException as exc:
+            await self._rollback(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Cancellation: a block that ends while a cancellation is pending for its task
+        (delivered or not) is rolled back and never committed; the cancellation then
+        propagates. The commit itself runs shielded, so it is never torn by a cancellation; one
+        that arrives during the commit is raised after it (``outcome`` is then
+        ``"committed"``)."""
+        if exc is not None or _pending_cancel():
+            await self._rollback(exc)
+            if exc is None:
+                await trio.lowlevel.checkpoint()  # delivers the pending cancellation
+            return
+        commit_error, timed_out = await _bounded(self._grace, self._tx.commit)
+        if commit_error is None and not timed_out:
+            self.outcome = "committed"
+            # A cancellation that arrived during the commit lands here; the commit stands.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        if commit_error is None:
+            commit_error = trio.TooSlowError(
+                f"commit did not finish within the grace period of {self._grace:g} s"
+            )
+        await self._rollback(None)  # noqa: ASYNC102 - shielded and bounded inside
+        raise commit_error
+
+    def __repr__(self) -> str:
+        return f"<TransactionGuard {self.outcome or 'open'} for {self._tx!r}>"
+
+
+def commit_or_rollback(tx: Transaction, *, grace: float = 5.0) -> TransactionGuard:
+    """``async with tc.commit_or_rollback(tx, grace=5.0):`` for any ``tx`` with async
+    ``commit()`` and ``rollback()``.
+
+    A clean exit commits, shielded and bounded by ``grace`` seconds; if the commit raises (or
+    overruns, as :exc:`trio.TooSlowError`), the transaction is rolled back and that exception
+    propagates. An exception or a cancellation (one pending for the block's task when it ends,
+    delivered or not) rolls back instead, shielded and bounded; a rollback that overruns warns
+    :exc:`CleanupTimeoutWarning`. Nothing is ever committed from a cancelled block.
+
+    Raises:
+        TypeError: ``tx`` lacks ``commit``/``rollback``, or ``grace`` is not a number.
+        ValueError: ``grace`` is negative or NaN.
+
+    Not a checkpoint; never blocks (entering and leaving the block are).
+    """
+    for method in ("commit", "rollback"):
+        if not callable(getattr(tx, method, None)):
+            raise TypeError(
+                f"commit_or_rollback() needs an object with async commit() and rollback(); "
+                f"{type(tx).__name__} has no {method}()"
+            )
+    return TransactionGuard._create(tx, _check_grace(grace))
