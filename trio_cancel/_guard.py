@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 
 PosArgsT = TypeVarTuple("PosArgsT")
 
+# flake8-async's ASYNC102 ("await in __aexit__ / except must be shielded with a timeout") is
+# silenced on the awaits below that call _bounded() (shielded, with the grace period as its
+# timeout) and on the checkpoints that deliberately deliver a pending cancellation after the
+# cleanup has run.
+
 
 @final
 class CleanupTimeoutWarning(RuntimeWarning):
@@ -75,9 +80,11 @@ async def _bounded(
     try:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + grace) as scope:
             await async_fn(*args)
-    except BaseException as exc:  # noqa: BLE001 - handed back to the caller, who raises it
+    # Shielded: no outer Cancelled can reach here, and the scope absorbs its own. So this
+    # never swallows a cancellation that is not ours.
+    except BaseException as exc:  # noqa: BLE001, ASYNC103 - handed back to the caller
         error = exc
-    return error, scope.cancelled_caught
+    return error, scope.cancelled_caught  # noqa: ASYNC910 - helper; callers checkpoint
 
 
 def _name(fn: object) -> str:
@@ -131,7 +138,7 @@ class AsyncGuard(metaclass=NoPublicConstructor):
 
     async def _fire(self, block_error: BaseException | None) -> None:
         if not self._armed:
-            return
+            return  # noqa: ASYNC910 - helper; callers checkpoint
         self._armed = False
         error, self.timed_out = await _bounded(self._grace, self._cleanup)
         if self.timed_out:
@@ -154,7 +161,7 @@ class AsyncGuard(metaclass=NoPublicConstructor):
         try:
             await trio.lowlevel.checkpoint()
         except BaseException as exc:
-            await self._fire(exc)
+            await self._fire(exc)  # noqa: ASYNC102
             raise
         return self
 
@@ -169,11 +176,11 @@ class AsyncGuard(metaclass=NoPublicConstructor):
         it); otherwise the block's exception travels on unchanged (with the cleanup's, in a
         group, if the cleanup raised too)."""
         if self._armed:
-            await self._fire(exc)
+            await self._fire(exc)  # noqa: ASYNC102
             if exc is None:  # a cancellation that arrived during the cleanup lands here
-                await trio.lowlevel.checkpoint_if_cancelled()
+                await trio.lowlevel.checkpoint_if_cancelled()  # noqa: ASYNC102
         elif exc is None:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()  # noqa: ASYNC102
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -257,7 +264,7 @@ class TransactionGuard(metaclass=NoPublicConstructor):
         try:
             await trio.lowlevel.checkpoint()
         except BaseException as exc:
-            await self._rollback(exc)
+            await self._rollback(exc)  # noqa: ASYNC102
             raise
         return self
 
@@ -273,15 +280,15 @@ class TransactionGuard(metaclass=NoPublicConstructor):
         that arrives during the commit is raised after it (``outcome`` is then
         ``"committed"``)."""
         if exc is not None or _pending_cancel():
-            await self._rollback(exc)
+            await self._rollback(exc)  # noqa: ASYNC102
             if exc is None:
-                await trio.lowlevel.checkpoint()  # delivers the pending cancellation
+                await trio.lowlevel.checkpoint()  # noqa: ASYNC102
             return
-        commit_error, timed_out = await _bounded(self._grace, self._tx.commit)
+        commit_error, timed_out = await _bounded(self._grace, self._tx.commit)  # noqa: ASYNC102
         if commit_error is None and not timed_out:
             self.outcome = "committed"
             # A cancellation that arrived during the commit lands here; the commit stands.
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await trio.lowlevel.checkpoint_if_cancelled()  # noqa: ASYNC102
             return
         if commit_error is None:
             commit_error = trio.TooSlowError(
