@@ -103,6 +103,17 @@ CHECKS: dict[str, Expect] = {
             r"[1-9]\d* runs moved nothing, \d+ moved all 10, none moved part; total still 150$",
         ),
     ),
+    "graceful_shutdown.py": Expect(
+        lines=(
+            r"^shutdown 'deploy v2': 990 of 1000 tasks landed within the 2 s grace period, "
+            r"10 forced$",
+            r"^cooperative tasks landed after 0\.\d\d to 1\.\d\d s$",
+            r"^did not land in time: (legacy-\d, ){9}legacy-\d$",
+            r"^  task\s+seconds\s+how\s+outcome$",
+            r"^  legacy-\d\s+2\.\d{3}\s+forced\s+Aborted\(reason='deploy v2: forced after",
+        ),
+        never=(r"worker-\d+ .*forced",),
+    ),
     "bench_cancel.py": Expect(
         lines=(
             r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",

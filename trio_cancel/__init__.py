@@ -36,6 +36,11 @@ from ._oneshot import (
     open_oneshot_channel as open_oneshot_channel,
 )
 from ._select import Merge as Merge, Selected as Selected, merge as merge, select as select
+from ._shutdown import (
+    GracefulShutdown as GracefulShutdown,
+    LandingReport as LandingReport,
+    TaskLanding as TaskLanding,
+)
 from ._task import (
     Aborted as Aborted,
     AbortHandle as AbortHandle,
@@ -77,8 +82,10 @@ __all__ = [
     "Completed",
     "DropGuard",
     "Failed",
+    "GracefulShutdown",
     "JoinSet",
     "LaggedError",
+    "LandingReport",
     "LatencyRecord",
     "Merge",
     "Notify",
@@ -90,6 +97,7 @@ __all__ = [
     "Selected",
     "SlowStep",
     "TaskHandle",
+    "TaskLanding",
     "TaskTree",
     "TaskTreeNode",
     "Transaction",

@@ -508,14 +508,26 @@ class JoinSet:
         assert self._nursery_cm is not None
         try:
             # Joining the aborted tasks is the point of this exit, as for a nursery's own.
-            return await self._nursery_cm.__aexit__(exc_type, exc, tb)  # type: ignore[return-value]  # noqa: ASYNC102
-        except BaseExceptionGroup as group:
-            if exc is None:
-                raise
-            only_body = group.exceptions == (exc,)
-            if not (only_body or (isinstance(exc, trio.Cancelled) and only_cancelled(group))):
-                raise
-            reraise_bare(exc)  # the body's exception propagates as itself
+            return await close_nursery(self._nursery_cm, exc_type, exc, tb)  # noqa: ASYNC102
         finally:
             for handle in self._finished:
                 handle._report_unretrieved("JoinSet closed")
+
+
+async def close_nursery(  # noqa: ASYNC910 - awaiting the nursery exit is the checkpoint
+    cm: AbstractAsyncContextManager[trio.Nursery],
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> bool:
+    """Exit a nursery whose tasks keep their errors as outcomes: the body's exception (the
+    only one, or alongside nothing but cancellations) propagates as itself, not in a group."""
+    try:
+        return await cm.__aexit__(exc_type, exc, tb)  # type: ignore[return-value]
+    except BaseExceptionGroup as group:
+        if exc is None:
+            raise
+        only_body = group.exceptions == (exc,)
+        if not (only_body or (isinstance(exc, trio.Cancelled) and only_cancelled(group))):
+            raise
+        reraise_bare(exc)  # the body's exception propagates as itself

@@ -1,0 +1,262 @@
+"""GracefulShutdown: phase 1 cancels the token, phase 2 aborts who is left, the report says who."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trio_cancel as tc
+
+
+async def cooperative(wind_down: float, *, token: tc.CancellationToken) -> str:
+    """Works until its token fires, then takes ``wind_down`` seconds to finish up."""
+    await token.wait_cancelled()
+    await trio.sleep(wind_down)
+    return f"landed after {wind_down}"
+
+
+async def stubborn() -> None:
+    """Takes no token: only phase 2 stops it."""
+    await trio.sleep_forever()
+
+
+async def with_kwargs(**kwargs: Any) -> str:  # noqa: ANN401 - the point of the test
+    token: tc.CancellationToken = kwargs["token"]
+    await token.wait_cancelled()
+    return "got a token through **kwargs"
+
+
+async def test_cooperative_tasks_land_in_phase_one(autojump_clock: trio.testing.MockClock) -> None:
+    async with tc.GracefulShutdown(grace=5.0) as gs:
+        fast = gs.spawn(cooperative, 0.5, name="fast")
+        slow = gs.spawn(cooperative, 2.0, name="slow")
+        await trio.sleep(10)
+        gs.trigger("deploy")
+        report = await gs.wait()
+    assert gs.token.reason == "deploy"
+    assert [t.name for t in report] == ["fast", "slow"]
+    assert [t.seconds for t in report] == [pytest.approx(0.5), pytest.approx(2.0)]
+    assert not any(t.forced for t in report)
+    assert fast.outcome == tc.Completed("landed after 0.5")
+    assert slow.outcome == tc.Completed("landed after 2.0")
+    assert report.forced == ()
+    assert gs.report is report
+
+
+async def test_stubborn_tasks_are_forced_at_the_end_of_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=3.0) as gs:
+        gs.spawn(cooperative, 1.0, name="polite")
+        rude = gs.spawn(stubborn, name="rude")
+        late = gs.spawn(cooperative, 60.0, name="late")
+        start = trio.current_time()
+        report = await gs.wait()  # triggers too
+    assert trio.current_time() - start == pytest.approx(3.0)
+    by_name = {t.name: t for t in report}
+    assert not by_name["polite"].forced
+    assert by_name["rude"].forced
+    assert by_name["late"].forced
+    assert by_name["rude"].seconds == pytest.approx(3.0)
+    assert rude.outcome == tc.Aborted("shutdown: forced after the grace period")
+    assert isinstance(late.outcome, tc.Aborted)
+    assert [t.name for t in report.forced] == ["rude", "late"]
+    text = str(report)
+    assert "1 of 3 tasks landed within the 3 s grace period, 2 forced" in text
+    assert text.index("late") < text.index("polite")  # slowest first
+
+
+async def test_a_task_that_takes_no_token_runs_on_through_phase_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    progress: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            await trio.sleep(1)
+            progress.append(trio.current_time())
+
+    async with tc.GracefulShutdown(grace=4.5) as gs:
+        gs.spawn(ticker)
+        gs.trigger()
+        triggered = trio.current_time()
+    assert len(progress) == 4  # ticked through the grace period, then was aborted
+    assert gs.report is not None
+    assert gs.report.tasks[0].forced
+    assert gs.report.tasks[0].seconds == pytest.approx(4.5)
+    assert trio.current_time() - triggered == pytest.approx(4.5)
+
+
+async def test_kwargs_function_gets_a_child_token() -> None:
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        handle = gs.spawn(with_kwargs)
+    assert handle.outcome == tc.Completed("got a token through **kwargs")
+
+
+async def test_task_that_ended_before_the_trigger_has_no_seconds() -> None:
+    async def quick() -> int:
+        return 7
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(quick)
+        await trio.testing.wait_all_tasks_blocked()
+        report = await gs.wait()
+    assert report.tasks[0].seconds is None
+    assert report.tasks[0].outcome == tc.Completed(7)
+    assert "before" in str(report)
+
+
+async def test_failed_task_is_reported_not_raised() -> None:
+    async def broken(*, token: tc.CancellationToken) -> None:
+        await token.wait_cancelled()
+        raise OSError("flush failed")
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(broken)
+    assert gs.report is not None
+    outcome = gs.report.tasks[0].outcome
+    assert isinstance(outcome, tc.Failed)
+    assert isinstance(outcome.error, OSError)
+
+
+async def test_trigger_is_idempotent_and_first_reason_stays() -> None:
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.trigger("first")
+        gs.trigger("second")
+        report = await gs.wait()
+        assert await gs.wait() is report  # a second wait returns the same report
+    assert report.reason == "first"
+    assert gs.token.reason == "first"
+    assert len(report) == 0
+
+
+async def test_leaving_without_wait_triggers_and_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=2.0) as gs:
+        handle = gs.spawn(cooperative, 1.0)
+    assert handle.outcome == tc.Completed("landed after 1.0")
+    assert gs.report is not None
+    assert gs.report.reason == "shutdown"
+
+
+async def test_body_error_propagates_as_itself_after_landing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with pytest.raises(KeyError) as info:
+        async with tc.GracefulShutdown(grace=2.0) as gs:
+            handle = gs.spawn(cooperative, 1.0)
+            raise KeyError("config")
+    assert type(info.value) is KeyError
+    assert handle.outcome == tc.Completed("landed after 1.0")  # it still landed gracefully
+
+
+async def test_cancelled_wait_changes_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    async with tc.GracefulShutdown(grace=10.0) as gs:
+        handle = gs.spawn(cooperative, 5.0)
+        with trio.move_on_after(1) as cs:
+            await gs.wait()
+        assert cs.cancelled_caught
+        assert not handle.is_finished()
+        report = await gs.wait()
+    assert report.tasks[0].seconds == pytest.approx(5.0)
+    assert not report.tasks[0].forced
+
+
+async def test_cancelled_from_outside_cancels_every_task_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.move_on_after(1) as outer:
+        async with tc.GracefulShutdown(grace=100.0) as gs:
+            handle = gs.spawn(cooperative, 5.0)
+            await trio.sleep_forever()
+    assert outer.cancelled_caught
+    assert isinstance(handle.outcome, tc.Aborted)
+    assert trio.current_time() == pytest.approx(1.0)  # no grace period: Trio's cancellation
+
+
+async def test_cancelled_before_entering(autojump_clock: trio.testing.MockClock) -> None:
+    gs = tc.GracefulShutdown(grace=1.0)
+    with trio.CancelScope() as outer:
+        outer.cancel()
+        async with gs:
+            pytest.fail("the body ran")  # pragma: no cover
+    assert outer.cancelled_caught
+
+
+async def test_force_skips_the_rest_of_the_grace_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=100.0) as gs:
+        gs.spawn(stubborn)
+        gs.trigger()
+        await trio.sleep(1)
+        gs.force()
+        report = await gs.wait()
+    assert report.tasks[0].forced
+    assert report.tasks[0].seconds == pytest.approx(1.0)
+
+
+async def test_spawn_after_trigger_gets_a_cancelled_token() -> None:
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.trigger("late")
+        handle = gs.spawn(cooperative, 0.0)
+    assert handle.outcome == tc.Completed("landed after 0.0")
+
+
+async def test_bad_input_and_wrong_state() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        tc.GracefulShutdown(grace=-1)
+    with pytest.raises(TypeError, match="number of seconds"):
+        tc.GracefulShutdown(grace="5")  # type: ignore[arg-type]
+    gs = tc.GracefulShutdown(grace=math.inf)
+    with pytest.raises(RuntimeError, match="inside its 'async with'"):
+        gs.spawn(stubborn)
+    with pytest.raises(RuntimeError, match="inside its 'async with'"):
+        gs.trigger()
+    async with gs:
+        with pytest.raises(TypeError, match="async function"):
+            gs.spawn(42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="reason"):
+            gs.trigger(3)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="entered only once"):
+        async with gs:
+            pass  # pragma: no cover
+    with pytest.raises(RuntimeError, match="inside its 'async with'"):
+        gs.spawn(stubborn)
+
+
+async def test_signals_trigger_then_force_and_handlers_are_restored(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+    async with tc.GracefulShutdown(grace=100.0) as gs:
+        gs.install_signal_handlers(signal.SIGUSR1)
+        assert signal.getsignal(signal.SIGUSR1) is not before
+        rude = gs.spawn(stubborn)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await trio.sleep(1)
+        assert gs.token.reason == "signal SIGUSR1"
+        assert not rude.is_finished()
+        os.kill(os.getpid(), signal.SIGUSR1)  # the second one forces phase 2 at once
+        report = await gs.wait()
+    assert report.tasks[0].forced
+    assert report.tasks[0].seconds is not None
+    assert report.tasks[0].seconds < 100
+    assert signal.getsignal(signal.SIGUSR1) is before
+    with pytest.raises(RuntimeError, match="inside the 'async with'"):
+        gs.install_signal_handlers()
+
+
+async def test_spawn_after_the_report_is_refused() -> None:
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        await gs.wait()
+        with pytest.raises(RuntimeError, match="landed already"):
+            gs.spawn(stubborn)
+    assert "landed" in repr(gs)
