@@ -114,6 +114,14 @@ CHECKS: dict[str, Expect] = {
         ),
         never=(r"worker-\d+ .*forced",),
     ),
+    "may_cancel_read.py": Expect(
+        lines=(
+            r"^with the token: \d+ of 40 bytes before it fired: b'the",
+            r"^  partial: True; token reason: '0\.25 s is all we wait'$",
+            r"^plain await: the remaining \d+ bytes, read to completion$",
+            r"^buffer == message: True \(40 bytes, none lost or doubled\)$",
+        ),
+    ),
     "bench_cancel.py": Expect(
         lines=(
             r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",

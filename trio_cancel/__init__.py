@@ -29,6 +29,7 @@ from ._latency import (
     LatencyRecord as LatencyRecord,
     SlowStep as SlowStep,
 )
+from ._maycancel import MayCancel as MayCancel, may_cancel as may_cancel
 from ._notify import Notify as Notify
 from ._oneshot import (
     OneshotReceiver as OneshotReceiver,
@@ -87,6 +88,7 @@ __all__ = [
     "LaggedError",
     "LandingReport",
     "LatencyRecord",
+    "MayCancel",
     "Merge",
     "Notify",
     "OneshotReceiver",
@@ -107,6 +109,7 @@ __all__ = [
     "async_guard",
     "commit_or_rollback",
     "current_task_tree",
+    "may_cancel",
     "merge",
     "open_broadcast_channel",
     "open_oneshot_channel",

@@ -9,7 +9,6 @@ aborted (its scope cancelled: ``trio.Cancelled`` at its next checkpoint). ``wait
 from __future__ import annotations
 
 import functools
-import inspect
 import signal
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
@@ -19,7 +18,7 @@ import trio
 from ._guard import _check_grace
 from ._task import Outcome, TaskHandle, _make_handle, close_nursery
 from ._token import CancellationToken
-from ._util import NoPublicConstructor, check_reason
+from ._util import NoPublicConstructor, check_reason, takes_token_keyword
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -91,18 +90,6 @@ class LandingReport(metaclass=NoPublicConstructor):
             how = "forced" if t.forced else "landed"
             lines.append(f"  {t.name:<{width}}  {seconds:>8}  {how:<7}  {t.outcome!r}")
         return "\n".join(lines)
-
-
-def _takes_token(async_fn: Callable[..., object]) -> bool:
-    try:
-        params = inspect.signature(async_fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin or other callable without a signature
-        return False
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD
-        or (p.name == "token" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
-        for p in params
-    )
 
 
 @final
@@ -177,7 +164,7 @@ class GracefulShutdown:
         if name is None:
             name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
         fn: Callable[..., Awaitable[T]] = async_fn
-        if _takes_token(async_fn):
+        if takes_token_keyword(async_fn):
             fn = functools.partial(async_fn, token=self._token.child_token())
         if self._report is not None:
             raise RuntimeError("every task has landed already; this GracefulShutdown is done")

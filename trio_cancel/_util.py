@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABCMeta
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 T = TypeVar("T")
 
@@ -78,3 +82,17 @@ def fixup_module_metadata(module_name: str, namespace: dict[str, object]) -> Non
                 obj.__module__ = module_name
             except (AttributeError, TypeError):  # pragma: no cover - immutable builtins
                 continue
+
+
+def takes_token_keyword(fn: Callable[..., object]) -> bool:
+    """Whether ``fn`` can be called with ``token=``: a parameter of that name that is not
+    positional-only, or ``**kwargs``. False for a callable without a signature."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or other callable without a signature
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == "token" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in params
+    )

@@ -1,0 +1,115 @@
+"""Operations that keep partial progress: the ``may_cancel_with`` pattern of seed 002.
+
+A read that is cancelled by a ``trio.Cancelled`` loses what it was going to return: the bytes
+it had already received are in its local state, and the exception unwinds past them. The seed's
+answer is an operation that takes a token and *returns* when the token fires, with what it has
+so far. ``@tc.may_cancel`` gives such a function the two calling styles of the seed: plain
+``await f(...)`` runs it with a token that never fires; ``await f(...).may_cancel_with(tok)``
+runs it with a child of ``tok``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
+
+import trio
+
+from ._token import CancellationToken
+from ._util import NoPublicConstructor, takes_token_keyword
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Generator
+
+T = TypeVar("T")
+
+
+@final
+class MayCancel(Generic[T], metaclass=NoPublicConstructor):
+    """A call of a :func:`may_cancel` function, not started yet. Await it once.
+
+    States: *unstarted*, *bound* (after :meth:`may_cancel_with`), *awaited*. Nothing runs
+    until it is awaited; one that is never awaited does nothing and warns nothing (as an
+    un-polled Rust future).
+    """
+
+    __slots__ = ("_args", "_awaited", "_fn", "_kwargs", "_token")
+
+    def __init__(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._token: CancellationToken | None = None
+        self._awaited = False
+
+    def may_cancel_with(self, token: CancellationToken) -> MayCancel[T]:
+        """Run with a child of ``token``: the operation stops early, returning what it has,
+        when ``token`` is cancelled (at once if it already is). Returns this object.
+
+        Raises:
+            TypeError: ``token`` is not a :class:`CancellationToken`.
+            RuntimeError: A token was already given, or the call was already awaited.
+
+        Not a checkpoint; never blocks.
+        """
+        if not isinstance(token, CancellationToken):
+            raise TypeError(
+                f"may_cancel_with() takes a CancellationToken, not {type(token).__name__}"
+            )
+        if self._awaited:
+            raise RuntimeError("this call was already awaited")
+        if self._token is not None:
+            raise RuntimeError("may_cancel_with() was already called on this call")
+        self._token = token
+        return self
+
+    async def _run(self) -> T:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parent = self._token
+        token = CancellationToken() if parent is None else parent.child_token()
+        return await self._fn(*self._args, token=token, **self._kwargs)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """Cancellation: a cancellation from outside raises ``trio.Cancelled`` as usual (before
+        the function starts, if it is already pending); only the token makes the function
+        return early."""
+        if self._awaited:
+            raise RuntimeError("a MayCancel can be awaited only once")
+        self._awaited = True
+        return self._run().__await__()
+
+    def __repr__(self) -> str:
+        name = getattr(self._fn, "__qualname__", repr(self._fn))
+        state = "awaited" if self._awaited else "bound" if self._token is not None else "unstarted"
+        return f"<MayCancel {name} {state}>"
+
+
+def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]:
+    """Decorate ``async def f(..., *, token: CancellationToken)`` for both calling styles.
+
+    ``await f(...)`` runs ``f`` with a token that is never cancelled: it runs to completion.
+    ``await f(...).may_cancel_with(tok)`` runs it with a child of ``tok``: ``f`` decides what
+    it returns when its token fires (for a read: what it received so far). Calling ``f(...)``
+    only builds a :class:`MayCancel`; nothing runs until it is awaited.
+
+    Raises:
+        TypeError: ``fn`` is not callable or takes no keyword ``token`` (a parameter of that
+            name, or ``**kwargs``); passing ``token=`` to the call yourself.
+    """
+    if not callable(fn):
+        raise TypeError(f"may_cancel() decorates an async function, not {type(fn).__name__}")
+    if not takes_token_keyword(fn):
+        raise TypeError(
+            f"may_cancel(): {getattr(fn, '__qualname__', fn)!r} must take a keyword "
+            "argument 'token'"
+        )
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> MayCancel[T]:  # noqa: ANN401 - fn's own arguments
+        if "token" in kwargs:
+            raise TypeError("pass the token with .may_cancel_with(token), not token=")
+        return cast("MayCancel[T]", MayCancel._create(fn, args, kwargs))
+
+    return call
