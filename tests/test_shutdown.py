@@ -260,3 +260,21 @@ async def test_spawn_after_the_report_is_refused() -> None:
         with pytest.raises(RuntimeError, match="landed already"):
             gs.spawn(stubborn)
     assert "landed" in repr(gs)
+
+
+async def test_cancelled_from_outside_while_the_exit_waits_for_landing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    before = signal.getsignal(signal.SIGUSR2)
+    with trio.move_on_after(1) as outer:
+        async with tc.GracefulShutdown(grace=100.0) as gs:
+            gs.install_signal_handlers(signal.SIGUSR2)
+            slow = gs.spawn(cooperative, 60.0)  # winding down would take a minute
+    # The exit triggered and was waiting for the landing when the outer deadline came:
+    # every task is cancelled at once, the helpers stop, the handlers come back.
+    assert outer.cancelled_caught
+    assert gs.token.reason == "shutdown"
+    assert isinstance(slow.outcome, tc.Aborted)
+    assert trio.current_time() == pytest.approx(1.0)
+    assert gs.report is None  # no landing to report: the shutdown was not graceful
+    assert signal.getsignal(signal.SIGUSR2) is before
