@@ -87,6 +87,45 @@ async def _bounded(
     return error, scope.cancelled_caught  # noqa: ASYNC910 - helper; callers checkpoint
 
 
+async def _clean_up(
+    grace: float, async_fn: Callable[[], Awaitable[object]], what: str
+) -> tuple[BaseException | None, bool]:
+    """:func:`_bounded`, plus the :exc:`CleanupTimeoutWarning` if ``what`` overran."""
+    error, timed_out = await _bounded(grace, async_fn)
+    if timed_out:
+        warnings.warn(
+            CleanupTimeoutWarning(
+                f"{what} overran its grace period of {grace:g} s and was cancelled"
+            ),
+            stacklevel=4,  # the user's 'async with' line
+        )
+    return error, timed_out
+
+
+@attrs.define(eq=False, repr=False)
+class _EnterOnce:
+    """The entry shared by both guards: a checkpoint, and the exit action if it is cancelled."""
+
+    _entered: bool = attrs.field(default=False, init=False)
+
+    async def _on_exit(self, block_error: BaseException | None) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        """Cancellation: a checkpoint; if it raises, the block never ran and the exit action
+        (the cleanup, or the rollback) runs shielded and bounded as for any other exit, then
+        the cancellation propagates."""
+        if self._entered:
+            raise RuntimeError("this guard was already entered; make a new one")
+        self._entered = True
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException as exc:
+            await self._on_exit(exc)  # noqa: ASYNC102
+            raise
+        return self
+
+
 def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -106,7 +145,7 @@ def _pending_cancel() -> bool:
 
 @final
 @attrs.define(eq=False, repr=False)
-class AsyncGuard(metaclass=NoPublicConstructor):
+class AsyncGuard(_EnterOnce, metaclass=NoPublicConstructor):
     """Runs an async cleanup when its ``async with`` block exits, unless disarmed.
 
     Built by :func:`async_guard`. States: *armed*, then *disarmed* (by :meth:`disarm`) or
@@ -121,7 +160,6 @@ class AsyncGuard(metaclass=NoPublicConstructor):
     _name: str
     _grace: float
     _armed: bool = attrs.field(default=True, init=False)
-    _entered: bool = attrs.field(default=False, init=False)
     timed_out: bool = attrs.field(default=False, init=False)
 
     @property
@@ -136,34 +174,13 @@ class AsyncGuard(metaclass=NoPublicConstructor):
         """
         self._armed = False
 
-    async def _fire(self, block_error: BaseException | None) -> None:
+    async def _on_exit(self, block_error: BaseException | None) -> None:
         if not self._armed:
             return  # noqa: ASYNC910 - helper; callers checkpoint
         self._armed = False
-        error, self.timed_out = await _bounded(self._grace, self._cleanup)
-        if self.timed_out:
-            warnings.warn(
-                CleanupTimeoutWarning(
-                    f"cleanup {self._name} overran its grace period of {self._grace:g} s "
-                    "and was cancelled"
-                ),
-                stacklevel=3,
-            )
+        error, self.timed_out = await _clean_up(self._grace, self._cleanup, f"cleanup {self._name}")
         if error is not None:
             _combine(block_error, error, "cleanup")
-
-    async def __aenter__(self) -> Self:
-        """Cancellation: a checkpoint; if it raises, the block never ran and the cleanup runs
-        (shielded, bounded) as for any other exit, then the cancellation propagates."""
-        if self._entered:
-            raise RuntimeError("this guard was already entered; make a new one")
-        self._entered = True
-        try:
-            await trio.lowlevel.checkpoint()
-        except BaseException as exc:
-            await self._fire(exc)  # noqa: ASYNC102
-            raise
-        return self
 
     async def __aexit__(
         self,
@@ -176,7 +193,7 @@ class AsyncGuard(metaclass=NoPublicConstructor):
         it); otherwise the block's exception travels on unchanged (with the cleanup's, in a
         group, if the cleanup raised too)."""
         if self._armed:
-            await self._fire(exc)  # noqa: ASYNC102
+            await self._on_exit(exc)  # noqa: ASYNC102
             if exc is None:  # a cancellation that arrived during the cleanup lands here
                 await trio.lowlevel.checkpoint_if_cancelled()  # noqa: ASYNC102
         elif exc is None:
@@ -219,7 +236,7 @@ def async_guard(
 
 @final
 @attrs.define(eq=False, repr=False)
-class TransactionGuard(metaclass=NoPublicConstructor):
+class TransactionGuard(_EnterOnce, metaclass=NoPublicConstructor):
     """Commits or rolls back a transaction when its ``async with`` block exits.
 
     Built by :func:`commit_or_rollback`.
@@ -231,7 +248,6 @@ class TransactionGuard(metaclass=NoPublicConstructor):
 
     _tx: Transaction
     _grace: float
-    _entered: bool = attrs.field(default=False, init=False)
     outcome: Literal["committed", "rolled back", "rollback timed out"] | None = attrs.field(
         default=None, init=False
     )
@@ -241,32 +257,14 @@ class TransactionGuard(metaclass=NoPublicConstructor):
         """The guarded transaction."""
         return self._tx
 
-    async def _rollback(self, block_error: BaseException | None) -> None:
-        error, timed_out = await _bounded(self._grace, self._tx.rollback)
+    async def _on_exit(self, block_error: BaseException | None) -> None:
+        """Roll back (the exit action of a block that raised or was cancelled)."""
+        error, timed_out = await _clean_up(
+            self._grace, self._tx.rollback, f"rollback of {self._tx!r}"
+        )
         self.outcome = "rollback timed out" if timed_out else "rolled back"
-        if timed_out:
-            warnings.warn(
-                CleanupTimeoutWarning(
-                    f"rollback of {self._tx!r} overran its grace period of {self._grace:g} s "
-                    "and was cancelled"
-                ),
-                stacklevel=3,
-            )
         if error is not None:
             _combine(block_error, error, "rollback")
-
-    async def __aenter__(self) -> Self:
-        """Cancellation: a checkpoint; if it raises, the transaction is rolled back (shielded,
-        bounded) and the cancellation propagates."""
-        if self._entered:
-            raise RuntimeError("this guard was already entered; make a new one")
-        self._entered = True
-        try:
-            await trio.lowlevel.checkpoint()
-        except BaseException as exc:
-            await self._rollback(exc)  # noqa: ASYNC102
-            raise
-        return self
 
     async def __aexit__(
         self,
@@ -280,7 +278,7 @@ class TransactionGuard(metaclass=NoPublicConstructor):
         that arrives during the commit is raised after it (``outcome`` is then
         ``"committed"``)."""
         if exc is not None or _pending_cancel():
-            await self._rollback(exc)  # noqa: ASYNC102
+            await self._on_exit(exc)  # noqa: ASYNC102
             if exc is None:
                 await trio.lowlevel.checkpoint()  # noqa: ASYNC102
             return
@@ -294,7 +292,7 @@ class TransactionGuard(metaclass=NoPublicConstructor):
             commit_error = trio.TooSlowError(
                 f"commit did not finish within the grace period of {self._grace:g} s"
             )
-        await self._rollback(None)  # noqa: ASYNC102 - shielded and bounded inside
+        await self._on_exit(None)  # noqa: ASYNC102 - shielded and bounded inside
         raise commit_error
 
     def __repr__(self) -> str:
