@@ -122,6 +122,37 @@ CHECKS: dict[str, Expect] = {
             r"^buffer == message: True \(40 bytes, none lost or doubled\)$",
         ),
     ),
+    "raii_connection.py": Expect(
+        lines=(
+            r"^free at start: 2$",
+            r"^  conn-\d returned to the pool$",
+            r"^  free: 2$",
+            r"^cancelled mid-await:$",
+            r"^  in use: conn-\d, free: 1$",
+            r"^  conn-\d returned to the pool$",
+            r"^  cancelled: True; free: 2$",
+            r"^  conn-\d returned to the pool$",
+            r"^  ValueError\('bad SQL'\) propagated; free: 2$",
+        ),
+        never=(r"never printed",),
+    ),
+    "cleanup_strategies.py": Expect(
+        lines=(
+            r"^  spawned: exit \(cancelled\), cleanup scheduled$",
+            r"^  queued: exit \(cancelled\), cleanup scheduled$",
+            r"^  threaded: exit \(cancelled\), cleanup scheduled$",
+            r"^all three completed: True$",
+        ),
+    ),
+    "blocking_cleanup.py": Expect(
+        lines=(
+            r"^blocking write in the cleanup: longest heartbeat gap \d+ ms$",
+            r"^  file written: b'state v1'$",
+            r"^write in a worker thread: +longest heartbeat gap \d+ ms$",
+            r"^  file written: b'state v2'$",
+            r"^the blocking version stalled every task: True$",
+        ),
+    ),
     "bench_cancel.py": Expect(
         lines=(
             r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",
