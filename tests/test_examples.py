@@ -162,6 +162,28 @@ CHECKS: dict[str, Expect] = {
         ),
         never=(r"received 126 of 126",),
     ),
+    "timeout_middleware.py": Expect(
+        lines=(
+            r'^GET /fast -> 200 \{"path": "/fast", "took": 0\.01\}$',
+            r"^GET /slow -> 408 request timed out$",
+            r"^/fast: handler finished$",
+            r"^/slow: handler cancelled after 0\.2 s$",
+        ),
+        never=(r"/slow: handler finished",),
+    ),
+    "rpc_long_running.py": Expect(
+        lines=(
+            r"^three calls in flight; the service token is cancelled after 0\.3 s:$",
+            r"^  0\.05 s of work -> 200 ok +after 0\.\d\d s$",
+            r"^ +[12]\.0 s of work -> 503 cancelled after 0\.\d\d s$",
+            r"^      Request cancelled: server shutting down$",
+            r"^ +[12]\.0 s of work -> 503 cancelled after 0\.\d\d s$",
+            r"^a call made after the cancel:$",
+            r"^  0\.05 s of work -> 503 cancelled after 0\.\d\d s$",
+            r"^      Request cancelled: server shutting down$",
+        ),
+        never=(r"^ +[12]\.0 s of work -> 200",),
+    ),
     "bench_cancel.py": Expect(
         lines=(
             r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",

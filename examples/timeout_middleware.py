@@ -1,0 +1,104 @@
+"""E06: an HTTP request timeout as middleware; the slow handler is cancelled, the client gets 408.
+
+Seed: ``000_2c132b0b7796ad3d.txt``. An axum ``timeout_middleware`` wraps each request in a
+30 s ``timeout`` and answers ``REQUEST_TIMEOUT`` when it expires, dropping the handler's future.
+Here: an ASGI middleware that runs the app inside ``trio.move_on_after(limit)``; when the
+deadline cancels the handler (its ``finally`` runs) before it started a response, the
+middleware answers 408. A real Hypercorn server (Trio worker) on 127.0.0.1 and a real httpx
+client. The limit is 0.2 s instead of 30 s so that the demo is quick.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Any
+Send = Any
+App = Any
+
+events: list[str] = []
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    path = scope["path"]
+    start = trio.current_time()
+    seconds = 1.0 if path == "/slow" else 0.01
+    try:
+        await trio.sleep(seconds)  # the database, another service...
+    except trio.Cancelled:
+        events.append(f"{path}: handler cancelled after {trio.current_time() - start:.1f} s")
+        raise
+    events.append(f"{path}: handler finished")
+    body = json.dumps({"path": path, "took": seconds}).encode()
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def timeout_middleware(inner: App, limit: float) -> App:
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with trio.move_on_after(limit) as cs:
+            await inner(scope, receive, tracking_send)
+        if cs.cancelled_caught and not started:
+            await send({"type": "http.response.start", "status": 408, "headers": []})
+            await send({"type": "http.response.body", "body": b"request timed out"})
+
+    return wrapped
+
+
+async def main() -> None:
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            functools.partial(
+                serve, timeout_middleware(app, 0.2), config, shutdown_trigger=stop.wait
+            )
+        )
+        base = binds[0]
+        async with httpx.AsyncClient(base_url=base) as client:
+            for path in ("/fast", "/slow"):
+                response = await client.get(path)
+                print(f"GET {path} -> {response.status_code} {response.text}")
+        stop.set()
+    for event in events:
+        print(event)
+
+
+if __name__ == "__main__":
+    trio.run(main)
