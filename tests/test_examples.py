@@ -184,6 +184,15 @@ CHECKS: dict[str, Expect] = {
         ),
         never=(r"^ +[12]\.0 s of work -> 200",),
     ),
+    "tx_guard.py": Expect(
+        lines=(
+            r"^database: SQLite file$",
+            r"^  row 1: committed$",
+            r"^  row 2: rolled back; ValueError\('validation failed after the write'\) propagated$",
+            r"^  row 3: rolled back; cancelled: True$",
+            r"^rows in the table: \[\(1, 'committed'\)\]$",
+        ),
+    ),
     "bench_cancel.py": Expect(
         lines=(
             r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",
