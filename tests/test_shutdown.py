@@ -278,3 +278,26 @@ async def test_cancelled_from_outside_while_the_exit_waits_for_landing(
     assert trio.current_time() == pytest.approx(1.0)
     assert gs.report is None  # no landing to report: the shutdown was not graceful
     assert signal.getsignal(signal.SIGUSR2) is before
+
+
+async def test_ten_thousand_tasks_land_and_the_stragglers_are_named(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=5.0) as gs:
+        for i in range(10_000):
+            if i % 100 == 99:
+                gs.spawn(stubborn, name=f"stuck-{i}")
+            else:
+                gs.spawn(cooperative, (i % 50) / 10, name=f"task-{i}")  # 0 to 4.9 s
+        await trio.testing.wait_all_tasks_blocked()
+        report = await gs.wait()
+    assert len(report) == 10_000
+    assert sorted(t.name for t in report.forced) == sorted(
+        f"stuck-{i}" for i in range(99, 10_000, 100)
+    )
+    landed = [t for t in report if not t.forced]
+    assert all(isinstance(t.outcome, tc.Completed) for t in landed)
+    assert max(t.seconds or 0.0 for t in landed) == pytest.approx(4.9)
+    assert str(report).startswith(
+        "shutdown 'shutdown': 9900 of 10000 tasks landed within the 5 s grace period, 100 forced"
+    )
