@@ -1071,3 +1071,23 @@ async def test_many_scopes_and_waiters_on_one_token(nursery: trio.Nursery) -> No
     assert all(cs.cancel_called for cs in (a, b, c))
     await trio.testing.wait_all_tasks_blocked()
     assert sorted(woken) == [0, 1, 2]
+
+
+async def test_mass_cancel_runs_keyboard_interrupt_protected(nursery: trio.Nursery) -> None:
+    # As CancelScope.cancel() is: a Ctrl-C cannot land between marking a scope cancelled and
+    # delivering that to its task. Seen from an abort function, which cancel() reaches.
+    token = tc.CancellationToken()
+    protected: list[bool] = []
+
+    async def parked() -> None:
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            protected.append(trio.lowlevel.currently_ki_protected())
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        with token.cancel_scope():
+            await trio.lowlevel.wait_task_rescheduled(abort)
+
+    nursery.start_soon(parked)
+    await trio.testing.wait_all_tasks_blocked()
+    token.cancel("ctrl-c proof")
+    assert protected == [True]
