@@ -77,18 +77,6 @@ class BroadcastSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublic
         self._check_open()
         return _new_receiver(self._state)
 
-    def clone(self) -> BroadcastSender[T]:
-        """Another sender on the same channel. Not a checkpoint; never blocks.
-
-        Raises:
-            trio.ClosedResourceError: This sender was closed.
-        """
-        self._check_open()
-        self._state.senders += 1
-        sender = BroadcastSender._create(self._state)
-        track_endpoints(sender)
-        return sender
-
     def __repr__(self) -> str:
         state = self._state
         what = "closed" if self._closed else "open"

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Self, TypeVar
 import attrs
 import trio
 
+from ._debug import track_endpoints
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
@@ -59,6 +61,25 @@ class FanoutSender:
     def is_closed(self) -> bool:
         """Whether no receiver is left. Not a checkpoint; never blocks."""
         return self._state.receivers == 0
+
+    def clone(self) -> Self:
+        """Another sender on the same channel. Not a checkpoint; never blocks.
+
+        Raises:
+            trio.ClosedResourceError: This sender was closed.
+        """
+        self._check_open()
+        self._state.senders += 1
+        sender = type(self)._create(self._state)
+        track_endpoints(sender)
+        return sender
+
+    if TYPE_CHECKING:  # provided by SyncClosable and the NoPublicConstructor metaclass
+
+        def _check_open(self) -> None: ...
+
+        @classmethod
+        def _create(cls, state: SharedEnds) -> Self: ...
 
     def _close(self) -> None:
         self._state.close_sender()

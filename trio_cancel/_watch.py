@@ -104,18 +104,6 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
         self._check_open()
         return _new_receiver(self._state, self._state.version)
 
-    def clone(self) -> WatchSender[T]:
-        """Another sender on the same channel. Not a checkpoint; never blocks.
-
-        Raises:
-            trio.ClosedResourceError: This sender was closed.
-        """
-        self._check_open()
-        self._state.senders += 1
-        sender = WatchSender._create(self._state)
-        track_endpoints(sender)
-        return sender
-
     async def wait_closed(self) -> None:
         """Wait until every receiver is closed (tokio ``closed()``).
 
