@@ -6,6 +6,7 @@ import functools
 import gc
 import logging
 import math
+import signal
 import sys
 import tracemalloc
 import weakref
@@ -1091,3 +1092,251 @@ async def test_mass_cancel_runs_keyboard_interrupt_protected(nursery: trio.Nurse
     await trio.testing.wait_all_tasks_blocked()
     token.cancel("ctrl-c proof")
     assert protected == [True]
+
+
+# ---------------------------------------------------------------- reliability regressions
+
+
+def test_cancel_keyboard_interrupt_lands_after_the_whole_tree() -> None:
+    """A Ctrl+C during cancel() never leaves a half-cancelled tree: it is delivered after."""
+    seen: list[object] = []
+
+    async def main() -> None:
+        root = tc.CancellationToken()
+        first = root.child_token()
+        later = [root.child_token() for _ in range(1000)]
+        first.on_cancel(lambda: signal.raise_signal(signal.SIGINT))
+        later[-1].on_cancel(lambda: seen.append("last callback"))
+        with pytest.raises(KeyboardInterrupt):
+            root.cancel("stop")  # the SIGINT arrives in the first callback
+            seen.append(sum(t.is_cancelled() for t in later))
+            await trio.lowlevel.checkpoint()  # ...and is raised here, at the next checkpoint
+
+    trio.run(main)
+    assert seen == ["last callback", 1000]
+
+
+def test_bool_of_token_raises() -> None:
+    token = tc.CancellationToken()
+    with pytest.raises(TypeError, match="is_cancelled"):
+        bool(token)
+    with pytest.raises(TypeError):
+        if token:
+            pass
+
+
+def _ki_protected(fn: object) -> bool:
+    ki = getattr(getattr(trio, "_core", None), "_ki", None)
+    table = getattr(ki, "_CODE_KI_PROTECTION_STATUS_WMAP", None)
+    if table is None:  # pragma: no cover - another Trio marks protection differently
+        pytest.skip("this Trio does not keep KI protection in a code table")
+    try:
+        return bool(table[fn.__code__])  # type: ignore[attr-defined]
+    except KeyError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        tc.CancellationToken.cancel,
+        tc.CancellationToken.child_token,
+        tc.CancellationToken.on_cancel,
+        tc.CancellationToken.cancel_after,
+        tc.Registration.unregister,
+        tc.TaskHandle.abort,
+        tc.JoinSet.abort_all,
+        tc.OneshotSender.send,
+        tc.OneshotSender.close,
+        tc.BroadcastSender.send,
+        tc.WatchSender.send,
+        tc.WatchSender.send_replace,
+        tc.WatchSender.send_modify,
+        tc.Notify.notify_one,
+        tc.Notify.notify_waiters,
+        tc.GracefulShutdown.trigger,
+        tc.GracefulShutdown.force,
+    ],
+    ids=lambda m: m.__qualname__,
+)
+def test_state_changing_sync_calls_are_ki_protected(method: object) -> None:
+    assert _ki_protected(method)
+
+
+async def test_cancel_from_another_thread_changes_nothing_and_retry_does_it_all() -> None:
+    token = tc.CancellationToken()
+    ran: list[str] = []
+    token.on_cancel(lambda: ran.append("callback"))
+    trio_token = trio.lowlevel.current_trio_token()
+    errors: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            token.cancel("from thread")
+        except RuntimeError as exc:
+            errors.append(exc)
+        assert not token.is_cancelled()
+        trio.from_thread.run_sync(token.cancel, "retried", trio_token=trio_token)
+
+    with token.cancel_scope() as cs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, in_thread)
+            await trio.sleep_forever()
+    assert cs.cancelled_caught
+    assert len(errors) == 1
+    assert "Trio thread" in str(errors[0])
+    assert token.reason == "retried"
+    assert ran == ["callback"]
+
+
+def test_cancel_outside_trio_run_with_nothing_bound_still_works() -> None:
+    token = tc.CancellationToken()
+    child = token.child_token()
+    ran: list[int] = []
+    child.on_cancel(lambda: ran.append(1))
+    token.cancel("plain data")
+    assert child.reason == "plain data"
+    assert ran == [1]
+
+
+def test_cancel_after_callback_system_exit_propagates_out_of_run() -> None:
+    async def main() -> None:
+        token = tc.CancellationToken()
+        token.on_cancel(lambda: sys.exit(3))
+        token.cancel_after(0.01)
+        await trio.sleep(1)
+
+    with pytest.raises(SystemExit) as info:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert info.value.code == 3
+
+
+def test_cancel_after_callback_keyboard_interrupt_propagates_out_of_run() -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    async def main() -> None:
+        token = tc.CancellationToken()
+        token.on_cancel(interrupt)
+        token.cancel_after(0.01)
+        await trio.sleep(1)
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_cancel_after_base_exception_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the Trio internals, the error still surfaces (as Trio's TrioInternalError)."""
+    import trio_cancel._trio_internals as internals
+
+    monkeypatch.setattr(internals, "HAVE_MAIN_TASK_INJECTION", False)
+
+    async def main() -> None:
+        token = tc.CancellationToken()
+        token.on_cancel(lambda: sys.exit(3))
+        token.cancel_after(0.01)
+        await trio.sleep(1)
+
+    with pytest.raises(trio.TrioInternalError) as info:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert isinstance(info.value.__cause__, BaseExceptionGroup | SystemExit)
+
+
+async def test_cancel_after_rearmed_keeps_flat_memory(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    token = tc.CancellationToken()
+    token.cancel_after(30)
+    await trio.lowlevel.checkpoint()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200_000):  # an idle timeout re-armed on every message
+            token.cancel_after(30)
+            if i % 10_000 == 0:
+                await trio.lowlevel.checkpoint()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, grown  # was ~30 MB: every replaced timer stayed in the heap
+    token.cancel()
+
+
+async def test_cancel_after_cancelled_early_releases_timer_and_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20_000):  # request tokens with a 1 h timeout, done in a moment
+            request = tc.CancellationToken()
+            request.cancel_after(3600)
+            request.cancel("request finished")
+        del request
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, grown  # was ~2.6 MB kept for an hour
+
+
+async def test_fired_timer_keeps_no_token_alive(autojump_clock: trio.testing.MockClock) -> None:
+    token = tc.CancellationToken()
+    token.cancel_after(1)
+    ref = weakref.ref(token)
+    await trio.sleep(2)
+    assert token.is_cancelled()
+    del token
+    gc.collect()
+    assert ref() is None
+
+
+def test_unregister_from_another_callback_on_the_same_token() -> None:
+    token = tc.CancellationToken()
+    ran: list[str] = []
+    second: list[tc.Registration] = []
+
+    def first() -> None:
+        ran.append("first")
+        second.append(registration)
+
+    token.on_cancel(first)
+    registration = token.on_cancel(lambda: ran.append("second"))
+    results: list[bool] = []
+    token.on_cancel(lambda: results.append(second[0].unregister()))  # runs after 'second'
+    token2 = tc.CancellationToken()
+    reg_b = token2.on_cancel(lambda: ran.append("never"))
+    token2.on_cancel(lambda: ran.append("b-first"))
+    token.cancel()
+    assert ran == ["first", "second"]
+    assert results == [False]  # it had already run
+
+    # the case of the report: the earlier callback unregisters a later one on the same token
+    calls: list[str] = []
+    token3 = tc.CancellationToken()
+    holder: list[tc.Registration] = []
+    token3.on_cancel(lambda: calls.append(f"unregister={holder[0].unregister()}"))
+    holder.append(token3.on_cancel(lambda: calls.append("later ran")))
+    token3.cancel()
+    assert calls == ["unregister=True"]
+    assert holder[0].unregister() is False
+    del reg_b
+
+
+def test_cancel_after_huge_delay_is_value_error() -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="too large"):
+            tc.CancellationToken().cancel_after(10**400)
+
+    trio.run(main)
+
+
+def test_on_cancel_rejects_async_function() -> None:
+    async def stop() -> None:
+        pass
+
+    token = tc.CancellationToken()
+    with pytest.raises(TypeError, match="async function"):
+        token.on_cancel(stop)
+    with pytest.raises(TypeError, match="async function"):
+        token.on_cancel(functools.partial(stop))
+    token.cancel()  # nothing was registered: no coroutine is left never awaited

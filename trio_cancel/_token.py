@@ -44,7 +44,14 @@ import trio
 
 from ._debug import track_registration
 from ._exceptions import OperationCancelledError
-from ._util import NoPublicConstructor, check_reason
+from ._trio_internals import raise_in_main_task
+from ._util import (
+    NoPublicConstructor,
+    check_reason,
+    check_seconds,
+    check_sync_callable,
+    check_trio_thread,
+)
 
 try:  # Trio's private cancel reason record (see cancel_scopes)
     from trio._core._run import CancelReason as _CancelReason
@@ -131,6 +138,13 @@ class CancellationToken:
         """
         return self._cause
 
+    def __bool__(self) -> bool:
+        """Not allowed: a token's truth would read as "cancelled?" or "exists?" depending on who
+        reads it. Write ``token.is_cancelled()`` (as :class:`trio.Event` forbids ``bool()``)."""
+        raise TypeError(
+            "the truth value of a CancellationToken is ambiguous; use token.is_cancelled()"
+        )
+
     def __repr__(self) -> str:
         if self._cancelled:
             return f"<CancellationToken cancelled {self._reason!r}>"
@@ -148,6 +162,7 @@ class CancellationToken:
 
     # ------------------------------------------------------------------ tree
 
+    @trio.lowlevel.enable_ki_protection
     def child_token(self) -> CancellationToken:
         """A new token that is cancelled when this one is.
 
@@ -169,6 +184,7 @@ class CancellationToken:
         return child
 
     @staticmethod
+    @trio.lowlevel.enable_ki_protection
     def any(*tokens: CancellationToken) -> CancellationToken:
         """A linked token, cancelled as soon as any of ``tokens`` is, with that token's reason.
 
@@ -208,6 +224,7 @@ class CancellationToken:
 
     # ------------------------------------------------------------------ cancel
 
+    @trio.lowlevel.enable_ki_protection
     def cancel(self, reason: str | None = None, *, cause: object | None = None) -> None:
         """Cancel this token and every descendant.
 
@@ -222,8 +239,10 @@ class CancellationToken:
 
         Iterative, never recursive; linear in the tokens, scopes and callbacks reached.
 
-        Not a checkpoint; never blocks. Call it from the Trio thread (or outside
-        :func:`trio.run`); from another thread use
+        Not a checkpoint; never blocks. ``KeyboardInterrupt``-protected, as Trio's own
+        ``CancelScope.cancel`` is: a Ctrl+C is delivered after the whole subtree is done, never
+        halfway. Call it from the Trio thread (or outside :func:`trio.run`, while no scope is
+        bound and no task waits); from another thread use
         ``trio.from_thread.run_sync(token.cancel, reason)``.
 
         Args:
@@ -232,6 +251,9 @@ class CancellationToken:
 
         Raises:
             TypeError: ``reason`` is not a string or None.
+            RuntimeError: Called from another thread while the subtree has a bound scope or a
+                waiting task to wake; nothing was changed, so the same call through
+                ``trio.from_thread.run_sync`` does the whole job.
             ExceptionGroup: One or more ``on_cancel`` callbacks raised.
         """
         check_reason(reason)
@@ -243,6 +265,7 @@ class CancellationToken:
         # Pass 1: mark the subtree, in pre-order.
         order: list[CancellationToken] = []
         stack = [self]
+        wakes = False  # a bound scope or a waiter: the Trio thread is needed
         while stack:
             node = stack.pop()
             if node._cancelled:
@@ -251,10 +274,18 @@ class CancellationToken:
             node._reason = reason
             node._cause = cause
             order.append(node)
+            if node._scopes is not None or node._waiters is not None:
+                wakes = True
             children = node._children
             if children:
                 # reversed so that children are visited in creation order
                 stack.extend(reversed(_live(children)))
+        if wakes and not trio.lowlevel.in_trio_run():
+            for node in order:  # undo the marks: a retry from the Trio thread does it all
+                node._cancelled = False
+                node._reason = None
+                node._cause = None
+            check_trio_thread("CancellationToken.cancel()")
 
         # Pass 2: release ownership, wake waiters, collect the bound scopes; then cancel them
         # all in one cancel_scopes() call (one cancel reason, one Python frame for all).
@@ -271,7 +302,7 @@ class CancellationToken:
             node._children = None
             node._pinned = None
             if node._timer is not None:
-                node._timer.token = None
+                node._timer.release()
                 node._timer = None
             scopes = node._scopes
             if scopes is not None:
@@ -294,18 +325,23 @@ class CancellationToken:
         if scopes_to_cancel:
             cancel_scopes(scopes_to_cancel, reason)
 
-        # Pass 3: callbacks.
+        # Pass 3: callbacks. Each is taken out of its dict just before it runs, so that one
+        # callback can still unregister another that has not run yet (on any token).
         errors: list[BaseException] = []
         for node in order:
             callbacks = node._callbacks
             if not callbacks:
                 continue
-            node._callbacks = None
-            for callback in callbacks.values():
+            for registration in list(callbacks):
+                callback = callbacks.pop(registration, None)
+                if callback is None:
+                    continue  # unregistered by an earlier callback
+                registration._done = True
                 try:
                     callback()
                 except BaseException as exc:  # noqa: BLE001, ASYNC103 - re-raised below in a group
                     errors.append(exc)
+            node._callbacks = None
         if errors:
             raise BaseExceptionGroup(
                 f"{len(errors)} on_cancel callback{'s' if len(errors) != 1 else ''} raised",
@@ -466,6 +502,7 @@ class CancellationToken:
         check_reason(reason)
         return DropGuard._create(self, reason)
 
+    @trio.lowlevel.enable_ki_protection
     def on_cancel(self, callback: Callable[[], object]) -> Registration:
         """Run ``callback()`` synchronously inside the ``cancel()`` that reaches this token.
 
@@ -476,9 +513,12 @@ class CancellationToken:
         held by the token's ancestors) until it runs or is unregistered.
 
         Not a checkpoint; never blocks.
+
+        Raises:
+            TypeError: ``callback`` is not callable, or is an async function (its call would
+                only build a coroutine that nobody awaits).
         """
-        if not callable(callback):
-            raise TypeError(f"on_cancel() needs a callable, not {type(callback).__name__}")
+        check_sync_callable(callback, "on_cancel()")
         registration = Registration._create(self, callback)
         if self._cancelled:
             registration._done = True
@@ -491,25 +531,27 @@ class CancellationToken:
         track_registration(registration)
         return registration
 
+    @trio.lowlevel.enable_ki_protection
     def cancel_after(self, seconds: float, reason: str | None = None) -> None:
         """Cancel this token ``seconds`` from now on Trio's clock.
 
         Works with :class:`trio.testing.MockClock` and autojump. A later call replaces the
         pending timer. No timer outlives :func:`trio.run` or keeps it from returning: a pending
         timer is dropped when the run ends. ``0`` cancels promptly (within the current
-        scheduling round, not inside this call). A no-op on a cancelled token. If a callback
-        raises when the timer fires, the error is logged on the ``trio_cancel`` logger.
+        scheduling round, not inside this call). A no-op on a cancelled token. A timer costs
+        nothing once it no longer matters: one that is replaced, or whose token is cancelled
+        first, is released at once (amortised O(1)), and a fired timer keeps no token alive.
+        If a callback raises an ``Exception`` when the timer fires, the error is logged on the
+        ``trio_cancel`` logger (nobody is there to raise it to); a ``BaseException``
+        (``KeyboardInterrupt``, ``SystemExit``) propagates out of :func:`trio.run` as itself.
 
         Not a checkpoint; never blocks.
 
         Raises:
             RuntimeError: Called outside :func:`trio.run`.
-            ValueError: ``seconds`` is negative or NaN.
+            ValueError: ``seconds`` is negative, NaN, or too large for a float.
         """
-        if not isinstance(seconds, int | float):
-            raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
-        if math.isnan(seconds) or seconds < 0:
-            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        seconds = check_seconds(seconds, "seconds")
         check_reason(reason)
         try:
             now = trio.current_time()
@@ -518,7 +560,7 @@ class CancellationToken:
         if self._cancelled:
             return
         if self._timer is not None:
-            self._timer.token = None
+            self._timer.release()
         self._timer = _timer_service().schedule(self, now + seconds, reason)
 
 
@@ -666,19 +708,23 @@ class Registration(metaclass=NoPublicConstructor):
     _callback: Callable[[], object]
     _done: bool = attrs.field(default=False, init=False)
 
+    @trio.lowlevel.enable_ki_protection
     def unregister(self) -> bool:
         """Remove the callback. Not a checkpoint; never blocks.
+
+        Also works from inside another ``on_cancel`` callback while ``cancel()`` runs them:
+        the callback then never runs if it had not yet.
 
         Returns:
             True if it was removed; False if it already ran or was already unregistered.
         """
         if self._done:
             return False
-        self._done = True
         token = self._token
         callbacks = token._callbacks
         if callbacks is None or callbacks.pop(self, None) is None:
             return False  # it ran (or is running) inside cancel()
+        self._done = True
         token._remove_pin()
         return True
 
@@ -784,33 +830,58 @@ class _TimerEntry:
     seq: int
     token: CancellationToken | None
     reason: str | None
+    service: _TimerService | None
 
     def __lt__(self, other: _TimerEntry) -> bool:
         return (self.deadline, self.seq) < (other.deadline, other.seq)
 
+    def release(self) -> None:
+        """The timer no longer matters (replaced, or its token cancelled): drop the token now
+        and let the service compact its heap."""
+        self.token = None
+        service, self.service = self.service, None
+        if service is not None:
+            service.released()
+
 
 class _TimerService:
-    """One system task per run sleeps until the earliest pending ``cancel_after`` deadline."""
+    """One system task per run sleeps until the earliest pending ``cancel_after`` deadline.
+
+    Released entries stay in the heap until there are more of them than live ones; then the
+    heap is rebuilt from the live ones. Each rebuild costs O(live) and follows at least as many
+    releases, so a release is amortised O(1) and the heap never holds more than twice the live
+    timers (plus a small constant).
+    """
 
     def __init__(self) -> None:
         self._heap: list[_TimerEntry] = []
+        self._released = 0
         self._seq = itertools.count()
         self._sleep: trio.CancelScope | None = None
 
     def schedule(
         self, token: CancellationToken, deadline: float, reason: str | None
     ) -> _TimerEntry:
-        entry = _TimerEntry(deadline, next(self._seq), token, reason)
+        entry = _TimerEntry(deadline, next(self._seq), token, reason, self)
         heapq.heappush(self._heap, entry)
         if self._sleep is not None and deadline < self._sleep.deadline:
             self._sleep.deadline = deadline
         return entry
+
+    def released(self) -> None:
+        self._released += 1
+        heap = self._heap
+        if self._released > 64 and 2 * self._released > len(heap):
+            heap[:] = [entry for entry in heap if entry.token is not None]
+            heapq.heapify(heap)
+            self._released = 0
 
     async def run(self) -> None:
         heap = self._heap
         while True:
             while heap and heap[0].token is None:
                 heapq.heappop(heap)
+                self._released -= 1
             deadline = heap[0].deadline if heap else math.inf
             with trio.CancelScope(deadline=deadline) as self._sleep:
                 await trio.sleep_forever()
@@ -820,13 +891,36 @@ class _TimerService:
                 entry = heapq.heappop(heap)
                 token = entry.token
                 if token is None:
+                    self._released -= 1
                     continue
-                entry.token = None
+                entry.token = entry.service = None
                 token._timer = None
                 try:
                     token.cancel(entry.reason)
-                except ExceptionGroup:
-                    _log.exception("on_cancel callback raised in %r fired by cancel_after", token)
+                except BaseExceptionGroup as group:
+                    _deliver_callback_errors(token, group)
+                finally:
+                    del token, entry  # a fired timer keeps no token alive while it sleeps
+
+
+def _deliver_callback_errors(
+    token: CancellationToken, group: BaseExceptionGroup[BaseException]
+) -> None:
+    """Errors of callbacks that a timer fired: nobody called ``cancel()`` to receive them.
+    ``Exception`` s are logged; anything else (``KeyboardInterrupt``, ``SystemExit``) must end
+    the run as itself, so it is thrown into the main task."""
+    fatal, errors = group.split(lambda exc: not isinstance(exc, Exception))
+    if errors is not None:
+        _log.error(
+            "on_cancel callback raised in %r fired by cancel_after",
+            token,
+            exc_info=(type(errors), errors, errors.__traceback__),
+        )
+    if fatal is not None:
+        leaves = fatal.exceptions
+        exc: BaseException = leaves[0] if len(leaves) == 1 else fatal
+        if not raise_in_main_task(exc):
+            raise exc
 
 
 _TIMERS: trio.lowlevel.RunVar[_TimerService] = trio.lowlevel.RunVar("trio_cancel.timers")

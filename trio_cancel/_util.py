@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from abc import ABCMeta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
 T = TypeVar("T")
 
@@ -30,6 +32,92 @@ class NoPublicConstructor(ABCMeta):
         return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
+def check_seconds(value: object, name: str) -> float:
+    """A delay or grace period in seconds: a real number, not NaN, >= 0 (``inf`` allowed).
+
+    A number too large for a float (``10**400``) is a ``ValueError``, not an ``OverflowError``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large to be a number of seconds: {value!r}") from None
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
+    return seconds
+
+
+def check_trio_thread(what: str) -> None:
+    """Raise ``RuntimeError`` unless called from the thread running :func:`trio.run`.
+
+    Called before a call changes anything, when it must wake a task or cancel a bound scope,
+    so that the same call retried through ``trio.from_thread.run_sync`` does the whole job.
+    """
+    if not trio.lowlevel.in_trio_run():
+        raise RuntimeError(
+            f"{what} must wake Trio tasks, so it must be called from the Trio thread; from "
+            f"another thread use trio.from_thread.run_sync(...). Nothing was changed."
+        )
+
+
+def check_sync_callable(fn: object, what: str) -> None:
+    """``fn`` must be a plain callable, not an async function (whose call would only build a
+    coroutine that nobody awaits)."""
+    if not callable(fn):
+        raise TypeError(f"{what} needs a callable, not {type(fn).__name__}")
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
+    ):
+        raise TypeError(
+            f"{what} needs a synchronous callable; {fn!r} is an async function, whose call "
+            "would only create a coroutine that nobody awaits. Pass a sync function (for async "
+            "work on cancellation, spawn a task that awaits token.wait_cancelled())."
+        )
+
+
+def check_async_callable(fn: object, what: str) -> None:
+    """For a function called later: reject at once what is certainly not an async function (a
+    plain ``def`` function, method or builtin). Other callables are checked when called."""
+    if not callable(fn):
+        raise TypeError(f"{what} needs an async function, not {type(fn).__name__}")
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    plain = inspect.isfunction(target) or inspect.ismethod(target) or inspect.isbuiltin(target)
+    if plain and not inspect.iscoroutinefunction(target):
+        raise TypeError(
+            f"{what} needs an async function (async def); "
+            f"{getattr(target, '__qualname__', target)!r} is synchronous"
+        )
+
+
+def coroutine_or_error(
+    async_fn: Callable[..., object], args: tuple[object, ...], what: str
+) -> Coroutine[Any, Any, Any]:
+    """Call ``async_fn(*args)`` and return the coroutine, as ``nursery.start_soon`` does: a
+    function that is not async is a ``TypeError`` here, at the call that was given it, not a
+    failure later inside the task. (Like Trio, a sync function has run by then.)"""
+    if not callable(async_fn):
+        raise TypeError(f"{what} needs an async function, not {type(async_fn).__name__}")
+    if inspect.isasyncgenfunction(async_fn):
+        raise TypeError(
+            f"{what} needs an async function; {async_fn!r} is an async generator function"
+        )
+    coro = async_fn(*args)
+    if not inspect.iscoroutine(coro):
+        kind = "an awaitable" if inspect.isawaitable(coro) else type(coro).__name__
+        if inspect.isawaitable(coro) and hasattr(coro, "close"):
+            coro.close()
+        raise TypeError(
+            f"{what} needs an async function (async def), but "
+            f"{getattr(async_fn, '__qualname__', async_fn)!r} returned {kind}: it appears to be "
+            "synchronous. Pass the async function itself, or run blocking code with "
+            "trio.to_thread.run_sync."
+        )
+    return coro
+
+
 def check_reason(reason: object) -> None:
     """A cancel reason is a ``str`` or ``None`` (Trio's ``CancelScope.cancel`` takes only those)."""
     if reason is not None and not isinstance(reason, str):
@@ -41,6 +129,19 @@ def first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """Every non-group exception inside ``exc`` (``[exc]`` if it is not a group); iterative."""
+    found: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(reversed(item.exceptions))
+        else:
+            found.append(item)
+    return found
 
 
 def only_cancelled(exc: BaseException) -> bool:
