@@ -199,3 +199,35 @@ async def test_aclose_cancelled_before_the_call_still_closes() -> None:
         await merged.aclose()
     with pytest.raises(trio.ClosedResourceError):
         await merged.receive()
+
+
+async def test_send_from_another_thread_changes_nothing_and_retry_delivers() -> None:
+    send, recv = tc.open_oneshot_channel[str]()
+    trio_token = trio.lowlevel.current_trio_token()
+    errors: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            send.send("v")
+        except RuntimeError as exc:
+            errors.append(exc)
+        trio.from_thread.run_sync(send.send, "v", trio_token=trio_token)
+
+    got: list[str] = []
+
+    async def receiver() -> None:
+        got.append(await recv.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receiver)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.to_thread.run_sync(in_thread)
+    assert len(errors) == 1
+    assert got == ["v"]
+
+
+def test_send_after_own_close_says_closed() -> None:
+    send, _recv = tc.open_oneshot_channel[int]()
+    send.close()
+    with pytest.raises(trio.ClosedResourceError, match="was closed"):
+        send.send(1)

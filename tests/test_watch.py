@@ -248,3 +248,43 @@ async def test_wait_closed_cancelled_before_and_while_waiting(
     recv.close()
     with trio.testing.assert_checkpoints():
         await send.wait_closed()
+
+
+async def test_wait_closed_waits_again_after_a_new_subscribe(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    send, recv = tc.open_watch_channel(0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send.wait_closed)  # waiting when the last receiver closes
+        await trio.testing.wait_all_tasks_blocked()
+        recv.close()
+    again = send.subscribe()
+    assert not send.is_closed()
+    with trio.move_on_after(1) as cs:
+        await send.wait_closed()
+    assert cs.cancelled_caught  # a receiver is open: it waits, as is_closed() says
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send.wait_closed)
+        await trio.testing.wait_all_tasks_blocked()
+        again.close()  # wakes the waiter
+    assert send.is_closed()
+
+
+async def test_watch_send_from_another_thread_changes_nothing() -> None:
+    send, recv = tc.open_watch_channel(0)
+    errors: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            send.send(1)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(recv.wait_changed)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.to_thread.run_sync(in_thread)
+        assert len(errors) == 1
+        assert send.borrow() == 0  # not stored
+        send.send(2)
+    assert recv.borrow() == 2

@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import FanoutSender, SharedEnds, SyncClosable, receive_when_ready
+from ._endpoint import FanoutSender, SharedEnds, SyncClosable, check_wake, receive_when_ready
 from ._exceptions import LaggedError
 from ._util import NoPublicConstructor
 
@@ -46,6 +46,7 @@ class BroadcastSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublic
     _state: _BroadcastState[T]
     _closed: bool = attrs.field(default=False, init=False)
 
+    @trio.lowlevel.enable_ki_protection
     def send(self, value: T) -> int:
         """Send ``value`` to every open receiver. Not a checkpoint; never blocks.
 
@@ -63,11 +64,13 @@ class BroadcastSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublic
         state = self._state
         if state.receivers == 0:
             raise trio.BrokenResourceError("no broadcast receiver is open")
+        check_wake(state.wakes(), "BroadcastSender.send()")
         state.ring[state.head % state.capacity] = value
         state.head += 1
         state.lot.unpark_all()
         return state.receivers
 
+    @trio.lowlevel.enable_ki_protection
     def subscribe(self) -> BroadcastReceiver[T]:
         """A new receiver that sees the values sent after this call. Never blocks.
 
@@ -135,6 +138,7 @@ class BroadcastReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPu
         """
         return await receive_when_ready(self.receive_nowait, self._state.lot)
 
+    @trio.lowlevel.enable_ki_protection
     def resubscribe(self) -> BroadcastReceiver[T]:
         """A new receiver that sees values sent after this call. Not a checkpoint; never blocks.
 
@@ -143,6 +147,9 @@ class BroadcastReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPu
         """
         self._check_open()
         return _new_receiver(self._state)
+
+    def _close_wakes(self) -> bool:
+        return self._state.wakes()
 
     def _close(self) -> None:
         state = self._state

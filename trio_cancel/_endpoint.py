@@ -8,12 +8,26 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
+from ._util import check_trio_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
 T = TypeVar("T")
+
+
+def event_has_waiters(event: trio.Event | None) -> bool:
+    """Whether a task waits on ``event`` (so that setting it must wake that task)."""
+    return event is not None and event.statistics().tasks_waiting > 0
+
+
+def check_wake(wakes: bool, what: str) -> None:
+    """Before a call changes anything: if it would wake a task, it must run in the Trio thread
+    (``RuntimeError`` otherwise, with nothing changed, so that a retry through
+    ``trio.from_thread.run_sync`` does the whole job)."""
+    if wakes and not trio.lowlevel.in_trio_run():
+        check_trio_thread(what)
 
 
 async def receive_when_ready(receive_nowait: Callable[[], T], lot: trio.lowlevel.ParkingLot) -> T:
@@ -41,6 +55,10 @@ class SharedEnds:
     receivers: int = attrs.field(default=1, kw_only=True)
     lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, kw_only=True)
 
+    def wakes(self) -> bool:
+        """Whether a change now would wake a parked task."""
+        return bool(self.lot)
+
     def close_sender(self) -> None:
         self.senders -= 1
         if self.senders == 0:
@@ -62,6 +80,7 @@ class FanoutSender:
         """Whether no receiver is left. Not a checkpoint; never blocks."""
         return self._state.receivers == 0
 
+    @trio.lowlevel.enable_ki_protection
     def clone(self) -> Self:
         """Another sender on the same channel. Not a checkpoint; never blocks.
 
@@ -84,6 +103,9 @@ class FanoutSender:
     def _close(self) -> None:
         self._state.close_sender()
 
+    def _close_wakes(self) -> bool:
+        return self._state.wakes()
+
 
 class SyncClosable:
     """``close()`` is the primitive; ``aclose()``, ``with`` and ``async with`` call it.
@@ -97,9 +119,19 @@ class SyncClosable:
     def _close(self) -> None:
         raise NotImplementedError
 
+    def _close_wakes(self) -> bool:
+        """Whether closing this endpoint now would wake a parked task."""
+        raise NotImplementedError
+
+    @trio.lowlevel.enable_ki_protection
     def close(self) -> None:
-        """Close this endpoint; idempotent. Not a checkpoint; never blocks."""
+        """Close this endpoint; idempotent. Not a checkpoint; never blocks.
+
+        ``KeyboardInterrupt``-protected. From another thread it raises ``RuntimeError`` (and
+        changes nothing) if closing would wake a task: use ``trio.from_thread.run_sync``.
+        """
         if not self._closed:
+            check_wake(self._close_wakes(), f"{type(self).__name__}.close()")
             self._closed = True  # type: ignore[misc]  # the slot is declared by each subclass
             self._close()
 

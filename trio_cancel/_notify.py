@@ -7,6 +7,8 @@ from typing import final
 import attrs
 import trio
 
+from ._endpoint import check_wake
+
 
 @final
 @attrs.define(eq=False, repr=False)
@@ -22,15 +24,23 @@ class Notify:
     _permit: bool = attrs.field(default=False, init=False)
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
+    @trio.lowlevel.enable_ki_protection
     def notify_one(self) -> None:
-        """Wake one waiter (first in, first out), or store a permit. Never blocks."""
+        """Wake one waiter (first in, first out), or store a permit. Never blocks.
+
+        ``KeyboardInterrupt``-protected; from another thread, ``RuntimeError`` (nothing
+        changed) if a task waits: use ``trio.from_thread.run_sync``.
+        """
+        check_wake(bool(self._lot), "Notify.notify_one()")
         if len(self._lot):
             self._lot.unpark()
         else:
             self._permit = True
 
+    @trio.lowlevel.enable_ki_protection
     def notify_waiters(self) -> None:
         """Wake every task waiting now; store nothing. Not a checkpoint; never blocks."""
+        check_wake(bool(self._lot), "Notify.notify_waiters()")
         self._lot.unpark_all()
 
     async def wait(self) -> None:

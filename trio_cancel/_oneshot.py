@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import SyncClosable, receive_when_ready
+from ._endpoint import SyncClosable, check_wake, event_has_waiters, receive_when_ready
 from ._util import NoPublicConstructor
 
 T = TypeVar("T")
@@ -32,6 +32,9 @@ class _OneshotState(Generic[T]):
     receivers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     closed_event: trio.Event | None = None
 
+    def wakes(self) -> bool:
+        return bool(self.receivers) or event_has_waiters(self.closed_event)
+
 
 @final
 @attrs.define(eq=False, repr=False)
@@ -45,6 +48,7 @@ class OneshotSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
     _state: _OneshotState[T]
     _closed: bool = attrs.field(default=False, init=False)
 
+    @trio.lowlevel.enable_ki_protection
     def send(self, value: T) -> None:
         """Deliver the one value. Not a checkpoint; never blocks.
 
@@ -53,10 +57,13 @@ class OneshotSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
             trio.BrokenResourceError: The receiver is closed; nothing is stored.
         """
         state = self._state
-        if self._closed or state.sent:
+        if self._closed:
+            raise trio.ClosedResourceError("this OneshotSender was closed")
+        if state.sent:
             raise trio.ClosedResourceError("a oneshot sender sends once; this one is spent")
         if state.receiver_closed:
             raise trio.BrokenResourceError("the oneshot receiver is closed")
+        check_wake(state.wakes(), "OneshotSender.send()")
         state.value = value
         state.sent = True
         state.receivers.unpark_all()
@@ -78,6 +85,9 @@ class OneshotSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
         if state.closed_event is None:
             state.closed_event = trio.Event()
         await state.closed_event.wait()
+
+    def _close_wakes(self) -> bool:
+        return self._state.wakes()
 
     def _close(self) -> None:
         state = self._state
@@ -134,6 +144,9 @@ class OneshotReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPubl
             trio.ClosedResourceError: This receiver was closed.
         """
         return await receive_when_ready(self.receive_nowait, self._state.receivers)
+
+    def _close_wakes(self) -> bool:
+        return self._state.wakes()
 
     def _close(self) -> None:
         state = self._state

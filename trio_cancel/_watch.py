@@ -13,7 +13,14 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import FanoutSender, SharedEnds, SyncClosable, receive_when_ready
+from ._endpoint import (
+    FanoutSender,
+    SharedEnds,
+    SyncClosable,
+    check_wake,
+    event_has_waiters,
+    receive_when_ready,
+)
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
@@ -27,6 +34,9 @@ class _WatchState(SharedEnds, Generic[T]):
     value: T
     version: int = 0
     closed_event: trio.Event | None = None
+
+    def wakes(self) -> bool:
+        return bool(self.lot) or event_has_waiters(self.closed_event)
 
     def changed(self) -> None:
         self.version += 1
@@ -45,6 +55,7 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
     _state: _WatchState[T]
     _closed: bool = attrs.field(default=False, init=False)
 
+    @trio.lowlevel.enable_ki_protection
     def send(self, value: T) -> None:
         """Store ``value`` and notify the receivers. Not a checkpoint; never blocks.
 
@@ -56,9 +67,11 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
         state = self._state
         if state.receivers == 0:
             raise trio.BrokenResourceError("no watch receiver is open")
+        check_wake(bool(state.lot), "WatchSender.send()")
         state.value = value
         state.changed()
 
+    @trio.lowlevel.enable_ki_protection
     def send_replace(self, value: T) -> T:
         """Store ``value`` whether or not a receiver is open, notify, and return the old value.
 
@@ -69,10 +82,12 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
         """
         self._check_open()
         state = self._state
+        check_wake(bool(state.lot), "WatchSender.send_replace()")
         old, state.value = state.value, value
         state.changed()
         return old
 
+    @trio.lowlevel.enable_ki_protection
     def send_modify(self, modify: Callable[[T], object]) -> None:
         """Call ``modify(value)`` to change the value in place, then notify.
 
@@ -83,6 +98,7 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
             trio.ClosedResourceError: This sender was closed.
         """
         self._check_open()
+        check_wake(bool(self._state.lot), "WatchSender.send_modify()")
         modify(self._state.value)
         self._state.changed()
 
@@ -91,6 +107,7 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
         self._check_open()
         return self._state.value
 
+    @trio.lowlevel.enable_ki_protection
     def subscribe(self) -> WatchReceiver[T]:
         """A new receiver that has already seen the current value. Never blocks.
 
@@ -229,6 +246,7 @@ class WatchReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPublic
                 raise trio.EndOfChannel
             await state.lot.park()
 
+    @trio.lowlevel.enable_ki_protection
     def clone(self) -> WatchReceiver[T]:
         """Another receiver with the same seen-state. Not a checkpoint; never blocks.
 
@@ -238,12 +256,18 @@ class WatchReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPublic
         self._check_open()
         return _new_receiver(self._state, self._seen)
 
+    def _close_wakes(self) -> bool:
+        return self._state.wakes()
+
     def _close(self) -> None:
         state = self._state
         state.receivers -= 1
         state.lot.unpark_all()
         if state.receivers == 0 and state.closed_event is not None:
+            # Wake the current waiters and forget the event: a receiver subscribed later
+            # opens the channel again, and wait_closed() must then wait again.
             state.closed_event.set()
+            state.closed_event = None
 
     def __repr__(self) -> str:
         if self._closed:
