@@ -162,3 +162,12 @@ async def test_bad_input_is_refused_at_the_call() -> None:
     with pytest.raises(TypeError, match="takes a CancellationToken"):
         wrapped().may_cancel_with("soon")  # type: ignore[arg-type]
     assert wrapped.__name__ == "kwargs_ok"
+
+
+async def test_awaiting_a_quick_maycancel_is_a_schedule_point() -> None:
+    @tc.may_cancel
+    async def quick(*, token: tc.CancellationToken) -> int:  # noqa: ASYNC910 - the case under test
+        return 1
+
+    with trio.testing.assert_checkpoints():
+        assert await quick() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
@@ -323,3 +324,123 @@ async def test_every_channel_fast_path_is_a_checkpoint() -> None:
     merged = tc.merge(trio.open_memory_channel[int](1)[1])
     with trio.testing.assert_checkpoints():
         await merged.aclose()
+
+
+# ---------------------------------------------------------------- reliability regressions
+
+
+async def test_select_keeps_winner_value_when_a_loser_raises_while_cancelled() -> None:
+    send, recv = trio.open_memory_channel[str](1)
+    send.send_nowait("job-1")
+
+    async def heartbeat() -> str:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise ConnectionError("heartbeat: peer gone while closing")
+
+    with pytest.raises(tc.SelectError) as info:
+        await tc.select(job=recv.receive, beat=heartbeat)
+    err = info.value
+    assert isinstance(err, ExceptionGroup)  # every error is an Exception
+    assert err.selected == tc.Selected("job", "job-1")
+    assert [type(e) for e in err.exceptions] == [ConnectionError]
+
+
+async def test_select_keeps_value_when_other_branch_raised_first() -> None:
+    """A value taken by one branch survives another branch's error, whichever came first."""
+    lost = 0
+    for _ in range(50):
+        send, recv = trio.open_memory_channel[str](1)
+        send.send_nowait("job")
+
+        async def lagged() -> str:
+            raise tc.LaggedError(3)
+
+        try:
+            result = await tc.select(job=recv.receive, lag=lagged)
+            got = [result.value]
+        except tc.SelectError as err:
+            got = [err.selected.value]
+        except tc.LaggedError:
+            got = []
+        with contextlib.suppress(trio.WouldBlock):
+            got.append(recv.receive_nowait())
+        lost += got != ["job"]
+    assert lost == 0
+
+
+async def test_select_error_base_flavour_and_split_keep_selected() -> None:
+    async def quick() -> int:
+        return 1
+
+    async def interrupted() -> int:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise ValueError("cleanup failed")
+
+    with pytest.raises(tc.SelectError) as info:
+        await tc.select(a=quick, b=interrupted)
+    matched, rest = info.value.split(ValueError)
+    assert rest is None
+    selected = getattr(matched, "selected", None)
+    assert isinstance(selected, tc.Selected)
+    assert selected.value == 1
+
+
+async def test_select_is_a_checkpoint_when_a_branch_returns_at_once() -> None:
+    async def quick() -> int:
+        return 1
+
+    with trio.testing.assert_checkpoints():
+        await tc.select(a=quick)
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await tc.select(a=quick)
+        pytest.fail("select did not raise in a cancelled scope")  # pragma: no cover
+    assert cs.cancelled_caught
+
+
+async def test_select_polling_loop_sees_its_deadline(mock_clock: trio.testing.MockClock) -> None:
+    async def quick() -> int:
+        return 1
+
+    n = 0
+    with trio.move_on_after(1):
+        while n < 1_000:
+            await tc.select(a=quick)
+            n += 1
+            if n == 10:
+                mock_clock.jump(2)  # the deadline passes while the loop polls
+    assert n <= 11  # seen at the first cancel point after the deadline was processed
+
+
+async def test_select_rejects_sync_branch_before_running_any() -> None:
+    started: list[str] = []
+
+    async def fine() -> int:
+        started.append("fine")
+        return 1
+
+    def sync() -> int:
+        return 2
+
+    with pytest.raises(TypeError, match="synchronous"):
+        await tc.select(a=fine, b=sync)  # type: ignore[arg-type]
+    assert started == []
+
+
+async def test_merge_with_thousands_of_ended_sources() -> None:
+    ended = []
+    for _ in range(10_000):
+        s, r = trio.open_memory_channel[str](0)
+        s.close()
+        ended.append(r)
+    live_send, live_recv = trio.open_memory_channel[str](1)
+    live_send.send_nowait("item")
+    merged = tc.merge(*ended, live_recv)
+    assert await merged.receive() == "item"
+    live_send.close()
+    with pytest.raises(trio.EndOfChannel):
+        await merged.receive()

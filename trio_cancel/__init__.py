@@ -15,6 +15,7 @@ from ._broadcast import (
 from ._exceptions import (
     LaggedError as LaggedError,
     OperationCancelledError as OperationCancelledError,
+    SelectError as SelectError,
 )
 from ._guard import (
     AsyncGuard as AsyncGuard,
@@ -96,6 +97,7 @@ __all__ = [
     "OperationCancelledError",
     "Outcome",
     "Registration",
+    "SelectError",
     "Selected",
     "SlowStep",
     "TaskHandle",

@@ -69,12 +69,16 @@ class MayCancel(Generic[T], metaclass=NoPublicConstructor):
         await trio.lowlevel.checkpoint_if_cancelled()
         parent = self._token
         token = CancellationToken() if parent is None else parent.child_token()
-        return await self._fn(*self._args, token=token, **self._kwargs)
+        result = await self._fn(*self._args, token=token, **self._kwargs)
+        await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point even if fn was quick
+        return result
 
     def __await__(self) -> Generator[Any, None, T]:
-        """Cancellation: a cancellation from outside raises ``trio.Cancelled`` as usual (before
-        the function starts, if it is already pending); only the token makes the function
-        return early."""
+        """Cancellation: always a checkpoint (a cancel point before the function starts and a
+        schedule point after it returns, also when it returns at once). A cancellation from
+        outside raises ``trio.Cancelled`` as usual (before the function starts, if it is
+        already pending); only the token makes the function return early, and what it
+        returned is never lost to the final schedule point."""
         if self._awaited:
             raise RuntimeError("a MayCancel can be awaited only once")
         self._awaited = True

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import collections
 import types
-from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
 import attrs
 import trio
 
-from ._util import NoPublicConstructor, raise_errors_of
+from ._exceptions import SelectError
+from ._util import NoPublicConstructor, coroutine_or_error, raise_errors_of
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Mapping
+    from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 
 T = TypeVar("T")
 
@@ -61,11 +62,17 @@ async def select(**branches: Callable[[], Awaitable[T]] | None) -> Selected[T]:
 
     Raises:
         ValueError: No branch is enabled.
-        Exception: A branch raised: after the other branches are cancelled, the exception
-            propagates bare if one branch raised, as an :exc:`ExceptionGroup` if several did.
+        TypeError: A branch is not an async function (raised before anything runs).
+        SelectError: A branch returned a value and another raised: the value is not lost, it
+            is in the error's ``.selected``, and the errors are its ``.exceptions``.
+        Exception: No branch returned and one raised: after the other branches are
+            cancelled, the exception propagates bare if one branch raised, as an
+            :exc:`ExceptionGroup` if several did.
 
     Cancellation:
-        Always a checkpoint (every enabled branch runs in a task of its own). If the caller is
+        Always a checkpoint: a cancel point before any branch starts (so a polling loop of
+        quick branches still sees its deadline) and a schedule point (every enabled branch
+        runs in a task of its own). If the caller is
         cancelled before any branch returned, every branch is cancelled and
         :exc:`trio.Cancelled` propagates. If a branch had already won, the result is returned;
         the caller's scope is still cancelled, so its next checkpoint raises.
@@ -73,13 +80,19 @@ async def select(**branches: Callable[[], Awaitable[T]] | None) -> Selected[T]:
     enabled = {name: fn for name, fn in branches.items() if fn is not None}
     if not enabled:
         raise ValueError("select() needs at least one enabled branch (all were None)")
-    for name, fn in enabled.items():
-        if not callable(fn):
-            raise TypeError(f"select() branch {name!r} must be an async function, not {fn!r}")
+    coros: dict[str, Coroutine[Any, Any, T]] = {}
+    try:
+        for name, fn in enabled.items():
+            coros[name] = coroutine_or_error(fn, (), f"select() branch {name!r}")
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancel point even if a branch is quick
+    except BaseException:
+        for coro in coros.values():
+            coro.close()  # never started: no "never awaited" warning
+        raise
     completed: dict[str, T] = {}
 
-    async def run_branch(name: str, fn: Callable[[], Awaitable[T]], cs: trio.CancelScope) -> None:
-        value = await fn()
+    async def run_branch(name: str, coro: Coroutine[Any, Any, T], cs: trio.CancelScope) -> None:
+        value = await coro
         first = not completed
         completed[name] = value
         if first:
@@ -87,18 +100,29 @@ async def select(**branches: Callable[[], Awaitable[T]] | None) -> Selected[T]:
 
     try:
         async with trio.open_nursery() as nursery:
-            for name, fn in enabled.items():
-                nursery.start_soon(run_branch, name, fn, nursery.cancel_scope, name=name)
+            for name, coro in coros.items():
+                nursery.start_soon(run_branch, name, coro, nursery.cancel_scope, name=name)
     except BaseExceptionGroup as group:
+        _, errors = group.split(trio.Cancelled)
+        if errors is not None and completed:
+            raise SelectError(
+                f"select: a branch returned a value and {len(errors.exceptions)} raised",
+                errors.exceptions,
+                _selected(completed),
+            ) from None
         raise_errors_of(group)
         if not completed:
             raise
         # A winner exists and only cancellations from outside are left: return the result;
         # the outer scope is still cancelled and will raise at the next checkpoint.
+    # The nursery ran at least one branch task, so leaving it was a schedule point.
+    return _selected(completed)  # noqa: ASYNC910
+
+
+def _selected(completed: dict[str, T]) -> Selected[T]:
     winner, *_ = completed
     value = completed.pop(winner)
-    # The nursery ran at least one branch task, so leaving it was a checkpoint.
-    return Selected(winner, value, types.MappingProxyType(completed))  # noqa: ASYNC910
+    return Selected(winner, value, types.MappingProxyType(completed))
 
 
 @final
@@ -131,10 +155,12 @@ class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
         next source in turn cannot be polled without blocking (no ``receive_nowait``): that
         source gets its fair turn in the race.
         """
-        n = len(self._sources)
-        for i in range(n):
-            index = (self._rotate + i) % n
-            source = self._sources[index]
+        sources = self._sources
+        tried = 0
+        index = self._rotate
+        while tried < len(sources):  # a loop, not recursion: any number of sources may end
+            index %= len(sources)
+            source = sources[index]
             receive_nowait = getattr(source, "receive_nowait", None)
             if receive_nowait is None:
                 self._rotate = index + 1
@@ -142,10 +168,14 @@ class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
             try:
                 item = receive_nowait()
             except trio.WouldBlock:
+                index += 1
+                tried += 1
                 continue
             except trio.EndOfChannel:
-                del self._sources[index]
-                return self._take_ready()
+                del sources[index]  # the next source slides into this index
+                if not sources:
+                    return False
+                continue
             self._buffer.append(item)
             self._rotate = index + 1
             return True
