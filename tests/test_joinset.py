@@ -362,3 +362,47 @@ async def test_merge_cancelled_before_call_keeps_ready_item() -> None:
         await merged.receive()
     assert cs.cancelled_caught
     assert await merged.receive() == 7
+
+
+async def test_exception_group_from_body_propagates_as_the_same_object() -> None:
+    group = ExceptionGroup("body", [ValueError(1), KeyError(2)])
+    with pytest.raises(ExceptionGroup) as info:
+        async with tc.JoinSet() as js:
+            js.spawn(trio.sleep_forever)
+            await trio.testing.wait_all_tasks_blocked()
+            raise group
+    assert info.value is group
+
+
+async def test_join_next_with_handle_names_the_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def value(n: int) -> int:
+        await trio.sleep(n)
+        return n
+
+    async with tc.JoinSet() as js:
+        first = js.spawn(value, 1, name="one")
+        second = js.spawn(value, 2, name="two")
+        with trio.testing.assert_checkpoints():
+            got = await js.join_next_with_handle()
+        assert got is not None
+        assert got[0] is first
+        assert got[1] == tc.Completed(1)
+        got = await js.join_next_with_handle()
+        assert got is not None
+        assert (got[0].name, got[0].id, got[1]) == ("two", second.id, tc.Completed(2))
+        assert await js.join_next_with_handle() is None
+
+
+async def test_join_next_with_handle_cancelled_consumes_nothing() -> None:
+    async with tc.JoinSet() as js:
+        js.spawn(trio.lowlevel.checkpoint)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await js.join_next_with_handle()
+        assert len(js) == 1
+        got = await js.join_next_with_handle()
+        assert got is not None
+        assert got[1] == tc.Completed(None)

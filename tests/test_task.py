@@ -412,7 +412,7 @@ async def test_spawn_into_closed_nursery_leaves_token_clean() -> None:
 
 async def test_handles_not_constructible() -> None:
     with pytest.raises(TypeError, match="no public constructor"):
-        tc.TaskHandle(_returns, (), "x", None)
+        tc.TaskHandle(_returns, (), "x", None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="no public constructor"):
         tc.AbortHandle(None)  # type: ignore[arg-type]
 
@@ -452,3 +452,74 @@ def test_outcomes_are_frozen_values_usable_in_match() -> None:
     assert describe(tc.Completed(3)) == "value 3"
     assert describe(tc.Failed(err)) == "error e"
     assert describe(tc.Aborted("why")) == "aborted why"
+
+
+# ---------------------------------------------------------------- reliability regressions
+
+
+async def test_spawn_rejects_sync_function_at_the_call(nursery: trio.Nursery) -> None:
+    def compute() -> int:
+        return 42
+
+    with pytest.raises(TypeError, match="synchronous"):
+        tc.spawn(nursery, compute)  # type: ignore[arg-type]
+    async with tc.JoinSet() as js:
+        with pytest.raises(TypeError, match=r"JoinSet\.spawn\(\)"):
+            js.spawn(compute)  # type: ignore[arg-type]
+        assert len(js) == 0
+    async with tc.GracefulShutdown(1.0) as gs:
+        with pytest.raises(TypeError, match=r"GracefulShutdown\.spawn\(\)"):
+            gs.spawn(compute)  # type: ignore[arg-type]
+    assert gs.report is not None
+    assert len(gs.report) == 0
+
+
+async def test_aborted_before_start_never_runs_and_warns_nothing(nursery: trio.Nursery) -> None:
+    ran: list[int] = []
+
+    async def body() -> None:
+        ran.append(1)
+
+    handle = tc.spawn(nursery, body)
+    handle.abort("early")
+    assert await handle.join() == tc.Aborted("early")
+    assert ran == []  # the coroutine was closed unstarted: no "never awaited" warning either
+
+
+async def test_failed_handle_is_freed_without_the_cycle_collector(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken() -> None:
+        await trio.lowlevel.checkpoint()
+        raise ValueError("boom")
+
+    gc.collect()
+    gc.disable()
+    try:
+        handle = tc.spawn(nursery, broken)
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(handle.outcome, tc.Failed)
+        handle._retrieved = False  # reading .outcome above retrieved it; pretend nobody did
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="trio_cancel"):
+            del handle  # the last reference: freed at once, logged at once
+            assert "never retrieved" in caplog.text
+    finally:
+        gc.enable()
+
+
+async def test_handle_ids_are_unique_ints(nursery: trio.Nursery) -> None:
+    handles = [tc.spawn(nursery, trio.lowlevel.checkpoint) for _ in range(3)]
+    ids = [h.id for h in handles]
+    assert all(isinstance(i, int) for i in ids)
+    assert len(set(ids)) == 3
+
+
+async def test_abort_from_another_thread_changes_nothing(nursery: trio.Nursery) -> None:
+    handle = tc.spawn(nursery, trio.sleep_forever)
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(RuntimeError, match="Trio thread"):
+        await trio.to_thread.run_sync(handle.abort, "from a thread")
+    assert not handle.is_finished()
+    handle.abort("here")
+    assert await handle.join() == tc.Aborted("here")

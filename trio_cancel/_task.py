@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import itertools
 import logging
 from typing import (
     TYPE_CHECKING,
@@ -31,7 +32,6 @@ from typing import (
     TypeAlias,
     TypeVar,
     TypeVarTuple,
-    cast,
     final,
 )
 
@@ -39,10 +39,19 @@ import attrs
 import trio
 
 from ._token import CancellationToken, cancel_scopes
-from ._util import NoPublicConstructor, check_reason, first_leaf, only_cancelled, reraise_bare
+from ._util import (
+    NoPublicConstructor,
+    check_reason,
+    check_trio_thread,
+    coroutine_or_error,
+    first_leaf,
+    leaves,
+    only_cancelled,
+    reraise_bare,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
@@ -51,6 +60,7 @@ T_co = TypeVar("T_co", covariant=True)
 PosArgsT = TypeVarTuple("PosArgsT")
 
 _log = logging.getLogger("trio_cancel")
+_ids = itertools.count(1)
 
 # ------------------------------------------------------------------ outcomes
 
@@ -123,8 +133,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     asyncio reports "exception was never retrieved".
     """
 
-    _fn: Callable[..., Awaitable[T]] | None
-    _args: tuple[object, ...]
+    _coro: Coroutine[Any, Any, T] | None
     _name: str
     _token: CancellationToken | None
     _on_done: Callable[[TaskHandle[T]], None] | None = None
@@ -135,11 +144,17 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     _abort_reason: str | None = attrs.field(default=None, init=False)
     _aborted_first: bool = attrs.field(default=False, init=False)
     _retrieved: bool = attrs.field(default=False, init=False)
+    _id: int = attrs.field(factory=_ids.__next__, init=False)
 
     @property
     def name(self) -> str:
         """The ``name=`` given to spawn, else the function's qualified name."""
         return self._name
+
+    @property
+    def id(self) -> int:
+        """A number unique to this task within the process (tokio ``task::Id``)."""
+        return self._id
 
     @property
     def outcome(self) -> Outcome[T] | None:
@@ -157,17 +172,23 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         """Whether the task has ended. Not a checkpoint; never blocks."""
         return self._outcome is not None
 
+    @trio.lowlevel.enable_ki_protection
     def abort(self, reason: str | None = None) -> None:
         """Cancel the task's own scope (tokio ``abort()``).
 
         The task stops at its next checkpoint and unwinds through its ``finally`` blocks; a task
         that has not started yet never runs its function. Idempotent: the first cancellation of
         the scope (this or the token's) fixes the reason. No effect once finished.
-        Not a checkpoint; never blocks.
+        Not a checkpoint; never blocks; ``KeyboardInterrupt``-protected.
+
+        Raises:
+            RuntimeError: Called from another thread while the task runs (nothing changed).
         """
         check_reason(reason)
         if self._outcome is not None:
             return
+        if not trio.lowlevel.in_trio_run():
+            check_trio_thread("TaskHandle.abort()")
         self._note_abort(reason)
         self._scope.cancel(reason=reason)
 
@@ -211,39 +232,36 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     async def _run(self) -> None:
         self._task = trio.lowlevel.current_task()
         _CURRENT_HANDLE.set(self)
-        fn, args, scope = self._fn, self._args, self._scope
-        assert fn is not None
+        coro, scope = self._coro, self._scope
+        self._coro = None
+        assert coro is not None
         if scope.cancel_called:
-            # Aborted (or its token cancelled) before the task first ran: never call fn.
+            # Aborted (or its token cancelled) before the task first ran: never run the body.
+            coro.close()
             self._finish(Aborted(self._cancel_reason()))
             return  # noqa: ASYNC910 - the task's root: nothing awaits this coroutine
 
-        completed: Completed[T] | None = None
+        result: Completed[T] | Failed | None = None
         try:
             with scope:
-                completed = Completed(await fn(*args))
-        except Exception as exc:  # noqa: BLE001 - an outcome, not the nursery's error
-            # A panicking tokio task does not take its siblings down either.
-            self._finish(Failed(exc))
-            return  # noqa: ASYNC910 - the task's root: nothing awaits this coroutine
+                result = await _capture(coro)
         except BaseException as exc:
             self._finish(_outcome_of_base_exception(exc))
             raise
-        if completed is None:
-            self._finish(Aborted(self._cancel_reason()))
-        else:
-            self._finish(completed)
+        finally:
+            del coro
+        self._finish(Aborted(self._cancel_reason()) if result is None else result)
 
     def _finish(self, outcome: Outcome[T]) -> None:
         self._outcome = outcome
-        self._fn = None
-        self._args = ()
+        self._task = None  # the task's context holds this handle: no cycle through it
         if self._token is not None:
             self._token._discard_scope(self._scope)
         if self._done is not None:
             self._done.set()
-        if self._on_done is not None:
-            self._on_done(self)
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(self)
 
     def _report_unretrieved(self, where: str) -> None:
         outcome = self._outcome
@@ -295,6 +313,20 @@ class AbortHandle(metaclass=NoPublicConstructor):
         return f"<AbortHandle of {self._handle!r}>"
 
 
+async def _capture(coro: Coroutine[Any, Any, T]) -> Completed[T] | Failed:
+    """Run the task's body; its ``Exception`` becomes ``Failed``.
+
+    Caught here, in a frame that holds no handle, so that the stored error's traceback (which
+    starts at this frame) makes no reference cycle back to the handle: a handle whose task
+    failed is freed as soon as its last reference goes.
+    """
+    try:
+        return Completed(await coro)
+    except Exception as exc:  # noqa: BLE001 - an outcome, not the nursery's error
+        # A panicking tokio task does not take its siblings down either.
+        return Failed(exc)  # noqa: ASYNC910 - the body ran (a task root, awaited once)
+
+
 def _make_handle(
     nursery: trio.Nursery,
     async_fn: Callable[..., Awaitable[T]],
@@ -302,19 +334,23 @@ def _make_handle(
     name: str | None,
     token: CancellationToken | None,
     on_done: Callable[[TaskHandle[T]], None] | None,
+    what: str = "spawn()",
 ) -> TaskHandle[T]:
     if not isinstance(nursery, trio.Nursery):
-        raise TypeError(f"spawn() needs a trio.Nursery, not {type(nursery).__name__}")
-    if not callable(async_fn):
-        raise TypeError(f"spawn() needs an async function, not {type(async_fn).__name__}")
+        raise TypeError(f"{what} needs a trio.Nursery, not {type(nursery).__name__}")
     if token is not None and not isinstance(token, CancellationToken):
         raise TypeError(f"token must be a CancellationToken or None, not {type(token).__name__}")
     if name is None:
         name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
     elif not isinstance(name, str):
         raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-    handle = cast("TaskHandle[T]", TaskHandle._create(async_fn, args, name, token, on_done))
-    nursery.start_soon(handle._run, name=name)  # raises if the nursery is closed
+    coro = coroutine_or_error(async_fn, args, what)  # a sync function fails here, as in Trio
+    handle: TaskHandle[T] = TaskHandle[T]._create(coro, name, token, on_done)
+    try:
+        nursery.start_soon(handle._run, name=name)  # raises if the nursery is closed
+    except BaseException:
+        coro.close()
+        raise
     if token is not None:
         token._add_scope(handle._scope)  # before the task first runs: start_soon only schedules
     return handle
@@ -342,6 +378,10 @@ def spawn(
 
     Returns:
         The task's :class:`TaskHandle`.
+
+    Raises:
+        TypeError: ``async_fn`` is not an async function (as ``nursery.start_soon`` raises:
+            a sync function has run by then and its result is discarded).
 
     Not a checkpoint; never blocks (like ``nursery.start_soon``).
     """
@@ -399,7 +439,9 @@ class JoinSet:
         """
         if self._state != "open" or self._nursery is None:
             raise RuntimeError(f"JoinSet.spawn() needs an open set (this one is {self._state})")
-        handle = _make_handle(self._nursery, async_fn, args, name, token, self._task_done)
+        handle = _make_handle(
+            self._nursery, async_fn, args, name, token, self._task_done, "JoinSet.spawn()"
+        )
         self._running.add(handle)
         self._count += 1
         return handle
@@ -409,11 +451,15 @@ class JoinSet:
         self._finished.append(handle)
         self._lot.unpark_all()
 
+    @trio.lowlevel.enable_ki_protection
     def abort_all(self, reason: str | None = None) -> None:
-        """Abort every task still running. Not a checkpoint; never blocks."""
+        """Abort every task still running. Not a checkpoint; never blocks;
+        ``KeyboardInterrupt``-protected."""
         check_reason(reason)
         if not self._running:
             return
+        if not trio.lowlevel.in_trio_run():
+            check_trio_thread("JoinSet.abort_all()")
         handles = list(self._running)
         for handle in handles:
             handle._note_abort(reason)
@@ -425,22 +471,37 @@ class JoinSet:
         Cancellation:
             Always a checkpoint. If cancelled, no outcome is consumed: the next call returns it.
         """
+        found = await self.join_next_with_handle()
+        return None if found is None else found[1]
+
+    async def join_next_with_handle(self) -> tuple[TaskHandle[Any], Outcome[Any]] | None:
+        """As :meth:`join_next`, with the handle of the task the outcome belongs to (tokio
+        ``join_next_with_id``): ``handle.name`` and ``handle.id`` say which task it was.
+
+        Cancellation:
+            Always a checkpoint. If cancelled, nothing is consumed.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self._finished:
             if self._count == 0:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return None
             await self._lot.park()
-        result = self._pop()
+        handle = self._pop_handle()
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return result
+        outcome = handle.outcome
+        assert outcome is not None
+        return handle, outcome
 
-    def _pop(self) -> Outcome[Any]:
+    def _pop_handle(self) -> TaskHandle[Any]:
         handle = self._finished.popleft()
         self._count -= 1
         if self._count == 0:
             self._lot.unpark_all()  # other waiters see the set is now empty
-        outcome = handle.outcome
+        return handle
+
+    def _pop(self) -> Outcome[Any]:
+        outcome = self._pop_handle().outcome
         assert outcome is not None
         return outcome
 
@@ -527,7 +588,10 @@ async def close_nursery(  # noqa: ASYNC910 - awaiting the nursery exit is the ch
     except BaseExceptionGroup as group:
         if exc is None:
             raise
-        only_body = group.exceptions == (exc,)
-        if not (only_body or (isinstance(exc, trio.Cancelled) and only_cancelled(group))):
+        # Trio may hand on a copy of a group the body raised (split from its cancellations):
+        # compare the leaves. Nothing but the body's own errors (and cancellations) means the
+        # body's exception propagates as itself, the same object.
+        body = {id(leaf) for leaf in leaves(exc)}
+        if not all(id(leaf) in body or isinstance(leaf, trio.Cancelled) for leaf in leaves(group)):
             raise
-        reraise_bare(exc)  # the body's exception propagates as itself
+        reraise_bare(exc)
