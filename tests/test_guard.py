@@ -416,3 +416,16 @@ async def test_sqlite_transfer_is_all_or_nothing_at_every_cancellation_point(
     # commit: the commit stands and the Cancelled is raised after it. Never half of it.
     assert moved.count(0) >= 3
     assert set(moved) == {0, 10}
+
+
+def test_async_guard_rejects_sync_cleanup_and_huge_grace() -> None:
+    def cleanup() -> None:
+        pass
+
+    async def async_cleanup() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="synchronous"):
+        tc.async_guard(cleanup)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="too large"):
+        tc.async_guard(async_cleanup, grace=10**400)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import signal
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -99,17 +102,23 @@ async def test_kwargs_function_gets_a_child_token() -> None:
     assert handle.outcome == tc.Completed("got a token through **kwargs")
 
 
-async def test_task_that_ended_before_the_trigger_has_no_seconds() -> None:
+async def test_task_that_ended_before_the_trigger_is_counted_not_listed(
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async def quick() -> int:
         return 7
 
+    async def slow(*, token: tc.CancellationToken) -> None:
+        await token.wait_cancelled()
+
     async with tc.GracefulShutdown(grace=1.0) as gs:
         gs.spawn(quick)
+        gs.spawn(slow)
         await trio.testing.wait_all_tasks_blocked()
-        report = await gs.wait()
-    assert report.tasks[0].seconds is None
-    assert report.tasks[0].outcome == tc.Completed(7)
-    assert "before" in str(report)
+        report = await gs.wait()  # no time passed under the MockClock: ended *before* counts
+    assert [t.name for t in report] == [slow.__qualname__]
+    assert report.tasks[0].seconds == 0.0
+    assert report.ended_before == {"completed": 1, "failed": 0, "aborted": 0}
 
 
 async def test_failed_task_is_reported_not_raised() -> None:
@@ -301,3 +310,181 @@ async def test_ten_thousand_tasks_land_and_the_stragglers_are_named(
     assert str(report).startswith(
         "shutdown 'shutdown': 9900 of 10000 tasks landed within the 5 s grace period, 100 forced"
     )
+
+
+# ---------------------------------------------------------------- reliability regressions
+
+
+async def test_exit_still_forces_when_a_callback_raises_at_the_implicit_trigger(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def stubborn() -> None:
+        await trio.sleep_forever()  # ignores the token
+
+    def broken() -> None:
+        raise ZeroDivisionError
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with tc.GracefulShutdown(grace=1.0) as gs:
+            gs.token.on_cancel(broken)
+            gs.spawn(stubborn, name="stubborn")
+            await trio.sleep(0.1)
+            start = trio.current_time()
+    assert trio.current_time() - start == 1.0  # phase 2 came after the grace period
+    assert info.group_contains(ZeroDivisionError)
+    assert gs.report is not None
+    assert [t.forced for t in gs.report] == [True]
+
+
+async def test_explicit_trigger_raises_callback_errors_and_phase_two_still_comes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken() -> None:
+        raise ZeroDivisionError
+
+    async with tc.GracefulShutdown(grace=2.0) as gs:
+        gs.token.on_cancel(broken)
+        gs.spawn(trio.sleep_forever, name="stubborn")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ExceptionGroup):
+            gs.trigger()
+        report = await gs.wait()
+    assert report.tasks[0].forced
+    assert report.tasks[0].seconds == 2.0
+
+
+async def test_task_spawned_after_phase_two_is_aborted_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ran: list[str] = []
+
+    async def late() -> None:
+        ran.append("late")
+        await trio.sleep_forever()
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(trio.sleep_forever, name="early")
+        gs.trigger()
+        await trio.sleep(5)  # phase 2 began at 1 s
+        gs.spawn(late, name="late")
+        report = await gs.wait()
+    assert ran == []
+    late_row = report.tasks[1]
+    assert late_row.forced
+    assert late_row.outcome == tc.Aborted("shutdown: forced after the grace period")
+
+
+async def test_finished_tasks_before_the_trigger_are_not_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def request(n: int) -> int:
+        await trio.lowlevel.checkpoint()
+        if n % 1000 == 999:
+            raise OSError(f"request {n} failed")
+        return n
+
+    tracemalloc.start()
+    try:
+        async with tc.GracefulShutdown(grace=1.0) as gs:
+            memory = []
+            with caplog.at_level(logging.ERROR, logger="trio_cancel"):
+                for i in range(5000):
+                    gs.spawn(request, i)
+                    if i % 500 == 499:
+                        await trio.testing.wait_all_tasks_blocked()
+                        memory.append(tracemalloc.get_traced_memory()[0])
+            grown = memory[-1] - memory[1]  # over 4,000 requests that came and went
+            gs.spawn(trio.sleep_forever, name="in flight")
+            report = await gs.wait()
+    finally:
+        tracemalloc.stop()
+    assert grown < 50_000, grown  # was ~2.7 KB per finished task (11 MB here)
+    assert report.ended_before == {"completed": 4995, "failed": 5, "aborted": 0}
+    assert [t.name for t in report] == ["in flight"]
+    assert caplog.text.count("request") >= 5  # each failure logged with its traceback
+
+
+async def test_report_to_dict_is_plain_data(autojump_clock: trio.testing.MockClock) -> None:
+    async def polite(*, token: tc.CancellationToken) -> str:
+        await token.wait_cancelled()
+        return "done"
+
+    async def broken(*, token: tc.CancellationToken) -> None:
+        await token.wait_cancelled()
+        raise OSError("flush failed")
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(polite, name="polite")
+        gs.spawn(broken, name="broken")
+        gs.spawn(trio.sleep_forever, name="stubborn")
+        await trio.testing.wait_all_tasks_blocked()
+        gs.trigger("deploy")
+        report = await gs.wait()
+    data = report.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["reason"] == "deploy"
+    assert (data["landed"], data["forced"]) == (2, 1)
+    rows = {row["name"]: row for row in data["tasks"]}
+    assert rows["polite"]["outcome"] == "completed"
+    assert rows["broken"]["error"] == "OSError('flush failed')"
+    assert rows["stubborn"] == {
+        "name": "stubborn",
+        "outcome": "aborted",
+        "reason": "deploy: forced after the grace period",
+        "error": None,
+        "seconds": 1.0,
+        "forced": True,
+    }
+
+
+async def test_cpu_hog_past_the_grace_period_is_reported_forced(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async def hog(*, token: tc.CancellationToken) -> str:
+        await token.wait_cancelled()
+        mock_clock.jump(5)  # holds the CPU past the 1 s grace period, no checkpoint
+        return "done"
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(hog, name="hog")
+        await trio.testing.wait_all_tasks_blocked()
+        gs.trigger()
+        report = await gs.wait()
+    row = report.tasks[0]
+    assert row.outcome == tc.Completed("done")
+    assert row.forced
+    assert row.seconds == 5.0
+    assert "0 of 1 tasks landed" in str(report)
+
+
+async def test_force_and_second_signal_name_what_forced(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=60.0) as gs:
+        gs.spawn(trio.sleep_forever, name="a")
+        gs.trigger("deploy")
+        gs.force()
+        report = await gs.wait()
+    assert report.tasks[0].outcome == tc.Aborted("deploy: forced by force()")
+
+    async with tc.GracefulShutdown(grace=60.0) as gs:
+        gs.install_signal_handlers(signal.SIGUSR1)
+        gs.spawn(trio.sleep_forever, name="b")
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await trio.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        report = await gs.wait()
+    assert report.tasks[0].outcome == tc.Aborted(
+        "signal SIGUSR1: forced by a second signal (SIGUSR1)"
+    )
+
+
+async def test_trigger_rejects_non_str_reason_and_grace_overflow() -> None:
+    with pytest.raises(ValueError, match="too large"):
+        tc.GracefulShutdown(10**400)
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        with pytest.raises(TypeError, match="str"):
+            gs.trigger(None)  # type: ignore[arg-type]
+        gs.trigger("ok")
+    assert gs.report is not None
+    assert gs.report.reason == "ok"

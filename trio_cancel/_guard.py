@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Self, TypeVarTuple, final
 import attrs
 import trio
 
-from ._util import NoPublicConstructor
+from ._util import NoPublicConstructor, check_async_callable, check_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -62,11 +62,7 @@ class Transaction(Protocol):
 
 
 def _check_grace(grace: float) -> float:
-    if isinstance(grace, bool) or not isinstance(grace, int | float):
-        raise TypeError(f"grace must be a number of seconds, not {type(grace).__name__}")
-    if math.isnan(grace) or grace < 0:
-        raise ValueError(f"grace must be >= 0 seconds, not {grace!r}")
-    return float(grace)
+    return check_seconds(grace, "grace")
 
 
 async def _bounded(
@@ -219,13 +215,13 @@ def async_guard(
     :exc:`BaseExceptionGroup`, if the block raised too). ``guard.disarm()`` skips the cleanup.
 
     Raises:
-        TypeError: ``cleanup`` is not callable, or ``grace`` is not a number.
-        ValueError: ``grace`` is negative or NaN (``math.inf`` means no bound).
+        TypeError: ``cleanup`` is not an async function, or ``grace`` is not a number.
+        ValueError: ``grace`` is negative, NaN or too large for a float (``math.inf`` means no
+            bound).
 
     Not a checkpoint; never blocks (entering and leaving the block are).
     """
-    if not callable(cleanup):
-        raise TypeError(f"cleanup must be an async function, not {type(cleanup).__name__}")
+    check_async_callable(cleanup, "async_guard()")
     grace = _check_grace(grace)
 
     async def run() -> None:

@@ -9,6 +9,7 @@ aborted (its scope cancelled: ``trio.Cancelled`` at its next checkpoint). ``wait
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
@@ -16,16 +17,24 @@ import attrs
 import trio
 
 from ._guard import _check_grace
-from ._task import Outcome, TaskHandle, _make_handle, close_nursery
+from ._task import Aborted, Completed, Failed, Outcome, TaskHandle, _make_handle, close_nursery
 from ._token import CancellationToken
-from ._util import NoPublicConstructor, check_reason, takes_token_keyword
+from ._util import NoPublicConstructor, takes_token_keyword
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
     from contextlib import AbstractAsyncContextManager, AbstractContextManager
     from types import TracebackType
 
 T = TypeVar("T")
+
+_log = logging.getLogger("trio_cancel")
+
+
+def _kind(outcome: Outcome[Any]) -> str:
+    if isinstance(outcome, Completed):
+        return "completed"
+    return "failed" if isinstance(outcome, Failed) else "aborted"
 
 
 @final
@@ -36,8 +45,11 @@ class TaskLanding:
     Attributes:
         name: The task's name.
         outcome: ``Completed``, ``Failed`` or ``Aborted``.
-        seconds: Seconds from ``trigger()`` to the task's exit; ``None`` if it ended before.
-        forced: Whether phase 2 aborted it (it was still running when the grace period ended).
+        seconds: Seconds from ``trigger()`` to the task's exit, on Trio's clock (exact under
+            ``MockClock``); ``None`` only for a task that ended before the trigger.
+        forced: Whether the task was still running when phase 2 began, whether the abort
+            reached it or it ended on its own after that (a task that held the CPU past the
+            grace period without a checkpoint is forced too).
     """
 
     name: str
@@ -49,20 +61,54 @@ class TaskLanding:
 @final
 @attrs.frozen
 class LandingReport(metaclass=NoPublicConstructor):
-    """What :meth:`GracefulShutdown.wait` returns: one :class:`TaskLanding` per task.
+    """What :meth:`GracefulShutdown.wait` returns: one :class:`TaskLanding` per task that was
+    running at the trigger or spawned after it.
 
     Iterating the report gives the landings in the order the tasks were spawned;
-    ``str(report)`` renders them as a table, slowest first.
+    ``str(report)`` renders them as a table, slowest first; :meth:`to_dict` gives plain data
+    for logs. Tasks that ended before the trigger are not kept (a server's requests would
+    otherwise grow without bound): :attr:`ended_before` counts them.
 
     Attributes:
         tasks: The landings, in spawn order.
         reason: The reason of the ``trigger()``.
         grace: The grace period, in seconds.
+        ended_before: How many tasks ended before the trigger, by outcome kind:
+            ``{"completed": n, "failed": n, "aborted": n}``.
     """
 
     tasks: tuple[TaskLanding, ...]
     reason: str | None
     grace: float
+    ended_before: Mapping[str, int] = attrs.field(
+        factory=lambda: {"completed": 0, "failed": 0, "aborted": 0}
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain, JSON-serialisable data: the reason, the grace period, the
+        counts, and per task its name, outcome kind, abort reason or error, seconds and
+        whether it was forced. Return values of completed tasks are left out."""
+        tasks = []
+        for t in self.tasks:
+            outcome = t.outcome
+            tasks.append(
+                {
+                    "name": t.name,
+                    "outcome": _kind(outcome),
+                    "reason": outcome.reason if isinstance(outcome, Aborted) else None,
+                    "error": repr(outcome.error) if isinstance(outcome, Failed) else None,
+                    "seconds": t.seconds,
+                    "forced": t.forced,
+                }
+            )
+        return {
+            "reason": self.reason,
+            "grace": self.grace,
+            "landed": len(self.tasks) - len(self.forced),
+            "forced": len(self.forced),
+            "ended_before": dict(self.ended_before),
+            "tasks": tasks,
+        }
 
     @property
     def forced(self) -> tuple[TaskLanding, ...]:
@@ -119,8 +165,17 @@ class GracefulShutdown:
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     # The scopes of the helper tasks (phase-2 timer, signal watcher), cancelled at exit.
     _helpers: list[trio.CancelScope] = attrs.field(factory=list, init=False)
-    _handles: list[TaskHandle[Any]] = attrs.field(factory=list, init=False)
+    # Tasks running, plus (after the trigger) those that ended since: the report's rows, in
+    # spawn order. A task that ends before the trigger leaves it and is only counted.
+    _tracked: dict[TaskHandle[Any], None] = attrs.field(factory=dict, init=False)
+    _ended_before: dict[str, int] = attrs.field(
+        factory=lambda: {"completed": 0, "failed": 0, "aborted": 0}, init=False
+    )
     _exited_at: dict[TaskHandle[Any], float] = attrs.field(factory=dict, init=False)
+    # The abort reason of phase 2 once it began (None before): later spawns are aborted at once.
+    _phase_two_reason: str | None = attrs.field(default=None, init=False)
+    # on_cancel callbacks' errors from an implicit trigger, raised at the block's exit.
+    _trigger_error: BaseException | None = attrs.field(default=None, init=False)
     _forced: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
     _running: int = attrs.field(default=0, init=False)
     _all_exited: trio.Event = attrs.field(factory=trio.Event, init=False)
@@ -149,50 +204,73 @@ class GracefulShutdown:
         ``token``, or ``**kwargs``), it is called with ``token=`` a child of :attr:`token`.
 
         A task spawned after the trigger gets an already-cancelled token and is still forced
-        at the end of the same grace period.
+        at the end of the same grace period; one spawned after phase 2 began is aborted at once
+        (it never runs its function).
 
         Raises:
             RuntimeError: Outside the ``async with`` block.
-            TypeError: ``async_fn`` is not callable, or ``name`` is not a string.
+            TypeError: ``async_fn`` is not an async function, or ``name`` is not a string.
 
         Not a checkpoint; never blocks.
         """
         if self._state not in ("open", "triggered") or self._nursery is None:
             raise RuntimeError("GracefulShutdown.spawn() works only inside its 'async with'")
-        if not callable(async_fn):
-            raise TypeError(f"spawn() needs an async function, not {type(async_fn).__name__}")
+        if self._report is not None:
+            raise RuntimeError("every task has landed already; this GracefulShutdown is done")
         if name is None:
             name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
         fn: Callable[..., Awaitable[T]] = async_fn
-        if takes_token_keyword(async_fn):
+        if callable(async_fn) and takes_token_keyword(async_fn):
             fn = functools.partial(async_fn, token=self._token.child_token())
-        if self._report is not None:
-            raise RuntimeError("every task has landed already; this GracefulShutdown is done")
-        handle = _make_handle(self._nursery, fn, args, name, None, self._task_done)
-        self._handles.append(handle)
+        handle = _make_handle(
+            self._nursery, fn, args, name, None, self._task_done, "GracefulShutdown.spawn()"
+        )
+        self._tracked[handle] = None
         self._running += 1
         if self._all_exited.is_set():  # spawned after everything else had landed
             self._all_exited = trio.Event()
+        if self._phase_two_reason is not None:
+            self._forced.add(handle)
+            handle.abort(self._phase_two_reason)
         return handle
 
     def _task_done(self, handle: TaskHandle[Any]) -> None:
-        self._exited_at[handle] = trio.current_time()
         self._running -= 1
+        if self._triggered_at is None:
+            # Ended before the trigger: counted, not kept (flat memory for a long-lived server).
+            del self._tracked[handle]
+            outcome = handle._outcome
+            assert outcome is not None
+            self._ended_before[_kind(outcome)] += 1
+            if isinstance(outcome, Failed):
+                handle._retrieved = True  # reported here, not again when the handle goes
+                err = outcome.error
+                _log.error(
+                    "GracefulShutdown: task %r failed",
+                    handle.name,
+                    exc_info=(type(err), err, err.__traceback__),
+                )
+            return
+        self._exited_at[handle] = trio.current_time()
         if self._running == 0 and self._triggered_at is not None:
             self._all_exited.set()
 
+    @trio.lowlevel.enable_ki_protection
     def trigger(self, reason: str = "shutdown") -> None:
         """Phase 1: cancel :attr:`token` with ``reason``; phase 2 follows after ``grace`` s.
 
-        Idempotent: the first reason stays.
+        Idempotent: the first reason stays. Phase 2 is scheduled before the token is
+        cancelled, so it comes whatever the token's ``on_cancel`` callbacks do; if they raise,
+        their :exc:`ExceptionGroup` is raised from here.
 
         Raises:
             RuntimeError: Outside the ``async with`` block.
             TypeError: ``reason`` is not a string.
 
-        Not a checkpoint; never blocks.
+        Not a checkpoint; never blocks; ``KeyboardInterrupt``-protected.
         """
-        check_reason(reason)
+        if not isinstance(reason, str):
+            raise TypeError(f"trigger() needs a str reason, not {type(reason).__name__}")
         if self._triggered_at is not None:
             return
         if self._state != "open" or self._nursery is None:
@@ -205,18 +283,28 @@ class GracefulShutdown:
         self._start_helper(self._phase_two)
         self._token.cancel(reason)
 
+    @trio.lowlevel.enable_ki_protection
     def force(self) -> None:
         """Phase 2 now: abort every task still running (triggers first if needed).
 
-        Not a checkpoint; never blocks.
+        The abort reason is ``"<trigger reason>: forced by force()"``.
+
+        Not a checkpoint; never blocks; ``KeyboardInterrupt``-protected.
         """
-        if self._triggered_at is None:
-            self.trigger()
-        forced_reason = f"{self._reason}: forced after the grace period"
-        for handle in self._handles:
-            if not handle.is_finished() and handle not in self._forced:
-                self._forced.add(handle)
-                handle.abort(forced_reason)
+        self._force("forced by force()")
+
+    def _force(self, why: str) -> None:
+        try:
+            if self._triggered_at is None:
+                self.trigger()
+        finally:
+            if self._phase_two_reason is None:
+                self._phase_two_reason = f"{self._reason}: {why}"
+            reason = self._phase_two_reason
+            for handle in list(self._tracked):
+                if not handle.is_finished() and handle not in self._forced:
+                    self._forced.add(handle)
+                    handle.abort(reason)
 
     def _start_helper(self, async_fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start a helper task (not tracked) whose scope exists before it first runs, so that
@@ -236,7 +324,7 @@ class GracefulShutdown:
     async def _phase_two(self) -> None:
         assert self._triggered_at is not None
         await trio.sleep_until(self._triggered_at + self._grace)
-        self.force()
+        self._force("forced after the grace period")
 
     async def wait(self) -> LandingReport:
         """Wait until every task has exited and return the :class:`LandingReport`.
@@ -249,7 +337,7 @@ class GracefulShutdown:
             landing, phase 2 still comes, and a later ``wait()`` returns the report.
         """
         if self._triggered_at is None:
-            self.trigger()
+            self._trigger_implicitly()
         while True:
             await self._all_exited.wait()
             if self._running == 0:
@@ -257,17 +345,31 @@ class GracefulShutdown:
         if self._report is None:
             assert self._triggered_at is not None
             self._report = LandingReport._create(
-                tuple(self._landing(h) for h in self._handles), self._reason, self._grace
+                tuple(self._landing(h) for h in self._tracked),
+                self._reason,
+                self._grace,
+                dict(self._ended_before),
             )
         return self._report
 
+    def _trigger_implicitly(self) -> None:
+        """``trigger()`` on behalf of ``wait()`` or the exit: callback errors are kept for the
+        block's exit, after the landing, so that the landing itself still happens."""
+        try:
+            self.trigger()
+        except BaseExceptionGroup as group:
+            self._trigger_error = group
+
     def _landing(self, handle: TaskHandle[Any]) -> TaskLanding:
-        assert self._triggered_at is not None
+        triggered_at = self._triggered_at
+        assert triggered_at is not None
         outcome = handle.outcome
         assert outcome is not None
         exited = self._exited_at[handle]
-        seconds = None if exited < self._triggered_at else exited - self._triggered_at
-        return TaskLanding(handle.name, outcome, seconds, handle in self._forced)
+        # Still running when phase 2 was due (it may have held the CPU so that phase 2 could
+        # not run): forced, even if it then ended on its own.
+        forced = handle in self._forced or exited > triggered_at + self._grace
+        return TaskLanding(handle.name, outcome, exited - triggered_at, forced)
 
     def install_signal_handlers(self, *signals: int) -> None:
         """Trigger on a signal (default SIGINT and SIGTERM); a second signal forces phase 2.
@@ -291,10 +393,11 @@ class GracefulShutdown:
 
     async def _watch_signals(self, receiver: Any) -> None:  # noqa: ANN401 - Trio's private type
         async for signum in receiver:
+            name = signal.Signals(signum).name
             if self._triggered_at is None:
-                self.trigger(f"signal {signal.Signals(signum).name}")
+                self.trigger(f"signal {name}")
             else:
-                self.force()
+                self._force(f"forced by a second signal ({name})")
 
     async def __aenter__(self) -> Self:
         """Cancellation: a checkpoint, before any task can be spawned."""
@@ -317,7 +420,7 @@ class GracefulShutdown:
         try:
             if not isinstance(exc, trio.Cancelled):
                 if self._state == "open":
-                    self.trigger()
+                    self._trigger_implicitly()
                 await self.wait()  # noqa: ASYNC102 - landing the tasks is this exit's job
         finally:
             for scope in self._helpers:
@@ -326,13 +429,25 @@ class GracefulShutdown:
             try:
                 assert self._nursery_cm is not None
                 result = await close_nursery(self._nursery_cm, exc_type, exc, tb)  # noqa: ASYNC102
+            except BaseException as error:
+                trigger_error, self._trigger_error = self._trigger_error, None
+                if trigger_error is None:
+                    raise
+                raise BaseExceptionGroup(  # noqa: ASYNC104 - both travel on, in one group
+                    "the GracefulShutdown block raised, and on_cancel callbacks raised when "
+                    "leaving it triggered the shutdown",
+                    [error, trigger_error],
+                ) from None
             finally:
                 if self._signals is not None:
                     self._signals.__exit__(None, None, None)
+        trigger_error, self._trigger_error = self._trigger_error, None
+        if trigger_error is not None:
+            raise trigger_error  # the implicit trigger's callback errors, after the landing
         return result
 
     def __repr__(self) -> str:
         return (
-            f"<GracefulShutdown {self._state}, {len(self._handles)} tasks, "
+            f"<GracefulShutdown {self._state}, {len(self._tracked)} tasks tracked, "
             f"{self._running} running, grace {self._grace:g} s>"
         )
