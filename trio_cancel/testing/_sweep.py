@@ -1,15 +1,23 @@
 """cancel_at_each_checkpoint: deliver a cancellation at every point an operation can be cancelled.
 
-Mechanism: a Trio instrument watches the task that runs the operation and every task it spawns
-(directly or not). Each time one of them *suspends* (yields to the scheduler) is one point. A
-counting run finds the N suspensions of an uncancelled run; then run k (1 <= k <= N) cancels the
-operation's scope just before the step that ends in suspension k: right before the operation
-starts for k = 1, and from the instrument's ``after_task_step`` of suspension k - 1 otherwise.
-The cancellation then lands at the first cancel point the operation reaches: a
-``checkpoint_if_cancelled()`` inside that step (Trio's fast paths check for cancellation without
-suspending), or suspension k itself if it is a blocking wait. A suspension that is only a
-schedule point (``cancel_shielded_checkpoint``) passes the cancellation on to the next cancel
-point.
+What is counted: Trio's *cancel points*, the moments Trio checks whether the running task is
+cancelled, exactly as ``trio.testing.assert_checkpoints`` counts them (``Task._cancel_points``).
+There are three kinds, and they differ in when the check happens relative to the suspension:
+
+* ``trio.lowlevel.checkpoint()`` (``trio.sleep(0)``): suspends shielded first, then checks on
+  resuming;
+* a blocking wait (a receive with nothing ready, ``trio.sleep(1)``, a contended lock, an event):
+  checks when it suspends, and stays cancellable while suspended;
+* Trio's fast paths (``checkpoint_if_cancelled()`` then ``cancel_shielded_checkpoint()``, as in a
+  receive with data ready or an uncontended lock): check first, then suspend shielded.
+
+Counting suspensions is therefore not counting cancel points. The sweep counts the checks
+themselves: in the operation's tasks, ``Task._cancel_points`` is replaced by an ``int`` subclass
+whose ``+ 1`` reports each check, with its kind (read from the calling Trio function). Run k
+then cancels the operation's scope right after check k - 1 has passed (before the operation
+starts for k = 1): for a fast path, at once; for ``checkpoint()``, when that call returns; for a
+blocking wait, just before the next step of the operation's tasks. So check k is the first to
+see the cancellation: every check, the last one included, is swept exactly once.
 
 Trio's scheduler shuffles runnable tasks; each run reseeds the generator it uses (as Trio's own
 Hypothesis integration does), so the same operation gives the same points on every run.
@@ -19,12 +27,13 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import TYPE_CHECKING, final
 
 import attrs
 import trio
 
-from .._util import first_leaf, only_cancelled
+from .._util import only_cancelled
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -33,6 +42,11 @@ if TYPE_CHECKING:
 _TRIO_DIR = os.path.dirname(trio.__file__)
 _THIS_FILE = os.path.abspath(__file__)
 _SEED = 1_000_003
+
+# The Trio functions whose ``task._cancel_points += 1`` tells the kind of a check (any other
+# caller is Trio's run loop, at a blocking wait).
+_CHECK_THEN_COUNT = trio.lowlevel.checkpoint_if_cancelled.__code__
+_COUNT_THEN_CHECK = trio.lowlevel.checkpoint.__code__
 
 
 @final
@@ -78,47 +92,155 @@ def _describe(frame: FrameType, lineno: int) -> str:
     return f"{frame.f_code.co_filename}:{lineno} in {frame.f_code.co_name}"
 
 
-def _suspension_location(task: trio.lowlevel.Task) -> str:
-    found = "<unknown>"
+def _stack_location(frame: FrameType | None, task: trio.lowlevel.Task) -> str | None:
+    """The innermost frame outside Trio and this module on the running stack of ``task``
+    (not below its own coroutine: what calls that is Trio's run loop)."""
+    root = getattr(task.coro, "cr_frame", None)
+    while frame is not None:
+        if not _is_internal(frame.f_code.co_filename):
+            return _describe(frame, frame.f_lineno)
+        if frame is root:
+            break
+        frame = frame.f_back
+    return None
+
+
+def _suspended_location(task: trio.lowlevel.Task) -> str | None:
+    found = None
     for frame, lineno in task.iter_await_frames():
         if not _is_internal(frame.f_code.co_filename):
             found = _describe(frame, lineno)
     return found
 
 
-def _landing_location(exc: BaseException) -> str | None:
-    found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if not _is_internal(tb.tb_frame.f_code.co_filename):
-            found = _describe(tb.tb_frame, tb.tb_lineno)
-        tb = tb.tb_next
-    return found
+_FAST, _RESUME, _WAIT = "fast path", "checkpoint()", "blocking wait"
 
 
 class _Watcher(trio.abc.Instrument):
-    def __init__(self, cancel_before: int | None, scope: trio.CancelScope) -> None:
+    """Counts the cancel points of the operation's tasks; in run k, makes check k the first
+    to see a cancellation of ``scope``.
+
+    A fast-path check followed, in the same task step, by a blocking wait is one operation
+    (a receive, an acquire that found nothing and blocks): one point, swept at its first
+    check.
+    """
+
+    def __init__(
+        self,
+        scope: trio.CancelScope,
+        target: int | None,
+        target_kind: str | None,
+        max_points: int | None,
+    ) -> None:
         self.tasks: set[trio.lowlevel.Task] = set()
         self.count = 0
+        self.kinds: list[str] = []
         self.locations: list[str] = []
-        self.cancel_before = cancel_before
         self.scope = scope
+        self.target = target
+        self.target_kind = target_kind
+        self.max_points = max_points
+        self.too_many = False
+        self.stepping: trio.lowlevel.Task | None = None
+        self.step = 0
+        self.last: tuple[int, str] | None = None
+        self.profile_restore: list[object] = []
+        watcher = self
+
+        class _Counter(int):
+            __slots__ = ()
+
+            def __add__(self, other: int) -> _Counter:
+                watcher.point(sys._getframe(1))
+                return _Counter(int(self) + other)
+
+        self.counter_type = _Counter
+
+    def watch(self, task: trio.lowlevel.Task) -> None:
+        self.tasks.add(task)
+        task._cancel_points = self.counter_type(task._cancel_points)
+
+    def cancel(self) -> None:
+        self.scope.cancel(reason=f"cancel_at_each_checkpoint: point {self.target}")
+
+    def point(self, caller: FrameType) -> None:
+        task = self.stepping
+        if task is None or task not in self.tasks:
+            return
+        code = caller.f_code
+        kind = (
+            _FAST if code is _CHECK_THEN_COUNT else _RESUME if code is _COUNT_THEN_CHECK else _WAIT
+        )
+        previous, self.last = self.last, (self.step, kind)
+        if kind is _WAIT and previous == (self.step, _FAST):
+            return  # the blocking half of the operation whose fast check was just counted
+        self.count += 1
+        self.kinds.append(kind)
+        # at a blocking wait the caller is the run loop and the task is suspended
+        location = _suspended_location(task) if kind is _WAIT else _stack_location(caller, task)
+        self.locations.append(location or _spawn_location(task))
+        if self.max_points is not None and self.count > self.max_points:
+            self.too_many = True
+            self.scope.cancel(
+                reason=f"cancel_at_each_checkpoint: more than max_points={self.max_points}"
+            )
+            return
+        if self.target is None:
+            return
+        if self.target_kind is not _FAST:
+            if self.count == self.target:
+                self.cancel()  # before this check, which follows at once
+        elif self.count == self.target - 1:
+            self.cancel_at_next_fast_check()
+
+    def cancel_at_next_fast_check(self) -> None:
+        """A fast path checks before it counts: cancel when the next one is called."""
+        previous = sys.getprofile()
+        self.profile_restore.append(previous)
+
+        def profile(frame: FrameType, event: str, arg: object) -> None:
+            if (
+                event == "call"
+                and frame.f_code is _CHECK_THEN_COUNT
+                and self.stepping in self.tasks
+            ):
+                self.restore_profile()
+                self.cancel()
+
+        sys.setprofile(profile)
+
+    def restore_profile(self) -> None:
+        if self.profile_restore:
+            sys.setprofile(self.profile_restore.pop())  # type: ignore[arg-type]
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.stepping = task
+        self.step += 1
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.stepping = None
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
         nursery = task.parent_nursery
         if nursery is not None and nursery.parent_task in self.tasks:
-            self.tasks.add(task)
+            self.watch(task)
 
     def task_exited(self, task: trio.lowlevel.Task) -> None:
         self.tasks.discard(task)
 
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task not in self.tasks:  # not ours, or this step was its last
-            return
-        self.count += 1
-        self.locations.append(_suspension_location(task))
-        if self.cancel_before is not None and self.count == self.cancel_before - 1:
-            self.scope.cancel(reason=f"cancel_at_each_checkpoint: point {self.cancel_before}")
+
+def _spawn_location(task: trio.lowlevel.Task) -> str:
+    """For a task whose frames are all Trio's (``start_soon(trio.sleep, 1)``): where its
+    nearest ancestor outside Trio is, naming the task."""
+    ancestor: trio.lowlevel.Task | None = task
+    while ancestor is not None:
+        nursery = ancestor.parent_nursery
+        ancestor = nursery.parent_task if nursery is not None else None
+        if ancestor is not None:
+            found = _suspended_location(ancestor)
+            if found is not None:
+                return f"{found} (in its child task {task.name!r})"
+    return f"<task {task.name!r}>"
 
 
 @attrs.define
@@ -127,32 +249,34 @@ class _Run:
     locations: list[str] = attrs.Factory(list)
     cancelled: bool = False
     error: BaseException | None = None
-    landing: str | None = None
+    too_many: bool = False
+    kinds: list[str] = attrs.Factory(list)
 
 
-async def _run_once(async_fn: Callable[[], Awaitable[object]], cancel_before: int | None) -> _Run:
+async def _run_once(
+    async_fn: Callable[[], Awaitable[object]],
+    target: int | None,
+    target_kind: str | None,
+    max_points: int | None,
+) -> _Run:
     scope = trio.CancelScope()
-    watcher = _Watcher(cancel_before, scope)
+    watcher = _Watcher(scope, target, target_kind, max_points)
     run = _Run()
 
     async def runner() -> None:  # noqa: ASYNC910 - a task root
-        watcher.tasks.add(trio.lowlevel.current_task())
-        if cancel_before == 1:
-            scope.cancel(reason="cancel_at_each_checkpoint: point 1")
+        watcher.watch(trio.lowlevel.current_task())
+        if target == 1:
+            if target_kind is _FAST:
+                watcher.cancel_at_next_fast_check()
+            else:
+                watcher.cancel()
         with scope:
             try:
                 await async_fn()
-            except trio.Cancelled as exc:
-                run.landing = _landing_location(exc)
-                raise
             except BaseException as exc:  # noqa: ASYNC103 - Cancelled is re-raised
-                if only_cancelled(exc):
-                    run.landing = _landing_location(first_leaf(exc))
-                    raise
-                if not isinstance(exc, Exception | BaseExceptionGroup):
+                if only_cancelled(exc) or not isinstance(exc, Exception | BaseExceptionGroup):
                     raise  # KeyboardInterrupt and the like are not the sweep's business
                 run.error = exc  # reported as the sweep's failure
-                run.landing = _landing_location(first_leaf(exc))
         run.cancelled = scope.cancelled_caught
 
     # Trio's scheduler shuffle (private; if it moves, runs are merely not reseeded).
@@ -168,11 +292,14 @@ async def _run_once(async_fn: Callable[[], Awaitable[object]], cancel_before: in
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner, name="cancel_at_each_checkpoint operation")
     finally:
+        watcher.restore_profile()
         trio.lowlevel.remove_instrument(watcher)
         if rng is not None and saved is not None:
             rng.setstate(saved)
     run.count = watcher.count
     run.locations = watcher.locations
+    run.too_many = watcher.too_many
+    run.kinds = watcher.kinds
     return run
 
 
@@ -190,15 +317,18 @@ async def cancel_at_each_checkpoint(
     twice, every resource released. Call ``async_fn`` fresh state each time (it is called N + 1
     times).
 
-    What counts as a checkpoint: each time the task running ``async_fn``, or any task it spawns,
-    suspends, i.e. yields to Trio's scheduler (every ``await`` of a Trio operation that blocks,
-    sleeps or reschedules; an ``await`` of your own async function counts only through the
-    Trio operations inside it). Point k cancels the operation's cancel scope just before the step
-    that ends in suspension k, so the ``trio.Cancelled`` lands at the first cancel point reached
-    from there: a ``checkpoint_if_cancelled()`` in that step (Trio's fast paths, for example a
-    receive that finds an item ready), or suspension k itself when it is a blocking wait. A
-    ``trio.Cancelled`` that escapes ``async_fn`` is the expected outcome; any other exception is
-    a failure. Checkpoints are counted from 1. Works under pytest-trio and with
+    What counts as a checkpoint: every *cancel point* of the task running ``async_fn`` and of
+    every task it spawns, i.e. every moment Trio checks for cancellation (what
+    ``trio.testing.assert_checkpoints`` counts): each ``trio.lowlevel.checkpoint()`` /
+    ``trio.sleep(0)``, each blocking wait (a receive with nothing ready, ``trio.sleep(t)``, a
+    contended lock, ``Event.wait()``), and each of Trio's fast paths (a receive with data
+    ready, an uncontended lock: ``checkpoint_if_cancelled()``). A schedule point that does not
+    check (``cancel_shielded_checkpoint()``) is not one; an ``await`` of your own async
+    function counts only through the Trio operations inside it. Run k cancels the operation's
+    scope right after check k - 1 has passed, so check k is the first to see it, whatever its
+    kind: every checkpoint, the last one included, is swept exactly once. A ``trio.Cancelled``
+    that escapes ``async_fn`` is the expected outcome; any other exception is a failure.
+    Checkpoints are counted from 1. Works under pytest-trio and with
     :class:`trio.testing.MockClock` (autojump included). Deterministic: Trio's scheduler
     shuffle is reseeded for each run, so the same operation gives the same sequence of points.
 
@@ -209,28 +339,35 @@ async def cancel_at_each_checkpoint(
         CancelSafetyError: ``async_fn`` raised something other than ``trio.Cancelled``, or
             ``check()`` failed, after a run; ``.point`` is k (0 for the counting run) and
             ``.location`` where the cancellation landed. The original error is its ``__cause__``.
-        ValueError: The operation passed more than ``max_points`` checkpoints.
+        ValueError: The operation passed more than ``max_points`` checkpoints: raised as soon
+            as the counting run passes the limit (the operation is cancelled there), so an
+            operation that never ends does not hang the sweep.
 
     Cancellation:
         Always a checkpoint. If the caller is cancelled, the sweep stops; the run in progress
         is cancelled like any other Trio code.
     """
-    counting = await _run_once(async_fn, None)
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 0:
+        raise ValueError(f"max_points must be an int >= 0, not {max_points!r}")
+    counting = await _run_once(async_fn, None, None, max_points)
+    if counting.too_many:
+        raise ValueError(
+            f"the operation passed more than max_points={max_points} checkpoints (it was "
+            "cancelled there; raise max_points if it really has that many)"
+        )
     if counting.error is not None:
+        location = counting.locations[-1] if counting.locations else "<no checkpoint>"
         raise CancelSafetyError(
-            f"the uncancelled run raised {counting.error!r}",
-            point=0,
-            location=counting.landing or "<unknown>",
+            f"the uncancelled run raised {counting.error!r}", point=0, location=location
         ) from counting.error
     await _check(check, 0, "uncancelled run")
     n = counting.count
-    if n > max_points:
-        raise ValueError(f"the operation passed {n} checkpoints, more than max_points={max_points}")
     cancelled = 0
     for k in range(1, n + 1):
-        run = await _run_once(async_fn, k)
-        aimed_at = counting.locations[k - 1]
-        location = run.landing or aimed_at
+        run = await _run_once(async_fn, k, counting.kinds[k - 1], None)
+        # Where check k was in this run (the same place as in the counting run, since the
+        # run is deterministic up to there); the counting run's if it was never reached.
+        location = run.locations[k - 1] if len(run.locations) >= k else counting.locations[k - 1]
         if run.error is not None:
             raise CancelSafetyError(
                 f"cancelled at checkpoint {k} of {n} ({location}), the operation raised "
