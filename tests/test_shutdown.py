@@ -488,3 +488,19 @@ async def test_trigger_rejects_non_str_reason_and_grace_overflow() -> None:
         gs.trigger("ok")
     assert gs.report is not None
     assert gs.report.reason == "ok"
+
+
+async def test_trigger_from_another_thread_changes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(trio.sleep_forever, name="stubborn")
+        with pytest.raises(RuntimeError, match="Trio thread"):
+            await trio.to_thread.run_sync(gs.trigger, "from a thread")
+        assert not gs.token.is_cancelled()
+        trio_token = trio.lowlevel.current_trio_token()
+        await trio.to_thread.run_sync(
+            lambda: trio.from_thread.run_sync(gs.trigger, "retried", trio_token=trio_token)
+        )
+        report = await gs.wait()
+    assert report.reason == "retried"

@@ -19,7 +19,7 @@ import trio
 from ._guard import _check_grace
 from ._task import Aborted, Completed, Failed, Outcome, TaskHandle, _make_handle, close_nursery
 from ._token import CancellationToken
-from ._util import NoPublicConstructor, takes_token_keyword
+from ._util import NoPublicConstructor, check_trio_thread, takes_token_keyword
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -264,7 +264,8 @@ class GracefulShutdown:
         their :exc:`ExceptionGroup` is raised from here.
 
         Raises:
-            RuntimeError: Outside the ``async with`` block.
+            RuntimeError: Outside the ``async with`` block, or from another thread (nothing
+                changed: use ``trio.from_thread.run_sync(gs.trigger)``).
             TypeError: ``reason`` is not a string.
 
         Not a checkpoint; never blocks; ``KeyboardInterrupt``-protected.
@@ -275,6 +276,7 @@ class GracefulShutdown:
             return
         if self._state != "open" or self._nursery is None:
             raise RuntimeError("GracefulShutdown.trigger() works only inside its 'async with'")
+        check_trio_thread("GracefulShutdown.trigger()")  # before any change
         self._state = "triggered"
         self._triggered_at = trio.current_time()
         self._reason = reason
