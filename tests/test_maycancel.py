@@ -171,3 +171,16 @@ async def test_awaiting_a_quick_maycancel_is_a_schedule_point() -> None:
 
     with trio.testing.assert_checkpoints():
         assert await quick() == 1
+
+
+async def test_value_returned_as_the_caller_is_cancelled_is_not_lost() -> None:
+    @tc.may_cancel
+    async def quick(scope: trio.CancelScope, *, token: tc.CancellationToken) -> int:  # noqa: ASYNC910
+        scope.cancel()  # the caller is cancelled while the function returns, before a checkpoint
+        return 7
+
+    with trio.CancelScope() as cs:
+        got = await quick(cs)  # the final schedule point is shielded: the value is kept
+        await trio.lowlevel.checkpoint()  # the cancellation is delivered here instead
+    assert got == 7
+    assert cs.cancelled_caught

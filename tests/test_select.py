@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
 
 import trio_cancel as tc
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 
 async def _after(delay: float, value: str) -> str:
@@ -329,15 +333,22 @@ async def test_every_channel_fast_path_is_a_checkpoint() -> None:
 # ---------------------------------------------------------------- reliability regressions
 
 
-async def test_select_keeps_winner_value_when_a_loser_raises_while_cancelled() -> None:
-    send, recv = trio.open_memory_channel[str](1)
-    send.send_nowait("job-1")
+def _raising_when_cancelled(error: Exception) -> Callable[[], Awaitable[str]]:
+    """A branch that waits forever and raises ``error`` from its ``finally`` as it is cancelled."""
 
-    async def heartbeat() -> str:
+    async def branch() -> str:
         try:
             await trio.sleep_forever()
         finally:
-            raise ConnectionError("heartbeat: peer gone while closing")
+            raise error
+
+    return branch
+
+
+async def test_select_keeps_winner_value_when_a_loser_raises_while_cancelled() -> None:
+    send, recv = trio.open_memory_channel[str](1)
+    send.send_nowait("job-1")
+    heartbeat = _raising_when_cancelled(ConnectionError("heartbeat: peer gone while closing"))
 
     with pytest.raises(tc.SelectError) as info:
         await tc.select(job=recv.receive, beat=heartbeat)
@@ -371,22 +382,19 @@ async def test_select_keeps_value_when_other_branch_raised_first() -> None:
 
 
 async def test_select_error_base_flavour_and_split_keep_selected() -> None:
-    async def quick() -> int:
-        return 1
-
-    async def interrupted() -> int:
-        try:
-            await trio.sleep_forever()
-        finally:
-            raise ValueError("cleanup failed")
+    async def quick() -> str:
+        return "1"
 
     with pytest.raises(tc.SelectError) as info:
-        await tc.select(a=quick, b=interrupted)
+        await tc.select(a=quick, b=_raising_when_cancelled(ValueError("cleanup failed")))
     matched, rest = info.value.split(ValueError)
     assert rest is None
     selected = getattr(matched, "selected", None)
     assert isinstance(selected, tc.Selected)
-    assert selected.value == 1
+    assert selected.value == "1"
+    base = tc.SelectError("m", [KeyboardInterrupt()], selected)
+    assert not isinstance(base, ExceptionGroup)  # a BaseException among the errors
+    assert base.selected is selected
 
 
 async def test_select_is_a_checkpoint_when_a_branch_returns_at_once() -> None:

@@ -504,3 +504,21 @@ async def test_trigger_from_another_thread_changes_nothing(
         )
         report = await gs.wait()
     assert report.reason == "retried"
+
+
+async def test_implicit_trigger_error_survives_a_cancellation_from_outside_during_the_exit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken() -> None:
+        raise ZeroDivisionError
+
+    with pytest.raises(ExceptionGroup) as info, trio.move_on_after(5) as outer:
+        async with tc.GracefulShutdown(grace=60.0) as gs:
+            gs.token.on_cancel(broken)
+            gs.spawn(trio.sleep_forever, name="stubborn")
+            await trio.testing.wait_all_tasks_blocked()
+        # the exit triggers implicitly, then waits for the landing; at 5 s the outer scope
+        # cancels it: the tasks are cancelled at once and the callback's error still surfaces
+    assert info.group_contains(ZeroDivisionError)
+    assert trio.current_time() == 5.0
+    assert outer.cancel_called

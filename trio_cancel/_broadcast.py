@@ -14,9 +14,9 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import FanoutSender, SharedEnds, SyncClosable, check_wake, receive_when_ready
+from ._endpoint import FanoutSender, SharedEnds, SyncClosable, receive_when_ready
 from ._exceptions import LaggedError
-from ._util import NoPublicConstructor
+from ._util import NoPublicConstructor, check_trio_thread
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class BroadcastSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublic
         state = self._state
         if state.receivers == 0:
             raise trio.BrokenResourceError("no broadcast receiver is open")
-        check_wake(state.wakes(), "BroadcastSender.send()")
+        check_trio_thread("BroadcastSender.send()", wakes=state.wakes())
         state.ring[state.head % state.capacity] = value
         state.head += 1
         state.lot.unpark_all()
@@ -147,9 +147,6 @@ class BroadcastReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPu
         """
         self._check_open()
         return _new_receiver(self._state)
-
-    def _close_wakes(self) -> bool:
-        return self._state.wakes()
 
     def _close(self) -> None:
         state = self._state

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import attrs
 import trio
@@ -20,14 +20,6 @@ T = TypeVar("T")
 def event_has_waiters(event: trio.Event | None) -> bool:
     """Whether a task waits on ``event`` (so that setting it must wake that task)."""
     return event is not None and event.statistics().tasks_waiting > 0
-
-
-def check_wake(wakes: bool, what: str) -> None:
-    """Before a call changes anything: if it would wake a task, it must run in the Trio thread
-    (``RuntimeError`` otherwise, with nothing changed, so that a retry through
-    ``trio.from_thread.run_sync`` does the whole job)."""
-    if wakes and not trio.lowlevel.in_trio_run():
-        check_trio_thread(what)
 
 
 async def receive_when_ready(receive_nowait: Callable[[], T], lot: trio.lowlevel.ParkingLot) -> T:
@@ -103,24 +95,25 @@ class FanoutSender:
     def _close(self) -> None:
         self._state.close_sender()
 
-    def _close_wakes(self) -> bool:
-        return self._state.wakes()
+
+class Waking(Protocol):
+    """A channel's shared state, as far as closing an endpoint needs it."""
+
+    def wakes(self) -> bool: ...
 
 
 class SyncClosable:
     """``close()`` is the primitive; ``aclose()``, ``with`` and ``async with`` call it.
 
-    Subclasses set ``_closed`` and implement ``_close()``, which runs once.
+    Subclasses set ``_closed`` and ``_state`` (whose ``wakes()`` tells whether closing now would
+    wake a parked task) and implement ``_close()``, which runs once.
     """
 
     __slots__ = ()
     _closed: bool
+    _state: Waking
 
     def _close(self) -> None:
-        raise NotImplementedError
-
-    def _close_wakes(self) -> bool:
-        """Whether closing this endpoint now would wake a parked task."""
         raise NotImplementedError
 
     @trio.lowlevel.enable_ki_protection
@@ -131,7 +124,7 @@ class SyncClosable:
         changes nothing) if closing would wake a task: use ``trio.from_thread.run_sync``.
         """
         if not self._closed:
-            check_wake(self._close_wakes(), f"{type(self).__name__}.close()")
+            check_trio_thread(f"{type(self).__name__}.close()", wakes=self._state.wakes())
             self._closed = True  # type: ignore[misc]  # the slot is declared by each subclass
             self._close()
 

@@ -7,7 +7,7 @@ from typing import final
 import attrs
 import trio
 
-from ._endpoint import check_wake
+from ._util import check_trio_thread
 
 
 @final
@@ -31,7 +31,7 @@ class Notify:
         ``KeyboardInterrupt``-protected; from another thread, ``RuntimeError`` (nothing
         changed) if a task waits: use ``trio.from_thread.run_sync``.
         """
-        check_wake(bool(self._lot), "Notify.notify_one()")
+        check_trio_thread("Notify.notify_one()", wakes=bool(self._lot))
         if len(self._lot):
             self._lot.unpark()
         else:
@@ -40,7 +40,7 @@ class Notify:
     @trio.lowlevel.enable_ki_protection
     def notify_waiters(self) -> None:
         """Wake every task waiting now; store nothing. Not a checkpoint; never blocks."""
-        check_wake(bool(self._lot), "Notify.notify_waiters()")
+        check_trio_thread("Notify.notify_waiters()", wakes=bool(self._lot))
         self._lot.unpark_all()
 
     async def wait(self) -> None:

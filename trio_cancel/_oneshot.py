@@ -14,8 +14,8 @@ import attrs
 import trio
 
 from ._debug import track_endpoints
-from ._endpoint import SyncClosable, check_wake, event_has_waiters, receive_when_ready
-from ._util import NoPublicConstructor
+from ._endpoint import SyncClosable, event_has_waiters, receive_when_ready
+from ._util import NoPublicConstructor, check_trio_thread
 
 T = TypeVar("T")
 
@@ -63,7 +63,7 @@ class OneshotSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
             raise trio.ClosedResourceError("a oneshot sender sends once; this one is spent")
         if state.receiver_closed:
             raise trio.BrokenResourceError("the oneshot receiver is closed")
-        check_wake(state.wakes(), "OneshotSender.send()")
+        check_trio_thread("OneshotSender.send()", wakes=state.wakes())
         state.value = value
         state.sent = True
         state.receivers.unpark_all()
@@ -85,9 +85,6 @@ class OneshotSender(SyncClosable, Generic[T], metaclass=NoPublicConstructor):
         if state.closed_event is None:
             state.closed_event = trio.Event()
         await state.closed_event.wait()
-
-    def _close_wakes(self) -> bool:
-        return self._state.wakes()
 
     def _close(self) -> None:
         state = self._state
@@ -144,9 +141,6 @@ class OneshotReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPubl
             trio.ClosedResourceError: This receiver was closed.
         """
         return await receive_when_ready(self.receive_nowait, self._state.receivers)
-
-    def _close_wakes(self) -> bool:
-        return self._state.wakes()
 
     def _close(self) -> None:
         state = self._state

@@ -187,8 +187,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         check_reason(reason)
         if self._outcome is not None:
             return
-        if not trio.lowlevel.in_trio_run():
-            check_trio_thread("TaskHandle.abort()")
+        check_trio_thread("TaskHandle.abort()")
         self._note_abort(reason)
         self._scope.cancel(reason=reason)
 
@@ -458,8 +457,7 @@ class JoinSet:
         check_reason(reason)
         if not self._running:
             return
-        if not trio.lowlevel.in_trio_run():
-            check_trio_thread("JoinSet.abort_all()")
+        check_trio_thread("JoinSet.abort_all()")
         handles = list(self._running)
         for handle in handles:
             handle._note_abort(reason)

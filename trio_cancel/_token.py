@@ -265,7 +265,8 @@ class CancellationToken:
         # Pass 1: mark the subtree, in pre-order.
         order: list[CancellationToken] = []
         stack = [self]
-        wakes = False  # a bound scope or a waiter: the Trio thread is needed
+        foreign = not trio.lowlevel.in_trio_run()  # then a scope or a waiter is an error
+        wakes = False
         while stack:
             node = stack.pop()
             if node._cancelled:
@@ -274,13 +275,13 @@ class CancellationToken:
             node._reason = reason
             node._cause = cause
             order.append(node)
-            if node._scopes is not None or node._waiters is not None:
+            if foreign and (node._scopes is not None or node._waiters is not None):
                 wakes = True
             children = node._children
             if children:
                 # reversed so that children are visited in creation order
                 stack.extend(reversed(_live(children)))
-        if wakes and not trio.lowlevel.in_trio_run():
+        if wakes:
             for node in order:  # undo the marks: a retry from the Trio thread does it all
                 node._cancelled = False
                 node._reason = None

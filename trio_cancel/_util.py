@@ -48,13 +48,14 @@ def check_seconds(value: object, name: str) -> float:
     return seconds
 
 
-def check_trio_thread(what: str) -> None:
+def check_trio_thread(what: str, *, wakes: bool = True) -> None:
     """Raise ``RuntimeError`` unless called from the thread running :func:`trio.run`.
 
-    Called before a call changes anything, when it must wake a task or cancel a bound scope,
-    so that the same call retried through ``trio.from_thread.run_sync`` does the whole job.
+    Called before a call changes anything, when it must wake a task or cancel a bound scope
+    (``wakes``), so that the same call retried through ``trio.from_thread.run_sync`` does the
+    whole job.
     """
-    if not trio.lowlevel.in_trio_run():
+    if wakes and not trio.lowlevel.in_trio_run():
         raise RuntimeError(
             f"{what} must wake Trio tasks, so it must be called from the Trio thread; from "
             f"another thread use trio.from_thread.run_sync(...). Nothing was changed."

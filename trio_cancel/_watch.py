@@ -17,11 +17,10 @@ from ._endpoint import (
     FanoutSender,
     SharedEnds,
     SyncClosable,
-    check_wake,
     event_has_waiters,
     receive_when_ready,
 )
-from ._util import NoPublicConstructor
+from ._util import NoPublicConstructor, check_trio_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -67,7 +66,7 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
         state = self._state
         if state.receivers == 0:
             raise trio.BrokenResourceError("no watch receiver is open")
-        check_wake(bool(state.lot), "WatchSender.send()")
+        check_trio_thread("WatchSender.send()", wakes=bool(state.lot))
         state.value = value
         state.changed()
 
@@ -82,7 +81,7 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
         """
         self._check_open()
         state = self._state
-        check_wake(bool(state.lot), "WatchSender.send_replace()")
+        check_trio_thread("WatchSender.send_replace()", wakes=bool(state.lot))
         old, state.value = state.value, value
         state.changed()
         return old
@@ -98,7 +97,7 @@ class WatchSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublicCons
             trio.ClosedResourceError: This sender was closed.
         """
         self._check_open()
-        check_wake(bool(self._state.lot), "WatchSender.send_modify()")
+        check_trio_thread("WatchSender.send_modify()", wakes=bool(self._state.lot))
         modify(self._state.value)
         self._state.changed()
 
@@ -255,9 +254,6 @@ class WatchReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPublic
         """
         self._check_open()
         return _new_receiver(self._state, self._seen)
-
-    def _close_wakes(self) -> bool:
-        return self._state.wakes()
 
     def _close(self) -> None:
         state = self._state
