@@ -1,8 +1,10 @@
 """E14: ``handle.abort()`` cancels a running task; its print never happens.
 
-Seed: ``001_defc1155955d8f4b.txt``. The Rust code spawns a task that sleeps 1 s then prints
-"Task completed", calls ``handle.abort()`` after 100 ms, waits 2 s and prints "Task was
-cancelled": the task's print never appears.
+Source: the blog post on tokio task cancellation patterns.
+
+The Rust code spawns a task that sleeps 1 s then prints "Task completed", calls
+``handle.abort()`` after 100 ms, waits 2 s and prints "Task was cancelled": the task's print
+never appears.
 
 Trio version: ``tc.spawn`` gives a ``TaskHandle`` whose ``abort(reason)`` cancels the task's own
 cancel scope; ``await handle.join()`` then reports ``Aborted(reason)`` (tokio's

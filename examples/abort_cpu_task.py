@@ -1,9 +1,12 @@
 """E07: aborting CPU-bound work: cooperative checkpoints, a killed worker process, a thread.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. The Rust ``cpu_intensive_task(n)`` sums ``0..n`` and calls
-``yield_now().await`` every 1,000,000 iterations, so that ``handle.abort()`` (after 100 ms)
-can take effect; ``handle.await`` then reports ``is_cancelled()`` and main prints "Task was
-aborted". A loop with no yield point could not be aborted at all.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+The Rust ``cpu_intensive_task(n)`` sums ``0..n`` and calls ``yield_now().await`` every 1,000,000
+iterations, so that ``handle.abort()`` (after 100 ms) can take effect; ``handle.await`` then
+reports ``is_cancelled()`` and main prints "Task was aborted". A loop with no yield point could
+not be aborted at all.
 
 Trio version, three ways:
 

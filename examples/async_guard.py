@@ -1,11 +1,14 @@
 """E02: an async cleanup that runs on every exit from a block, shielded and bounded.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. Rust's ``Drop`` cannot await, so the seed's ``AsyncGuard``
-spawns its async cleanup from ``drop`` (where nobody waits for it) and offers an explicit
-``graceful_shutdown(self)`` for callers that can await. In Trio the cleanup runs in place when
-the block exits: ``tc.async_guard`` awaits it shielded from the cancellation that is ending
-the block, and cancels it if it overruns its grace period. The explicit path is a method that
-does the work and then ``guard.disarm()``.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+Rust's ``Drop`` cannot await, so the seed's ``AsyncGuard`` spawns its async cleanup from
+``drop`` (where nobody waits for it) and offers an explicit ``graceful_shutdown(self)`` for
+callers that can await. In Trio the cleanup runs in place when the block exits:
+``tc.async_guard`` awaits it shielded from the cancellation that is ending the block, and
+cancels it if it overruns its grace period. The explicit path is a method that does the work and
+then ``guard.disarm()``.
 
 Shown: the cleanup runs on a normal exit, on an error and on a cancellation (taking real time
 while the block is being cancelled); an explicit graceful shutdown that disarms the guard; and a

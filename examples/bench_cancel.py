@@ -1,9 +1,12 @@
 """E11: cancel N tasks at once and time it until every task has been joined (the seed's benchmark).
 
-Seed: ``000_2c132b0b7796ad3d.txt``. The Rust criterion benchmark ``bench_million_cancels``
-spawns 1,000,000 tasks, each racing ``child.cancelled()`` against a long sleep in ``select!``
-on its own child token, then times one root ``cancel()`` plus joining all of them, and reports
-a table (tasks, total cancel time, per-task time, peak memory, CPU use).
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+The Rust criterion benchmark ``bench_million_cancels`` spawns 1,000,000 tasks, each racing
+``child.cancelled()`` against a long sleep in ``select!`` on its own child token, then times one
+root ``cancel()`` plus joining all of them, and reports a table (tasks, total cancel time,
+per-task time, peak memory, CPU use).
 
 Trio version, each variant in a fresh subprocess (so peak memory is its own), same N:
 

@@ -1,10 +1,13 @@
 """E12: a blocking write in a cleanup stalls every task; the fix moves it off the Trio thread.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. The anti-pattern is a ``Drop`` that calls the blocking
-``std::fs::write``: the whole runtime thread waits for the disk. The fix spawns
-``tokio::fs::write``. In Trio the same mistake is a blocking call in a cleanup (a ``finally``, an
-``__exit__``, an ``async_guard`` cleanup); the fix is ``await trio.to_thread.run_sync(...)``,
-which lets every other task run while the write happens in a worker thread.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+The anti-pattern is a ``Drop`` that calls the blocking ``std::fs::write``: the whole runtime
+thread waits for the disk. The fix spawns ``tokio::fs::write``. In Trio the same mistake is a
+blocking call in a cleanup (a ``finally``, an ``__exit__``, an ``async_guard`` cleanup); the fix
+is ``await trio.to_thread.run_sync(...)``, which lets every other task run while the write
+happens in a worker thread.
 
 Measured: a heartbeat task ticks every 5 ms; a worker is cancelled and its cleanup writes a
 state file (a real file; a slow disk is simulated by a 200 ms pause inside the write). The

@@ -1,9 +1,10 @@
 """E16: a broadcast channel cancelling two tasks, each of which cleans up.
 
-Seed: ``001_defc1155955d8f4b.txt``. ``broadcast::channel(1)`` gives ``tx`` and ``rx1``;
-``rx2 = tx.subscribe()``. Each task runs ``select!`` between its receiver's ``recv()`` (print
-"Task N is cancelling...") and a 10 s sleep, then prints "Task N is cleaning up". Main sends
-``()`` after 100 ms and joins both.
+Source: the blog post on tokio task cancellation patterns.
+
+``broadcast::channel(1)`` gives ``tx`` and ``rx1``; ``rx2 = tx.subscribe()``. Each task runs
+``select!`` between its receiver's ``recv()`` (print "Task N is cancelling...") and a 10 s
+sleep, then prints "Task N is cleaning up". Main sends ``()`` after 100 ms and joins both.
 
 Trio version: ``tc.open_broadcast_channel(1)``, ``send.subscribe()`` and ``tc.select``; the
 nursery's exit is ``tokio::join!``. Every receiver sees the value, so both tasks stop.

@@ -1,9 +1,10 @@
 """E20: ``cancel_me()`` prints "1", awaits, prints "2"; cancelled at the await.
 
-Seed: ``003_db36ba3a2e21f87e.txt``. The Rust ``cancel_me`` prints "1", awaits
-``some_other_async_fn()`` and prints "2". Dropped while pending at that ``.await``, it printed
-"1" and never "2". A future can also be dropped before its first poll, and then none of its
-body runs at all.
+Source: the essay "Perspectives on Async Cancellation".
+
+The Rust ``cancel_me`` prints "1", awaits ``some_other_async_fn()`` and prints "2". Dropped
+while pending at that ``.await``, it printed "1" and never "2". A future can also be dropped
+before its first poll, and then none of its body runs at all.
 
 Trio version: the ``.await`` is a checkpoint where a ``trio.Cancelled`` lands; here a
 ``trio.move_on_after`` cancels it. The drop-before-first-poll case maps onto

@@ -1,9 +1,12 @@
 """E27: three ways to get async cleanup done from an exit that cannot await.
 
-Seed: ``004_fc0d672ef0486f37.txt``. Rust's ``Drop`` cannot await, so async clean-up is
-scheduled from it: by spawning a task on the runtime, by enqueueing a message on a channel, or
-by spawning a background thread. A synchronous ``__exit__`` (or a ``__del__``, or a callback such
-as ``on_cancel``) has the same limit in Python. The Trio counterparts:
+Source: the async Rust book's chapter on cancellation (what happens when a pending future is
+dropped).
+
+Rust's ``Drop`` cannot await, so async clean-up is scheduled from it: by spawning a task on the
+runtime, by enqueueing a message on a channel, or by spawning a background thread. A synchronous
+``__exit__`` (or a ``__del__``, or a callback such as ``on_cancel``) has the same limit in
+Python. The Trio counterparts:
 
 1. a service nursery that outlives the resource: the exit calls ``nursery.start_soon(cleanup)``;
 2. a cleanup channel with one worker task: the exit calls ``send_nowait`` (never blocks);

@@ -1,8 +1,11 @@
 """E05: a worker driven by a data channel and a control channel (Shutdown, Pause, Resume).
 
-Seed: ``000_2c132b0b7796ad3d.txt``. The Rust worker loops on ``select!`` over a control
-receiver (``Shutdown`` breaks the loop, ``Pause``/``Resume`` flip a flag) and a data receiver
-whose branch is guarded by ``if !paused``, so no data is taken while paused.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+The Rust worker loops on ``select!`` over a control receiver (``Shutdown`` breaks the loop,
+``Pause``/``Resume`` flip a flag) and a data receiver whose branch is guarded by ``if !paused``,
+so no data is taken while paused.
 
 Trio version: the ``mpsc`` channels are Trio's memory channels, used as they are; the loop is
 ``tc.select`` with the data branch given as ``None`` while paused (the ``if`` precondition).

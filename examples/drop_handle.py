@@ -1,9 +1,11 @@
 """E13: dropping a task's handle does not cancel the task.
 
-Seed: ``001_defc1155955d8f4b.txt``. The Rust code spawns a task that sleeps, then prints
-"Task completed"; main drops the ``JoinHandle`` after 100 ms, either with ``drop(handle)`` or
-by letting it go out of scope. Dropping a ``JoinHandle`` detaches the task: it is not
-cancelled, only no longer awaitable (``abort()`` is what cancels).
+Source: the blog post on tokio task cancellation patterns.
+
+The Rust code spawns a task that sleeps, then prints "Task completed"; main drops the
+``JoinHandle`` after 100 ms, either with ``drop(handle)`` or by letting it go out of scope.
+Dropping a ``JoinHandle`` detaches the task: it is not cancelled, only no longer awaitable
+(``abort()`` is what cancels).
 
 Trio version: ``tc.spawn`` returns a ``TaskHandle``; deleting every reference to it (``del``,
 or returning from the function that held it) leaves the task running in its nursery, which

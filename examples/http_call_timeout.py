@@ -1,8 +1,11 @@
 """E25: a call cut off by a 10 ms timeout may already have written part of its request.
 
-Seed: ``004_fc0d672ef0486f37.txt``. ``timeout(10 ms, http_call())`` prints "Didn't receive a
-value within 10 ms", and the article warns: ``http_call`` may have written a *partial* request
-before it was cancelled, so the server sees half a request and then a dropped connection.
+Source: the async Rust book's chapter on cancellation (what happens when a pending future is
+dropped).
+
+``timeout(10 ms, http_call())`` prints "Didn't receive a value within 10 ms", and the article
+warns: ``http_call`` may have written a *partial* request before it was cancelled, so the server
+sees half a request and then a dropped connection.
 
 Here the server is a real TCP listener on 127.0.0.1 (an ephemeral port) that records every byte
 it receives; the client sends an HTTP request whose body goes out in slow pieces (a slow

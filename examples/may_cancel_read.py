@@ -1,9 +1,12 @@
 """E19: a read on a slow device that, when its token fires, returns the bytes it already has.
 
-Seed: ``002_da4f69e7ad880630.txt``. ``input.read_async(&mut buf)`` can be awaited plainly
-(runs to completion) or as ``read_async(&mut buf).may_cancel_with(&mut tok)``, which stops
-early when ``tok`` is cancelled and *returns* how many bytes arrived, instead of dropping them
-with the future. ``@tc.may_cancel`` gives a Trio function the same two calling styles.
+Source: the article on cancelling async tasks gracefully in Rust (the ``may_cancel_with``
+pattern).
+
+``input.read_async(&mut buf)`` can be awaited plainly (runs to completion) or as
+``read_async(&mut buf).may_cancel_with(&mut tok)``, which stops early when ``tok`` is cancelled
+and *returns* how many bytes arrived, instead of dropping them with the future.
+``@tc.may_cancel`` gives a Trio function the same two calling styles.
 
 The device here is a real socket pair (``trio.socket.socketpair``) whose far end drips one byte
 every 20 ms. Shown: a read of 40 bytes bounded by a token that fires after 0.25 s returns the

@@ -1,9 +1,11 @@
 """E28: interleaving a socket and a channel: ``select!`` in a loop loses items, ``merge`` does not.
 
-Seed: ``004_fc0d672ef0486f37.txt``. The article warns that ``select!`` in a loop is only safe if
-every branch is cancel-safe: when one branch wins, the others are dropped, and a branch that had
-already taken an item loses it. It recommends ``StreamExt::merge`` to interleave, say, a socket
-and a channel.
+Source: the async Rust book's chapter on cancellation (what happens when a pending future is
+dropped).
+
+The article warns that ``select!`` in a loop is only safe if every branch is cancel-safe: when
+one branch wins, the others are dropped, and a branch that had already taken an item loses it.
+It recommends ``StreamExt::merge`` to interleave, say, a socket and a channel.
 
 Trio version: a real TCP connection on 127.0.0.1 delivers lines; a Trio memory channel delivers
 messages. The naive loop calls ``tc.select`` on both each round and keeps only the winner,

@@ -1,9 +1,11 @@
 """E15: a oneshot channel as a cancel signal, raced against a 10 s sleep.
 
-Seed: ``001_defc1155955d8f4b.txt``. The Rust task runs ``select!`` between the oneshot receiver
-(print "Task is cancelling...") and a 10 s sleep (print "Task completed normally"), then prints
-"Task is cleaning up". Main sends ``()`` after 100 ms and awaits the task. In Rust the ``_ = rx``
-branch also fires when the sender is dropped without sending.
+Source: the blog post on tokio task cancellation patterns.
+
+The Rust task runs ``select!`` between the oneshot receiver (print "Task is cancelling...") and
+a 10 s sleep (print "Task completed normally"), then prints "Task is cleaning up". Main sends
+``()`` after 100 ms and awaits the task. In Rust the ``_ = rx`` branch also fires when the
+sender is dropped without sending.
 
 Trio version: ``tc.open_oneshot_channel()`` and ``tc.select``; the task is started with
 ``tc.spawn`` and joined. Closing the sender without sending ends the channel

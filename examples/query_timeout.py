@@ -1,9 +1,11 @@
 """E04: a slow database query bounded by a 100 ms timeout.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. The Rust code wraps ``slow_database_query()`` (a 5 s sleep
-standing in for the query) in ``tokio::time::timeout(100 ms, ...)``; on ``Err(Elapsed)`` it
-logs "Query timed out" and returns the error "Query timeout". Dropping the future cancels the
-query: it is not left running.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+The Rust code wraps ``slow_database_query()`` (a 5 s sleep standing in for the query) in
+``tokio::time::timeout(100 ms, ...)``; on ``Err(Elapsed)`` it logs "Query timed out" and returns
+the error "Query timeout". Dropping the future cancels the query: it is not left running.
 
 Trio version: ``trio.fail_after(0.1)`` is the counterpart of ``timeout`` (``TooSlowError`` for
 ``Elapsed``); the query's ``finally`` shows it was cancelled rather than left running. The same

@@ -1,8 +1,10 @@
 """E22: a child future that is never polled does nothing; ``race`` cancels the loser.
 
-Seed: ``003_db36ba3a2e21f87e.txt``. ``parent()`` creates ``cancel_me()`` and drops it without
-ever polling it: its body never runs. ``parent2()`` races ``cancel_me()`` against
-``or_maybe_cancel_me()``: the first to finish wins and the other is dropped (cancelled).
+Source: the essay "Perspectives on Async Cancellation".
+
+``parent()`` creates ``cancel_me()`` and drops it without ever polling it: its body never runs.
+``parent2()`` races ``cancel_me()`` against ``or_maybe_cancel_me()``: the first to finish wins
+and the other is dropped (cancelled).
 
 Trio version: calling an async function only creates a coroutine; closing it unawaited runs
 none of its body (the counterpart of dropping an unpolled future). ``tc.select`` is the race:

@@ -1,10 +1,13 @@
 """E01: a pooled connection returned when its block exits, also when cancelled mid-await.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. A ``DatabaseConnection`` whose ``Drop`` hands it back to its
-pool when the scope ends. Python has no ``Drop``; the ``with`` block is the scope, and its
-exit runs on every route out: a normal end, an exception, and a ``trio.Cancelled`` raised at an
-await inside the block. Returning a connection to a pool needs no await, so a plain
-(synchronous) exit does it, and a cancellation cannot interrupt it.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+A ``DatabaseConnection`` whose ``Drop`` hands it back to its pool when the scope ends. Python
+has no ``Drop``; the ``with`` block is the scope, and its exit runs on every route out: a normal
+end, an exception, and a ``trio.Cancelled`` raised at an await inside the block. Returning a
+connection to a pool needs no await, so a plain (synchronous) exit does it, and a cancellation
+cannot interrupt it.
 
 Shown: the pool's free count before, during and after a block that ends normally, one that is
 cancelled while a query is awaiting, and one that raises.

@@ -1,9 +1,12 @@
 """E10: a service whose in-flight calls answer "cancelled" when the service token fires.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. A tonic gRPC method ``long_running`` takes a child of the
-service's token and races ``token.cancelled()`` against ``do_work()`` in ``select!``: when the
-service token is cancelled, every call still working answers ``Status::cancelled``, and calls
-that had already finished keep their results.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+A tonic gRPC method ``long_running`` takes a child of the service's token and races
+``token.cancelled()`` against ``do_work()`` in ``select!``: when the service token is cancelled,
+every call still working answers ``Status::cancelled``, and calls that had already finished keep
+their results.
 
 Here the request/response transport is HTTP: a real Hypercorn server (Trio worker) on
 127.0.0.1, a real httpx client. Each call ``POST /long_running?seconds=N`` races

@@ -1,8 +1,10 @@
 """E23: the runtime's view: "if the task should be cancelled, drop it, else poll it".
 
-Seed: ``003_db36ba3a2e21f87e.txt``. The article describes an executor's loop: take the next
-ready task; if it should be cancelled, drop it, otherwise poll it; repeat. Cancellation starts
-in the runtime, which is synchronous code that sees tasks but not inside them.
+Source: the essay "Perspectives on Async Cancellation".
+
+The article describes an executor's loop: take the next ready task; if it should be cancelled,
+drop it, otherwise poll it; repeat. Cancellation starts in the runtime, which is synchronous
+code that sees tasks but not inside them.
 
 Trio version: Trio's runner never drops a task. It steps every ready task; a task whose scope was
 cancelled is woken with ``trio.Cancelled`` thrown in at the checkpoint where it waits, and then

@@ -1,8 +1,10 @@
 """E21: a hand-written state machine A -> B -> C and where it can be cancelled.
 
-Seed: ``003_db36ba3a2e21f87e.txt``. The Rust code implements ``Future`` by hand: each ``poll``
-moves A -> B -> C and returns ``Pending`` until C. There is no ``.await`` in it, so the only way
-to cancel it is to stop polling it (drop it); the future itself has no say.
+Source: the essay "Perspectives on Async Cancellation".
+
+The Rust code implements ``Future`` by hand: each ``poll`` moves A -> B -> C and returns
+``Pending`` until C. There is no ``.await`` in it, so the only way to cancel it is to stop
+polling it (drop it); the future itself has no say.
 
 Trio version: the low-level counterpart of a hand-written future is a task parked in
 ``trio.lowlevel.wait_task_rescheduled(abort_fn)``; a driver task plays the executor and wakes

@@ -1,8 +1,10 @@
 """E24: spawn, cancel, join, and the three ways a task ends.
 
-Seed: ``003_db36ba3a2e21f87e.txt``. The article imagines a runtime where ``spawn`` returns a
-task, ``task.cancel()`` requests cancellation, and ``task.join().await`` reports how it ended:
-``Completed(return_value)``, ``Error(err)`` (a panic) or ``Canceled(reason)``.
+Source: the essay "Perspectives on Async Cancellation".
+
+The article imagines a runtime where ``spawn`` returns a task, ``task.cancel()`` requests
+cancellation, and ``task.join().await`` reports how it ended: ``Completed(return_value)``,
+``Error(err)`` (a panic) or ``Canceled(reason)``.
 
 Trio version: ``tc.spawn`` and ``TaskHandle.abort(reason)`` / ``join()``; the three outcomes
 are ``tc.Completed(value)``, ``tc.Failed(error)`` and ``tc.Aborted(reason)``, matched with

@@ -1,8 +1,11 @@
 """E08: a task pool whose ``shutdown()`` stops every pooled task and waits for all of them.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. ``TaskPool`` keeps the ``JoinHandle`` of every spawned task
-and one shared ``Notify``; each task runs ``select!`` between ``shutdown.notified()`` and its
-future. ``shutdown()`` calls ``notify_waiters()`` and awaits every handle.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+``TaskPool`` keeps the ``JoinHandle`` of every spawned task and one shared ``Notify``; each task
+runs ``select!`` between ``shutdown.notified()`` and its future. ``shutdown()`` calls
+``notify_waiters()`` and awaits every handle.
 
 Trio version: ``tc.Notify`` and ``tc.select`` inside tasks started with ``tc.spawn``;
 ``shutdown()`` joins every handle. One thing is fixed on the way: ``notify_waiters()`` only wakes

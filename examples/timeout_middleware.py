@@ -1,11 +1,14 @@
 """E06: an HTTP request timeout as middleware; the slow handler is cancelled, the client gets 408.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. An axum ``timeout_middleware`` wraps each request in a
-30 s ``timeout`` and answers ``REQUEST_TIMEOUT`` when it expires, dropping the handler's future.
-Here: an ASGI middleware that runs the app inside ``trio.move_on_after(limit)``; when the
-deadline cancels the handler (its ``finally`` runs) before it started a response, the
-middleware answers 408. A real Hypercorn server (Trio worker) on 127.0.0.1 and a real httpx
-client. The limit is 0.2 s instead of 30 s so that the demo is quick.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+An axum ``timeout_middleware`` wraps each request in a 30 s ``timeout`` and answers
+``REQUEST_TIMEOUT`` when it expires, dropping the handler's future. Here: an ASGI middleware
+that runs the app inside ``trio.move_on_after(limit)``; when the deadline cancels the handler
+(its ``finally`` runs) before it started a response, the middleware answers 408. A real
+Hypercorn server (Trio worker) on 127.0.0.1 and a real httpx client. The limit is 0.2 s instead
+of 30 s so that the demo is quick.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """E18: one CancellationToken shared by two tasks; a child token cancelled on its own.
 
-Seed: ``001_defc1155955d8f4b.txt``. The Rust code clones one token into two spawned tasks; each
-loops on ``select!`` between ``token.cancelled()`` (print "Task N is cancelling...") and a 10 s
-sleep (print "Task N completed normally"), then prints "Task N is cleaning up". Main sleeps
-100 ms, cancels the token and joins both tasks. The seed adds that cancelling a
-``child_token()``, unlike a clone, does not cancel its parent.
+Source: the blog post on tokio task cancellation patterns.
+
+The Rust code clones one token into two spawned tasks; each loops on ``select!`` between
+``token.cancelled()`` (print "Task N is cancelling...") and a 10 s sleep (print "Task N
+completed normally"), then prints "Task N is cleaning up". Main sleeps 100 ms, cancels the token
+and joins both tasks. The seed adds that cancelling a ``child_token()``, unlike a clone, does
+not cancel its parent.
 
 Trio version: Python shares the token object itself (no ``clone()``); the ``select!`` is
 ``with token.cancel_scope() as cs:`` around the 10 s sleep, and ``cs.cancelled_caught`` tells

@@ -1,9 +1,11 @@
 """E09: a tree of workers under child tokens, stopped by one root ``cancel()``.
 
-Seed: ``000_2c132b0b7796ad3d.txt`` (``spawn_worker_tree(token, depth=3, width=10)``). The Rust
-code gives every level a ``child_token()``, spawns ``width`` subtrees per level, and each leaf
-loops on ``select!`` between ``token.cancelled()`` and a 100 ms sleep (a tick). After 2 s the
-root token is cancelled and the whole tree of 1,000 leaves winds down.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases), its ``spawn_worker_tree(token, depth=3, width=10)``.
+
+The Rust code gives every level a ``child_token()``, spawns ``width`` subtrees per level, and
+each leaf loops on ``select!`` between ``token.cancelled()`` and a 100 ms sleep (a tick). After
+2 s the root token is cancelled and the whole tree of 1,000 leaves winds down.
 
 Trio version: each level is a nursery (``tokio::spawn`` + awaiting the handles); each leaf runs
 its tick loop inside ``with token.cancel_scope():``, which is the ``select!`` on

@@ -1,9 +1,12 @@
 """E26: a money transfer in a SQL transaction that is rolled back, not left hanging, on cancel.
 
-Seed: ``004_fc0d672ef0486f37.txt``. ``transfer_money`` begins a transaction, debits the payer,
-credits the payee and commits. Cancelled in between, Rust drops the transaction and can only
-*schedule* its rollback. Here ``tc.commit_or_rollback`` awaits the rollback in place, shielded
-and bounded, and commits only a block that ended without a pending cancellation.
+Source: the async Rust book's chapter on cancellation (what happens when a pending future is
+dropped).
+
+``transfer_money`` begins a transaction, debits the payer, credits the payee and commits.
+Cancelled in between, Rust drops the transaction and can only *schedule* its rollback. Here
+``tc.commit_or_rollback`` awaits the rollback in place, shielded and bounded, and commits only a
+block that ended without a pending cancellation.
 
 Runs against a real SQLite file (in a temporary directory); every statement runs in a worker
 thread. Shown:

@@ -1,10 +1,13 @@
 """E03: a transaction guard that rolls back unless the block committed, also when cancelled.
 
-Seed: ``000_2c132b0b7796ad3d.txt``. ``TxGuard`` holds a ``sqlx`` transaction over a ``PgPool``;
-``commit(self)`` commits it, and its ``Drop`` rolls back a transaction that was never committed,
-on every exit including a dropped (cancelled) future. ``tc.commit_or_rollback`` is the Trio
-counterpart: it commits a block that ended cleanly and rolls back one that raised or was
-cancelled, shielded from the cancellation and bounded by a grace period.
+Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
+timeouts, production cases).
+
+``TxGuard`` holds a ``sqlx`` transaction over a ``PgPool``; ``commit(self)`` commits it, and its
+``Drop`` rolls back a transaction that was never committed, on every exit including a dropped
+(cancelled) future. ``tc.commit_or_rollback`` is the Trio counterpart: it commits a block that
+ended cleanly and rolls back one that raised or was cancelled, shielded from the cancellation
+and bounded by a grace period.
 
 By default the database is an embedded SQLite file (statements run in a worker thread). With
 ``--postgres DSN`` the same runs against a real PostgreSQL server through psycopg's sync API in

@@ -1,9 +1,11 @@
 """E17: a watch channel as a cancel flag; and the late-subscriber pitfall.
 
-Seed: ``001_defc1155955d8f4b.txt``. ``watch::channel(false)``; each of two tasks loops on
-``select!`` between ``rx.changed()`` (then checks ``*rx.borrow()``: true means cancel) and a 10 s
-sleep, then cleans up. Main sends ``true`` after 100 ms. The seed warns that a receiver only sees
-the latest value: a task that starts after the value was sent may miss it and never cancel.
+Source: the blog post on tokio task cancellation patterns.
+
+``watch::channel(false)``; each of two tasks loops on ``select!`` between ``rx.changed()`` (then
+checks ``*rx.borrow()``: true means cancel) and a 10 s sleep, then cleans up. Main sends
+``true`` after 100 ms. The seed warns that a receiver only sees the latest value: a task that
+starts after the value was sent may miss it and never cancel.
 
 Trio version: ``tc.open_watch_channel(False)``, ``recv.wait_changed()`` and ``recv.borrow()``
 inside ``tc.select``. Then the pitfall, exactly: a receiver subscribed after ``send(True)`` has

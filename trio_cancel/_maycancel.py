@@ -1,9 +1,9 @@
-"""Operations that keep partial progress: the ``may_cancel_with`` pattern of seed 002.
+"""Operations that keep partial progress: the ``may_cancel_with`` pattern.
 
-A read that is cancelled by a ``trio.Cancelled`` loses what it was going to return: the bytes
-it had already received are in its local state, and the exception unwinds past them. The seed's
+A read that is cancelled by a ``trio.Cancelled`` loses what it was going to return: the bytes it
+had already received are in its local state, and the exception unwinds past them. The article's
 answer is an operation that takes a token and *returns* when the token fires, with what it has
-so far. ``@tc.may_cancel`` gives such a function the two calling styles of the seed: plain
+so far. ``@tc.may_cancel`` gives such a function the two calling styles of the article: plain
 ``await f(...)`` runs it with a token that never fires; ``await f(...).may_cancel_with(tok)``
 runs it with a child of ``tok``.
 """
