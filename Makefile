@@ -11,7 +11,7 @@ DEMOS := token_cancel cancel_me query_timeout token_tree task_outcomes abort dro
 	abort_cpu_task oneshot_cancel broadcast_cancel watch_cancel race control_worker task_pool \
 	merge_streams cancel_safety_sweep state_machine runtime_view async_guard transfer_money graceful_shutdown may_cancel_read raii_connection cleanup_strategies blocking_cleanup http_call_timeout timeout_middleware rpc_long_running tx_guard
 
-.PHONY: venv demo test lint typecheck docs pytest bench clean
+.PHONY: venv demo test test-matrix lint typecheck docs pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,14 @@ pytest: $(STAMP)
 
 test: lint typecheck docs pytest
 
+# The suite on Python 3.11/3.12/3.13 x the oldest and newest claimed Trio, and with the private
+# fast paths off (.ci/test-matrix; a missing interpreter is skipped with a message).
+test-matrix:
+	.ci/test-matrix
+
 # The seed's benchmark (a few minutes; add FULL=1 for 1,000,000 tasks).
 bench: $(STAMP)
 	$(BIN)/python examples/bench_cancel.py $(if $(FULL),--full) --plot bench_cancel.png
 
 clean:
-	rm -rf $(VENV) docs/_build .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .matrix docs/_build .mypy_cache .ruff_cache .pytest_cache .hypothesis
