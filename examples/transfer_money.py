@@ -21,6 +21,7 @@ thread. Shown:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -71,7 +72,7 @@ async def transfer_money(conn: Connection, payer: str, payee: str, amount: int) 
 
 
 def balances(path: Path) -> dict[str, int]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return dict(conn.execute("SELECT name, balance FROM accounts ORDER BY name").fetchall())
 
 
@@ -102,7 +103,7 @@ async def cancelled_mid_transfer(path: Path, transfer: Transfer) -> None:
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bank.db"
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("CREATE TABLE accounts (name TEXT PRIMARY KEY, balance INTEGER)")
             db.executemany(
                 "INSERT INTO accounts VALUES (?, ?)", [("alice", 100), ("bob", 50), ("carol", 0)]

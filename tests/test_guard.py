@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import warnings
@@ -378,7 +379,7 @@ class SqliteTx:
 
 
 def _balances(path: Path) -> dict[str, int]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return dict(conn.execute("SELECT name, balance FROM accounts").fetchall())
 
 
@@ -386,7 +387,7 @@ async def test_sqlite_transfer_is_all_or_nothing_at_every_cancellation_point(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "bank.db"
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("CREATE TABLE accounts (name TEXT PRIMARY KEY, balance INTEGER)")
         conn.executemany("INSERT INTO accounts VALUES (?, ?)", [("alice", 100), ("bob", 0)])
     moved: list[int] = []

@@ -157,7 +157,7 @@ async def test_exit_aborts_running_tasks_and_waits(autojump_clock: trio.testing.
 
 async def test_spawn_outside_async_with_is_runtime_error() -> None:
     js = tc.JoinSet()
-    with pytest.raises(RuntimeError, match="open set"):
+    with pytest.raises(RuntimeError, match=r"inside its 'async with' \(this JoinSet is new\)"):
         js.spawn(_after, 0, 1)
     async with js:
         pass
@@ -166,6 +166,23 @@ async def test_spawn_outside_async_with_is_runtime_error() -> None:
     with pytest.raises(RuntimeError, match="only once"):
         async with js:
             pass  # pragma: no cover
+
+
+async def test_entering_is_a_checkpoint_and_cancelled_entry_opens_nothing() -> None:
+    js = tc.JoinSet()
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        async with js:
+            pytest.fail("the body must not run")  # pragma: no cover
+    assert cs.cancelled_caught
+    assert "new" in repr(js)
+    with pytest.raises(RuntimeError, match="this JoinSet is new"):
+        js.spawn(_after, 0, 1)
+    async with js:  # a cancelled entry left it new: it can still be used once
+        js.spawn(_after, 0, 1)
+    with trio.testing.assert_checkpoints():
+        async with tc.JoinSet():
+            pass
 
 
 async def test_body_exception_propagates_as_itself() -> None:

@@ -20,11 +20,13 @@ from ._exceptions import (
 from ._guard import (
     AsyncGuard as AsyncGuard,
     CleanupTimeoutWarning as CleanupTimeoutWarning,
+    DropGuard as DropGuard,
     Transaction as Transaction,
     TransactionGuard as TransactionGuard,
     async_guard as async_guard,
     commit_or_rollback as commit_or_rollback,
 )
+from ._joinset import JoinSet as JoinSet
 from ._latency import (
     CancellationLatency as CancellationLatency,
     LatencyRecord as LatencyRecord,
@@ -37,22 +39,19 @@ from ._oneshot import (
     OneshotSender as OneshotSender,
     open_oneshot_channel as open_oneshot_channel,
 )
+from ._outcome import (
+    Aborted as Aborted,
+    Completed as Completed,
+    Failed as Failed,
+    Outcome as Outcome,
+)
 from ._select import Merge as Merge, Selected as Selected, merge as merge, select as select
 from ._shutdown import (
     GracefulShutdown as GracefulShutdown,
     LandingReport as LandingReport,
     TaskLanding as TaskLanding,
 )
-from ._task import (
-    Aborted as Aborted,
-    AbortHandle as AbortHandle,
-    Completed as Completed,
-    Failed as Failed,
-    JoinSet as JoinSet,
-    Outcome as Outcome,
-    TaskHandle as TaskHandle,
-    spawn as spawn,
-)
+from ._task import AbortHandle as AbortHandle, TaskHandle as TaskHandle, spawn as spawn
 from ._tasktree import (
     TaskTree as TaskTree,
     TaskTreeNode as TaskTreeNode,
@@ -60,7 +59,6 @@ from ._tasktree import (
 )
 from ._token import (
     CancellationToken as CancellationToken,
-    DropGuard as DropGuard,
     Registration as Registration,
 )
 from ._util import fixup_module_metadata as _fixup_module_metadata

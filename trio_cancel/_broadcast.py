@@ -8,7 +8,7 @@ receivers that wait, each once (one ``ParkingLot``); receiving is O(1).
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar, cast, final
+from typing import Generic, TypeVar, final
 
 import attrs
 import trio
@@ -164,7 +164,7 @@ class BroadcastReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPu
 
 def _new_receiver(state: _BroadcastState[T]) -> BroadcastReceiver[T]:
     state.receivers += 1
-    receiver = cast("BroadcastReceiver[T]", BroadcastReceiver._create(state, state.head))
+    receiver = BroadcastReceiver[T]._create(state, state.head)
     track_endpoints(receiver)
     return receiver
 
@@ -192,8 +192,8 @@ class open_broadcast_channel(tuple[BroadcastSender[T], BroadcastReceiver[T]]):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         state: _BroadcastState[T] = _BroadcastState(capacity, [_EMPTY] * capacity)
-        send = cast("BroadcastSender[T]", BroadcastSender._create(state))
-        recv = cast("BroadcastReceiver[T]", BroadcastReceiver._create(state, 0))
+        send = BroadcastSender[T]._create(state)
+        recv = BroadcastReceiver[T]._create(state, 0)
         track_endpoints(send, recv)
         return (send, recv)
 

@@ -1,4 +1,7 @@
-"""Cleanup guards: the async counterpart of Rust's ``Drop``.
+"""Guards: code that runs when a block exits, the counterpart of Rust's ``Drop``.
+
+:class:`DropGuard` cancels a token at the exit (synchronous, like ``Drop``). The others run an
+async cleanup.
 
 Rust runs ``Drop`` on every exit from a scope, but ``Drop`` cannot await, so async cleanup gets
 spawned and may never finish. In Trio the cleanup can run in place: the guard's ``__aexit__``
@@ -16,11 +19,13 @@ from typing import TYPE_CHECKING, Literal, Protocol, Self, TypeVarTuple, final
 import attrs
 import trio
 
-from ._util import NoPublicConstructor, check_async_callable, check_seconds
+from ._util import NoPublicConstructor, check_async_callable, check_grace
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from types import TracebackType
+
+    from ._token import CancellationToken
 
 PosArgsT = TypeVarTuple("PosArgsT")
 
@@ -59,10 +64,6 @@ class Transaction(Protocol):
         Cancellation:
             :func:`commit_or_rollback` calls it shielded, bounded by its grace period.
         """
-
-
-def _check_grace(grace: float) -> float:
-    return check_seconds(grace, "grace")
 
 
 async def _bounded(
@@ -222,7 +223,7 @@ def async_guard(
     Not a checkpoint; never blocks (entering and leaving the block are).
     """
     check_async_callable(cleanup, "async_guard()")
-    grace = _check_grace(grace)
+    grace = check_grace(grace)
 
     async def run() -> None:
         await cleanup(*args)
@@ -317,4 +318,81 @@ def commit_or_rollback(tx: Transaction, *, grace: float = 5.0) -> TransactionGua
                 f"commit_or_rollback() needs an object with async commit() and rollback(); "
                 f"{type(tx).__name__} has no {method}()"
             )
-    return TransactionGuard._create(tx, _check_grace(grace))
+    return TransactionGuard._create(tx, check_grace(grace))
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class DropGuard(metaclass=NoPublicConstructor):
+    """Cancels its token when its ``with`` / ``async with`` block exits, unless disarmed.
+
+    The counterpart of tokio-util's ``DropGuard``, made explicit because Python has no
+    ``Drop``. States: *armed*, then *disarmed* (by :meth:`disarm`) or *fired* (at exit).
+    Built by :meth:`CancellationToken.drop_guard`.
+    """
+
+    _token: CancellationToken
+    _reason: str | None
+    _armed: bool = attrs.field(default=True, init=False)
+
+    @property
+    def token(self) -> CancellationToken:
+        """The guarded token."""
+        return self._token
+
+    def disarm(self) -> CancellationToken:
+        """Keep the token live when the block exits; returns the token.
+
+        Not a checkpoint; never blocks.
+        """
+        self._armed = False
+        return self._token
+
+    def _fire(self, exc: BaseException | None) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        try:
+            self._token.cancel(self._reason)
+        except BaseException as cb_error:
+            if exc is None:
+                raise
+            # Both travel on; a trio.Cancelled inside the group is still handled by its scope.
+            raise BaseExceptionGroup(  # noqa: ASYNC104
+                "drop guard block and on_cancel callbacks raised", [exc, cb_error]
+            ) from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._fire(exc)
+
+    async def __aenter__(self) -> Self:
+        """Cancellation: a checkpoint; if it raises, the block never ran and the token is
+        cancelled, as for any other exit."""
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException as exc:
+            self._fire(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Cancellation: cancels the token, then a schedule point that never raises, so it
+        cannot replace the block's own exception."""
+        self._fire(exc)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<DropGuard {'armed' if self._armed else 'disarmed'} {self._token!r}>"

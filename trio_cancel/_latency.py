@@ -11,6 +11,7 @@ import outcome
 import trio
 
 from ._token import TokenWake
+from ._trio_internals import next_send
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,10 +40,10 @@ def _cancel_wake(task: trio.lowlevel.Task) -> tuple[bool, str | None]:
     """Whether ``task`` is being woken by an explicit cancellation, and its reason.
 
     Two kinds count: an explicit ``trio.Cancelled`` about to be thrown in, and a token's
-    cooperative wake-up of ``wait_cancelled()``. Reads Trio's private ``Task._next_send`` (the
-    outcome the runner will send in), defensively.
+    cooperative wake-up of ``wait_cancelled()``. Reads the outcome the runner will send in
+    (``next_send``, from Trio's internals).
     """
-    sent = getattr(task, "_next_send", None)
+    sent = next_send(task)
     if isinstance(sent, outcome.Error) and isinstance(sent.error, trio.Cancelled):
         if sent.error.source == "explicit":
             return True, sent.error.reason

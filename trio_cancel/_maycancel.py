@@ -11,7 +11,7 @@ runs it with a child of ``tok``.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import trio
 
@@ -114,6 +114,6 @@ def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]:
     def call(*args: Any, **kwargs: Any) -> MayCancel[T]:  # noqa: ANN401 - fn's own arguments
         if "token" in kwargs:
             raise TypeError("pass the token with .may_cancel_with(token), not token=")
-        return cast("MayCancel[T]", MayCancel._create(fn, args, kwargs))
+        return MayCancel[T]._create(fn, args, kwargs)
 
     return call

@@ -8,7 +8,7 @@ closed itself (close means gone, even with a value waiting).
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar, cast, final
+from typing import Generic, TypeVar, final
 
 import attrs
 import trio
@@ -177,8 +177,8 @@ class open_oneshot_channel(tuple[OneshotSender[T], OneshotReceiver[T]]):
 
     def __new__(cls) -> tuple[OneshotSender[T], OneshotReceiver[T]]:  # type: ignore[misc]
         state: _OneshotState[T] = _OneshotState()
-        send = cast("OneshotSender[T]", OneshotSender._create(state))
-        recv = cast("OneshotReceiver[T]", OneshotReceiver._create(state))
+        send = OneshotSender[T]._create(state)
+        recv = OneshotReceiver[T]._create(state)
         track_endpoints(send, recv)
         return (send, recv)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import types
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import attrs
 import trio
@@ -266,4 +266,4 @@ def merge(*receive_channels: trio.abc.ReceiveChannel[T]) -> Merge[T]:
             raise TypeError(
                 f"merge() takes trio.abc.ReceiveChannels; argument {i} is {type(channel).__name__}"
             )
-    return cast("Merge[T]", Merge._create(receive_channels))
+    return Merge[T]._create(receive_channels)

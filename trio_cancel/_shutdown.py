@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 import attrs
 import trio
 
-from ._guard import _check_grace
-from ._task import Aborted, Completed, Failed, Outcome, TaskHandle, _make_handle, close_nursery
+from ._nursery import OwnedNursery
+from ._outcome import Aborted, Completed, Failed, Outcome
 from ._token import CancellationToken
-from ._util import NoPublicConstructor, check_trio_thread, takes_token_keyword
+from ._util import NoPublicConstructor, check_grace, check_trio_thread, takes_token_keyword
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Mapping
-    from contextlib import AbstractAsyncContextManager, AbstractContextManager
+    from contextlib import AbstractContextManager
     from types import TracebackType
+
+    from ._task import TaskHandle
 
 T = TypeVar("T")
 
@@ -156,13 +158,10 @@ class GracefulShutdown:
         grace: Seconds between phase 1 and phase 2; ``math.inf`` never forces.
     """
 
-    _grace: float = attrs.field(converter=_check_grace)
+    _grace: float = attrs.field(converter=check_grace, alias="grace")
     _token: CancellationToken = attrs.field(factory=CancellationToken, init=False)
     _state: str = attrs.field(default="new", init=False)
-    _nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = attrs.field(
-        default=None, init=False
-    )
-    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _tasks: OwnedNursery = attrs.field(factory=lambda: OwnedNursery("GracefulShutdown"), init=False)
     # The scopes of the helper tasks (phase-2 timer, signal watcher), cancelled at exit.
     _helpers: list[trio.CancelScope] = attrs.field(factory=list, init=False)
     # Tasks running, plus (after the trigger) those that ended since: the report's rows, in
@@ -213,8 +212,7 @@ class GracefulShutdown:
 
         Not a checkpoint; never blocks.
         """
-        if self._state not in ("open", "triggered") or self._nursery is None:
-            raise RuntimeError("GracefulShutdown.spawn() works only inside its 'async with'")
+        self._tasks.require_open("GracefulShutdown.spawn()")
         if self._report is not None:
             raise RuntimeError("every task has landed already; this GracefulShutdown is done")
         if name is None:
@@ -222,8 +220,8 @@ class GracefulShutdown:
         fn: Callable[..., Awaitable[T]] = async_fn
         if callable(async_fn) and takes_token_keyword(async_fn):
             fn = functools.partial(async_fn, token=self._token.child_token())
-        handle = _make_handle(
-            self._nursery, fn, args, name, None, self._task_done, "GracefulShutdown.spawn()"
+        handle = self._tasks.spawn(
+            "GracefulShutdown.spawn()", fn, args, name, None, self._task_done
         )
         self._tracked[handle] = None
         self._running += 1
@@ -274,8 +272,11 @@ class GracefulShutdown:
             raise TypeError(f"trigger() needs a str reason, not {type(reason).__name__}")
         if self._triggered_at is not None:
             return
-        if self._state != "open" or self._nursery is None:
-            raise RuntimeError("GracefulShutdown.trigger() works only inside its 'async with'")
+        if self._state != "open":
+            raise RuntimeError(
+                f"GracefulShutdown.trigger() works only inside its 'async with' "
+                f"(this GracefulShutdown is {self._state})"
+            )
         check_trio_thread("GracefulShutdown.trigger()")  # before any change
         self._state = "triggered"
         self._triggered_at = trio.current_time()
@@ -311,10 +312,9 @@ class GracefulShutdown:
     def _start_helper(self, async_fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start a helper task (not tracked) whose scope exists before it first runs, so that
         the exit can cancel it even if it never got to run."""
-        assert self._nursery is not None
         scope = trio.CancelScope()
+        self._tasks.start_soon("GracefulShutdown", self._in_scope, scope, async_fn, *args)
         self._helpers.append(scope)
-        self._nursery.start_soon(self._in_scope, scope, async_fn, *args)
 
     @staticmethod
     async def _in_scope(
@@ -384,8 +384,11 @@ class GracefulShutdown:
 
         Not a checkpoint; never blocks.
         """
-        if self._state not in ("open", "triggered") or self._nursery is None:
-            raise RuntimeError("install_signal_handlers() works only inside the 'async with'")
+        if self._tasks.state != "open":
+            raise RuntimeError(
+                "install_signal_handlers() works only inside the 'async with' "
+                f"(this GracefulShutdown is {self._state})"
+            )
         if self._signals is not None:
             raise RuntimeError("signal handlers are already installed")
         cm = trio.open_signal_receiver(*(signals or (signal.SIGINT, signal.SIGTERM)))
@@ -403,11 +406,7 @@ class GracefulShutdown:
 
     async def __aenter__(self) -> Self:
         """Cancellation: a checkpoint, before any task can be spawned."""
-        if self._state != "new":
-            raise RuntimeError("a GracefulShutdown can be entered only once")
-        await trio.lowlevel.checkpoint()
-        cm = self._nursery_cm = trio.open_nursery()
-        self._nursery = await cm.__aenter__()
+        await self._tasks.enter()
         self._state = "open"
         return self
 
@@ -429,8 +428,7 @@ class GracefulShutdown:
                 scope.cancel()
             self._state = "landed"
             try:
-                assert self._nursery_cm is not None
-                result = await close_nursery(self._nursery_cm, exc_type, exc, tb)  # noqa: ASYNC102
+                result = await self._tasks.exit(exc_type, exc, tb)  # noqa: ASYNC102
             except BaseException as error:
                 trigger_error, self._trigger_error = self._trigger_error, None
                 if trigger_error is None:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Literal, final
 import attrs
 import trio
 
-from ._task import _CURRENT_HANDLE
+from ._task import CURRENT_HANDLE
+from ._trio_internals import effectively_cancelled, scope_reason
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -96,23 +97,12 @@ class TaskTree:
         return "\n".join(lines)
 
 
-def _effectively_cancelled(task: trio.lowlevel.Task) -> bool | None:
-    status = getattr(task, "_cancel_status", None)
-    value = getattr(status, "effectively_cancelled", None)
-    return value if isinstance(value, bool) else None
-
-
-def _scope_reason(scope: trio.CancelScope) -> str | None:
-    reason = getattr(getattr(scope, "_cancel_reason", None), "reason", None)
-    return reason if isinstance(reason, str) else None
-
-
 def _task_name(task: trio.lowlevel.Task) -> str:
     return task.name
 
 
 def _task_node(task: trio.lowlevel.Task, children: tuple[TaskTreeNode, ...]) -> TaskTreeNode:
-    handle = task.context.get(_CURRENT_HANDLE)
+    handle = task.context.get(CURRENT_HANDLE)
     handle_state = token_repr = None
     if handle is not None and handle._task is task:
         handle_state = handle._state()
@@ -121,7 +111,7 @@ def _task_node(task: trio.lowlevel.Task, children: tuple[TaskTreeNode, ...]) -> 
     return TaskTreeNode(
         kind="task",
         name=task.name,
-        cancelled=_effectively_cancelled(task),
+        cancelled=effectively_cancelled(task),
         handle=handle_state,
         token=token_repr,
         children=children,
@@ -167,7 +157,7 @@ def current_task_tree(root: trio.lowlevel.Task | None = None) -> TaskTree:
                 kind="nursery",
                 name=obj.parent_task.name,
                 cancelled=obj.cancel_scope.cancel_called,
-                reason=_scope_reason(obj.cancel_scope),
+                reason=scope_reason(obj.cancel_scope),
                 children=children,
             )
     return TaskTree(built[id(root)])

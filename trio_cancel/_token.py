@@ -31,10 +31,6 @@ Invariants (every method keeps them; the tests check them):
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import logging
-import math
 import weakref
 from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, final
 
@@ -44,7 +40,9 @@ import trio
 
 from ._debug import track_registration
 from ._exceptions import OperationCancelledError
-from ._trio_internals import raise_in_main_task
+from ._guard import DropGuard
+from ._timers import TimerEntry, timer_service
+from ._trio_internals import cancel_scopes
 from ._util import (
     NoPublicConstructor,
     check_reason,
@@ -53,21 +51,14 @@ from ._util import (
     check_trio_thread,
 )
 
-try:  # Trio's private cancel reason record (see cancel_scopes)
-    from trio._core._run import CancelReason as _CancelReason
-except ImportError:  # pragma: no cover - a future Trio
-    _CancelReason = None  # type: ignore[assignment, misc]
-
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable
     from contextlib import AbstractContextManager
     from types import TracebackType
 
 
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
-
-_log = logging.getLogger("trio_cancel")
 
 
 @final
@@ -116,7 +107,7 @@ class CancellationToken:
     _callbacks: dict[Registration, Callable[[], object]] | None = attrs.field(
         default=None, init=False
     )
-    _timer: _TimerEntry | None = attrs.field(default=None, init=False)
+    _timer: TimerEntry | None = attrs.field(default=None, init=False)
 
     # ------------------------------------------------------------------ queries
 
@@ -562,7 +553,7 @@ class CancellationToken:
             return
         if self._timer is not None:
             self._timer.release()
-        self._timer = _timer_service().schedule(self, now + seconds, reason)
+        self._timer = timer_service().schedule(self, now + seconds, reason)
 
 
 @attrs.frozen
@@ -593,56 +584,6 @@ def _count(slot: object) -> int:
     if isinstance(slot, set | dict):
         return len(slot)
     return 1
-
-
-# Trio's CancelScope fields that cancel_scopes() sets directly; checked once here so that a
-# Trio that renames them gets the public method instead of an AttributeError.
-_FAST_CANCEL = (
-    _CancelReason is not None
-    and callable(getattr(trio.CancelScope, "_cancel", None))
-    and {"_cancel_status", "_registered_deadline", "_cancel_called", "_cancel_reason"}
-    <= {field.name for field in getattr(trio.CancelScope, "__attrs_attrs__", ())}
-)
-
-
-@trio.lowlevel.enable_ki_protection
-def cancel_scopes(scopes: Iterable[trio.CancelScope], reason: str | None) -> None:
-    """``cs.cancel(reason=reason)`` for every scope, with one ``CancelReason`` shared by all.
-
-    What ``CancelScope.cancel()`` does, minus what a mass cancel cannot afford:
-
-    * ``cancel()`` builds a ``CancelReason`` (and the repr of the current task) per call: a
-      third of the time of a mass cancel. One is built here for all of them.
-    * For a scope without a deadline, Trio's bookkeeping of registered deadlines has nothing
-      to do, yet costs a generator-based context manager per scope. Such a scope is marked
-      cancelled directly and its ``CancelStatus`` recalculated, which is all ``_cancel`` then
-      does; a scope with a deadline goes through Trio's private ``CancelScope._cancel``.
-    * Each ``Cancelled`` Trio captures keeps the chain of Python frames it was raised under
-      alive until its task runs. One loop here (one frame for all scopes) instead of a call
-      per scope keeps that chain short: about 300 fewer bytes per cancelled task at the peak.
-
-    KeyboardInterrupt-protected, as ``CancelScope.cancel`` is. If the private names ever go,
-    this falls back to the public method (tested).
-    """
-    if not _FAST_CANCEL:
-        for cs in scopes:
-            cs.cancel(reason=reason)
-        return
-    try:
-        source_task: str | None = repr(trio.lowlevel.current_task())
-    except RuntimeError:
-        source_task = None
-    shared = _CancelReason(reason=reason, source="explicit", source_task=source_task)
-    for cs in scopes:
-        if cs._registered_deadline != math.inf:
-            cs._cancel(shared)
-        elif not cs._cancel_called:
-            if cs._cancel_reason is None:
-                cs._cancel_reason = shared
-            cs._cancel_called = True
-            status = cs._cancel_status
-            if status is not None:
-                status.recalculate()
 
 
 class _BoundScope(metaclass=NoPublicConstructor):
@@ -743,195 +684,3 @@ class Registration(metaclass=NoPublicConstructor):
     def __repr__(self) -> str:
         state = "done" if self._done or self._token._cancelled else "pending"
         return f"<Registration {state} {self._callback!r}>"
-
-
-@final
-@attrs.define(eq=False, repr=False)
-class DropGuard(metaclass=NoPublicConstructor):
-    """Cancels its token when its ``with`` / ``async with`` block exits, unless disarmed.
-
-    The counterpart of tokio-util's ``DropGuard``, made explicit because Python has no
-    ``Drop``. States: *armed*, then *disarmed* (by :meth:`disarm`) or *fired* (at exit).
-    Built by :meth:`CancellationToken.drop_guard`.
-    """
-
-    _token: CancellationToken
-    _reason: str | None
-    _armed: bool = attrs.field(default=True, init=False)
-
-    @property
-    def token(self) -> CancellationToken:
-        """The guarded token."""
-        return self._token
-
-    def disarm(self) -> CancellationToken:
-        """Keep the token live when the block exits; returns the token.
-
-        Not a checkpoint; never blocks.
-        """
-        self._armed = False
-        return self._token
-
-    def _fire(self, exc: BaseException | None) -> None:
-        if not self._armed:
-            return
-        self._armed = False
-        try:
-            self._token.cancel(self._reason)
-        except BaseException as cb_error:
-            if exc is None:
-                raise
-            # Both travel on; a trio.Cancelled inside the group is still handled by its scope.
-            raise BaseExceptionGroup(  # noqa: ASYNC104
-                "drop guard block and on_cancel callbacks raised", [exc, cb_error]
-            ) from None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._fire(exc)
-
-    async def __aenter__(self) -> Self:
-        """Cancellation: a checkpoint; if it raises, the block never ran and the token is
-        cancelled, as for any other exit."""
-        try:
-            await trio.lowlevel.checkpoint()
-        except BaseException as exc:
-            self._fire(exc)
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Cancellation: cancels the token, then a schedule point that never raises, so it
-        cannot replace the block's own exception."""
-        self._fire(exc)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def __repr__(self) -> str:
-        return f"<DropGuard {'armed' if self._armed else 'disarmed'} {self._token!r}>"
-
-
-# ---------------------------------------------------------------------- timers
-
-
-@attrs.define(eq=False, repr=False)
-class _TimerEntry:
-    deadline: float
-    seq: int
-    token: CancellationToken | None
-    reason: str | None
-    service: _TimerService | None
-
-    def __lt__(self, other: _TimerEntry) -> bool:
-        return (self.deadline, self.seq) < (other.deadline, other.seq)
-
-    def release(self) -> None:
-        """The timer no longer matters (replaced, or its token cancelled): drop the token now
-        and let the service compact its heap."""
-        self.token = None
-        service, self.service = self.service, None
-        if service is not None:
-            service.released()
-
-
-class _TimerService:
-    """One system task per run sleeps until the earliest pending ``cancel_after`` deadline.
-
-    Released entries stay in the heap until there are more of them than live ones; then the
-    heap is rebuilt from the live ones. Each rebuild costs O(live) and follows at least as many
-    releases, so a release is amortised O(1) and the heap never holds more than twice the live
-    timers (plus a small constant).
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[_TimerEntry] = []
-        self._released = 0
-        self._seq = itertools.count()
-        self._sleep: trio.CancelScope | None = None
-
-    def schedule(
-        self, token: CancellationToken, deadline: float, reason: str | None
-    ) -> _TimerEntry:
-        entry = _TimerEntry(deadline, next(self._seq), token, reason, self)
-        heapq.heappush(self._heap, entry)
-        if self._sleep is not None and deadline < self._sleep.deadline:
-            self._sleep.deadline = deadline
-        return entry
-
-    def released(self) -> None:
-        self._released += 1
-        heap = self._heap
-        if self._released > 64 and 2 * self._released > len(heap):
-            heap[:] = [entry for entry in heap if entry.token is not None]
-            heapq.heapify(heap)
-            self._released = 0
-
-    async def run(self) -> None:
-        heap = self._heap
-        while True:
-            while heap and heap[0].token is None:
-                heapq.heappop(heap)
-                self._released -= 1
-            deadline = heap[0].deadline if heap else math.inf
-            with trio.CancelScope(deadline=deadline) as self._sleep:
-                await trio.sleep_forever()
-            self._sleep = None
-            now = trio.current_time()
-            while heap and heap[0].deadline <= now:
-                entry = heapq.heappop(heap)
-                token = entry.token
-                if token is None:
-                    self._released -= 1
-                    continue
-                entry.token = entry.service = None
-                token._timer = None
-                try:
-                    token.cancel(entry.reason)
-                except BaseExceptionGroup as group:
-                    _deliver_callback_errors(token, group)
-                finally:
-                    del token, entry  # a fired timer keeps no token alive while it sleeps
-
-
-def _deliver_callback_errors(
-    token: CancellationToken, group: BaseExceptionGroup[BaseException]
-) -> None:
-    """Errors of callbacks that a timer fired: nobody called ``cancel()`` to receive them.
-    ``Exception`` s are logged; anything else (``KeyboardInterrupt``, ``SystemExit``) must end
-    the run as itself, so it is thrown into the main task."""
-    fatal, errors = group.split(lambda exc: not isinstance(exc, Exception))
-    if errors is not None:
-        _log.error(
-            "on_cancel callback raised in %r fired by cancel_after",
-            token,
-            exc_info=(type(errors), errors, errors.__traceback__),
-        )
-    if fatal is not None:
-        leaves = fatal.exceptions
-        exc: BaseException = leaves[0] if len(leaves) == 1 else fatal
-        if not raise_in_main_task(exc):
-            raise exc
-
-
-_TIMERS: trio.lowlevel.RunVar[_TimerService] = trio.lowlevel.RunVar("trio_cancel.timers")
-
-
-def _timer_service() -> _TimerService:
-    try:
-        return _TIMERS.get()
-    except LookupError:
-        service = _TimerService()
-        _TIMERS.set(service)
-        trio.lowlevel.spawn_system_task(service.run, name="trio_cancel.cancel_after timers")
-        return service

@@ -48,6 +48,11 @@ def check_seconds(value: object, name: str) -> float:
     return seconds
 
 
+def check_grace(grace: float) -> float:
+    """A cleanup's ``grace`` bound in seconds (``math.inf`` allowed); else ValueError/TypeError."""
+    return check_seconds(grace, "grace")
+
+
 def check_trio_thread(what: str, *, wakes: bool = True) -> None:
     """Raise ``RuntimeError`` unless called from the thread running :func:`trio.run`.
 

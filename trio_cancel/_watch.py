@@ -7,7 +7,7 @@ receiver remembers the version it has seen. Waking is O(waiting receivers) per c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import attrs
 import trio
@@ -274,7 +274,7 @@ class WatchReceiver(SyncClosable, trio.abc.ReceiveChannel[T], metaclass=NoPublic
 
 def _new_receiver(state: _WatchState[T], seen: int) -> WatchReceiver[T]:
     state.receivers += 1
-    receiver = cast("WatchReceiver[T]", WatchReceiver._create(state, seen))
+    receiver = WatchReceiver[T]._create(state, seen)
     track_endpoints(receiver)
     return receiver
 
@@ -292,8 +292,8 @@ class open_watch_channel(tuple[WatchSender[T], WatchReceiver[T]]):
 
     def __new__(cls, initial: T) -> tuple[WatchSender[T], WatchReceiver[T]]:  # type: ignore[misc]
         state: _WatchState[T] = _WatchState(initial)
-        send = cast("WatchSender[T]", WatchSender._create(state))
-        recv = cast("WatchReceiver[T]", WatchReceiver._create(state, 0))
+        send = WatchSender[T]._create(state)
+        recv = WatchReceiver[T]._create(state, 0)
         track_endpoints(send, recv)
         return (send, recv)
 

@@ -26,27 +26,31 @@ Hypothesis integration does), so the same operation gives the same points on eve
 from __future__ import annotations
 
 import os
-import random
 import sys
 from typing import TYPE_CHECKING, final
 
 import attrs
 import trio
 
+from .._trio_internals import (
+    CHECK_THEN_COUNT,
+    COUNT_THEN_CHECK,
+    TRIO_DIR,
+    count_cancel_points,
+    require_cancel_point_counter,
+    scheduler_rng,
+)
 from .._util import only_cancelled
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from types import FrameType
 
-_TRIO_DIR = os.path.dirname(trio.__file__)
 _THIS_FILE = os.path.abspath(__file__)
 _SEED = 1_000_003
 
-# The Trio functions whose ``task._cancel_points += 1`` tells the kind of a check (any other
-# caller is Trio's run loop, at a blocking wait).
-_CHECK_THEN_COUNT = trio.lowlevel.checkpoint_if_cancelled.__code__
-_COUNT_THEN_CHECK = trio.lowlevel.checkpoint.__code__
+# Which Trio function counted a check tells its kind (any other caller is Trio's run loop, at a
+# blocking wait): CHECK_THEN_COUNT (a fast path) or COUNT_THEN_CHECK (checkpoint()).
 
 
 @final
@@ -85,7 +89,7 @@ class SweepResult:
 
 def _is_internal(filename: str) -> bool:
     path = os.path.abspath(filename)
-    return path.startswith(_TRIO_DIR) or path == _THIS_FILE or "/outcome/" in path
+    return path.startswith(TRIO_DIR) or path == _THIS_FILE or "/outcome/" in path
 
 
 def _describe(frame: FrameType, lineno: int) -> str:
@@ -158,7 +162,7 @@ class _Watcher(trio.abc.Instrument):
 
     def watch(self, task: trio.lowlevel.Task) -> None:
         self.tasks.add(task)
-        task._cancel_points = self.counter_type(task._cancel_points)
+        count_cancel_points(task, self.counter_type)
 
     def cancel(self) -> None:
         self.scope.cancel(reason=f"cancel_at_each_checkpoint: point {self.target}")
@@ -168,9 +172,7 @@ class _Watcher(trio.abc.Instrument):
         if task is None or task not in self.tasks:
             return
         code = caller.f_code
-        kind = (
-            _FAST if code is _CHECK_THEN_COUNT else _RESUME if code is _COUNT_THEN_CHECK else _WAIT
-        )
+        kind = _FAST if code is CHECK_THEN_COUNT else _RESUME if code is COUNT_THEN_CHECK else _WAIT
         previous, self.last = self.last, (self.step, kind)
         if kind is _WAIT and previous == (self.step, _FAST):
             return  # the blocking half of the operation whose fast check was just counted
@@ -199,11 +201,7 @@ class _Watcher(trio.abc.Instrument):
         self.profile_restore.append(previous)
 
         def profile(frame: FrameType, event: str, arg: object) -> None:
-            if (
-                event == "call"
-                and frame.f_code is _CHECK_THEN_COUNT
-                and self.stepping in self.tasks
-            ):
+            if event == "call" and frame.f_code is CHECK_THEN_COUNT and self.stepping in self.tasks:
                 self.restore_profile()
                 self.cancel()
 
@@ -279,11 +277,7 @@ async def _run_once(
                 run.error = exc  # reported as the sweep's failure
         run.cancelled = scope.cancelled_caught
 
-    # Trio's scheduler shuffle (private; if it moves, runs are merely not reseeded).
-    run_module = getattr(getattr(trio, "_core", None), "_run", None)
-    rng = getattr(run_module, "_r", None)
-    if not isinstance(rng, random.Random):
-        rng = None
+    rng = scheduler_rng()
     saved = rng.getstate() if rng is not None else None
     if rng is not None:
         rng.seed(_SEED)
@@ -342,6 +336,7 @@ async def cancel_at_each_checkpoint(
         ValueError: The operation passed more than ``max_points`` checkpoints: raised as soon
             as the counting run passes the limit (the operation is cancelled there), so an
             operation that never ends does not hang the sweep.
+        RuntimeError: This Trio has no per-task cancel point counter to count with.
 
     Cancellation:
         Always a checkpoint. If the caller is cancelled, the sweep stops; the run in progress
@@ -349,6 +344,7 @@ async def cancel_at_each_checkpoint(
     """
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 0:
         raise ValueError(f"max_points must be an int >= 0, not {max_points!r}")
+    require_cancel_point_counter("cancel_at_each_checkpoint()")
     counting = await _run_once(async_fn, None, None, max_points)
     if counting.too_many:
         raise ValueError(

@@ -1,0 +1,194 @@
+"""JoinSet: a set of tasks whose outcomes are collected in finishing order (tokio ``JoinSet``)."""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final
+
+import attrs
+import trio
+
+from ._nursery import OwnedNursery
+from ._trio_internals import cancel_scopes
+from ._util import check_reason, check_trio_thread
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+    from ._outcome import Outcome
+    from ._task import TaskHandle
+    from ._token import CancellationToken
+
+T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class JoinSet:
+    """A set of tasks whose outcomes are collected in finishing order (tokio ``JoinSet``).
+
+    Use as ``async with tc.JoinSet() as js:``; it owns a nursery. Lifecycle: *new* (spawning
+    raises ``RuntimeError``), *open* inside the ``async with``, *closed* after it. Leaving the
+    block aborts the tasks still running and waits for them (as dropping a tokio ``JoinSet``
+    aborts its tasks); an exception from the body propagates as itself, not wrapped in a group.
+    Failed outcomes that were never retrieved are logged on the ``trio_cancel`` logger at exit.
+    """
+
+    _tasks: OwnedNursery = attrs.field(factory=lambda: OwnedNursery("JoinSet"), init=False)
+    _running: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
+    _finished: collections.deque[TaskHandle[Any]] = attrs.field(
+        factory=collections.deque, init=False
+    )
+    _count: int = attrs.field(default=0, init=False)
+    _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+
+    def __len__(self) -> int:
+        """Tasks spawned and not yet returned by :meth:`join_next`."""
+        return self._count
+
+    def __repr__(self) -> str:
+        return (
+            f"<JoinSet {self._tasks.state}, {len(self._running)} running, "
+            f"{len(self._finished)} finished and not joined>"
+        )
+
+    def spawn(
+        self,
+        async_fn: Callable[[*PosArgsT], Awaitable[T]],
+        *args: *PosArgsT,
+        name: str | None = None,
+        token: CancellationToken | None = None,
+    ) -> TaskHandle[T]:
+        """As :func:`spawn`, into this set. Not a checkpoint; never blocks.
+
+        Raises:
+            RuntimeError: Outside the set's ``async with`` block.
+        """
+        handle = self._tasks.spawn("JoinSet.spawn()", async_fn, args, name, token, self._task_done)
+        self._running.add(handle)
+        self._count += 1
+        return handle
+
+    def _task_done(self, handle: TaskHandle[Any]) -> None:
+        self._running.discard(handle)
+        self._finished.append(handle)
+        self._lot.unpark_all()
+
+    @trio.lowlevel.enable_ki_protection
+    def abort_all(self, reason: str | None = None) -> None:
+        """Abort every task still running. Not a checkpoint; never blocks;
+        ``KeyboardInterrupt``-protected."""
+        check_reason(reason)
+        if not self._running:
+            return
+        check_trio_thread("JoinSet.abort_all()")
+        handles = list(self._running)
+        for handle in handles:
+            handle._note_abort(reason)
+        cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all
+
+    async def join_next(self) -> Outcome[Any] | None:
+        """The outcome of the next task to finish, in finishing order; ``None`` if empty.
+
+        Cancellation:
+            Always a checkpoint. If cancelled, no outcome is consumed: the next call returns it.
+        """
+        found = await self.join_next_with_handle()
+        return None if found is None else found[1]
+
+    async def join_next_with_handle(self) -> tuple[TaskHandle[Any], Outcome[Any]] | None:
+        """As :meth:`join_next`, with the handle of the task the outcome belongs to (tokio
+        ``join_next_with_id``): ``handle.name`` and ``handle.id`` say which task it was.
+
+        Cancellation:
+            Always a checkpoint. If cancelled, nothing is consumed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._finished:
+            if self._count == 0:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return None
+            await self._lot.park()
+        handle = self._pop_handle()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        outcome = handle.outcome
+        assert outcome is not None
+        return handle, outcome
+
+    def _pop_handle(self) -> TaskHandle[Any]:
+        handle = self._finished.popleft()
+        self._count -= 1
+        if self._count == 0:
+            self._lot.unpark_all()  # other waiters see the set is now empty
+        return handle
+
+    def _pop(self) -> Outcome[Any]:
+        outcome = self._pop_handle().outcome
+        assert outcome is not None
+        return outcome
+
+    async def join_all(self) -> list[Outcome[Any]]:
+        """Wait for every task, then return all outcomes not yet returned, in finishing order.
+
+        Cancellation:
+            Always a checkpoint. It consumes nothing until every task has finished, so if it is
+            cancelled while waiting, every outcome is still there.
+        """
+        await self._wait_all_finished()
+        outcomes = [self._pop() for _ in range(len(self._finished))]
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return outcomes
+
+    async def shutdown(self, reason: str | None = None) -> None:
+        """Abort every task and wait until all have finished (tokio ``shutdown()``).
+
+        The outcomes stay in the set for :meth:`join_next` / :meth:`join_all`.
+
+        Cancellation:
+            Always a checkpoint. Cancelled before the call, it aborts nothing. Cancelled while
+            waiting, the tasks are already aborted and keep winding down; nothing is consumed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled before the call: no effect
+        self.abort_all(reason)
+        await self._wait_all_finished()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _wait_all_finished(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self._running:
+            await self._lot.park()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Outcome[Any]:
+        outcome = await self.join_next()
+        if outcome is None:
+            raise StopAsyncIteration
+        return outcome
+
+    async def __aenter__(self) -> Self:
+        """Cancellation: a checkpoint, before the set opens (as for ``GracefulShutdown``)."""
+        await self._tasks.enter()
+        return self
+
+    async def __aexit__(  # noqa: ASYNC910 - awaiting the nursery exit is the checkpoint
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Cancellation: aborts the running tasks and waits for them (a checkpoint).
+
+        The body's exception propagates as itself; a non-cancellation ``BaseException`` from a
+        task (``KeyboardInterrupt``) propagates alongside it in a ``BaseExceptionGroup``.
+        """
+        self.abort_all()
+        try:
+            # Joining the aborted tasks is the point of this exit, as for a nursery's own.
+            return await self._tasks.exit(exc_type, exc, tb)  # noqa: ASYNC102
+        finally:
+            for handle in self._finished:
+                handle._report_unretrieved("JoinSet closed")
