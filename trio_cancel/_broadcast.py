@@ -13,10 +13,11 @@ from typing import Generic, TypeVar, final
 import attrs
 import trio
 
+from ._checks import check_trio_thread
 from ._debug import track_endpoints
 from ._endpoint import FanoutSender, SharedEnds, SyncClosable, receive_when_ready
 from ._exceptions import LaggedError
-from ._util import NoPublicConstructor, check_trio_thread
+from ._util import NoPublicConstructor
 
 T = TypeVar("T")
 

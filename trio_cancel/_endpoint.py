@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 import attrs
 import trio
 
+from ._checks import check_trio_thread
 from ._debug import track_endpoints
-from ._util import check_trio_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable

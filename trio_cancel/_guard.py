@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, Self, TypeVarTuple, final
 import attrs
 import trio
 
-from ._util import NoPublicConstructor, check_async_callable, check_grace
+from ._checks import check_async_callable, check_grace
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

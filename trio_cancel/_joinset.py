@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final
 import attrs
 import trio
 
-from ._nursery import OwnedNursery
+from ._checks import check_reason, check_trio_thread
+from ._nursery import NurseryOwner, OwnedNursery
 from ._trio_internals import cancel_scopes
-from ._util import check_reason, check_trio_thread
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import TracebackType
 
     from ._outcome import Outcome
     from ._task import TaskHandle
@@ -26,7 +25,7 @@ PosArgsT = TypeVarTuple("PosArgsT")
 
 @final
 @attrs.define(eq=False, repr=False)
-class JoinSet:
+class JoinSet(NurseryOwner):
     """A set of tasks whose outcomes are collected in finishing order (tokio ``JoinSet``).
 
     Use as ``async with tc.JoinSet() as js:``; it owns a nursery. Lifecycle: *new* (spawning
@@ -34,6 +33,12 @@ class JoinSet:
     block aborts the tasks still running and waits for them (as dropping a tokio ``JoinSet``
     aborts its tasks); an exception from the body propagates as itself, not wrapped in a group.
     Failed outcomes that were never retrieved are logged on the ``trio_cancel`` logger at exit.
+
+    Cancellation:
+        Entering is a checkpoint, before the set opens. Leaving aborts the running tasks and
+        waits for them (a checkpoint). The body's exception propagates as itself; a
+        non-cancellation ``BaseException`` from a task (``KeyboardInterrupt``) propagates
+        alongside it in a ``BaseExceptionGroup``.
     """
 
     _tasks: OwnedNursery = attrs.field(factory=lambda: OwnedNursery("JoinSet"), init=False)
@@ -169,26 +174,12 @@ class JoinSet:
             raise StopAsyncIteration
         return outcome
 
-    async def __aenter__(self) -> Self:
-        """Cancellation: a checkpoint, before the set opens (as for ``GracefulShutdown``)."""
-        await self._tasks.enter()
-        return self
-
-    async def __aexit__(  # noqa: ASYNC910 - awaiting the nursery exit is the checkpoint
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        """Cancellation: aborts the running tasks and waits for them (a checkpoint).
-
-        The body's exception propagates as itself; a non-cancellation ``BaseException`` from a
-        task (``KeyboardInterrupt``) propagates alongside it in a ``BaseExceptionGroup``.
-        """
+    async def _leave(self, exc: BaseException | None) -> bool:
+        """Leaving the ``async with``: aborts the running tasks and waits for them."""
         self.abort_all()
         try:
             # Joining the aborted tasks is the point of this exit, as for a nursery's own.
-            return await self._tasks.exit(exc_type, exc, tb)  # noqa: ASYNC102
+            return await self._tasks.exit(exc)  # noqa: ASYNC102
         finally:
             for handle in self._finished:
                 handle._report_unretrieved("JoinSet closed")

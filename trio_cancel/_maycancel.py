@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import trio
 
+from ._checks import takes_token_keyword
 from ._token import CancellationToken
-from ._util import NoPublicConstructor, takes_token_keyword
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator

@@ -7,7 +7,7 @@ from typing import final
 import attrs
 import trio
 
-from ._util import check_trio_thread
+from ._checks import check_trio_thread
 
 
 @final

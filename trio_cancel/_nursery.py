@@ -7,13 +7,13 @@ an exception group (:meth:`OwnedNursery.exit`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, Self, TypeVar
 
 import attrs
 import trio
 
+from ._excgroups import leaves, reraise_bare
 from ._task import make_handle
-from ._util import leaves, reraise_bare
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -85,24 +85,21 @@ class OwnedNursery:
         """Start a helper task with no handle. Not a checkpoint; never blocks."""
         self.require_open(what).start_soon(async_fn, *args)
 
-    async def exit(  # noqa: ASYNC910 - awaiting the nursery exit is the checkpoint
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        """Close the nursery (waiting for its tasks); the body's exception, alone or alongside
-        nothing but cancellations, propagates as itself (the same object), not in a group.
+    async def exit(self, exc: BaseException | None) -> bool:  # noqa: ASYNC910 - see below
+        """Close the nursery (waiting for its tasks); ``exc`` is the body's exception. That
+        exception, alone or alongside nothing but cancellations, propagates as itself (the same
+        object), not in a group.
 
         Cancellation:
-            Trio's nursery exit: it waits for every task, and a cancellation from outside
-            cancels them.
+            Trio's nursery exit (awaiting it is the checkpoint): it waits for every task, and a
+            cancellation from outside cancels them.
         """
         self.state = "closed"
         cm = self._cm
         assert cm is not None
+        tb = None if exc is None else exc.__traceback__
         try:
-            return await cm.__aexit__(exc_type, exc, tb)  # type: ignore[return-value]
+            return await cm.__aexit__(type(exc) if exc is not None else None, exc, tb)  # type: ignore[return-value]
         except BaseExceptionGroup as group:
             if exc is None:
                 raise
@@ -115,3 +112,33 @@ class OwnedNursery:
             ):
                 raise
             reraise_bare(exc)
+
+
+class NurseryOwner:
+    """Base of ``JoinSet`` and ``GracefulShutdown``: ``async with`` opens their
+    :class:`OwnedNursery` (``_tasks``) and leaving it runs their ``_leave``, which ends by
+    :meth:`OwnedNursery.exit`."""
+
+    __slots__ = ()
+    _tasks: OwnedNursery
+
+    async def __aenter__(self) -> Self:
+        """Cancellation: a checkpoint, before the nursery opens (see the owner's docstring)."""
+        await self._tasks.enter()
+        self._opened()
+        return self
+
+    async def __aexit__(  # noqa: ASYNC910 - the owner's _leave awaits the nursery exit
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Cancellation: see the owner's docstring (its ``_leave``)."""
+        return await self._leave(exc)  # noqa: ASYNC102 - the exit waits for the tasks, by design
+
+    def _opened(self) -> None:
+        """Called once, when the nursery has opened."""
+
+    async def _leave(self, exc: BaseException | None) -> bool:
+        raise NotImplementedError

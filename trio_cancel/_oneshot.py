@@ -13,9 +13,10 @@ from typing import Generic, TypeVar, final
 import attrs
 import trio
 
+from ._checks import check_trio_thread
 from ._debug import track_endpoints
 from ._endpoint import SyncClosable, event_has_waiters, receive_when_ready
-from ._util import NoPublicConstructor, check_trio_thread
+from ._util import NoPublicConstructor
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
 import attrs
 import trio
 
-from ._util import first_leaf, only_cancelled
+from ._excgroups import first_leaf, only_cancelled
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine

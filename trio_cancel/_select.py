@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 import attrs
 import trio
 
+from ._checks import coroutine_or_error
 from ._exceptions import SelectError
-from ._util import NoPublicConstructor, coroutine_or_error, raise_errors_of
+from ._excgroups import raise_errors_of
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping

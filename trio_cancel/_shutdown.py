@@ -11,20 +11,20 @@ from __future__ import annotations
 import functools
 import logging
 import signal
-from typing import TYPE_CHECKING, Any, Self, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import attrs
 import trio
 
-from ._nursery import OwnedNursery
+from ._checks import check_grace, check_trio_thread, takes_token_keyword
+from ._nursery import NurseryOwner, OwnedNursery
 from ._outcome import Aborted, Completed, Failed, Outcome
 from ._token import CancellationToken
-from ._util import NoPublicConstructor, check_grace, check_trio_thread, takes_token_keyword
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Mapping
     from contextlib import AbstractContextManager
-    from types import TracebackType
 
     from ._task import TaskHandle
 
@@ -142,7 +142,7 @@ class LandingReport(metaclass=NoPublicConstructor):
 
 @final
 @attrs.define(eq=False, repr=False)
-class GracefulShutdown:
+class GracefulShutdown(NurseryOwner):
     """Tracks tasks and shuts them down in two phases: ``async with tc.GracefulShutdown(5.0)``.
 
     Lifecycle: *new*, *open* inside the ``async with`` (tasks can be spawned), *triggered*
@@ -151,8 +151,11 @@ class GracefulShutdown:
     :class:`LandingReport` is ready). Leaving the block without :meth:`wait` does
     ``trigger()`` and ``wait()``; an exception from the body propagates as itself after that.
 
-    A cancellation from outside the block (an enclosing scope) is not a graceful shutdown: as
-    for any nursery, Trio cancels every task at once.
+    Cancellation:
+        Entering is a checkpoint, before any task can be spawned. Leaving the block triggers
+        (if needed) and waits for every task to land, phase 2 included. A cancellation from
+        outside the block (an enclosing scope) is not a graceful shutdown: as for any nursery,
+        Trio cancels every task at once.
 
     Args:
         grace: Seconds between phase 1 and phase 2; ``math.inf`` never forces.
@@ -404,20 +407,11 @@ class GracefulShutdown:
             else:
                 self._force(f"forced by a second signal ({name})")
 
-    async def __aenter__(self) -> Self:
-        """Cancellation: a checkpoint, before any task can be spawned."""
-        await self._tasks.enter()
+    def _opened(self) -> None:
         self._state = "open"
-        return self
 
-    async def __aexit__(  # noqa: ASYNC910 - awaiting the nursery exit is the checkpoint
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        """Cancellation: leaving the block triggers (if needed) and waits for every task to
-        land, phase 2 included. A cancellation from outside cancels the tasks at once."""
+    async def _leave(self, exc: BaseException | None) -> bool:
+        """Leaving the ``async with``: trigger if needed, land every task, close the nursery."""
         try:
             if not isinstance(exc, trio.Cancelled):
                 if self._state == "open":
@@ -428,7 +422,7 @@ class GracefulShutdown:
                 scope.cancel()
             self._state = "landed"
             try:
-                result = await self._tasks.exit(exc_type, exc, tb)  # noqa: ASYNC102
+                result = await self._tasks.exit(exc)  # noqa: ASYNC102
             except BaseException as error:
                 trigger_error, self._trigger_error = self._trigger_error, None
                 if trigger_error is None:

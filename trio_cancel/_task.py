@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final
 import attrs
 import trio
 
+from ._checks import check_reason, check_trio_thread, coroutine_or_error
 from ._outcome import Aborted, Completed, Failed, Outcome, capture, outcome_of_base_exception
 from ._token import CancellationToken
-from ._util import NoPublicConstructor, check_reason, check_trio_thread, coroutine_or_error
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine

@@ -38,18 +38,13 @@ import attrs
 import outcome
 import trio
 
+from ._checks import check_reason, check_seconds, check_sync_callable, check_trio_thread
 from ._debug import track_registration
 from ._exceptions import OperationCancelledError
 from ._guard import DropGuard
 from ._timers import TimerEntry, timer_service
 from ._trio_internals import cancel_scopes
-from ._util import (
-    NoPublicConstructor,
-    check_reason,
-    check_seconds,
-    check_sync_callable,
-    check_trio_thread,
-)
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

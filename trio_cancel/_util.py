@@ -1,17 +1,9 @@
-"""Small helpers shared by the private modules (not public)."""
+"""Package plumbing: factory-only classes and public names' ``__module__``."""
 
 from __future__ import annotations
 
-import functools
-import inspect
-import math
 from abc import ABCMeta
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-
-import trio
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -32,152 +24,6 @@ class NoPublicConstructor(ABCMeta):
         return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
-def check_seconds(value: object, name: str) -> float:
-    """A delay or grace period in seconds: a real number, not NaN, >= 0 (``inf`` allowed).
-
-    A number too large for a float (``10**400``) is a ``ValueError``, not an ``OverflowError``.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    try:
-        seconds = float(value)
-    except OverflowError:
-        raise ValueError(f"{name} is too large to be a number of seconds: {value!r}") from None
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
-    return seconds
-
-
-def check_grace(grace: float) -> float:
-    """A cleanup's ``grace`` bound in seconds (``math.inf`` allowed); else ValueError/TypeError."""
-    return check_seconds(grace, "grace")
-
-
-def check_trio_thread(what: str, *, wakes: bool = True) -> None:
-    """Raise ``RuntimeError`` unless called from the thread running :func:`trio.run`.
-
-    Called before a call changes anything, when it must wake a task or cancel a bound scope
-    (``wakes``), so that the same call retried through ``trio.from_thread.run_sync`` does the
-    whole job.
-    """
-    if wakes and not trio.lowlevel.in_trio_run():
-        raise RuntimeError(
-            f"{what} must wake Trio tasks, so it must be called from the Trio thread; from "
-            f"another thread use trio.from_thread.run_sync(...). Nothing was changed."
-        )
-
-
-def check_sync_callable(fn: object, what: str) -> None:
-    """``fn`` must be a plain callable, not an async function (whose call would only build a
-    coroutine that nobody awaits)."""
-    if not callable(fn):
-        raise TypeError(f"{what} needs a callable, not {type(fn).__name__}")
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
-    ):
-        raise TypeError(
-            f"{what} needs a synchronous callable; {fn!r} is an async function, whose call "
-            "would only create a coroutine that nobody awaits. Pass a sync function (for async "
-            "work on cancellation, spawn a task that awaits token.wait_cancelled())."
-        )
-
-
-def check_async_callable(fn: object, what: str) -> None:
-    """For a function called later: reject at once what is certainly not an async function (a
-    plain ``def`` function, method or builtin). Other callables are checked when called."""
-    if not callable(fn):
-        raise TypeError(f"{what} needs an async function, not {type(fn).__name__}")
-    target: Any = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    plain = inspect.isfunction(target) or inspect.ismethod(target) or inspect.isbuiltin(target)
-    if plain and not inspect.iscoroutinefunction(target):
-        raise TypeError(
-            f"{what} needs an async function (async def); "
-            f"{getattr(target, '__qualname__', target)!r} is synchronous"
-        )
-
-
-def coroutine_or_error(
-    async_fn: Callable[..., object], args: tuple[object, ...], what: str
-) -> Coroutine[Any, Any, Any]:
-    """Call ``async_fn(*args)`` and return the coroutine, as ``nursery.start_soon`` does: a
-    function that is not async is a ``TypeError`` here, at the call that was given it, not a
-    failure later inside the task. (Like Trio, a sync function has run by then.)"""
-    if not callable(async_fn):
-        raise TypeError(f"{what} needs an async function, not {type(async_fn).__name__}")
-    if inspect.isasyncgenfunction(async_fn):
-        raise TypeError(
-            f"{what} needs an async function; {async_fn!r} is an async generator function"
-        )
-    coro = async_fn(*args)
-    if not inspect.iscoroutine(coro):
-        kind = "an awaitable" if inspect.isawaitable(coro) else type(coro).__name__
-        if inspect.isawaitable(coro) and hasattr(coro, "close"):
-            coro.close()
-        raise TypeError(
-            f"{what} needs an async function (async def), but "
-            f"{getattr(async_fn, '__qualname__', async_fn)!r} returned {kind}: it appears to be "
-            "synchronous. Pass the async function itself, or run blocking code with "
-            "trio.to_thread.run_sync."
-        )
-    return coro
-
-
-def check_reason(reason: object) -> None:
-    """A cancel reason is a ``str`` or ``None`` (Trio's ``CancelScope.cancel`` takes only those)."""
-    if reason is not None and not isinstance(reason, str):
-        raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
-
-
-def first_leaf(exc: BaseException) -> BaseException:
-    """The first non-group exception inside ``exc`` (``exc`` itself if it is not a group)."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-def leaves(exc: BaseException) -> list[BaseException]:
-    """Every non-group exception inside ``exc`` (``[exc]`` if it is not a group); iterative."""
-    found: list[BaseException] = []
-    stack = [exc]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, BaseExceptionGroup):
-            stack.extend(reversed(item.exceptions))
-        else:
-            found.append(item)
-    return found
-
-
-def only_cancelled(exc: BaseException) -> bool:
-    """Whether ``exc`` is a ``trio.Cancelled``, or a group holding nothing else."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[1] is None
-    return isinstance(exc, trio.Cancelled)
-
-
-def reraise_bare(exc: BaseException) -> NoReturn:
-    """Raise ``exc`` as itself (out of the group it came in), keeping its ``__context__``."""
-    context = exc.__context__
-    try:
-        raise exc
-    finally:
-        exc.__context__ = context
-        del exc
-
-
-def raise_errors_of(group: BaseExceptionGroup[BaseException]) -> None:
-    """Raise what ``group`` holds besides ``trio.Cancelled``: bare if it is one exception, as a
-    group if several. Returns (raising nothing) if the group held only cancellations."""
-    _, errors = group.split(trio.Cancelled)
-    if errors is None:
-        return
-    if len(errors.exceptions) == 1 and not isinstance(errors.exceptions[0], BaseExceptionGroup):
-        reraise_bare(errors.exceptions[0])
-    raise errors from None
-
-
 def fixup_module_metadata(module_name: str, namespace: dict[str, object]) -> None:
     """Make public objects say they live in ``module_name`` (reprs, tracebacks, docs)."""
     for name, obj in namespace.items():
@@ -189,17 +35,3 @@ def fixup_module_metadata(module_name: str, namespace: dict[str, object]) -> Non
                 obj.__module__ = module_name
             except (AttributeError, TypeError):  # pragma: no cover - immutable builtins
                 continue
-
-
-def takes_token_keyword(fn: Callable[..., object]) -> bool:
-    """Whether ``fn`` can be called with ``token=``: a parameter of that name that is not
-    positional-only, or ``**kwargs``. False for a callable without a signature."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin or other callable without a signature
-        return False
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD
-        or (p.name == "token" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
-        for p in params
-    )

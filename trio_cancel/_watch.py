@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, final
 import attrs
 import trio
 
+from ._checks import check_trio_thread
 from ._debug import track_endpoints
 from ._endpoint import (
     FanoutSender,
@@ -20,7 +21,7 @@ from ._endpoint import (
     event_has_waiters,
     receive_when_ready,
 )
-from ._util import NoPublicConstructor, check_trio_thread
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Callable

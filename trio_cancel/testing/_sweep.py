@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, final
 import attrs
 import trio
 
+from .._excgroups import only_cancelled
 from .._trio_internals import (
     CHECK_THEN_COUNT,
     COUNT_THEN_CHECK,
@@ -40,7 +41,6 @@ from .._trio_internals import (
     require_cancel_point_counter,
     scheduler_rng,
 )
-from .._util import only_cancelled
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
