@@ -57,6 +57,11 @@ from ._tasktree import (
     TaskTreeNode as TaskTreeNode,
     current_task_tree as current_task_tree,
 )
+from ._threads import (
+    ThreadCallStatistics as ThreadCallStatistics,
+    run_sync_interruptible as run_sync_interruptible,
+    thread_call_statistics as thread_call_statistics,
+)
 from ._token import (
     CancellationToken as CancellationToken,
     Registration as Registration,
@@ -102,6 +107,7 @@ __all__ = [
     "TaskLanding",
     "TaskTree",
     "TaskTreeNode",
+    "ThreadCallStatistics",
     "Transaction",
     "TransactionGuard",
     "WatchReceiver",
@@ -114,8 +120,10 @@ __all__ = [
     "open_broadcast_channel",
     "open_oneshot_channel",
     "open_watch_channel",
+    "run_sync_interruptible",
     "select",
     "spawn",
+    "thread_call_statistics",
 ]
 
 _fixup_module_metadata(__name__, globals())

@@ -52,12 +52,16 @@ class TaskLanding:
         forced: Whether the task was still running when phase 2 began, whether the abort
             reached it or it ended on its own after that (a task that held the CPU past the
             grace period without a checkpoint is forced too).
+        abandoned: Blocking calls of the task (:func:`run_sync_interruptible`, database
+            statements) that did not return within their grace period after being
+            interrupted, and whose threads were abandoned, by name.
     """
 
     name: str
     outcome: Outcome[Any]
     seconds: float | None
     forced: bool
+    abandoned: tuple[str, ...] = ()
 
 
 @final
@@ -101,6 +105,7 @@ class LandingReport(metaclass=NoPublicConstructor):
                     "error": repr(outcome.error) if isinstance(outcome, Failed) else None,
                     "seconds": t.seconds,
                     "forced": t.forced,
+                    "abandoned": list(t.abandoned),
                 }
             )
         return {
@@ -137,6 +142,7 @@ class LandingReport(metaclass=NoPublicConstructor):
             seconds = "before" if t.seconds is None else f"{t.seconds:.3f}"
             how = "forced" if t.forced else "landed"
             lines.append(f"  {t.name:<{width}}  {seconds:>8}  {how:<7}  {t.outcome!r}")
+            lines.extend(f"  {'':<{width}}  abandoned thread: {call}" for call in t.abandoned)
         return "\n".join(lines)
 
 
@@ -374,7 +380,8 @@ class GracefulShutdown(NurseryOwner):
         # Still running when phase 2 was due (it may have held the CPU so that phase 2 could
         # not run): forced, even if it then ended on its own.
         forced = handle in self._forced or exited > triggered_at + self._grace
-        return TaskLanding(handle.name, outcome, exited - triggered_at, forced)
+        abandoned = tuple(handle._abandoned or ())
+        return TaskLanding(handle.name, outcome, exited - triggered_at, forced, abandoned)
 
     def install_signal_handlers(self, *signals: int) -> None:
         """Trigger on a signal (default SIGINT and SIGTERM); a second signal forces phase 2.

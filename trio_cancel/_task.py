@@ -76,6 +76,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     _aborted_first: bool = attrs.field(default=False, init=False)
     _retrieved: bool = attrs.field(default=False, init=False)
     _id: int = attrs.field(factory=_ids.__next__, init=False)
+    # Blocking calls of this task that were abandoned (run_sync_interruptible), by name.
+    _abandoned: list[str] | None = attrs.field(default=None, init=False)
 
     @property
     def name(self) -> str:
@@ -126,6 +128,11 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         if not self._scope.cancel_called:
             self._aborted_first = True
             self._abort_reason = reason
+
+    def _note_abandoned(self, call: str) -> None:
+        if self._abandoned is None:
+            self._abandoned = []
+        self._abandoned.append(call)
 
     def abort_handle(self) -> AbortHandle:
         """A small object that can only abort this task and ask whether it finished.

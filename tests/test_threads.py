@@ -1,0 +1,386 @@
+"""Tests of run_sync_interruptible: blocking calls that a cancellation interrupts."""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import sqlite3
+import threading
+import time
+import tracemalloc
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+
+import trio_cancel as tc
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+class Blocker:
+    """A blocking call that runs until interrupted (or released), recording what happened."""
+
+    def __init__(self, *, obey: bool = True) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.started = trio.Event()
+        self.release = threading.Event()
+        self.obey = obey
+        self.interrupts: list[int] = []  # thread idents of the interrupt() calls
+        self.interrupted = trio.Event()
+        self.finally_ran = False
+        self.calls = 0
+
+    def __call__(self, value: str = "done") -> str:
+        self.calls += 1
+        try:
+            self.token.run_sync_soon(self.started.set)
+            self.release.wait(10)
+            if self.interrupts and self.obey:
+                raise InterruptedError("interrupted")
+            return value
+        finally:
+            self.finally_ran = True
+
+    def interrupt(self) -> None:
+        self.interrupts.append(threading.get_ident())
+        self.interrupted.set()
+        if self.obey:
+            self.release.set()
+
+
+def _is_interrupted(exc: BaseException) -> bool:
+    return isinstance(exc, InterruptedError)
+
+
+async def test_returns_the_value_and_is_a_checkpoint() -> None:
+    blocker = Blocker()
+    blocker.release.set()
+    with trio.testing.assert_checkpoints():
+        assert await tc.run_sync_interruptible(blocker, "x", interrupt=blocker.interrupt) == "x"
+    assert blocker.interrupts == []
+
+
+async def test_cancel_interrupts_once_from_the_trio_thread_and_waits_for_the_thread() -> None:
+    blocker = Blocker()
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            await tc.run_sync_interruptible(
+                blocker, interrupt=blocker.interrupt, is_interruption=_is_interrupted
+            )
+    assert cs.cancelled_caught
+    assert blocker.interrupts == [threading.get_ident()]  # once, from this (the Trio) thread
+    assert blocker.finally_ran  # the thread was waited for, not abandoned
+
+
+async def _cancel_when_started(blocker: Blocker, cs: trio.CancelScope) -> None:
+    await blocker.started.wait()
+    cs.cancel("stop")
+
+
+async def test_the_interrupts_error_becomes_the_cancelled() -> None:
+    blocker = Blocker()
+    seen: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            try:
+                await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt)
+            except trio.Cancelled as exc:
+                seen.append(exc)
+                raise
+    assert cs.cancelled_caught
+    assert isinstance(seen[0].__context__, InterruptedError)
+
+
+async def test_another_error_of_fn_propagates_unchanged() -> None:
+    def broken() -> None:
+        raise KeyError("sql error")
+
+    with pytest.raises(KeyError, match="sql error"):
+        await tc.run_sync_interruptible(broken, interrupt=lambda: None)
+
+    # Interrupted, but fn's error is not the interrupt's: it propagates as itself.
+    blocker = Blocker()
+
+    def fails_its_own_way() -> None:
+        blocker()
+        raise LookupError("constraint")
+
+    blocker.obey = False
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            nursery.start_soon(_release_after_interrupt, blocker)
+            with pytest.raises(LookupError, match="constraint"):
+                await tc.run_sync_interruptible(
+                    fails_its_own_way, interrupt=blocker.interrupt, is_interruption=_is_interrupted
+                )
+    assert blocker.interrupts
+
+
+async def _release_after_interrupt(blocker: Blocker) -> None:
+    await blocker.interrupted.wait()
+    blocker.release.set()
+
+
+async def test_a_call_that_completes_despite_the_interrupt_wins() -> None:
+    blocker = Blocker(obey=False)  # returns normally even after interrupt()
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            nursery.start_soon(_release_after_interrupt, blocker)
+            result = await tc.run_sync_interruptible(blocker, "kept", interrupt=blocker.interrupt)
+            assert result == "kept"  # returned although the scope is cancelled...
+            await trio.lowlevel.checkpoint()  # ...which the next checkpoint delivers
+            pytest.fail("the cancellation was lost")  # pragma: no cover
+    assert cs.cancelled_caught
+
+
+async def test_cancelled_before_start_never_runs_fn() -> None:
+    blocker = Blocker()
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt)
+    assert cs.cancelled_caught
+    assert blocker.calls == 0
+    assert blocker.interrupts == []
+
+
+async def test_cancelled_while_waiting_for_the_limiter_never_runs_fn() -> None:
+    limiter = trio.CapacityLimiter(1)
+    first, second = Blocker(), Blocker()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: tc.run_sync_interruptible(first, interrupt=first.interrupt, limiter=limiter)
+        )
+        await first.started.wait()
+        with trio.move_on_after(0.01) as cs:
+            await tc.run_sync_interruptible(second, interrupt=second.interrupt, limiter=limiter)
+        assert cs.cancelled_caught
+        first.release.set()
+    assert second.calls == 0
+    assert limiter.borrowed_tokens == 0
+
+
+async def test_grace_runs_out_the_thread_is_abandoned_counted_and_warned() -> None:
+    blocker = Blocker(obey=False)
+    limiter = trio.CapacityLimiter(1)
+    before = tc.thread_call_statistics()
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.warns(tc.CleanupTimeoutWarning, match="Blocker.*abandoned"):
+                await tc.run_sync_interruptible(
+                    blocker, interrupt=blocker.interrupt, grace=0.01, limiter=limiter
+                )
+    assert cs.cancelled_caught
+    during = tc.thread_call_statistics()
+    assert during.abandoned == before.abandoned + 1
+    assert during.abandoned_running == before.abandoned_running + 1
+    assert limiter.borrowed_tokens == 1  # the abandoned thread still holds its token
+    blocker.release.set()
+    # A counter that another thread ends: poll it.
+    while tc.thread_call_statistics().abandoned_running != before.abandoned_running:  # noqa: ASYNC110
+        await trio.sleep(0.001)
+    assert limiter.borrowed_tokens == 0  # released when the abandoned call ended
+
+
+async def test_an_error_of_interrupt_is_chained_and_the_thread_still_waited_for() -> None:
+    blocker = Blocker()
+
+    def bad_interrupt() -> None:
+        blocker.interrupt()
+        raise OSError("interrupt failed")
+
+    seen: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            try:
+                await tc.run_sync_interruptible(blocker, interrupt=bad_interrupt)
+            except trio.Cancelled as exc:
+                seen.append(exc)
+                raise
+    assert cs.cancelled_caught
+    assert isinstance(seen[0].__cause__, OSError)
+    assert blocker.finally_ran
+
+
+async def test_limiter_released_on_every_path() -> None:
+    limiter = trio.CapacityLimiter(1)
+
+    def broken() -> None:
+        raise ValueError
+
+    assert await tc.run_sync_interruptible(lambda: 1, interrupt=lambda: None, limiter=limiter)
+    with pytest.raises(ValueError):  # noqa: PT011
+        await tc.run_sync_interruptible(broken, interrupt=lambda: None, limiter=limiter)
+    blocker = Blocker()
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt, limiter=limiter)
+    assert limiter.borrowed_tokens == 0
+
+
+async def test_under_graceful_shutdown_an_abandoned_call_is_in_the_report() -> None:
+    blocker = Blocker(obey=False)
+
+    async def worker() -> None:
+        await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt, grace=0.01)
+
+    with pytest.warns(tc.CleanupTimeoutWarning):  # noqa: PT031 - the warning comes from inside
+        async with tc.GracefulShutdown(grace=0.05) as gs:
+            gs.spawn(worker, name="db worker")
+            await blocker.started.wait()
+            report = await gs.wait()
+    blocker.release.set()
+    (landing,) = report.tasks
+    assert landing.forced
+    assert landing.abandoned == ("Blocker",)
+    assert "abandoned thread: Blocker" in str(report)
+    assert report.to_dict()["tasks"][0]["abandoned"] == ["Blocker"]
+
+
+async def test_bad_input_is_rejected_before_anything_runs() -> None:
+    async def coroutine_fn() -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(TypeError, match="await it directly"):
+        await tc.run_sync_interruptible(coroutine_fn, interrupt=lambda: None)  # type: ignore[unused-coroutine]
+    with pytest.raises(TypeError, match="callable"):
+        await tc.run_sync_interruptible(lambda: None, interrupt=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="synchronous"):
+        await tc.run_sync_interruptible(lambda: None, interrupt=coroutine_fn)
+    for grace in (-1, math.nan):
+        with pytest.raises(ValueError, match="grace"):
+            await tc.run_sync_interruptible(lambda: None, interrupt=lambda: None, grace=grace)
+    with pytest.raises(TypeError, match="CapacityLimiter"):
+        await tc.run_sync_interruptible(lambda: None, interrupt=lambda: None, limiter=3)  # type: ignore[arg-type]
+
+
+def test_outside_trio_run_is_a_runtime_error() -> None:
+    coro = tc.run_sync_interruptible(lambda: None, interrupt=lambda: None)
+    with pytest.raises(RuntimeError, match=r"inside trio\.run"):
+        coro.send(None)
+    coro.close()
+
+
+# ---------------------------------------------------------------- a real SQLite database
+
+
+@pytest.fixture
+def sqlite_conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(tmp_path / "db.sqlite", check_same_thread=False)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+SLOW_QUERY = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+    "SELECT count(*) FROM c"
+)
+
+
+def _sqlite_interrupted(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "interrupted" in str(exc)
+
+
+async def test_a_ten_second_sqlite_query_is_cut_at_the_deadline(
+    sqlite_conn: sqlite3.Connection,
+) -> None:
+    done: list[bool] = []
+    interrupts: list[int] = []
+
+    def query() -> int:
+        try:
+            return int(sqlite_conn.execute(SLOW_QUERY, (10**10,)).fetchone()[0])
+        finally:
+            done.append(True)
+
+    def interrupt() -> None:
+        interrupts.append(threading.get_ident())
+        sqlite_conn.interrupt()
+
+    start = time.perf_counter()
+    with trio.move_on_after(0.2) as cs:
+        await tc.run_sync_interruptible(
+            query, interrupt=interrupt, is_interruption=_sqlite_interrupted
+        )
+    elapsed = time.perf_counter() - start
+    assert cs.cancelled_caught
+    assert done == [True]  # fn's finally ran before the call returned
+    assert interrupts == [threading.get_ident()]
+    assert elapsed < 2.0  # measured: about 0.20 s (examples/interrupt_blocking.py reports it)
+    # The connection is usable again: the interrupt did not stick.
+    assert sqlite_conn.execute("SELECT 1").fetchone() == (1,)
+
+
+async def test_race_between_return_and_cancel_loses_no_value_and_leaves_no_stray_interrupt(
+    sqlite_conn: sqlite3.Connection,
+) -> None:
+    rng = random.Random(20261130)
+    produced: list[int] = []
+    received = cancelled = 0
+    for i in range(1000):
+
+        def query(i: int = i) -> int:
+            value = int(sqlite_conn.execute(SLOW_QUERY, (2000,)).fetchone()[0]) + i
+            produced.append(value)
+            return value
+
+        with trio.move_on_after(rng.uniform(0, 0.002)):
+            try:
+                value = await tc.run_sync_interruptible(
+                    query, interrupt=sqlite_conn.interrupt, is_interruption=_sqlite_interrupted
+                )
+            except trio.Cancelled:
+                cancelled += 1
+                raise
+            assert value == 2000 + i
+            received += 1
+        # An interrupt never outlives its call: the next statement is not hit by it.
+        assert sqlite_conn.execute("SELECT 1").fetchone() == (1,)
+    assert received == len(produced)  # every value fn produced reached its caller
+    assert received + cancelled == 1000
+    assert received > 0
+    assert cancelled > 0
+
+
+async def test_a_thousand_interrupted_calls_keep_threads_and_memory_flat() -> None:
+    def one_round() -> Blocker:
+        return Blocker()
+
+    async def interrupted_call() -> None:
+        blocker = one_round()
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as cs:
+                nursery.start_soon(_cancel_when_started, blocker, cs)
+                await tc.run_sync_interruptible(
+                    blocker, interrupt=blocker.interrupt, is_interruption=_is_interrupted
+                )
+        assert cs.cancelled_caught
+
+    for _ in range(100):
+        await interrupted_call()
+    gc.collect()
+    threads = threading.active_count()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(1000):
+            await interrupted_call()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert threading.active_count() <= threads + 2
+    assert grown < 100_000, grown  # flat: no per-call leak (measured: a few kB of caches)
