@@ -39,8 +39,9 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html
 
+# With a throwaway PostgreSQL server on 127.0.0.1 when PostgreSQL is installed (.ci/with-postgres).
 pytest: $(STAMP)
-	$(BIN)/pytest
+	.ci/with-postgres $(BIN)/pytest
 
 test: lint typecheck docs pytest
 

@@ -434,6 +434,7 @@ async def test_report_to_dict_is_plain_data(autojump_clock: trio.testing.MockClo
         "error": None,
         "seconds": 1.0,
         "forced": True,
+        "abandoned": [],
     }
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 PosArgsT = TypeVarTuple("PosArgsT")
 
 # flake8-async's ASYNC102 ("await in __aexit__ / except must be shielded with a timeout") is
-# silenced on the awaits below that call _bounded() (shielded, with the grace period as its
+# silenced on the awaits below that call bounded() (shielded, with the grace period as its
 # timeout) and on the checkpoints that deliberately deliver a pending cancellation after the
 # cleanup has run.
 
@@ -67,7 +67,7 @@ class Transaction(Protocol):
         """
 
 
-async def _bounded(
+async def bounded(
     grace: float, async_fn: Callable[[*PosArgsT], Awaitable[object]], *args: *PosArgsT
 ) -> tuple[BaseException | None, bool]:
     """Run ``async_fn(*args)`` shielded, cancelled after ``grace`` seconds.
@@ -85,11 +85,11 @@ async def _bounded(
     return error, scope.cancelled_caught  # noqa: ASYNC910 - helper; callers checkpoint
 
 
-async def _clean_up(
+async def clean_up(
     grace: float, async_fn: Callable[[], Awaitable[object]], what: str
 ) -> tuple[BaseException | None, bool]:
-    """:func:`_bounded`, plus the :exc:`CleanupTimeoutWarning` if ``what`` overran."""
-    error, timed_out = await _bounded(grace, async_fn)
+    """:func:`bounded`, plus the :exc:`CleanupTimeoutWarning` if ``what`` overran."""
+    error, timed_out = await bounded(grace, async_fn)
     if timed_out:
         warnings.warn(
             CleanupTimeoutWarning(
@@ -128,14 +128,14 @@ def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _combine(block_error: BaseException | None, cleanup_error: BaseException, what: str) -> None:
+def combine(block_error: BaseException | None, cleanup_error: BaseException, what: str) -> None:
     """Raise ``cleanup_error``, together with ``block_error`` if the block raised too."""
     if block_error is None:
         raise cleanup_error
     raise BaseExceptionGroup(f"the block and its {what} both raised", [block_error, cleanup_error])
 
 
-def _pending_cancel() -> bool:
+def pending_cancel() -> bool:
     """Whether a cancellation is pending for the current task (delivered or not)."""
     deadline = trio.current_effective_deadline()  # -inf once an enclosing scope is cancelled
     return deadline == -math.inf or deadline <= trio.current_time()
@@ -176,9 +176,9 @@ class AsyncGuard(_EnterOnce, metaclass=NoPublicConstructor):
         if not self._armed:
             return  # noqa: ASYNC910 - helper; callers checkpoint
         self._armed = False
-        error, self.timed_out = await _clean_up(self._grace, self._cleanup, f"cleanup {self._name}")
+        error, self.timed_out = await clean_up(self._grace, self._cleanup, f"cleanup {self._name}")
         if error is not None:
-            _combine(block_error, error, "cleanup")
+            combine(block_error, error, "cleanup")
 
     async def __aexit__(
         self,
@@ -257,12 +257,12 @@ class TransactionGuard(_EnterOnce, metaclass=NoPublicConstructor):
 
     async def _on_exit(self, block_error: BaseException | None) -> None:
         """Roll back (the exit action of a block that raised or was cancelled)."""
-        error, timed_out = await _clean_up(
+        error, timed_out = await clean_up(
             self._grace, self._tx.rollback, f"rollback of {self._tx!r}"
         )
         self.outcome = "rollback timed out" if timed_out else "rolled back"
         if error is not None:
-            _combine(block_error, error, "rollback")
+            combine(block_error, error, "rollback")
 
     async def __aexit__(
         self,
@@ -275,12 +275,12 @@ class TransactionGuard(_EnterOnce, metaclass=NoPublicConstructor):
         propagates. The commit itself runs shielded, so it is never torn by a cancellation; one
         that arrives during the commit is raised after it (``outcome`` is then
         ``"committed"``)."""
-        if exc is not None or _pending_cancel():
+        if exc is not None or pending_cancel():
             await self._on_exit(exc)  # noqa: ASYNC102
             if exc is None:
                 await trio.lowlevel.checkpoint()  # noqa: ASYNC102
             return
-        commit_error, timed_out = await _bounded(self._grace, self._tx.commit)  # noqa: ASYNC102
+        commit_error, timed_out = await bounded(self._grace, self._tx.commit)  # noqa: ASYNC102
         if commit_error is None and not timed_out:
             self.outcome = "committed"
             # A cancellation that arrived during the commit lands here; the commit stands.

@@ -1,0 +1,128 @@
+"""PostgreSQL for Trio through psycopg 3, where a cancellation stops the query on the server.
+
+``import trio_cancel.postgres as tc_postgres`` needs the extra: ``pip install
+'trio_cancel[postgres]'`` (``import trio_cancel`` does not import this module)::
+
+    async with await tc_postgres.connect("postgresql://app@127.0.0.1/bank") as conn:
+        async with conn.transaction():
+            await conn.execute("UPDATE accounts SET balance = balance - 10 WHERE name = %s", ("a",))
+
+psycopg's async API does not run under Trio (it needs asyncio), so each connection owns one
+worker thread driving psycopg's sync API, as ``trio_cancel.sqlite`` does. The connection is in
+autocommit mode; :meth:`Connection.transaction` issues ``BEGIN`` and ``COMMIT``/``ROLLBACK``.
+
+When a caller is cancelled while its query runs, the query is cancelled on the server with
+``Connection.cancel_safe()`` (its ``QueryCanceled`` error becomes the ``trio.Cancelled``), the
+caller waits, shielded and up to ``grace`` seconds, for the driver to return, and an enclosing
+transaction block rolls back. A commit is never interrupted. Parameters use psycopg's
+placeholders (``%s``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, final
+
+try:
+    import psycopg
+    from psycopg.pq import TransactionStatus
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "trio_cancel.postgres needs psycopg 3: pip install 'trio_cancel[postgres]'"
+    ) from exc
+
+from ._dbapi import Backend, DatabaseConnection, TransactionBlock
+from ._util import NoPublicConstructor
+
+__all__ = ["Connection", "TransactionBlock", "connect"]
+
+
+def _is_interruption(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.errors.QueryCanceled)
+
+
+def _interrupt(raw: psycopg.Connection[Any]) -> None:
+    raw.cancel_safe(timeout=5.0)
+
+
+def _in_transaction(raw: psycopg.Connection[Any]) -> bool:
+    return raw.info.transaction_status != TransactionStatus.IDLE
+
+
+def _execute(raw: psycopg.Connection[Any], sql: str, parameters: Any) -> int:  # noqa: ANN401
+    return raw.execute(sql, parameters or None).rowcount
+
+
+def _fetchone(raw: psycopg.Connection[Any], sql: str, parameters: Any) -> tuple[Any, ...] | None:  # noqa: ANN401
+    row = raw.execute(sql, parameters or None).fetchone()
+    return None if row is None else tuple(row)
+
+
+def _fetchall(raw: psycopg.Connection[Any], sql: str, parameters: Any) -> list[tuple[Any, ...]]:  # noqa: ANN401
+    return [tuple(row) for row in raw.execute(sql, parameters or None).fetchall()]
+
+
+_BACKEND: Backend[psycopg.Connection[Any]] = Backend(
+    name="postgres",
+    interrupt=_interrupt,
+    is_interruption=_is_interruption,
+    in_transaction=_in_transaction,
+    execute=_execute,
+    fetchone=_fetchone,
+    fetchall=_fetchall,
+    close=lambda raw: raw.close(),
+)
+
+
+@final
+class Connection(DatabaseConnection["psycopg.Connection[Any]"], metaclass=NoPublicConstructor):
+    """An open PostgreSQL connection, built by :func:`connect`.
+
+    States: *open*, then *closed* (:meth:`aclose`, or the end of ``async with``). Methods:
+    :meth:`execute`, :meth:`fetchone`, :meth:`fetchall`, :meth:`transaction`, :meth:`aclose`;
+    :attr:`in_transaction`. Two tasks sharing it are served first in, first out.
+    """
+
+
+async def connect(
+    dsn: str,
+    *,
+    grace: float = 5.0,
+    connect_timeout: float = 10.0,
+    **kwargs: Any,  # noqa: ANN401 - passed to psycopg.connect
+) -> Connection:
+    """Connect to ``dsn`` from a new worker thread of its own.
+
+    Args:
+        dsn: A libpq connection string or URI.
+        grace: Seconds a cancelled caller waits for a cancelled query (or a commit or
+            rollback) to return before its thread is abandoned.
+        connect_timeout: Seconds libpq may take to connect.
+        **kwargs: Other arguments of :func:`psycopg.connect` (not ``autocommit``).
+
+    Raises:
+        psycopg.OperationalError: The server could not be reached.
+        TypeError: ``autocommit`` was given.
+
+    Cancellation:
+        Always a checkpoint. Connecting is not interrupted; a caller cancelled meanwhile
+        waits for it (up to ``grace``), the new connection is closed, and the cancellation
+        raised.
+    """
+    if "autocommit" in kwargs:
+        raise TypeError("connect() manages autocommit itself; do not pass it")
+    conn = Connection._create(_BACKEND, grace, _redact(dsn))
+    timeout = max(1, round(connect_timeout))
+    await conn._open(
+        lambda: psycopg.connect(dsn, autocommit=True, connect_timeout=timeout, **kwargs)
+    )
+    return conn
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without its password, for reprs and thread names."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<dsn>"
+    host, port, dbname = info.get("host", ""), info.get("port", ""), info.get("dbname", "")
+    return f"{host}:{port}/{dbname}"

@@ -1,0 +1,109 @@
+"""SQLite for Trio, where a cancellation interrupts the statement and rolls the transaction back.
+
+``import trio_cancel.sqlite as tc_sqlite`` (standard library only; ``import trio_cancel`` does
+not import it)::
+
+    async with await tc_sqlite.connect("bank.db") as conn:
+        async with conn.transaction():
+            await conn.execute("UPDATE accounts SET balance = balance - 10 WHERE name = ?", ("a",))
+            await conn.execute("UPDATE accounts SET balance = balance + 10 WHERE name = ?", ("b",))
+
+Each connection owns one worker thread, where the ``sqlite3.Connection`` is created, used and
+closed. Statements of tasks sharing a connection run one at a time, first come, first served.
+The driver connection is in autocommit mode (``isolation_level=None``): a statement outside a
+transaction block is its own transaction, and :meth:`Connection.transaction` issues ``BEGIN``
+and ``COMMIT``/``ROLLBACK`` itself.
+
+When a caller is cancelled while its statement runs, the statement is stopped with
+``sqlite3.Connection.interrupt()`` (its ``OperationalError('interrupted')`` becomes the
+``trio.Cancelled``), the caller waits, shielded and up to ``grace`` seconds, for the driver to
+return, and an enclosing transaction block rolls back. A commit is never interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, final
+
+from ._dbapi import Backend, DatabaseConnection, TransactionBlock
+from ._util import NoPublicConstructor
+
+__all__ = ["Connection", "TransactionBlock", "connect"]
+
+
+def _is_interruption(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted"
+
+
+def _execute(raw: sqlite3.Connection, sql: str, parameters: Any) -> int:  # noqa: ANN401
+    return raw.execute(sql, parameters).rowcount
+
+
+def _fetchone(raw: sqlite3.Connection, sql: str, parameters: Any) -> tuple[Any, ...] | None:  # noqa: ANN401
+    row = raw.execute(sql, parameters).fetchone()
+    return None if row is None else tuple(row)
+
+
+def _fetchall(raw: sqlite3.Connection, sql: str, parameters: Any) -> list[tuple[Any, ...]]:  # noqa: ANN401
+    return [tuple(row) for row in raw.execute(sql, parameters).fetchall()]
+
+
+_BACKEND: Backend[sqlite3.Connection] = Backend(
+    name="sqlite",
+    interrupt=sqlite3.Connection.interrupt,
+    is_interruption=_is_interruption,
+    in_transaction=lambda raw: raw.in_transaction,
+    execute=_execute,
+    fetchone=_fetchone,
+    fetchall=_fetchall,
+    close=sqlite3.Connection.close,
+)
+
+
+@final
+class Connection(DatabaseConnection[sqlite3.Connection], metaclass=NoPublicConstructor):
+    """An open SQLite connection, built by :func:`connect`.
+
+    States: *open*, then *closed* (:meth:`aclose`, or the end of ``async with``). Methods:
+    :meth:`execute`, :meth:`fetchone`, :meth:`fetchall`, :meth:`transaction`, :meth:`aclose`;
+    :attr:`in_transaction`. Two tasks sharing it are served first in, first out.
+    """
+
+
+async def connect(
+    database: str | os.PathLike[str],
+    *,
+    grace: float = 5.0,
+    busy_timeout: float = 5.0,
+    **kwargs: Any,  # noqa: ANN401 - passed to sqlite3.connect
+) -> Connection:
+    """Open ``database`` in a new worker thread of its own.
+
+    Args:
+        database: A path, or ``":memory:"``.
+        grace: Seconds a cancelled caller waits for an interrupted statement (or a commit or
+            rollback) to return before its thread is abandoned.
+        busy_timeout: Seconds SQLite waits for another connection's lock (``timeout`` of
+            :func:`sqlite3.connect`).
+        **kwargs: Other arguments of :func:`sqlite3.connect` (not ``isolation_level``:
+            transactions are this module's).
+
+    Raises:
+        sqlite3.Error: The driver could not open the database.
+        TypeError: ``isolation_level``, ``autocommit``, ``check_same_thread`` or ``timeout``
+            was given (this module manages them; ``busy_timeout`` is ``timeout``).
+
+    Cancellation:
+        Always a checkpoint. Opening is not interrupted; a caller cancelled meanwhile waits
+        for it (up to ``grace``), the new connection is closed, and the cancellation raised.
+    """
+    for reserved in ("isolation_level", "check_same_thread", "autocommit", "timeout"):
+        if reserved in kwargs:
+            raise TypeError(f"connect() manages {reserved} itself; do not pass it")
+    path = os.fspath(database)
+    conn = Connection._create(_BACKEND, grace, repr(path))
+    await conn._open(
+        lambda: sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, **kwargs)
+    )
+    return conn
