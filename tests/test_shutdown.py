@@ -398,7 +398,9 @@ async def test_finished_tasks_before_the_trigger_are_not_kept(
             report = await gs.wait()
     finally:
         tracemalloc.stop()
-    assert grown < 50_000, grown  # was ~2.7 KB per finished task (11 MB here)
+    # was ~2.7 KB per finished task (11 MB here); what remains is caplog keeping the 4 failures
+    # with their tracebacks (about 50 KB on Python 3.13)
+    assert grown < 150_000, grown
     assert report.ended_before == {"completed": 4995, "failed": 5, "aborted": 0}
     assert [t.name for t in report] == ["in flight"]
     assert caplog.text.count("request") >= 5  # each failure logged with its traceback
