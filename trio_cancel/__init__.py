@@ -51,6 +51,7 @@ from ._shutdown import (
     LandingReport as LandingReport,
     TaskLanding as TaskLanding,
 )
+from ._streams import receive_into as receive_into, send_all_from as send_all_from
 from ._task import AbortHandle as AbortHandle, TaskHandle as TaskHandle, spawn as spawn
 from ._tasktree import (
     TaskTree as TaskTree,
@@ -120,8 +121,10 @@ __all__ = [
     "open_broadcast_channel",
     "open_oneshot_channel",
     "open_watch_channel",
+    "receive_into",
     "run_sync_interruptible",
     "select",
+    "send_all_from",
     "spawn",
     "thread_call_statistics",
 ]
