@@ -11,9 +11,17 @@ Trio version: ``trio.fail_after(0.1)`` is the counterpart of ``timeout`` (``TooS
 ``Elapsed``); the query's ``finally`` shows it was cancelled rather than left running. The same
 timeout is then written with a token, ``token.cancel_after(0.1, ...)`` plus
 ``token.fail_scope()``, for when the deadline belongs to a request rather than to this call.
+
+Finally a real slow query: a recursive SQLite query that would run for many seconds, in a
+worker thread. ``trio.to_thread.run_sync`` would wait for it to finish (or abandon the thread
+still running it); ``tc.run_sync_interruptible`` stops it with ``Connection.interrupt()`` when
+the 100 ms deadline passes, and returns only once the thread is done with it.
 """
 
 from __future__ import annotations
+
+import sqlite3
+import time
 
 import trio
 
@@ -62,6 +70,32 @@ async def main() -> None:
         await query_with_token(token)
     except tc.OperationCancelledError as exc:
         print(f"Error: {exc.reason}")
+
+    print("--- a real slow SQLite query, interrupted in its worker thread")
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    query = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000000) "
+        "SELECT count(*) FROM c"
+    )
+    state = {"thread": "running"}
+
+    def run_query() -> int:
+        try:
+            return int(conn.execute(query).fetchone()[0])
+        finally:
+            state["thread"] = "returned"
+
+    started = time.perf_counter()
+    try:
+        with trio.fail_after(0.1):
+            await tc.run_sync_interruptible(run_query, interrupt=conn.interrupt)
+    except trio.TooSlowError:
+        print(
+            f"Query timed out after {time.perf_counter() - started:.2f} s; "
+            f"its thread had {state['thread']}"
+        )
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":

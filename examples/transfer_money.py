@@ -5,128 +5,131 @@ dropped).
 
 ``transfer_money`` begins a transaction, debits the payer, credits the payee and commits.
 Cancelled in between, Rust drops the transaction and can only *schedule* its rollback. Here
-``tc.commit_or_rollback`` awaits the rollback in place, shielded and bounded, and commits only a
-block that ended without a pending cancellation.
+``conn.transaction()`` (``trio_cancel.sqlite``, or ``trio_cancel.postgres`` with
+``--postgres DSN``) awaits the rollback in place, shielded and bounded, interrupts a statement
+that the cancellation caught running, and commits only a block that ended without a pending
+cancellation.
 
-Runs against a real SQLite file (in a temporary directory); every statement runs in a worker
-thread. Shown:
+Shown:
 
-1. the naive version, cancelled between debit and credit, leaves its transaction open: the
-   database stays locked and another writer fails with "database is locked";
+1. the naive version (``BEGIN`` by hand), cancelled between debit and credit, leaves its
+   transaction open: the payer's row stays locked and another writer fails;
 2. the guarded version, cancelled at the same place, rolls back: the other writer proceeds;
 3. the guarded version cancelled at every one of its cancellation points in turn
-   (``trio_cancel.testing.cancel_at_each_checkpoint``): the balances always add up, and each
-   run moved either all of the amount or none of it.
+   (``trio_cancel.testing.cancel_at_each_checkpoint``), and 200 times at random moments: the
+   balances always add up, and each run moved either all of the amount or none of it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
+import argparse
+import random
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
-import trio_cancel as tc
+import trio_cancel.sqlite as tc_sqlite
+from trio_cancel._dbapi import DatabaseConnection
 from trio_cancel.testing import cancel_at_each_checkpoint
 
-
-class Connection:
-    """One SQLite connection; statements run in a worker thread, one at a time."""
-
-    def __init__(self, path: Path) -> None:
-        # timeout: how long a writer waits for another's lock before "database is locked".
-        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=0.1)
-
-    async def execute(self, sql: str, *params: object) -> None:
-        await trio.to_thread.run_sync(self._conn.execute, sql, params)
-
-    async def commit(self) -> None:
-        await trio.to_thread.run_sync(self._conn.commit)
-
-    async def rollback(self) -> None:
-        await trio.to_thread.run_sync(self._conn.rollback)
-
-    def close(self) -> None:
-        self._conn.close()
+Conn = DatabaseConnection[Any]
 
 
-async def naive_transfer(conn: Connection, payer: str, payee: str, amount: int) -> None:
-    await conn.execute("UPDATE accounts SET balance = balance - ? WHERE name = ?", amount, payer)
+async def naive_transfer(conn: Conn, p: str, payer: str, payee: str, amount: int) -> None:
+    await conn.execute("BEGIN")
+    await conn.execute(
+        f"UPDATE accounts SET balance = balance - {p} WHERE name = {p}", (amount, payer)
+    )
     await trio.sleep(0.05)  # the network, a slow disk: where the cancellation lands
-    await conn.execute("UPDATE accounts SET balance = balance + ? WHERE name = ?", amount, payee)
-    await conn.commit()
+    await conn.execute(
+        f"UPDATE accounts SET balance = balance + {p} WHERE name = {p}", (amount, payee)
+    )
+    await conn.execute("COMMIT")
 
 
-async def transfer_money(conn: Connection, payer: str, payee: str, amount: int) -> None:
-    async with tc.commit_or_rollback(conn, grace=2.0):
+async def transfer_money(
+    conn: Conn, p: str, payer: str, payee: str, amount: int, pause: float = 0.05
+) -> None:
+    async with conn.transaction():
         await conn.execute(
-            "UPDATE accounts SET balance = balance - ? WHERE name = ?", amount, payer
+            f"UPDATE accounts SET balance = balance - {p} WHERE name = {p}", (amount, payer)
         )
-        await trio.sleep(0.05)
+        await trio.sleep(pause)
         await conn.execute(
-            "UPDATE accounts SET balance = balance + ? WHERE name = ?", amount, payee
+            f"UPDATE accounts SET balance = balance + {p} WHERE name = {p}", (amount, payee)
         )
 
 
-def balances(path: Path) -> dict[str, int]:
-    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-        return dict(conn.execute("SELECT name, balance FROM accounts ORDER BY name").fetchall())
+Transfer = Callable[[Conn, str, str, str, int], Awaitable[None]]
 
 
-async def other_writer(path: Path) -> str:
-    conn = Connection(path)
-    try:
-        await conn.execute("UPDATE accounts SET balance = balance WHERE name = 'carol'")
-        await conn.commit()
-    except sqlite3.OperationalError as exc:
-        return f"failed: {exc}"
-    finally:
-        conn.close()
-    return "ok"
+class Bank:
+    def __init__(self, connect: Callable[[], Awaitable[Conn]], p: str, postgres: bool) -> None:
+        self.connect = connect
+        self.p = p
+        self.postgres = postgres
+
+    async def balances(self) -> dict[str, int]:
+        async with await self.connect() as conn:
+            rows = await conn.fetchall("SELECT name, balance FROM accounts ORDER BY name")
+        return {str(name): int(balance) for name, balance in rows}
+
+    async def other_writer(self) -> str:
+        """Touch the payer's row, waiting at most 0.1 s for a lock."""
+        async with await self.connect() as conn:
+            if self.postgres:
+                await conn.execute("SET lock_timeout = '100ms'")
+            try:
+                await conn.execute("UPDATE accounts SET balance = balance WHERE name = 'alice'")
+            except Exception as exc:  # noqa: BLE001 - the driver's lock error, shown
+                return f"failed, the row is locked ({type(exc).__name__})"
+        return "ok"
+
+    async def cancelled_mid_transfer(self, transfer: Transfer) -> None:
+        async with await self.connect() as conn:
+            with trio.move_on_after(0.02):
+                await transfer(conn, self.p, "alice", "bob", 30)
+            print(f"  balances after the cancel: {await self.balances()}")
+            print(f"  another writer meanwhile: {await self.other_writer()}")
+            print(f"  the cancelled connection still in a transaction: {conn.in_transaction}")
 
 
-Transfer = Callable[[Connection, str, str, int], Awaitable[None]]
-
-
-async def cancelled_mid_transfer(path: Path, transfer: Transfer) -> None:
-    conn = Connection(path)
-    with trio.move_on_after(0.02):
-        await transfer(conn, "alice", "bob", 30)
-    print(f"  balances after the cancel: {balances(path)}")
-    print(f"  another writer meanwhile: {await other_writer(path)}")
-    conn.close()
-
-
-async def main() -> None:
+async def main(dsn: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bank.db"
-        with contextlib.closing(sqlite3.connect(path)) as db, db:
-            db.execute("CREATE TABLE accounts (name TEXT PRIMARY KEY, balance INTEGER)")
-            db.executemany(
-                "INSERT INTO accounts VALUES (?, ?)", [("alice", 100), ("bob", 50), ("carol", 0)]
+        if dsn is None:
+            path = Path(tmp) / "bank.db"
+            bank = Bank(lambda: tc_sqlite.connect(path, busy_timeout=0.1), "?", postgres=False)
+            print("database: SQLite file")
+        else:
+            import trio_cancel.postgres as tc_postgres  # only with --postgres
+
+            bank = Bank(lambda: tc_postgres.connect(dsn), "%s", postgres=True)
+            print("database: PostgreSQL")
+        async with await bank.connect() as conn:
+            await conn.execute("DROP TABLE IF EXISTS accounts")
+            await conn.execute("CREATE TABLE accounts (name TEXT PRIMARY KEY, balance INTEGER)")
+            await conn.execute(
+                "INSERT INTO accounts VALUES ('alice', 100), ('bob', 50), ('carol', 0)"
             )
-        total = sum(balances(path).values())
+        total = sum((await bank.balances()).values())
 
         print("naive transfer, cancelled between debit and credit:")
-        await cancelled_mid_transfer(path, naive_transfer)
+        await bank.cancelled_mid_transfer(naive_transfer)
         print("guarded transfer, cancelled at the same place:")
-        await cancelled_mid_transfer(path, transfer_money)
+        await bank.cancelled_mid_transfer(transfer_money)
 
         moved: list[int] = []
-        last = balances(path)
+        last = await bank.balances()
+        conn = await bank.connect()
 
         async def one_transfer() -> None:
-            conn = Connection(path)
-            try:
-                await transfer_money(conn, "alice", "bob", 10)
-            finally:
-                conn.close()
+            await transfer_money(conn, bank.p, "alice", "bob", 10, pause=0.002)
 
         async def check() -> None:
-            now = balances(path)
+            now = await bank.balances()
             assert sum(now.values()) == total, now
             delta = last["alice"] - now["alice"]
             assert delta in (0, 10), (last, now)
@@ -134,14 +137,27 @@ async def main() -> None:
             moved.append(delta)
             last.update(now)
 
-        result = await cancel_at_each_checkpoint(one_transfer, check=check)
+        async with conn:
+            result = await cancel_at_each_checkpoint(one_transfer, check=check)
+            print(
+                f"guarded transfer cancelled at each of its {result.points} cancellation "
+                f"points: {moved.count(0)} runs moved nothing, {moved.count(10)} moved all 10, "
+                f"none moved part; total still {total}"
+            )
+            rng = random.Random(26)
+            moved.clear()
+            for _ in range(200):
+                with trio.move_on_after(rng.uniform(0, 0.006)):
+                    await one_transfer()
+                await check()
         print(
-            f"guarded transfer cancelled at each of its {result.points} cancellation points: "
-            f"{moved.count(0)} runs moved nothing, {moved.count(10)} moved all 10, "
-            f"none moved part; total still {total}"
+            f"200 transfers with random deadlines: {moved.count(10)} moved all, "
+            f"{moved.count(0)} moved nothing, none moved part; total still {total}"
         )
-        print(f"final balances: {balances(path)}")
+        print(f"final balances: {await bank.balances()}")
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--postgres", metavar="DSN", help="use a PostgreSQL server instead")
+    trio.run(main, parser.parse_args().postgres)

@@ -5,125 +5,101 @@ timeouts, production cases).
 
 ``TxGuard`` holds a ``sqlx`` transaction over a ``PgPool``; ``commit(self)`` commits it, and its
 ``Drop`` rolls back a transaction that was never committed, on every exit including a dropped
-(cancelled) future. ``tc.commit_or_rollback`` is the Trio counterpart: it commits a block that
-ended cleanly and rolls back one that raised or was cancelled, shielded from the cancellation
-and bounded by a grace period.
+(cancelled) future and an early ``return``. ``conn.transaction(commit="explicit")`` of
+``trio_cancel.sqlite`` / ``trio_cancel.postgres`` is that guard: only ``await tx.commit()``
+commits. The default, ``conn.transaction()``, follows Python's convention instead (as
+``sqlite3`` and SQLAlchemy do, and ``tc.commit_or_rollback``): a clean exit commits, an early
+``return`` included. Both roll back a block that raised or was cancelled, shielded from the
+cancellation and bounded by a grace period, and a cancelled statement is interrupted in the
+database, not left running.
 
-By default the database is an embedded SQLite file (statements run in a worker thread). With
-``--postgres DSN`` the same runs against a real PostgreSQL server through psycopg's sync API in
-worker threads (psycopg's async API does not run under Trio); psycopg must be installed.
+By default the database is an embedded SQLite file; with ``--postgres DSN`` the same runs
+against a real PostgreSQL server (``pip install 'trio_cancel[postgres]'``).
 
-Shown: an insert committed; an insert whose block raises, rolled back; an insert whose block is
-cancelled after its write but before its end, rolled back; the rows left in the table.
+Shown, for each row: how its block ended, and its fate as the block's own ``tx.outcome``
+reports it; then the rows the table really holds.
 """
 
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-import trio_cancel as tc
+import trio_cancel.sqlite as tc_sqlite
 
-
-class Tx(Protocol):
-    async def execute(self, sql: str, *params: object) -> None: ...
-    async def commit(self) -> None: ...
-    async def rollback(self) -> None: ...
-    def rows(self) -> list[tuple[Any, ...]]: ...
-    def close(self) -> None: ...
-
-
-class SqliteTx:
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False)
-
-    async def execute(self, sql: str, *params: object) -> None:
-        await trio.to_thread.run_sync(self._conn.execute, sql.replace("%s", "?"), params)
-
-    async def commit(self) -> None:
-        await trio.to_thread.run_sync(self._conn.commit)
-
-    async def rollback(self) -> None:
-        await trio.to_thread.run_sync(self._conn.rollback)
-
-    def rows(self) -> list[tuple[Any, ...]]:
-        return self._conn.execute("SELECT id, note FROM audit ORDER BY id").fetchall()
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class PostgresTx:
-    def __init__(self, dsn: str) -> None:
-        import psycopg  # only with --postgres
-
-        self._conn = psycopg.connect(dsn)
-
-    async def execute(self, sql: str, *params: object) -> None:
-        await trio.to_thread.run_sync(self._conn.execute, sql, params)
-
-    async def commit(self) -> None:
-        await trio.to_thread.run_sync(self._conn.commit)
-
-    async def rollback(self) -> None:
-        await trio.to_thread.run_sync(self._conn.rollback)
-
-    def rows(self) -> list[tuple[Any, ...]]:
-        self._conn.rollback()  # a fresh snapshot
-        rows: list[tuple[Any, ...]] = self._conn.execute(
-            "SELECT id, note FROM audit ORDER BY id"
-        ).fetchall()
-        return rows
-
-    def close(self) -> None:
-        self._conn.close()
+if TYPE_CHECKING:
+    from trio_cancel._dbapi import DatabaseConnection, TransactionBlock
 
 
 async def insert(
-    tx: Tx, row_id: int, note: str, *, fail: bool = False, stall: bool = False
-) -> None:
-    async with tc.commit_or_rollback(tx, grace=5.0) as guard:
-        await tx.execute("INSERT INTO audit (id, note) VALUES (%s, %s)", row_id, note)
-        if fail:
-            raise ValueError("validation failed after the write")
-        if stall:
-            await trio.sleep(10)  # cancelled here, after the write
-    print(f"  row {row_id}: {guard.outcome}")
+    conn: DatabaseConnection[Any],
+    p: str,
+    row_id: int,
+    *,
+    explicit: bool = False,
+    commit: bool = False,
+    early_return: bool = False,
+) -> TransactionBlock:
+    tx = conn.transaction(commit="explicit" if explicit else "on_exit")
+    async with tx:
+        await conn.execute(f"INSERT INTO audit (id) VALUES ({p})", (row_id,))
+        if early_return:
+            return tx  # Rust's TxGuard rolls this back; so does the explicit mode
+        if commit:
+            await tx.commit()
+    return tx
 
 
 async def main(dsn: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        tx: Tx
         if dsn is None:
-            tx = SqliteTx(Path(tmp) / "audit.db")
+            conn: DatabaseConnection[Any] = await tc_sqlite.connect(Path(tmp) / "audit.db")
+            p = "?"
             print("database: SQLite file")
         else:
-            tx = PostgresTx(dsn)
-            print("database: PostgreSQL")
-        try:
-            await tx.execute("DROP TABLE IF EXISTS audit")
-            await tx.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY, note TEXT)")
-            await tx.commit()
+            import trio_cancel.postgres as tc_postgres  # only with --postgres
 
-            print("clean block:")
-            await insert(tx, 1, "committed")
-            print("block raises:")
+            conn = await tc_postgres.connect(dsn)
+            p = "%s"
+            print("database: PostgreSQL")
+        async with conn:
+            await conn.execute("DROP TABLE IF EXISTS audit")
+            await conn.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY)")
+
+            def fate(row_id: int, how: str, tx: TransactionBlock) -> None:
+                print(f"  row {row_id}: {how:<38} -> {tx.outcome}")
+
+            print('commit="on_exit" (the default; like sqlite3 and SQLAlchemy):')
+            fate(1, "clean exit", await insert(conn, p, 1))
+            fate(2, "early return", await insert(conn, p, 2, early_return=True))
+            block = conn.transaction()
             try:
-                await insert(tx, 2, "must not stay", fail=True)
-            except ValueError as exc:
-                print(f"  row 2: rolled back; {exc!r} propagated")
-            print("block cancelled after its write:")
+                async with block:
+                    await conn.execute(f"INSERT INTO audit (id) VALUES ({p})", (3,))
+                    raise ValueError("validation failed after the write")
+            except ValueError:
+                fate(3, "raised ValueError", block)
+            block = conn.transaction()
             with trio.move_on_after(0.05) as cs:
-                await insert(tx, 3, "must not stay either", stall=True)
-            print(f"  row 3: rolled back; cancelled: {cs.cancelled_caught}")
-            print(f"rows in the table: {tx.rows()}")
-        finally:
-            tx.close()
+                async with block:
+                    await conn.execute(f"INSERT INTO audit (id) VALUES ({p})", (4,))
+                    await trio.sleep(10)
+            fate(4, f"cancelled after its write ({cs.cancelled_caught})", block)
+
+            print('commit="explicit" (like TxGuard: only commit() commits):')
+            fate(
+                5, "commit() then clean exit", await insert(conn, p, 5, explicit=True, commit=True)
+            )
+            fate(6, "clean exit without commit()", await insert(conn, p, 6, explicit=True))
+            fate(7, "early return", await insert(conn, p, 7, explicit=True, early_return=True))
+
+            rows = await conn.fetchall("SELECT id FROM audit ORDER BY id")
+            print(f"rows in the table: {[row[0] for row in rows]}")
+            print(f"connection in a transaction afterwards: {conn.in_transaction}")
 
 
 if __name__ == "__main__":

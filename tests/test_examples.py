@@ -8,6 +8,7 @@ it must never match. A script added to examples/ without an entry here fails
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +28,45 @@ class Expect:
     timeout: float = 60
 
 
+TX_GUARD_ROWS = (
+    r"^  row 1: clean exit\s+-> committed$",
+    r"^  row 2: early return\s+-> committed$",
+    r"^  row 3: raised ValueError\s+-> rolled back$",
+    r"^  row 4: cancelled after its write \(True\)\s+-> rolled back$",
+    r"^  row 5: commit\(\) then clean exit\s+-> committed$",
+    r"^  row 6: clean exit without commit\(\)\s+-> rolled back$",
+    r"^  row 7: early return\s+-> rolled back$",
+    r"^rows in the table: \[1, 2, 5\]$",
+    r"^connection in a transaction afterwards: False$",
+)
+TRANSFER_LINES = (
+    r"^naive transfer, cancelled between debit and credit:$",
+    r"^  balances after the cancel: \{'alice': 100, 'bob': 50, 'carol': 0\}$",
+    r"^  another writer meanwhile: failed, the row is locked",
+    r"^  the cancelled connection still in a transaction: True$",
+    r"^guarded transfer, cancelled at the same place:$",
+    r"^  balances after the cancel: \{'alice': 100, 'bob': 50, 'carol': 0\}$",
+    r"^  another writer meanwhile: ok$",
+    r"^  the cancelled connection still in a transaction: False$",
+    r"^guarded transfer cancelled at each of its \d+ cancellation points: "
+    r"[1-9]\d* runs moved nothing, [1-9]\d* moved all 10, none moved part; total still 150$",
+    r"^200 transfers with random deadlines: \d+ moved all, \d+ moved nothing, none moved part; "
+    r"total still 150$",
+)
+
 CHECKS: dict[str, Expect] = {
+    "interrupt_blocking.py": Expect(
+        lines=(
+            r"^waited\s+caller back after\s+0\.[3-9]\d s; thread done then",
+            r"^abandoned\s+caller back after\s+0\.2\d s; thread still running then",
+            r"^interrupted\s+caller back after\s+0\.2\d s; thread done then, done after\s+0\.2\d s",
+            r"^grace out\s+caller back after\s+0\.3\d s; thread still running then",
+            r"^  \(the interrupt was ignored: CleanupTimeoutWarning named the call\)$",
+            r"^thread_call_statistics: 2 interrupted, 1 abandoned, 0 still running$",
+            r"^SQLite, deadline to the interrupted query's return, 100 runs: p50 ",
+        ),
+        args=("--measure",),
+    ),
     "bench_tasks.py": Expect(
         lines=(
             r"^2000 tasks, median of 1 runs, each in a fresh process$",
@@ -91,18 +130,7 @@ CHECKS: dict[str, Expect] = {
             r"of 0\.1 s",
         ),
     ),
-    "transfer_money.py": Expect(
-        lines=(
-            r"^naive transfer, cancelled between debit and credit:$",
-            r"^  balances after the cancel: \{'alice': 100, 'bob': 50, 'carol': 0\}$",
-            r"^  another writer meanwhile: failed: database is locked$",
-            r"^guarded transfer, cancelled at the same place:$",
-            r"^  balances after the cancel: \{'alice': 100, 'bob': 50, 'carol': 0\}$",
-            r"^  another writer meanwhile: ok$",
-            r"^guarded transfer cancelled at each of its \d+ cancellation points: "
-            r"[1-9]\d* runs moved nothing, \d+ moved all 10, none moved part; total still 150$",
-        ),
-    ),
+    "transfer_money.py": Expect(lines=(r"^database: SQLite file$", *TRANSFER_LINES)),
     "graceful_shutdown.py": Expect(
         lines=(
             r"^shutdown 'deploy v2': 990 of 1000 tasks landed within the 2 s grace period, "
@@ -184,15 +212,7 @@ CHECKS: dict[str, Expect] = {
         ),
         never=(r"^ +[12]\.0 s of work -> 200",),
     ),
-    "tx_guard.py": Expect(
-        lines=(
-            r"^database: SQLite file$",
-            r"^  row 1: committed$",
-            r"^  row 2: rolled back; ValueError\('validation failed after the write'\) propagated$",
-            r"^  row 3: rolled back; cancelled: True$",
-            r"^rows in the table: \[\(1, 'committed'\)\]$",
-        ),
-    ),
+    "tx_guard.py": Expect(lines=(r"^database: SQLite file$", *TX_GUARD_ROWS)),
     "bench_cancel.py": Expect(
         lines=(
             r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",
@@ -336,6 +356,7 @@ CHECKS: dict[str, Expect] = {
             r"^Error: Query timeout \(after 0\.1\d s\)$",
             r"^slow query stopped after 0\.1\d s",
             r"^Error: Query timeout$",
+            r"^Query timed out after 0\.[12]\d s; its thread had returned$",
         ),
         never=(r"rows:",),
     ),
@@ -374,7 +395,10 @@ def test_every_example_is_checked() -> None:
 
 @pytest.mark.parametrize("script", sorted(CHECKS))
 def test_example_prints_expected_lines(script: str) -> None:
-    expect = CHECKS[script]
+    _run_and_check(script, CHECKS[script])
+
+
+def _run_and_check(script: str, expect: Expect) -> None:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *expect.args],
         capture_output=True,
@@ -425,3 +449,19 @@ def test_bench_cancel_json_output_parses_and_plot_is_written(tmp_path: Path) -> 
     assert report["memory"]["churn_retained_bytes"] < 50_000  # 2,000 retained children: ~500 KB
     assert plot.stat().st_size > 1000
     assert "plot written to" in proc.stderr
+
+
+PG_DSN = os.environ.get("TRIO_CANCEL_PG_DSN")
+
+
+@pytest.mark.parametrize(
+    ("script", "lines"), [("tx_guard.py", TX_GUARD_ROWS), ("transfer_money.py", TRANSFER_LINES)]
+)
+def test_database_examples_against_postgresql(script: str, lines: tuple[str, ...]) -> None:
+    if PG_DSN is None:
+        if os.environ.get("TRIO_CANCEL_REQUIRE_PG") == "1":
+            pytest.fail("TRIO_CANCEL_REQUIRE_PG=1 but no TRIO_CANCEL_PG_DSN")
+        pytest.skip("no PostgreSQL server (run the tests through make test)")
+    _run_and_check(
+        script, Expect(lines=(r"^database: PostgreSQL$", *lines), args=("--postgres", PG_DSN))
+    )

@@ -415,7 +415,7 @@ class TransactionBlock(metaclass=NoPublicConstructor):
             if self._state == "done":  # committed or rolled back inside the block
                 if exc is None:
                     await trio.lowlevel.checkpoint_if_cancelled()  # noqa: ASYNC102
-                return
+                return  # noqa: ASYNC910 - the body raised: no checkpoint owed
             if exc is not None or pending_cancel() or self.mode == "explicit":
                 await self._rollback_now(exc)  # noqa: ASYNC102 - shielded and bounded
                 if exc is None:

@@ -21,7 +21,7 @@ def _check_buffer(buf: object, what: str) -> None:
         )
 
 
-async def send_all_from(stream: trio.SocketStream, buf: bytearray) -> None:
+async def send_all_from(stream: trio.SocketStream, buf: bytearray) -> None:  # noqa: ASYNC910
     """Send all of ``buf``, deleting each byte from it as it goes out (tokio's
     ``write_all_buf``).
 
@@ -57,7 +57,9 @@ async def send_all_from(stream: trio.SocketStream, buf: bytearray) -> None:
         del buf[:sent]
 
 
-async def receive_into(stream: trio.abc.ReceiveStream, buf: bytearray, size: int) -> None:
+async def receive_into(  # noqa: ASYNC910 - the loop runs at least once
+    stream: trio.abc.ReceiveStream, buf: bytearray, size: int
+) -> None:
     """Receive into ``buf`` until it holds ``size`` bytes or the peer closes the stream
     (the mirror of :func:`send_all_from`, tokio's ``read_buf`` in a loop).
 
