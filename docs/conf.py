@@ -42,10 +42,14 @@ def _resolve_private_paths(app, env, node, contnode):  # type: ignore[no-untyped
     if node.get("refdomain") != "py" or match is None:
         return None
     domain = env.get_domain("py")
-    node["reftarget"] = f"trio_cancel.{match.group(1)}"
-    return domain.resolve_xref(
-        env, node["refdoc"], app.builder, node["reftype"], node["reftarget"], node, contnode
-    )
+    for module in ("trio_cancel", "trio_cancel.sqlite"):
+        node["reftarget"] = f"{module}.{match.group(1)}"
+        found = domain.resolve_xref(
+            env, node["refdoc"], app.builder, node["reftype"], node["reftarget"], node, contnode
+        )
+        if found is not None:
+            return found
+    return None
 
 
 def setup(app):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
