@@ -21,6 +21,7 @@ the query is gone from the server (``pg_stat_activity``) over 20 ``pg_sleep(10)`
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import statistics
 import threading
@@ -146,10 +147,34 @@ async def measure_postgres(dsn: str, runs: int = 20) -> None:
     )
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def measure_leaks(calls: int = 1000) -> None:
+    async def one() -> None:
+        query = SlowQuery(10**10)
+        with trio.move_on_after(0.001):
+            await tc.run_sync_interruptible(query, interrupt=query.conn.interrupt)
+        query.conn.close()
+
+    for _ in range(100):
+        await one()
+    threads, rss = threading.active_count(), _rss_mb()
+    for _ in range(calls):
+        await one()
+    print(
+        f"{calls} interrupted calls: threads {threads} -> {threading.active_count()}, "
+        f"RSS {rss:.1f} -> {_rss_mb():.1f} MB"
+    )
+
+
 async def main(measure: bool, dsn: str | None) -> None:
     await three_ways()
     if measure:
         await measure_sqlite()
+        await measure_leaks()
         if dsn is not None:
             await measure_postgres(dsn)
 

@@ -64,6 +64,7 @@ CHECKS: dict[str, Expect] = {
             r"^  \(the interrupt was ignored: CleanupTimeoutWarning named the call\)$",
             r"^thread_call_statistics: 2 interrupted, 1 abandoned, 0 still running$",
             r"^SQLite, deadline to the interrupted query's return, 100 runs: p50 ",
+            r"^1000 interrupted calls: threads \d+ -> \d+, RSS [\d.]+ -> [\d.]+ MB$",
         ),
         args=("--measure",),
     ),

@@ -384,3 +384,55 @@ async def test_a_thousand_interrupted_calls_keep_threads_and_memory_flat() -> No
         tracemalloc.stop()
     assert threading.active_count() <= threads + 2
     assert grown < 100_000, grown  # flat: no per-call leak (measured: a few kB of caches)
+
+
+class LateStatement:
+    """A driver call that begins its statement only after a delay: an interrupt that comes
+    before that is lost (as SQLite's and PostgreSQL's are)."""
+
+    def __init__(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.started = trio.Event()
+        self.go = threading.Event()
+        self.began = False
+        self.stop = threading.Event()
+        self.interrupts = 0
+        self.lost = 0
+
+    def __call__(self) -> str:
+        self.token.run_sync_soon(self.started.set)
+        self.go.wait(10)
+        self.began = True
+        if self.stop.wait(10):
+            raise InterruptedError("interrupted")
+        return "ran to the end"  # pragma: no cover
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+        if self.began:
+            self.stop.set()
+        else:
+            self.lost += 1
+            self.go.set()  # the statement begins right after this lost interrupt
+
+
+async def test_an_interrupt_that_came_before_the_statement_began_is_repeated() -> None:
+    call = LateStatement()
+    before = tc.thread_call_statistics().abandoned
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_scope_when, call.started, cs)
+            await tc.run_sync_interruptible(
+                call, interrupt=call.interrupt, is_interruption=_is_interrupted, grace=5.0
+            )
+    assert cs.cancelled_caught
+    assert call.lost == 1
+    assert call.interrupts == 2  # the repeat, 0.1 s later, stopped it
+    assert trio.current_time() - start < 1.0
+    assert tc.thread_call_statistics().abandoned == before
+
+
+async def _cancel_scope_when(event: trio.Event, cs: trio.CancelScope) -> None:
+    await event.wait()
+    cs.cancel()

@@ -204,7 +204,7 @@ async def _land(  # noqa: ASYNC910 - a Cancelled is being handled: no checkpoint
             _count("interrupted")
     if call.result is None:
         with trio.move_on_after(grace, shield=True):
-            await call.done.wait()
+            await _wait_interrupting(call, interrupt if interrupted else None)
     result = call.result
     if result is None:
         _abandon(call, grace, what)
@@ -229,6 +229,21 @@ async def _land(  # noqa: ASYNC910 - a Cancelled is being handled: no checkpoint
     if interrupt_error is not None:
         error.__context__ = interrupt_error
     raise error
+
+
+async def _wait_interrupting(call: ThreadCall[Any], interrupt: Callable[[], object] | None) -> None:
+    """Wait for ``call``; while it still runs, repeat ``interrupt()`` after 0.1 s, 0.2 s, ...
+    (at most every second). A driver that had not yet begun the statement when the first
+    interrupt came ignores it (SQLite's and PostgreSQL's do): the repeat stops it."""
+    pause = 0.1
+    while True:
+        with trio.move_on_after(pause):
+            await call.done.wait()
+            return
+        if interrupt is not None:
+            with contextlib.suppress(Exception):  # the first one's error is already reported
+                call.interrupt_if_running(interrupt)
+        pause = min(2 * pause, 1.0)
 
 
 def _abandon(call: ThreadCall[Any], grace: float, what: str) -> None:
@@ -289,7 +304,9 @@ async def run_sync_interruptible(
         Always a checkpoint. Cancelled before ``fn`` starts (waiting for a limiter token, or
         before the thread picks it up): ``fn`` never runs. Cancelled while it runs:
         ``interrupt()`` is called, then the caller waits, shielded, up to ``grace`` seconds for
-        ``fn`` to return. If it does not, the thread is abandoned: a
+        ``fn`` to return; while ``fn`` still runs, ``interrupt()`` is repeated after 0.1 s,
+        0.2 s, 0.4 s... (at most every second), for a driver that had not yet begun its
+        statement when the first one came. If ``fn`` does not return, the thread is abandoned: a
         :class:`CleanupTimeoutWarning` names the call, :func:`thread_call_statistics` counts
         it, and a task spawned by :class:`GracefulShutdown` lists it in its
         :class:`TaskLanding`. The limiter token is held until the thread is done with ``fn``.
