@@ -59,7 +59,8 @@ CHECKS: dict[str, Expect] = {
         lines=(
             r"^waited\s+caller back after\s+(0\.[3-9]\d|[1-9]\d*\.\d\d) s; thread done then",
             r"^abandoned\s+caller back after\s+0\.[23]\d s; thread still running then",
-            r"^interrupted\s+caller back after\s+0\.[23]\d s; thread done then, done after\s+0\.[23]",
+            r"^interrupted\s+caller back after\s+0\.[23]\d s; thread done then, "
+            r"done after\s+0\.[23]",
             r"^grace out\s+caller back after\s+0\.[3-5]\d s; thread still running then",
             r"^  \(the interrupt was ignored: CleanupTimeoutWarning named the call\)$",
             r"^thread_call_statistics: 2 interrupted, 1 abandoned, 0 still running$",

@@ -392,13 +392,13 @@ async def test_retrieved_failure_not_logged(
 
 async def test_spawn_rejects_bad_arguments(nursery: trio.Nursery) -> None:
     with pytest.raises(TypeError, match=r"trio\.Nursery"):
-        tc.spawn("nursery", _returns, 1)  # type: ignore[arg-type]
+        tc.spawn("nursery", _returns, 1)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="async function"):
-        tc.spawn(nursery, 3, 1)  # type: ignore[arg-type]
+        tc.spawn(nursery, 3, 1)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="CancellationToken"):
-        tc.spawn(nursery, _returns, 1, token="t")  # type: ignore[arg-type]
+        tc.spawn(nursery, _returns, 1, token="t")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="name"):
-        tc.spawn(nursery, _returns, 1, name=5)  # type: ignore[arg-type]
+        tc.spawn(nursery, _returns, 1, name=5)  # type: ignore[call-overload]
 
 
 async def test_spawn_into_closed_nursery_leaves_token_clean() -> None:
@@ -462,10 +462,10 @@ async def test_spawn_rejects_sync_function_at_the_call(nursery: trio.Nursery) ->
         return 42
 
     with pytest.raises(TypeError, match="synchronous"):
-        tc.spawn(nursery, compute)  # type: ignore[arg-type]
+        tc.spawn(nursery, compute)  # type: ignore[arg-type, call-arg]
     async with tc.JoinSet() as js:
         with pytest.raises(TypeError, match=r"JoinSet\.spawn\(\)"):
-            js.spawn(compute)  # type: ignore[arg-type]
+            js.spawn(compute)  # type: ignore[arg-type, call-arg]
         assert len(js) == 0
     async with tc.GracefulShutdown(1.0) as gs:
         with pytest.raises(TypeError, match=r"GracefulShutdown\.spawn\(\)"):
@@ -523,3 +523,70 @@ async def test_abort_from_another_thread_changes_nothing(nursery: trio.Nursery) 
     assert not handle.is_finished()
     handle.abort("here")
     assert await handle.join() == tc.Aborted("here")
+
+
+# ---------------------------------------------------------------- the one rule for `token`
+
+
+async def test_spawn_passes_its_token_to_a_function_that_takes_one(nursery: trio.Nursery) -> None:
+    seen: list[object] = []
+
+    async def keyword_only(*, token: tc.CancellationToken) -> None:
+        seen.append(token)
+
+    async def optional(token: tc.CancellationToken | None = None) -> None:
+        seen.append(token)
+
+    async def any_keywords(**kwargs: object) -> None:
+        seen.append(kwargs.get("token"))
+
+    async def no_token() -> None:
+        seen.append("no token")
+
+    t = tc.CancellationToken()
+    for fn in (keyword_only, optional, any_keywords, no_token):
+        handle = tc.spawn(nursery, fn, token=t)
+        assert await handle.join() == tc.Completed(None)
+    assert seen == [t, t, t, "no token"]
+
+
+async def test_spawn_without_a_token_for_a_function_that_requires_one_fails_at_the_call(
+    nursery: trio.Nursery,
+) -> None:
+    async def worker(*, token: tc.CancellationToken) -> None:
+        pass  # pragma: no cover
+
+    with pytest.raises(TypeError, match=r"requires a keyword argument 'token'.*token="):
+        tc.spawn(nursery, worker)  # type: ignore[call-arg, arg-type]
+    await trio.testing.wait_all_tasks_blocked()
+    assert nursery.child_tasks == set()  # nothing was scheduled
+
+
+async def test_spawn_keeps_a_token_given_positionally(nursery: trio.Nursery) -> None:
+    seen: list[object] = []
+
+    async def worker(token: tc.CancellationToken) -> None:
+        seen.append(token)
+
+    t, other = tc.CancellationToken(), tc.CancellationToken()
+    assert await tc.spawn(nursery, worker, t).join() == tc.Completed(None)
+    assert await tc.spawn(nursery, worker, t, token=other).join() == tc.Completed(None)
+    assert seen == [t, t]  # the positional one; token= then only binds the scope
+
+
+async def test_joinset_and_graceful_shutdown_follow_the_same_rule() -> None:
+    seen: list[tc.CancellationToken] = []
+
+    async def worker(*, token: tc.CancellationToken) -> None:
+        seen.append(token)
+
+    t = tc.CancellationToken()
+    async with tc.JoinSet() as js:
+        assert await js.spawn(worker, token=t).join() == tc.Completed(None)
+        with pytest.raises(TypeError, match=r"JoinSet\.spawn"):
+            js.spawn(worker)  # type: ignore[call-arg, arg-type]
+    async with tc.GracefulShutdown(grace=1) as gs:
+        gs.spawn(worker)
+    assert seen[0] is t
+    assert seen[1] is not gs.token
+    assert seen[1].is_cancelled()  # a child of the shutdown's token, cancelled by the trigger

@@ -128,3 +128,53 @@ def takes_token_keyword(fn: Callable[..., object]) -> bool:
         or (p.name == "token" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
         for p in params
     )
+
+
+def with_token(
+    async_fn: Callable[..., Any],
+    args: tuple[object, ...],
+    token: object | None,
+    what: str,
+    *,
+    make_token: Callable[[], object] | None = None,
+) -> Callable[..., Any]:
+    """The one rule for the word ``token``: a function that accepts a keyword ``token`` (a
+    parameter of that name, or ``**kwargs``) is called with the token its task runs under.
+
+    Returns ``async_fn`` with ``token=token`` bound when it accepts it (and ``args`` do not
+    already fill a ``token`` parameter positionally); ``async_fn`` itself otherwise. With
+    ``make_token``, the token is made only if it is passed. A function whose ``token``
+    parameter is required, given no token, is a ``TypeError`` naming ``what``.
+    """
+    try:
+        signature = inspect.signature(async_fn)
+    except (TypeError, ValueError):  # a builtin or other callable without a signature
+        return async_fn
+    params = signature.parameters
+    named = params.get("token")
+    if named is not None and named.kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.VAR_POSITIONAL,
+    ):
+        named = None
+    takes = named is not None or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
+    if not takes:
+        return async_fn
+    try:
+        if "token" in signature.bind_partial(*args).arguments:
+            return async_fn  # the caller passed it positionally
+    except TypeError:
+        return async_fn  # wrong arguments: the call itself reports them
+    if token is None and make_token is not None:
+        token = make_token()
+    if token is not None:
+        return functools.partial(async_fn, token=token)
+    if named is not None and named.default is inspect.Parameter.empty:
+        name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
+        raise TypeError(
+            f"{name}() requires a keyword argument 'token', and {what} was given no token to "
+            f"pass it: call {what[:-2]}(..., token=a_token)"
+        )
+    return async_fn

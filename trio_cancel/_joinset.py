@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final
+from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final, overload
 
 import attrs
 import trio
@@ -59,10 +59,27 @@ class JoinSet(NurseryOwner):
             f"{len(self._finished)} finished and not joined>"
         )
 
+    @overload
     def spawn(
         self,
         async_fn: Callable[[*PosArgsT], Awaitable[T]],
         *args: *PosArgsT,
+        name: str | None = None,
+        token: CancellationToken | None = None,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def spawn(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        *args: object,
+        name: str | None = None,
+        token: CancellationToken,
+    ) -> TaskHandle[T]: ...  # async_fn takes token= (the one rule for the word)
+
+    def spawn(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        *args: object,
         name: str | None = None,
         token: CancellationToken | None = None,
     ) -> TaskHandle[T]:

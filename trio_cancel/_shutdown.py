@@ -8,7 +8,6 @@ aborted (its scope cancelled: ``trio.Cancelled`` at its next checkpoint). ``wait
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 from typing import TYPE_CHECKING, Any, TypeVar, final
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, final
 import attrs
 import trio
 
-from ._checks import check_grace, check_trio_thread, takes_token_keyword
+from ._checks import check_grace, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
 from ._outcome import Aborted, Completed, Failed, Outcome
 from ._token import CancellationToken
@@ -227,8 +226,16 @@ class GracefulShutdown(NurseryOwner):
         if name is None:
             name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
         fn: Callable[..., Awaitable[T]] = async_fn
-        if callable(async_fn) and takes_token_keyword(async_fn):
-            fn = functools.partial(async_fn, token=self._token.child_token())
+        if callable(async_fn):
+            # The one rule for the word: a child of the shutdown's token, not bound to the
+            # task's scope (phase 1 is cooperative).
+            fn = with_token(
+                async_fn,
+                args,
+                None,
+                "GracefulShutdown.spawn()",
+                make_token=self._token.child_token,
+            )
         handle = self._tasks.spawn(
             "GracefulShutdown.spawn()", fn, args, name, None, self._task_done
         )

@@ -22,12 +22,12 @@ import contextlib
 import contextvars
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final, overload
 
 import attrs
 import trio
 
-from ._checks import check_reason, check_trio_thread, coroutine_or_error
+from ._checks import check_reason, check_trio_thread, coroutine_or_error, with_token
 from ._outcome import Aborted, Completed, Failed, Outcome, capture, outcome_of_base_exception
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
@@ -273,7 +273,8 @@ def make_handle(
         name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
     elif not isinstance(name, str):
         raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-    coro = coroutine_or_error(async_fn, args, what)  # a sync function fails here, as in Trio
+    fn = with_token(async_fn, args, token, what)
+    coro = coroutine_or_error(fn, args, what)  # a sync function fails here, as in Trio
     handle: TaskHandle[T] = TaskHandle[T]._create(coro, name, token, on_done)
     try:
         nursery.start_soon(handle._run, name=name)  # raises if the nursery is closed
@@ -285,10 +286,28 @@ def make_handle(
     return handle
 
 
+@overload
 def spawn(
     nursery: trio.Nursery,
     async_fn: Callable[[*PosArgsT], Awaitable[T]],
     *args: *PosArgsT,
+    name: str | None = None,
+    token: CancellationToken | None = None,
+) -> TaskHandle[T]: ...
+@overload
+def spawn(
+    nursery: trio.Nursery,
+    async_fn: Callable[..., Awaitable[T]],
+    *args: object,
+    name: str | None = None,
+    token: CancellationToken,
+) -> TaskHandle[T]: ...  # async_fn takes token= (the one rule for the word)
+
+
+def spawn(
+    nursery: trio.Nursery,
+    async_fn: Callable[..., Awaitable[T]],
+    *args: object,
     name: str | None = None,
     token: CancellationToken | None = None,
 ) -> TaskHandle[T]:
@@ -303,14 +322,17 @@ def spawn(
         async_fn: The async function; ``args`` are passed positionally.
         name: The task's name (Trio's task name too); default the function's qualified name.
         token: If given, the task's scope is bound to it: cancelling the token aborts the task
-            (``Aborted(token.reason)``), at once if it is already cancelled.
+            (``Aborted(token.reason)``), at once if it is already cancelled. And, the one rule
+            for the word everywhere: if ``async_fn`` accepts a keyword ``token`` (a parameter
+            of that name, or ``**kwargs``), it is called with ``token=token``.
 
     Returns:
         The task's :class:`TaskHandle`.
 
     Raises:
         TypeError: ``async_fn`` is not an async function (as ``nursery.start_soon`` raises:
-            a sync function has run by then and its result is discarded).
+            a sync function has run by then and its result is discarded); or its ``token``
+            parameter is required and no ``token`` was given.
 
     Not a checkpoint; never blocks (like ``nursery.start_soon``).
     """
