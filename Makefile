@@ -26,6 +26,11 @@ demo: $(STAMP)
 	  echo; echo "===== examples/$$d.py"; \
 	  $(BIN)/python examples/$$d.py || exit 1; \
 	done
+	@echo
+	@echo "===== make demo ran $(words $(DEMOS)) of the examples in examples/ (each script's docstring"
+	@echo "says what it shows; examples/README.md lists them all). Read more: docs/ (start at"
+	@echo "docs/index.rst, or build it with 'make docs' and open docs/_build/html/index.html)."
+	@echo "Run the whole test suite with 'make test'."
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -33,8 +38,14 @@ lint: $(STAMP)
 	$(BIN)/flake8-async --enable $(ASYNC_RULES) $$(find trio_cancel tests examples -name '*.py')
 	$(BIN)/flake8-async --enable $(ASYNC_RULES),ASYNC910,ASYNC911 $$(find trio_cancel -name '*.py')
 
+# mypy --strict on everything; pyright's type completeness of the public API (100 % or fail),
+# run inside the virtual environment as Trio runs it on itself.
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	PATH="$(CURDIR)/$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" \
+	  $(BIN)/pyright --verifytypes trio_cancel --ignoreexternal | tee .pyright.txt | tail -3
+	@grep -q "Type completeness score: 100%" .pyright.txt || \
+	  { cat .pyright.txt; echo "pyright: the public API is not 100% typed"; exit 1; }
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html

@@ -16,6 +16,8 @@ import attrs
 
 @attrs.define(eq=False)
 class LeakTracker:
+    """Endpoints and registrations created while tracking is on (for the leak fixture)."""
+
     endpoints: list[object] = attrs.Factory(list)
     registrations: list[object] = attrs.Factory(list)
 

@@ -25,10 +25,10 @@ from typing import Any, final
 try:
     import psycopg
     from psycopg.pq import TransactionStatus
-except ImportError as exc:  # pragma: no cover - depends on the installation
+except ImportError as _missing:  # pragma: no cover - depends on the installation
     raise ImportError(
         "trio_cancel.postgres needs psycopg 3: pip install 'trio_cancel[postgres]'"
-    ) from exc
+    ) from _missing
 
 from ._dbapi import Backend, DatabaseConnection, TransactionBlock
 from ._util import NoPublicConstructor

@@ -68,6 +68,7 @@ def cancel_sweep(request: pytest.FixtureRequest) -> CancelSweep:
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    """Print how many cancellation points the run's ``cancel_sweep`` calls checked."""
     sweeps = terminalreporter.config.stash.get(_SWEEPS, [])
     if sweeps:
         points = sum(n for _, n in sweeps)
