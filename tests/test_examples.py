@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import attrs
@@ -55,6 +57,19 @@ TRANSFER_LINES = (
 )
 
 CHECKS: dict[str, Expect] = {
+    "worker_pool_shutdown.py": Expect(
+        lines=(
+            r"^pool running: press Ctrl\+C",
+            r"^\(sending SIGINT to this process after 0\.5 s\)$",
+            r"^shutting down: signal SIGINT$",
+            r"^  worker-\d: finished [1-9]\d* jobs, then stopped waiting for work$",
+            r"^  produced \d+ jobs$",
+            r"^  \d+ jobs still queued",
+            r"^shutdown 'signal SIGINT': 5 of 5 tasks landed within the 2 s grace period, "
+            r"0 forced$",
+        ),
+        args=("--interrupt-after", "0.5"),
+    ),
     "interrupt_blocking.py": Expect(
         lines=(
             r"^waited\s+caller back after\s+(0\.[3-9]\d|[1-9]\d*\.\d\d) s; thread done then",
@@ -467,3 +482,27 @@ def test_database_examples_against_postgresql(script: str, lines: tuple[str, ...
     _run_and_check(
         script, Expect(lines=(r"^database: PostgreSQL$", *lines), args=("--postgres", PG_DSN))
     )
+
+
+def test_worker_pool_shutdown_drains_on_a_sigint_from_outside() -> None:
+    """The README's shape: run until Ctrl+C, drain, report; driven by a real SIGINT."""
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "worker_pool_shutdown.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("pool running")
+        time.sleep(0.3)  # let the pool do some work
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "shutting down: signal SIGINT" in out
+    done = [int(n) for n in re.findall(r"^  worker-\d: finished (\d+) jobs", out, re.MULTILINE)]
+    assert len(done) == 4
+    assert sum(done) > 0  # it ran until the signal, not 0 jobs
+    assert "5 of 5 tasks landed within the 2 s grace period, 0 forced" in out
