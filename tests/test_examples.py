@@ -304,6 +304,7 @@ CHECKS: dict[str, Expect] = {
             r"^Task [12] is cleaning up$",
             r"^Task [12] is cancelling\.\.\.$",
             r"^Task [12] is cleaning up$",
+            r"^slow consumer: saw [1-9]\d* of 100 values, skipped [1-9]\d*, last 100$",
         ),
         never=(r"completed normally",),
     ),
