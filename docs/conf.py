@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 project = "trio_cancel"
 copyright = "2026, the trio_cancel developers"
@@ -16,7 +18,7 @@ extensions = [
 
 html_theme = "furo"
 html_static_path = ["_static"]
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
@@ -52,5 +54,50 @@ def _resolve_private_paths(app, env, node, contnode):  # type: ignore[no-untyped
     return None
 
 
+DOCS = Path(__file__).resolve().parent
+EXAMPLES = DOCS.parent / "examples"
+
+
+def _example_sections() -> str:
+    """One section per script in examples/, from its docstring (the single source): the title,
+    the prose, the script, and its recorded output (checked by tests/test_examples.py)."""
+    entries = []
+    for path in sorted(EXAMPLES.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or path.stem
+        first, _, body = doc.partition("\n")
+        match = re.match(r"(E\d\d): (.*)", first)
+        number, title = (match.group(1), match.group(2)) if match else ("", first)
+        title = title.rstrip(".")
+        title = title[0].upper() + title[1:]
+        entries.append((number or "E99", path, title, number, body.strip()))
+    parts = []
+    for _, path, title, number, body in sorted(entries, key=lambda e: (e[0], e[1].name)):
+        heading = f"{title} ({number})" if number else title
+        parts += [f".. _example-{path.stem}:", "", heading, "-" * len(heading), "", body, ""]
+        parts += [
+            f"Script ``examples/{path.name}``:",
+            "",
+            f".. literalinclude:: /../examples/{path.name}",
+        ]
+        parts += ["   :language: python", "", ""]
+        output = DOCS / "example_output" / f"{path.stem}.txt"
+        if output.exists():
+            parts += ["What it printed:", "", f".. literalinclude:: /example_output/{output.name}"]
+            parts += ["   :language: text", "", ""]
+    return "\n".join(parts)
+
+
+def _write_generated(app):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    generated = DOCS / "_generated"
+    generated.mkdir(exist_ok=True)
+    target = generated / "examples.rst"
+    text = _example_sections()
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
 def setup(app):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
     app.connect("missing-reference", _resolve_private_paths)
+    app.connect("builder-inited", _write_generated)

@@ -20,6 +20,8 @@ import attrs
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# What each script printed, as the docs' examples page shows it (tests/record_example_outputs.py).
+OUTPUTS = Path(__file__).resolve().parent.parent / "docs" / "example_output"
 
 
 @attrs.frozen
@@ -425,7 +427,11 @@ def _run_and_check(script: str, expect: Expect) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout.splitlines()
+    _check_lines(script, expect, proc.stdout)
+
+
+def _check_lines(script: str, expect: Expect, stdout: str) -> None:
+    out = stdout.splitlines()
     pos = 0
     for pattern in expect.lines:
         regex = re.compile(pattern)
@@ -434,7 +440,7 @@ def _run_and_check(script: str, expect: Expect) -> None:
                 pos = i + 1
                 break
         else:
-            pytest.fail(f"{script}: no line matching {pattern!r} after line {pos}:\n{proc.stdout}")
+            pytest.fail(f"{script}: no line matching {pattern!r} after line {pos}:\n{stdout}")
     for pattern in expect.never:
         bad = [line for line in out if re.search(pattern, line)]
         assert not bad, f"{script} printed {bad}"
@@ -507,3 +513,14 @@ def test_worker_pool_shutdown_drains_on_a_sigint_from_outside() -> None:
     assert len(done) == 4
     assert sum(done) > 0  # it ran until the signal, not 0 jobs
     assert "5 of 5 tasks landed within the 2 s grace period, 0 forced" in out
+
+
+@pytest.mark.parametrize("script", sorted(CHECKS))
+def test_recorded_output_passes_the_checks(script: str) -> None:
+    """The docs show a recorded run of each example; it must pass the same checks as a live
+    run (re-record with tests/record_example_outputs.py when a script changes)."""
+    recorded = OUTPUTS / f"{Path(script).stem}.txt"
+    assert recorded.exists(), f"no recorded output for {script}: run record_example_outputs.py"
+    command, _, output = recorded.read_text().partition("\n")
+    assert command == "$ " + " ".join(["python", f"examples/{script}", *CHECKS[script].args])
+    _check_lines(script, CHECKS[script], output)
