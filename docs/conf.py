@@ -20,6 +20,8 @@ html_theme = "furo"
 html_static_path = ["_static"]
 exclude_patterns = ["_build", "_generated"]
 
+# Keep "--full" and "..." as typed (smart quotes turn "--" into a dash, also in titles).
+smartquotes = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 napoleon_google_docstring = True
