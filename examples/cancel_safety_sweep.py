@@ -1,7 +1,7 @@
 """Finding a cancel-safety bug mechanically with ``trio_cancel.testing.cancel_at_each_checkpoint``.
 
 Not a seed example; it is the walk-through of the docs page "Testing cancel-safety", built on
-the hazard the seeds warn about (``select!`` in a loop is only safe if every branch is
+the hazard the source articles warn about (``select!`` in a loop is only safe if every branch is
 cancel-safe). A reader of length-prefixed frames takes the header, then waits for the body. In a
 loop that races it against a heartbeat timer, the reader is cancelled whenever the heartbeat
 wins: if that happens between header and body, the naive reader has already consumed the header
