@@ -18,6 +18,7 @@ extensions = [
 
 html_theme = "furo"
 html_static_path = ["_static"]
+html_css_files = ["tables.css"]
 exclude_patterns = ["_build", "_generated"]
 
 # Keep "--full" and "..." as typed (smart quotes turn "--" into a dash, also in titles).
@@ -83,7 +84,12 @@ def _example_sections() -> str:
             "",
             f".. literalinclude:: /../examples/{path.name}",
         ]
-        parts += ["   :language: python", "", ""]
+        parts += [
+            "   :language: python",
+            "   :start-at: from __future__ import annotations",
+            "",
+            "",
+        ]
         output = DOCS / "example_output" / f"{path.stem}.txt"
         if output.exists():
             parts += ["What it printed:", "", f".. literalinclude:: /example_output/{output.name}"]
