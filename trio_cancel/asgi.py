@@ -1,0 +1,323 @@
+"""Cancellation for ASGI apps on Trio servers: request timeouts, cancel on client disconnect,
+per-request tokens, deadlines that follow a request from service to service, and shutdown.
+
+``import trio_cancel.asgi`` (no dependency beyond Trio; ``import trio_cancel`` does not import
+it). Wrap any ASGI app::
+
+    app = CancelMiddleware(app, timeout=30.0, shutdown=gs)
+
+Each HTTP request then runs in a task of its own, under a child token of the middleware's
+token, available to the handler as ``scope["extensions"]["trio_cancel"]["token"]``. The handler
+is cancelled (its ``trio.Cancelled`` carries the reason) when:
+
+* its time is up: the least of ``timeout``, the caller's ``Connect-Timeout-Ms`` or
+  ``grpc-timeout`` header, and ``max_timeout`` (reason ``"request timeout"``, or ``"caller
+  deadline"`` when the caller's header set the limit). The client gets 504 with
+  ``{"code": "deadline_exceeded"}``, or 408 if the request body had not fully arrived;
+* the client disconnects (reason ``"client disconnected"``): no answer, nobody is there;
+* its token is cancelled (by you, or by cancelling the middleware's token);
+* the :class:`~trio_cancel.GracefulShutdown` forces phase 2 (the client gets 503 with
+  ``Retry-After`` and ``{"code": "unavailable"}``). Requests that arrive after the trigger get
+  that 503 at once; requests in flight at the trigger may finish within the grace period, and
+  each is a row of the shutdown's :class:`~trio_cancel.LandingReport` (``"GET /path"``).
+
+Every message the server sends is forwarded to the app (the middleware reads ``receive()`` to
+notice a disconnect, and hands each message on), and a queued message is handed over even to
+a caller whose scope is already cancelled, so Starlette's ``request.is_disconnected()`` works.
+Lifespan and websocket scopes pass through untouched; an exception from the app propagates
+(the server answers 500).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from typing import Any, final
+
+import trio
+
+from ._checks import check_grace
+from ._excgroups import raise_errors_of
+from ._outcome import Aborted, Failed
+from ._shutdown import GracefulShutdown
+from ._token import CancellationToken
+
+__all__ = ["CancelMiddleware", "DeadlineHeaderError", "parse_deadline_headers"]
+
+Scope = "MutableMapping[str, Any]"
+Message = dict[str, Any]
+Receive = "Callable[[], Awaitable[Message]]"
+Send = "Callable[[Message], Awaitable[None]]"
+ASGIApp = "Callable[[Any, Any, Any], Awaitable[None]]"
+
+_log = logging.getLogger("trio_cancel.asgi")
+
+_CONNECT = re.compile(r"[0-9]{1,10}")
+_GRPC = re.compile(r"([0-9]{1,8})([HMSmun])")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+@final
+class DeadlineHeaderError(ValueError):
+    """A ``Connect-Timeout-Ms`` or ``grpc-timeout`` header that is not well formed."""
+
+
+def parse_deadline_headers(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """The caller's budget in seconds from ``Connect-Timeout-Ms`` (1 to 10 digits of
+    milliseconds) or ``grpc-timeout`` (1 to 8 digits and one unit of ``H M S m u n``);
+    the smaller if both are present; ``None`` if neither is.
+
+    Raises:
+        DeadlineHeaderError: A header is present but malformed (``abc``, empty, ``-5``,
+            ``1.5``, ``" 300"``, 11 digits, ``5x``, ``S``...).
+    """
+    budget: float | None = None
+    for raw_name, raw_value in headers:
+        name = raw_name.lower()
+        if name == b"connect-timeout-ms":
+            value = raw_value.decode("latin-1")
+            if not _CONNECT.fullmatch(value):
+                raise DeadlineHeaderError(f"malformed Connect-Timeout-Ms: {value!r}")
+            seconds = int(value) / 1000
+        elif name == b"grpc-timeout":
+            value = raw_value.decode("latin-1")
+            match = _GRPC.fullmatch(value)
+            if match is None:
+                raise DeadlineHeaderError(f"malformed grpc-timeout: {value!r}")
+            seconds = int(match[1]) * _GRPC_UNITS[match[2]]
+        else:
+            continue
+        budget = seconds if budget is None else min(budget, seconds)
+    return budget
+
+
+def _check_status(status: object, name: str) -> int:
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+        raise ValueError(f"{name} must be an HTTP error status from 400 to 599, not {status!r}")
+    return status
+
+
+def _check_timeout(value: object, name: str) -> float:
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds (or None for no limit), not {value!r}")
+    return float(value)
+
+
+@final
+class CancelMiddleware:
+    """ASGI middleware: request timeouts, cancel on disconnect, per-request tokens, caller
+    deadlines and graceful shutdown (see the module docstring).
+
+    Args:
+        app: The ASGI app to wrap.
+        timeout: Seconds a request may take (``None``: no limit of its own).
+        max_timeout: The most a caller's deadline header may grant (``None``: the header is
+            bounded by ``timeout`` only). Incoming deadlines are untrusted: clamped, never
+            extended.
+        token: The parent of every request's token; cancelling it cancels every request.
+            Default: a new token (``middleware.token``).
+        shutdown: A :class:`~trio_cancel.GracefulShutdown` whose block contains the server: each
+            request is spawned in it and listed in its report; after the trigger, new requests
+            get ``shutdown_status`` at once.
+        timeout_status: The status for a request whose time ran out (504).
+        shutdown_status: The status for a request refused or forced by the shutdown (503).
+        retry_after: Seconds for the ``Retry-After`` header of ``shutdown_status`` answers.
+
+    Raises:
+        ValueError: ``timeout`` or ``max_timeout`` is zero, negative or NaN; a status is not
+            from 400 to 599; ``retry_after`` is negative.
+    """
+
+    def __init__(
+        self,
+        app: Any,  # noqa: ANN401 - any ASGI app
+        *,
+        timeout: float | None = None,
+        max_timeout: float | None = None,
+        token: CancellationToken | None = None,
+        shutdown: GracefulShutdown | None = None,
+        timeout_status: int = 504,
+        shutdown_status: int = 503,
+        retry_after: int = 5,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"CancelMiddleware needs an ASGI app, not {type(app).__name__}")
+        self._app = app
+        self._timeout = _check_timeout(timeout, "timeout")
+        self._max_timeout = _check_timeout(max_timeout, "max_timeout")
+        if token is not None and not isinstance(token, CancellationToken):
+            raise TypeError(f"token must be a CancellationToken, not {type(token).__name__}")
+        self.token = token if token is not None else CancellationToken()
+        if shutdown is not None and not isinstance(shutdown, GracefulShutdown):
+            raise TypeError(f"shutdown must be a GracefulShutdown, not {type(shutdown).__name__}")
+        self._shutdown = shutdown
+        self._timeout_status = _check_status(timeout_status, "timeout_status")
+        self._shutdown_status = _check_status(shutdown_status, "shutdown_status")
+        self._retry_after = int(check_grace(retry_after))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        """Handle one ASGI call.
+
+        Cancellation:
+            A cancellation of the server's own task for this request (its shutdown) cancels
+            the handler as well and propagates.
+        """
+        if scope.get("type") != "http":
+            await self._app(scope, receive, send)  # lifespan, websocket: untouched
+            return
+        await _Request(self, scope, receive, send).run()
+
+    def __repr__(self) -> str:
+        return f"<CancelMiddleware timeout={self._timeout:g} s around {self._app!r}>"
+
+
+class _Request:
+    """One HTTP request going through the middleware."""
+
+    def __init__(self, mw: CancelMiddleware, scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        self.mw = mw
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.name = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+        self.started = False  # the app sent http.response.start
+        self.finished = False  # the app sent the last body message
+        self.body_complete = False  # the last http.request message arrived
+        self.disconnected = False
+        self.inbox_send, self.inbox = trio.open_memory_channel[Message](math.inf)
+
+    async def run(self) -> None:
+        mw = self.mw
+        shutdown = mw._shutdown
+        if shutdown is not None and shutdown.token.is_cancelled():
+            await self._answer(
+                mw._shutdown_status, "unavailable", "the server is shutting down", retry=True
+            )
+            return
+        try:
+            budget = parse_deadline_headers(list(self.scope.get("headers", [])))
+        except DeadlineHeaderError as exc:
+            await self._answer(400, "invalid_argument", str(exc))
+            return
+        limit, why = mw._timeout, "request timeout"
+        if budget is not None:
+            budget = min(budget, mw._max_timeout)
+            if budget < limit:
+                limit, why = budget, "caller deadline"
+        if limit <= 0:
+            await self._answer(mw._timeout_status, "deadline_exceeded", f"{why}: no time left")
+            return
+        token = mw.token.child_token()
+        deadline = trio.current_time() + limit
+        if limit < math.inf:
+            token.cancel_after(limit, why)  # the handler's Cancelled carries the reason
+        extensions = self.scope.setdefault("extensions", {})
+        extensions["trio_cancel"] = {
+            "token": token,
+            "deadline": deadline,
+            "shutdown": None if shutdown is None else shutdown.token,
+        }
+        outcome = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_receive, token)
+                try:
+                    if shutdown is None:
+                        await self._handle(token)
+                    else:
+                        handle = shutdown.spawn(self._handle, token, name=self.name)
+                        try:
+                            outcome = await handle.join()
+                        except trio.Cancelled:
+                            handle.abort("the server cancelled the request")
+                            raise
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise_errors_of(group)  # the app's own error, bare: the server answers 500
+            raise
+        if isinstance(outcome, Failed):
+            raise outcome.error  # the app raised: the server answers 500
+        if token.is_cancelled():
+            reason = token.reason or "cancelled"
+            if reason == why:
+                await self._after_cut(reason, mw._timeout_status, "deadline_exceeded")
+            elif not self.disconnected:
+                await self._after_cut(reason, mw._shutdown_status, "unavailable")
+        elif isinstance(outcome, Aborted):
+            await self._after_cut(f"shutdown: {outcome.reason}", mw._shutdown_status, "unavailable")
+
+    async def _handle(self, token: CancellationToken) -> None:
+        with token.cancel_scope():
+            await self.mw._app(self.scope, self._app_receive, self._app_send)
+
+    async def _watch_receive(self, token: CancellationToken) -> None:
+        """Read every message from the server, forward it to the app, and cancel the
+        request's token when the client goes away."""
+        while True:
+            message = await self.receive()
+            kind = message.get("type")
+            if kind == "http.request" and not message.get("more_body", False):
+                self.body_complete = True
+            self.inbox_send.send_nowait(message)
+            if kind == "http.disconnect":
+                self.disconnected = True
+                if not self.finished:
+                    _log.info("%s: client disconnected; cancelling the handler", self.name)
+                    token.cancel("client disconnected")
+                return
+
+    async def _app_receive(self) -> Message:
+        # A queued message is handed over even if the caller's scope is cancelled (Starlette's
+        # is_disconnected() polls this way); otherwise wait for the next one.
+        try:
+            return self.inbox.receive_nowait()  # noqa: ASYNC910 - ASGI receive, by design
+        except trio.WouldBlock:
+            pass
+        return await self.inbox.receive()
+
+    async def _app_send(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "http.response.start":
+            self.started = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self.send(message)
+
+    async def _after_cut(self, why: str, status: int, code: str) -> None:
+        """The handler was cut short: answer, unless the client left or the response was
+        complete."""
+        if self.disconnected or self.finished:
+            return  # noqa: ASYNC910 - nothing to send
+        if self.started:
+            # A second start message is not allowed: end the response by failing the call,
+            # which makes the server close the connection.
+            _log.warning(
+                "%s: %s after the response started; closing the connection", self.name, why
+            )
+            raise _ResponseCutShortError(f"{self.name}: {why} after the response started")
+        if status == self.mw._timeout_status and not self.body_complete:
+            status = 408  # RFC 9110: the request itself did not arrive in time
+        _log.info("%s: cancelled (%s); answering %d", self.name, why, status)
+        await self._answer(status, code, why, retry=status == self.mw._shutdown_status)
+
+    async def _answer(self, status: int, code: str, message: str, *, retry: bool = False) -> None:
+        body = json.dumps({"code": code, "message": message}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if retry:
+            headers.append((b"retry-after", str(self.mw._retry_after).encode()))
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+class _ResponseCutShortError(Exception):
+    """Raised to the server when a response that had begun cannot be completed."""
