@@ -368,3 +368,37 @@ def test_bad_configuration_fails_at_construction() -> None:
         CancelMiddleware(app, shutdown_status=600)
     with pytest.raises(TypeError, match="ASGI app"):
         CancelMiddleware(None)
+
+
+# ---------------------------------------------------------------- the client side
+
+
+async def test_client_hook_sends_the_remaining_deadline_or_nothing() -> None:
+    from trio_cancel.deadlines import async_propagate_deadline, propagate_deadline
+
+    seen: list[str | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan support")
+        headers = dict(scope["headers"])
+        value = headers.get(b"connect-timeout-ms")
+        seen.append(None if value is None else value.decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    hooks: Any = {"request": [async_propagate_deadline]}
+    async with running(app) as base, httpx.AsyncClient(base_url=base, event_hooks=hooks) as client:
+        await client.get("/none")
+        with trio.move_on_after(0.5):
+            await client.get("/half-second")
+        with trio.CancelScope(deadline=trio.current_time()) as cs:
+            with pytest.raises(trio.TooSlowError):
+                await client.get("/no-time-left")  # the hook refuses: never sent
+            await trio.lowlevel.checkpoint()
+        assert cs.cancelled_caught
+        propagate_deadline(httpx.Request("GET", base))  # no deadline here: no header, no error
+    assert seen[0] is None
+    assert seen[1] is not None
+    assert 400 < int(seen[1]) <= 490  # what remained, less the hop margin
+    assert len(seen) == 2

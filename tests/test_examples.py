@@ -59,6 +59,21 @@ TRANSFER_LINES = (
 )
 
 CHECKS: dict[str, Expect] = {
+    "deadline_chain.py": Expect(
+        lines=(
+            r"^1\. the client gives A a 0\.5 s budget; C has 2 s of work:$",
+            r'^  the client got 504 \{"code": "deadline_exceeded", "message": "caller deadline"\}$',
+            r"^  budgets received: A 500 ms > B 4\d\d ms > C 4\d\d ms$",
+            r"^  each hop saw a smaller budget than the one before: True$",
+            r"^  C: handler cancelled at 0\.(4\d|5[0-5]) s: caller deadline$",
+            r"^  B: passed its callee's 504 on",
+            r"^  A: passed its callee's 504 on",
+            r"^2\. no deadline; the client goes away after 0\.2 s:$",
+            r"^  A: handler cancelled at 0\.2\d s: client disconnected$",
+            r"^  B: handler cancelled at 0\.2\d s: client disconnected$",
+            r"^  C: handler cancelled at 0\.2\d s: client disconnected$",
+        ),
+    ),
     "worker_pool_shutdown.py": Expect(
         lines=(
             r"^pool running: press Ctrl\+C",
@@ -212,9 +227,9 @@ CHECKS: dict[str, Expect] = {
     "timeout_middleware.py": Expect(
         lines=(
             r'^GET /fast -> 200 \{"path": "/fast", "took": 0\.01\}$',
-            r"^GET /slow -> 408 request timed out$",
+            r'^GET /slow -> 504 \{"code": "deadline_exceeded", "message": "request timeout"\}$',
             r"^/fast: handler finished$",
-            r"^/slow: handler cancelled after 0\.2 s$",
+            r"^/slow: handler cancelled after 0\.2 s \(request timeout\)$",
         ),
         never=(r"/slow: handler finished",),
     ),

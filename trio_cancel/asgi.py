@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from typing import Any, final
 
 import trio
@@ -43,8 +42,9 @@ from ._excgroups import raise_errors_of
 from ._outcome import Aborted, Failed
 from ._shutdown import GracefulShutdown
 from ._token import CancellationToken
+from .deadlines import REQUEST_DEADLINE, DeadlineHeaderError, parse_deadline_headers
 
-__all__ = ["CancelMiddleware", "DeadlineHeaderError", "parse_deadline_headers"]
+__all__ = ["CancelMiddleware", "DeadlineHeaderError", "parse_deadline_headers"]  # re-exported
 
 Scope = "MutableMapping[str, Any]"
 Message = dict[str, Any]
@@ -53,44 +53,6 @@ Send = "Callable[[Message], Awaitable[None]]"
 ASGIApp = "Callable[[Any, Any, Any], Awaitable[None]]"
 
 _log = logging.getLogger("trio_cancel.asgi")
-
-_CONNECT = re.compile(r"[0-9]{1,10}")
-_GRPC = re.compile(r"([0-9]{1,8})([HMSmun])")
-_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-
-@final
-class DeadlineHeaderError(ValueError):
-    """A ``Connect-Timeout-Ms`` or ``grpc-timeout`` header that is not well formed."""
-
-
-def parse_deadline_headers(headers: list[tuple[bytes, bytes]]) -> float | None:
-    """The caller's budget in seconds from ``Connect-Timeout-Ms`` (1 to 10 digits of
-    milliseconds) or ``grpc-timeout`` (1 to 8 digits and one unit of ``H M S m u n``);
-    the smaller if both are present; ``None`` if neither is.
-
-    Raises:
-        DeadlineHeaderError: A header is present but malformed (``abc``, empty, ``-5``,
-            ``1.5``, ``" 300"``, 11 digits, ``5x``, ``S``...).
-    """
-    budget: float | None = None
-    for raw_name, raw_value in headers:
-        name = raw_name.lower()
-        if name == b"connect-timeout-ms":
-            value = raw_value.decode("latin-1")
-            if not _CONNECT.fullmatch(value):
-                raise DeadlineHeaderError(f"malformed Connect-Timeout-Ms: {value!r}")
-            seconds = int(value) / 1000
-        elif name == b"grpc-timeout":
-            value = raw_value.decode("latin-1")
-            match = _GRPC.fullmatch(value)
-            if match is None:
-                raise DeadlineHeaderError(f"malformed grpc-timeout: {value!r}")
-            seconds = int(match[1]) * _GRPC_UNITS[match[2]]
-        else:
-            continue
-        budget = seconds if budget is None else min(budget, seconds)
-    return budget
 
 
 def _check_status(status: object, name: str) -> int:
@@ -190,6 +152,7 @@ class _Request:
         self.finished = False  # the app sent the last body message
         self.body_complete = False  # the last http.request message arrived
         self.disconnected = False
+        self.deadline = math.inf
         self.inbox_send, self.inbox = trio.open_memory_channel[Message](math.inf)
 
     async def run(self) -> None:
@@ -214,7 +177,7 @@ class _Request:
             await self._answer(mw._timeout_status, "deadline_exceeded", f"{why}: no time left")
             return
         token = mw.token.child_token()
-        deadline = trio.current_time() + limit
+        deadline = self.deadline = trio.current_time() + limit
         if limit < math.inf:
             token.cancel_after(limit, why)  # the handler's Cancelled carries the reason
         extensions = self.scope.setdefault("extensions", {})
@@ -254,6 +217,7 @@ class _Request:
             await self._after_cut(f"shutdown: {outcome.reason}", mw._shutdown_status, "unavailable")
 
     async def _handle(self, token: CancellationToken) -> None:
+        REQUEST_DEADLINE.set(self.deadline)  # this task's context: for outgoing calls
         with token.cancel_scope():
             await self.mw._app(self.scope, self._app_receive, self._app_send)
 
