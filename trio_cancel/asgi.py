@@ -53,6 +53,7 @@ Send = "Callable[[Message], Awaitable[None]]"
 ASGIApp = "Callable[[Any, Any, Any], Awaitable[None]]"
 
 _log = logging.getLogger("trio_cancel.asgi")
+_SEND_BOUND = 1.0  # seconds a single send to the server may take once the app handed it over
 
 
 def _check_status(status: object, name: str) -> int:
@@ -115,7 +116,7 @@ class CancelMiddleware:
         self._max_timeout = _check_timeout(max_timeout, "max_timeout")
         if token is not None and not isinstance(token, CancellationToken):
             raise TypeError(f"token must be a CancellationToken, not {type(token).__name__}")
-        self.token = token if token is not None else CancellationToken()
+        self.token: CancellationToken = token if token is not None else CancellationToken()
         if shutdown is not None and not isinstance(shutdown, GracefulShutdown):
             raise TypeError(f"shutdown must be a GracefulShutdown, not {type(shutdown).__name__}")
         self._shutdown = shutdown
@@ -248,11 +249,18 @@ class _Request:
 
     async def _app_send(self, message: Message) -> None:
         kind = message.get("type")
+        # A message the app hands over is delivered whole: the request's own cancellation
+        # (a deadline firing just as the answer goes out) waits for it, up to a second; it
+        # lands at the app's next checkpoint instead.
+        with trio.move_on_after(_SEND_BOUND, shield=True) as bound:
+            await self.send(message)
+        if bound.cancelled_caught:
+            raise trio.BrokenResourceError(f"{self.name}: the client stopped reading")
         if kind == "http.response.start":
             self.started = True
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.finished = True
-        await self.send(message)
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _after_cut(self, why: str, status: int, code: str) -> None:
         """The handler was cut short: answer, unless the client left or the response was
