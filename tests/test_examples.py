@@ -59,6 +59,13 @@ TRANSFER_LINES = (
 )
 
 CHECKS: dict[str, Expect] = {
+    "bench_middleware.py": Expect(
+        lines=(
+            r"^(plain app: +\d+ requests/s|wrk is not installed)",
+            r"^(with middleware: +\d+ requests/s|wrk is not installed)",
+        ),
+        args=("--seconds", "1", "--runs", "1"),
+    ),
     "deadline_chain.py": Expect(
         lines=(
             r"^1\. the client gives A a 0\.5 s budget; C has 2 s of work:$",

@@ -30,6 +30,7 @@ Lifespan and websocket scopes pass through untouched; an exception from the app 
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -53,7 +54,6 @@ Send = "Callable[[Message], Awaitable[None]]"
 ASGIApp = "Callable[[Any, Any, Any], Awaitable[None]]"
 
 _log = logging.getLogger("trio_cancel.asgi")
-_SEND_BOUND = 1.0  # seconds a single send to the server may take once the app handed it over
 
 
 def _check_status(status: object, name: str) -> int:
@@ -154,7 +154,8 @@ class _Request:
         self.body_complete = False  # the last http.request message arrived
         self.disconnected = False
         self.deadline = math.inf
-        self.inbox_send, self.inbox = trio.open_memory_channel[Message](math.inf)
+        self.inbox: collections.deque[Message] = collections.deque()
+        self.arrived = trio.lowlevel.ParkingLot()
 
     async def run(self) -> None:
         mw = self.mw
@@ -179,8 +180,6 @@ class _Request:
             return
         token = mw.token.child_token()
         deadline = self.deadline = trio.current_time() + limit
-        if limit < math.inf:
-            token.cancel_after(limit, why)  # the handler's Cancelled carries the reason
         extensions = self.scope.setdefault("extensions", {})
         extensions["trio_cancel"] = {
             "token": token,
@@ -190,7 +189,7 @@ class _Request:
         outcome = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_receive, token)
+                nursery.start_soon(self._watch_receive, token, why)
                 try:
                     if shutdown is None:
                         await self._handle(token)
@@ -222,45 +221,44 @@ class _Request:
         with token.cancel_scope():
             await self.mw._app(self.scope, self._app_receive, self._app_send)
 
-    async def _watch_receive(self, token: CancellationToken) -> None:
-        """Read every message from the server, forward it to the app, and cancel the
-        request's token when the client goes away."""
-        while True:
-            message = await self.receive()
-            kind = message.get("type")
-            if kind == "http.request" and not message.get("more_body", False):
-                self.body_complete = True
-            self.inbox_send.send_nowait(message)
-            if kind == "http.disconnect":
-                self.disconnected = True
-                if not self.finished:
-                    _log.info("%s: client disconnected; cancelling the handler", self.name)
-                    token.cancel("client disconnected")
-                return
+    async def _watch_receive(self, token: CancellationToken, why: str) -> None:
+        """Read every message from the server and forward it to the app; cancel the request's
+        token when the client goes away, or (with ``why``) when the request's time is up."""
+        with trio.CancelScope(deadline=self.deadline) as timer:
+            while True:
+                message = await self.receive()  # cancel-safe: a server's channel receive
+                kind = message.get("type")
+                if kind == "http.request" and not message.get("more_body", False):
+                    self.body_complete = True
+                self.inbox.append(message)
+                self.arrived.unpark_all()
+                if kind == "http.disconnect":
+                    self.disconnected = True
+                    if not self.finished:
+                        _log.info("%s: client disconnected; cancelling the handler", self.name)
+                        token.cancel("client disconnected")
+                    return
+        if timer.cancelled_caught:
+            token.cancel(why)  # the handler's Cancelled carries the reason
 
     async def _app_receive(self) -> Message:
         # A queued message is handed over even if the caller's scope is cancelled (Starlette's
         # is_disconnected() polls this way); otherwise wait for the next one.
-        try:
-            return self.inbox.receive_nowait()  # noqa: ASYNC910 - ASGI receive, by design
-        except trio.WouldBlock:
-            pass
-        return await self.inbox.receive()
+        while not self.inbox:
+            await self.arrived.park()
+        return self.inbox.popleft()  # noqa: ASYNC910 - ASGI receive, by design
 
     async def _app_send(self, message: Message) -> None:
         kind = message.get("type")
         # A message the app hands over is delivered whole: the request's own cancellation
-        # (a deadline firing just as the answer goes out) waits for it, up to a second; it
-        # lands at the app's next checkpoint instead.
-        with trio.move_on_after(_SEND_BOUND, shield=True) as bound:
+        # (a deadline firing just as the answer goes out) waits for it and lands at the app's
+        # next checkpoint instead. (The server bounds a send to a client that stopped reading.)
+        with trio.CancelScope(shield=True):
             await self.send(message)
-        if bound.cancelled_caught:
-            raise trio.BrokenResourceError(f"{self.name}: the client stopped reading")
         if kind == "http.response.start":
             self.started = True
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.finished = True
-        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _after_cut(self, why: str, status: int, code: str) -> None:
         """The handler was cut short: answer, unless the client left or the response was
