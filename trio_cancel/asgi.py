@@ -217,7 +217,8 @@ class _Request:
             await self._after_cut(f"shutdown: {outcome.reason}", mw._shutdown_status, "unavailable")
 
     async def _handle(self, token: CancellationToken) -> None:
-        REQUEST_DEADLINE.set(self.deadline)  # this task's context: for outgoing calls
+        if self.deadline < math.inf:
+            REQUEST_DEADLINE.set(self.deadline)  # this task's context: for outgoing calls
         with token.cancel_scope():
             await self.mw._app(self.scope, self._app_receive, self._app_send)
 
@@ -250,10 +251,13 @@ class _Request:
 
     async def _app_send(self, message: Message) -> None:
         kind = message.get("type")
-        # A message the app hands over is delivered whole: the request's own cancellation
-        # (a deadline firing just as the answer goes out) waits for it and lands at the app's
-        # next checkpoint instead. (The server bounds a send to a client that stopped reading.)
-        with trio.CancelScope(shield=True):
+        # The answer's last message is delivered whole: the request's own cancellation (a
+        # deadline firing just as the answer goes out) waits for it and lands at the app's
+        # next checkpoint instead.
+        if kind == "http.response.body" and not message.get("more_body", False):
+            with trio.CancelScope(shield=True):  # the answer's last part: delivered whole
+                await self.send(message)
+        else:
             await self.send(message)
         if kind == "http.response.start":
             self.started = True
