@@ -11,8 +11,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +61,13 @@ TRANSFER_LINES = (
 )
 
 CHECKS: dict[str, Expect] = {
+    "http_server_shutdown.py": Expect(
+        lines=(
+            r"^20 in-flight requests, SIGTERM, 0\.5 s grace: exit code 0 after [\d.]+ s; "
+            r"0 landed, 20 forced$",
+        ),
+        args=("--measure", "20", "--grace", "0.5"),
+    ),
     "bench_middleware.py": Expect(
         lines=(
             r"^(plain app: +\d+ requests/s|wrk is not installed)",
@@ -546,3 +555,80 @@ def test_recorded_output_passes_the_checks(script: str) -> None:
     command, _, output = recorded.read_text().partition("\n")
     assert command == "$ " + " ".join(["python", f"examples/{script}", *CHECKS[script].args])
     _check_lines(script, CHECKS[script], output)
+
+
+def _start_server(grace: float) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "http_server_shutdown.py"), "--grace", str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+
+
+def _get(port: int, path: str, results: dict[str, str]) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    results[path] = data.split(b"\r\n", 1)[0].decode()
+
+
+def test_server_lands_in_flight_requests_on_sigterm_and_reports_json() -> None:
+    proc, port = _start_server(grace=1.0)
+    results: dict[str, str] = {}
+    try:
+        threads = [
+            threading.Thread(target=_get, args=(port, path, results))
+            for path in ("/sleep/0.5", "/sleep/10")
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)  # both in flight
+        proc.send_signal(signal.SIGTERM)
+        _get(port, "/sleep/0", results)  # arrives after the trigger
+        for thread in threads:
+            thread.join(10)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert results["/sleep/0.5"].startswith("HTTP/1.1 200")  # finished within the grace
+    assert results["/sleep/10"].startswith("HTTP/1.1 503")  # forced
+    assert results["/sleep/0"].startswith("HTTP/1.1 503")  # refused at once
+    report = json.loads(err.strip().splitlines()[-1])
+    assert report["reason"] == "signal SIGTERM"
+    rows = {row["name"]: row for row in report["tasks"]}
+    assert not rows["GET /sleep/0.5"]["forced"]
+    assert rows["GET /sleep/10"]["forced"]
+
+
+def test_a_second_sigint_forces_the_shutdown_at_once() -> None:
+    proc, port = _start_server(grace=30.0)
+    results: dict[str, str] = {}
+    try:
+        thread = threading.Thread(target=_get, args=(port, "/sleep/10", results))
+        thread.start()
+        time.sleep(0.2)
+        started = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # impatient: phase 2 now, not in 30 s
+        _, err = proc.communicate(timeout=10)
+        elapsed = time.perf_counter() - started
+        thread.join(10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert elapsed < 5
+    report = json.loads(err.strip().splitlines()[-1])
+    (row,) = report["tasks"]
+    assert row["forced"]
+    assert "forced by a second signal (SIGINT)" in row["reason"]
+    assert results["/sleep/10"].startswith("HTTP/1.1 503")
