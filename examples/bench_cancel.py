@@ -239,6 +239,15 @@ def main() -> None:
     )
     parser.add_argument("--plot", metavar="FILE.png", help="plot per-task time and bytes/task")
     parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 10,000 tasks, one repeat"
+    )
+    parser.add_argument(
+        "--results",
+        metavar="FILE.jsonl",
+        default="bench_cancel_results.jsonl",
+        help="each variant's result is appended here as soon as it is measured",
+    )
+    parser.add_argument(
         "--churn",
         type=int,
         default=1_000_000,
@@ -253,27 +262,37 @@ def main() -> None:
         _child(args)
         return
 
+    if args.quick:
+        args.sizes, args.repeat = [10_000], 1
     sizes = sorted(set(args.sizes + ([1_000_000] if args.full else [])))
     largest = max(n for n in sizes if n <= 100_000) if min(sizes) <= 100_000 else min(sizes)
     plan: list[tuple[str, int, str, int]] = []
     for n in sizes:
         repeat = 1 if n >= 1_000_000 else args.repeat
         plan += [(v, n, "default", repeat) for v in args.variants]
-    for mode in ("off", "freeze", "threshold"):
+    for mode in ("off", "freeze", "threshold"):  # the GC study, for the variants asked for
         plan += [
             (v, largest, mode, 1 if largest >= 1_000_000 else args.repeat)
             for v in ("token-scope", "trio-nursery")
+            if v in args.variants
         ]
     bar = _progress(sum(r for *_, r in plan) + 2)
     results: dict[tuple[str, int, str], dict[str, float]] = {}
-    for variant, n, mode, repeat in plan:
-        runs = []
-        for _ in range(repeat):
-            bar.set_description(f"{variant} {n} gc={mode}")
-            runs.append(_spawn(variant, n, mode))
-            bar.update()
-        results[(variant, n, mode)] = _median(runs)
-    latency = _spawn("token", largest, latency=True)["latency"]  # the seed's shape
+    # A long run never loses what it measured: each result is saved as soon as it exists.
+    with open(args.results, "w") as saved:
+        for variant, n, mode, repeat in plan:
+            runs = []
+            for _ in range(repeat):
+                bar.set_description(f"{variant} {n} gc={mode}")
+                runs.append(_spawn(variant, n, mode))
+                bar.update()
+            results[(variant, n, mode)] = _median(runs)
+            record = {"variant": variant, "tasks": n, "gc": mode, **results[(variant, n, mode)]}
+            saved.write(json.dumps(record) + "\n")
+            saved.flush()
+    latency = (
+        _spawn("token", largest, latency=True)["latency"] if "token" in args.variants else None
+    )
     bar.update()
     memory = json.loads(
         subprocess.run(
@@ -317,11 +336,14 @@ def main() -> None:
 
 
 def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> None:
-    rows = report["rows"]
+    rows: list[dict[str, Any]] = report["rows"]
     present = {r["variant"] for r in rows}
 
-    def row(variant: str, n: int, mode: str = "default") -> dict[str, Any]:
-        return next(r for r in rows if (r["variant"], r["tasks"], r["gc"]) == (variant, n, mode))
+    def row(variant: str, n: int, mode: str = "default") -> dict[str, Any] | None:
+        for r in rows:
+            if (r["variant"], r["tasks"], r["gc"]) == (variant, n, mode):
+                return r
+        return None  # not run: only rows that exist are printed
 
     print(f"Cancel N tasks at once, until all are joined (median; {report['cpus']} CPUs)")
     header = (
@@ -332,6 +354,8 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     for n in sizes:
         for v in (v for v in VARIANTS if v in present):
             r = row(v, n)
+            if r is None:
+                continue
             print(
                 f"{v:<13}{n:>10,}{r['cancel_s']:>12.3f}s{r['per_task_us']:>9.2f}us"
                 f"{r['peak_mb']:>8.0f}MB{r['bytes_per_task']:>12.0f}{r['cpu_pct']:>5.0f}%"
@@ -340,21 +364,23 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     print()
     print(f"Garbage collector at {largest:,} tasks (cancel+join):")
     for v in (v for v in ("token-scope", "trio-nursery") if v in present):
-        on, off, frozen, raised = (
-            row(v, largest, m)["cancel_s"] for m in ("default", "off", "freeze", "threshold")
-        )
+        found = [row(v, largest, m) for m in ("default", "off", "freeze", "threshold")]
+        if any(r is None for r in found):
+            continue
+        on, off, frozen, raised = (r["cancel_s"] for r in found if r is not None)
         print(
             f"  {v:<13} gc on {on:.3f}s, off {off:.3f}s (GC share {100 * (1 - off / on):.0f}%),"
             f" gc.freeze() after start-up {frozen:.3f}s ({on / frozen:.2f}x faster),"
             f" gc.set_threshold(100_000, 50, 100) {raised:.3f}s ({on / raised:.2f}x faster)"
         )
     lat = report["latency"]
-    print()
-    print(
-        f"Cancel latency, token variant at {largest:,} tasks (tc.CancellationLatency): "
-        f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
-        f"({lat['landed']:,} landed)"
-    )
+    if lat is not None:
+        print()
+        print(
+            f"Cancel latency, token variant at {largest:,} tasks (tc.CancellationLatency): "
+            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms "
+            f"({lat['landed']:,} landed)"
+        )
     mem = report["memory"]
     print(
         f"Memory: {mem['bytes_per_child_token']:.0f} bytes per child token; a root that created "
@@ -366,6 +392,8 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
         return
     nursery, event = row("trio-nursery", n), row("trio-event", n)
     token, scope = row("token", n), row("token-scope", n)
+    if nursery is None or event is None or token is None or scope is None:
+        return
     checks = [
         ("seed shape (token) <= 0.5x trio-nursery", token["cancel_s"] / nursery["cancel_s"], 0.5),
         ("seed shape (token) <= 1.2x trio-event", token["cancel_s"] / event["cancel_s"], 1.2),
@@ -373,10 +401,12 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     ]
     if 1_000_000 in sizes and 100_000 in sizes:
         for v in ("token", "token-scope"):
-            ratio = row(v, 1_000_000)["per_task_us"] / row(v, 100_000)["per_task_us"]
-            checks.append((f"{v}: per-task time at 1M <= 1.3x at 100k", ratio, 1.3))
-    for v in ("token", "token-scope"):
-        extra = row(v, n)["bytes_per_task"] - nursery["bytes_per_task"]
+            big, small = row(v, 1_000_000), row(v, 100_000)
+            if big is not None and small is not None:
+                ratio = big["per_task_us"] / small["per_task_us"]
+                checks.append((f"{v}: per-task time at 1M <= 1.3x at 100k", ratio, 1.3))
+    for v, r in (("token", token), ("token-scope", scope)):
+        extra = r["bytes_per_task"] - nursery["bytes_per_task"]
         checks.append((f"{v}: bytes/task <= trio-nursery + 500", extra, 500))
     print(f"Targets at {n:,} tasks:")
     for name, value, limit in checks:

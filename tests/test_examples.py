@@ -7,6 +7,8 @@ it must never match. A script added to examples/ without an entry here fails
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -267,18 +270,18 @@ CHECKS: dict[str, Expect] = {
         lines=(
             r"^Cancel N tasks at once, until all are joined \(median; \d+ CPUs\)$",
             r"^variant\s+tasks\s+cancel\+join\s+per task\s+peak mem\s+bytes/task\s+CPU",
-            r"^token\s+500\s+[\d.]+s\s+[\d.]+us\s+\d+MB\s+-?\d+\s+\d+%\s+[\d.]+$",
-            r"^token-scope\s+500\s",
-            r"^trio-nursery\s+500\s.*\s1\.00$",
-            r"^trio-event\s+500\s",
-            r"^asyncio\s+500\s",
+            r"^token\s+10,000\s+[\d.]+s\s+[\d.]+us\s+\d+MB\s+-?\d+\s+\d+%\s+[\d.]+$",
+            r"^token-scope\s+10,000\s",
+            r"^trio-nursery\s+10,000\s.*\s1\.00$",
+            r"^trio-event\s+10,000\s",
+            r"^asyncio\s+10,000\s",
             r"^  token-scope\s+gc on [\d.]+s, off [\d.]+s \(GC share -?\d+%\), gc\.freeze\(\)"
             r".*gc\.set_threshold\(100_000, 50, 100\) [\d.]+s",
-            r"^Cancel latency, token variant at 500 tasks .*\(500 landed\)$",
+            r"^Cancel latency, token variant at 10,000 tasks .*\(10,000 landed\)$",
             r"^Memory: \d+ bytes per child token; a root that created and dropped 2,000 children",
             r"^  seed shape \(token\) <= 0\.5x trio-nursery\s",
         ),
-        args=("--sizes", "500", "--repeat", "1", "--churn", "2000"),
+        args=("--quick", "--churn", "2000", "--results", "/dev/null"),
     ),
     "bench_channels.py": Expect(
         lines=(
@@ -632,3 +635,97 @@ def test_a_second_sigint_forces_the_shutdown_at_once() -> None:
     assert row["forced"]
     assert "forced by a second signal (SIGINT)" in row["reason"]
     assert results["/sleep/10"].startswith("HTTP/1.1 503")
+
+
+def _bench_cancel_module() -> Any:  # noqa: ANN401 - the example script, imported
+    spec = importlib.util.spec_from_file_location("bench_cancel", EXAMPLES / "bench_cancel.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "variants",
+    [
+        subset
+        for k in range(1, 6)
+        for subset in itertools.combinations(
+            ("token", "token-scope", "trio-nursery", "trio-event", "asyncio"), k
+        )
+    ],
+)
+def test_bench_cancel_report_prints_every_variants_subset(
+    variants: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report prints only the rows that were run (a 13-minute run once crashed printing a
+    row of the GC study that its --variants had not asked for)."""
+    bench = _bench_cancel_module()
+    sizes = [200, 1_000_000]
+    rows = []
+    # The runs: every asked-for variant at every size; and, as the crashing version planned
+    # it, the GC study's rows of token-scope and trio-nursery whatever --variants said.
+    runs = [(v, n, "default") for n in sizes for v in variants]
+    runs += [(v, 200, m) for v in ("token-scope", "trio-nursery") for m in ("off", "freeze")]
+    for v, n, mode in runs:
+        rows.append(
+            {
+                "variant": v,
+                "tasks": n,
+                "gc": mode,
+                "cancel_s": 0.01,
+                "per_task_us": 5.0,
+                "call_s": 0.001,
+                "spawn_s": 0.01,
+                "peak_mb": 10.0,
+                "bytes_per_task": 3000.0,
+                "cpu_pct": 90.0,
+                "vs_trio_nursery": 1.0,
+            }
+        )
+    latency = {"p50_ms": 1.0, "p99_ms": 2.0, "max_ms": 3.0, "landed": 200}
+    memory = {"bytes_per_child_token": 100.0, "churn": 10, "churn_retained_bytes": 0}
+    report = {
+        "rows": rows,
+        "latency": latency if "token" in variants else None,
+        "memory": memory,
+        "cpus": 2,
+    }
+    bench._print_report(report, sizes, 200)
+    out = capsys.readouterr().out
+    for v in variants:
+        assert re.search(rf"^{re.escape(v)}\s+200\s", out, re.MULTILINE), out
+
+
+def test_bench_cancel_saves_each_result_as_it_is_measured(tmp_path: Path) -> None:
+    saved = tmp_path / "results.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "bench_cancel.py"),
+            "--sizes",
+            "200",
+            "--repeat",
+            "1",
+            "--variants",
+            "token",
+            "trio-nursery",
+            "--churn",
+            "100",
+            "--results",
+            str(saved),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert {(r["variant"], r["gc"]) for r in records} >= {
+        ("token", "default"),
+        ("trio-nursery", "default"),
+        ("trio-nursery", "off"),
+    }
+    assert "token-scope" not in proc.stdout
