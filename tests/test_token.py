@@ -1320,3 +1320,74 @@ def test_on_cancel_rejects_async_function() -> None:
     with pytest.raises(TypeError, match="async function"):
         token.on_cancel(functools.partial(stop))
     token.cancel()  # nothing was registered: no coroutine is left never awaited
+
+
+# ---------------------------------------------------------------- the collector, large cancels
+
+
+def _big_tree(n: int = 2000) -> tuple[tc.CancellationToken, list[tc.CancellationToken]]:
+    root = tc.CancellationToken()
+    return root, [root.child_token() for _ in range(n)]
+
+
+def test_large_cancel_pauses_the_collector_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    real_disable, real_enable = gc.disable, gc.enable
+
+    def disable() -> None:
+        calls.append("disable")
+        real_disable()
+
+    def enable() -> None:
+        calls.append("enable")
+        real_enable()
+
+    monkeypatch.setattr(gc, "disable", disable)
+    monkeypatch.setattr(gc, "enable", enable)
+    root, children = _big_tree()
+    seen_in_callback: list[bool] = []
+    children[-1].on_cancel(lambda: seen_in_callback.append(gc.isenabled()))
+    assert gc.isenabled()
+    root.cancel("big")
+    assert calls == ["disable", "enable"]
+    assert gc.isenabled()
+    assert seen_in_callback == [True]  # callbacks (user code) run with the collector back on
+    small_root, _ = _big_tree(10)
+    calls.clear()
+    small_root.cancel()
+    assert calls == []  # a small cancel leaves the collector alone
+
+
+def test_large_cancel_leaves_a_disabled_collector_disabled() -> None:
+    root, _ = _big_tree()
+    gc.disable()
+    try:
+        root.cancel("big")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_large_cancel_restores_the_collector_when_it_raises() -> None:
+    root, children = _big_tree()
+
+    def boom() -> None:
+        raise ValueError("callback")
+
+    children[0].on_cancel(boom)
+    with pytest.raises(ExceptionGroup):
+        root.cancel("big")
+    assert gc.isenabled()
+
+
+async def test_large_cancel_from_another_thread_restores_the_collector() -> None:
+    root, children = _big_tree()
+    with children[0].cancel_scope():
+        with pytest.raises(RuntimeError, match="Trio thread"):
+            await trio.to_thread.run_sync(root.cancel, "from a thread")
+        assert gc.isenabled()
+        assert not root.is_cancelled()  # nothing changed: the retry does it all
+        root.cancel("from the Trio thread")
+        await trio.lowlevel.checkpoint()

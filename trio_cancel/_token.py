@@ -31,6 +31,7 @@ Invariants (every method keeps them; the tests check them):
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, final
 
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
+
+GC_PAUSE_AT = 1024
+"""A cancel() that meets this many children of one token, or waiters on one token, pauses the
+cyclic garbage collector until its tokens are marked and its tasks woken (restored after)."""
 
 
 @final
@@ -248,69 +253,84 @@ class CancellationToken:
         if reason is None and cause is not None:
             reason = str(cause)
 
-        # Pass 1: mark the subtree, in pre-order.
-        order: list[CancellationToken] = []
-        stack = [self]
-        foreign = not trio.lowlevel.in_trio_run()  # then a scope or a waiter is an error
-        wakes = False
-        while stack:
-            node = stack.pop()
-            if node._cancelled:
-                continue
-            node._cancelled = True
-            node._reason = reason
-            node._cause = cause
-            order.append(node)
-            if foreign and (node._scopes is not None or node._waiters is not None):
-                wakes = True
-            children = node._children
-            if children:
-                # reversed so that children are visited in creation order
-                stack.extend(reversed(_live(children)))
-        if wakes:
-            for node in order:  # undo the marks: a retry from the Trio thread does it all
-                node._cancelled = False
-                node._reason = None
-                node._cause = None
-            check_trio_thread("CancellationToken.cancel()")
+        # A large cancel allocates as it goes (lists, outcomes, cancel statuses); with many
+        # long-lived objects in the heap, the cyclic collector would run inside this call
+        # again and again. It is paused while the subtree is marked and woken (not during the
+        # callbacks, which are user code), and the caller's setting is restored on every path.
+        gc_paused = False
+        try:
+            # Pass 1: mark the subtree, in pre-order.
+            order: list[CancellationToken] = []
+            stack = [self]
+            foreign = not trio.lowlevel.in_trio_run()  # then a scope or a waiter is an error
+            wakes = False
+            while stack:
+                node = stack.pop()
+                if node._cancelled:
+                    continue
+                node._cancelled = True
+                node._reason = reason
+                node._cause = cause
+                order.append(node)
+                if foreign and (node._scopes is not None or node._waiters is not None):
+                    wakes = True
+                children = node._children
+                if children:
+                    if len(children) >= GC_PAUSE_AT and not gc_paused and gc.isenabled():
+                        gc.disable()
+                        gc_paused = True
+                    # reversed so that children are visited in creation order
+                    stack.extend(reversed(_live(children)))
+            if wakes:
+                for node in order:  # undo the marks: a retry from the Trio thread does it all
+                    node._cancelled = False
+                    node._reason = None
+                    node._cause = None
+                check_trio_thread("CancellationToken.cancel()")
 
-        # Pass 2: release ownership, wake waiters, collect the bound scopes; then cancel them
-        # all in one cancel_scopes() call (one cancel reason, one Python frame for all).
-        scopes_to_cancel: list[trio.CancelScope] = []
-        wake: TokenWake | None = None
-        for node in order:
-            if node._pins:
-                # Only a linked token (any()) can have a live parent outside the subtree.
-                for parent in _parents_of(node):
-                    if not parent._cancelled:
-                        parent._unpin_child(node)
-                node._pins = 0
-            node._parents = ()
-            node._children = None
-            node._pinned = None
-            if node._timer is not None:
-                node._timer.release()
-                node._timer = None
-            scopes = node._scopes
-            if scopes is not None:
-                node._scopes = None
-                if type(scopes) is set:
-                    scopes_to_cancel.extend(scopes)
-                else:
-                    scopes_to_cancel.append(scopes)  # type: ignore[arg-type]
-            waiters = node._waiters
-            if waiters is not None:
-                node._waiters = None
-                if wake is None:
-                    wake = TokenWake(reason)
-                if type(waiters) is dict:
-                    for task in waiters:
-                        trio.lowlevel.reschedule(task, outcome.Value(wake))
-                else:
-                    trio.lowlevel.reschedule(waiters, outcome.Value(wake))  # type: ignore[arg-type]
+            # Pass 2: release ownership, wake waiters, collect the bound scopes; then cancel them
+            # all in one cancel_scopes() call (one cancel reason, one Python frame for all).
+            scopes_to_cancel: list[trio.CancelScope] = []
+            wake: TokenWake | None = None
+            for node in order:
+                if node._pins:
+                    # Only a linked token (any()) can have a live parent outside the subtree.
+                    for parent in _parents_of(node):
+                        if not parent._cancelled:
+                            parent._unpin_child(node)
+                    node._pins = 0
+                node._parents = ()
+                node._children = None
+                node._pinned = None
+                if node._timer is not None:
+                    node._timer.release()
+                    node._timer = None
+                scopes = node._scopes
+                if scopes is not None:
+                    node._scopes = None
+                    if type(scopes) is set:
+                        scopes_to_cancel.extend(scopes)
+                    else:
+                        scopes_to_cancel.append(scopes)  # type: ignore[arg-type]
+                waiters = node._waiters
+                if waiters is not None:
+                    node._waiters = None
+                    if wake is None:
+                        wake = TokenWake(reason)
+                    if type(waiters) is dict:
+                        if len(waiters) >= GC_PAUSE_AT and not gc_paused and gc.isenabled():
+                            gc.disable()
+                            gc_paused = True
+                        for task in waiters:
+                            trio.lowlevel.reschedule(task, outcome.Value(wake))
+                    else:
+                        trio.lowlevel.reschedule(waiters, outcome.Value(wake))  # type: ignore[arg-type]
 
-        if scopes_to_cancel:
-            cancel_scopes(scopes_to_cancel, reason)
+            if scopes_to_cancel:
+                cancel_scopes(scopes_to_cancel, reason)
+        finally:
+            if gc_paused:
+                gc.enable()
 
         # Pass 3: callbacks. Each is taken out of its dict just before it runs, so that one
         # callback can still unregister another that has not run yet (on any token).
