@@ -48,7 +48,7 @@ import trio.testing
 
 import trio_cancel as tc
 
-VARIANTS = ("token", "token-scope", "trio-nursery", "trio-event", "asyncio")
+VARIANTS = ("token", "token-scope", "trio-nursery", "trio-event", "asyncio", "joinset", "graceful")
 HOUR = 3600.0
 
 
@@ -80,7 +80,65 @@ async def _event_task(event: trio.Event) -> None:
         await event.wait()
 
 
+async def _graceful_task(*, token: tc.CancellationToken) -> None:
+    with trio.move_on_after(HOUR):
+        await token.wait_cancelled()
+
+
+def _set_gc(gc_mode: str) -> None:
+    if gc_mode == "freeze":
+        gc.freeze()
+    elif gc_mode == "threshold":
+        gc.set_threshold(100_000, 50, 100)
+    elif gc_mode == "off":
+        gc.disable()
+
+
+async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
+    """The layers above the token: ``JoinSet.shutdown()`` of n handles, and a
+    ``GracefulShutdown`` of n cooperative tasks from ``trigger()`` to its report."""
+    base_kib = _rss_kib()
+    thresholds = gc.get_threshold()
+    t0 = time.perf_counter()
+    if variant == "joinset":
+        async with tc.JoinSet() as js:
+            for _ in range(n):
+                js.spawn(_sleep_task)
+            await trio.testing.wait_all_tasks_blocked()
+            spawn_s = time.perf_counter() - t0
+            _set_gc(gc_mode)
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            await js.shutdown("benchmark")
+            call_s = cancel_s = time.perf_counter() - t0
+    else:
+        async with tc.GracefulShutdown(grace=HOUR) as gs:
+            for _ in range(n):
+                gs.spawn(_graceful_task)
+            await trio.testing.wait_all_tasks_blocked()
+            spawn_s = time.perf_counter() - t0
+            _set_gc(gc_mode)
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            gs.trigger("benchmark")
+            call_s = time.perf_counter() - t0
+            report = await gs.wait()
+            cancel_s = time.perf_counter() - t0
+            assert len(report) == n
+    cpu_s = time.process_time() - cpu0
+    gc.enable()
+    gc.set_threshold(*thresholds)
+    return {
+        "spawn_s": spawn_s,
+        "cancel_s": cancel_s,
+        "call_s": call_s,
+        "cpu_s": cpu_s,
+        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "base_kib": base_kib,
+    }
+
+
 async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[str, Any]:
+    if variant in ("joinset", "graceful"):
+        return await _layer_run(variant, n, gc_mode)
     root = tc.CancellationToken()
     event = trio.Event()
     recorder = tc.CancellationLatency(threshold=0.005) if latency else None
@@ -408,6 +466,13 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     for v, r in (("token", token), ("token-scope", scope)):
         extra = r["bytes_per_task"] - nursery["bytes_per_task"]
         checks.append((f"{v}: bytes/task <= trio-nursery + 500", extra, 500))
+    joinset, graceful = row("joinset", n), row("graceful", n)
+    if joinset is not None:
+        ratio = joinset["cancel_s"] / nursery["cancel_s"]
+        checks.append(("JoinSet.shutdown() <= 1.1x trio-nursery", ratio, 1.1))
+    if graceful is not None:
+        ratio = graceful["cancel_s"] / nursery["cancel_s"]
+        checks.append(("GracefulShutdown trigger-to-report <= 0.6x", ratio, 0.6))
     print(f"Targets at {n:,} tasks:")
     for name, value, limit in checks:
         verdict = "met" if value <= limit else "NOT met"

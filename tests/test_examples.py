@@ -650,9 +650,18 @@ def _bench_cancel_module() -> Any:  # noqa: ANN401 - the example script, importe
     "variants",
     [
         subset
-        for k in range(1, 6)
+        for k in range(1, 8)
         for subset in itertools.combinations(
-            ("token", "token-scope", "trio-nursery", "trio-event", "asyncio"), k
+            (
+                "token",
+                "token-scope",
+                "trio-nursery",
+                "trio-event",
+                "asyncio",
+                "joinset",
+                "graceful",
+            ),
+            k,
         )
     ],
 )

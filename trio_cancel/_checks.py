@@ -130,6 +130,38 @@ def takes_token_keyword(fn: Callable[..., object]) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=512)
+def _token_parameter(
+    async_fn: Callable[..., Any],
+) -> tuple[inspect.Signature, inspect.Parameter | None] | None:
+    """``async_fn``'s signature and its ``token`` parameter (``None`` if it takes ``token``
+    only through ``**kwargs``), or ``None`` if it accepts no keyword ``token``. Cached: a
+    server spawns the same function again and again, and a signature costs microseconds."""
+    try:
+        signature = inspect.signature(async_fn)
+    except (TypeError, ValueError):  # a builtin or other callable without a signature
+        return None
+    params = signature.parameters
+    named = params.get("token")
+    if named is not None and named.kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.VAR_POSITIONAL,
+    ):
+        named = None
+    if named is None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return signature, named
+
+
+def _cached_token_parameter(
+    async_fn: Callable[..., Any],
+) -> tuple[inspect.Signature, inspect.Parameter | None] | None:
+    try:
+        return _token_parameter(async_fn)
+    except TypeError:  # unhashable callable: no cache
+        return _token_parameter.__wrapped__(async_fn)
+
+
 def with_token(
     async_fn: Callable[..., Any],
     args: tuple[object, ...],
@@ -146,22 +178,10 @@ def with_token(
     ``make_token``, the token is made only if it is passed. A function whose ``token``
     parameter is required, given no token, is a ``TypeError`` naming ``what``.
     """
-    try:
-        signature = inspect.signature(async_fn)
-    except (TypeError, ValueError):  # a builtin or other callable without a signature
+    found = _cached_token_parameter(async_fn)
+    if found is None:
         return async_fn
-    params = signature.parameters
-    named = params.get("token")
-    if named is not None and named.kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.VAR_POSITIONAL,
-    ):
-        named = None
-    takes = named is not None or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-    if not takes:
-        return async_fn
+    signature, named = found
     try:
         if "token" in signature.bind_partial(*args).arguments:
             return async_fn  # the caller passed it positionally

@@ -47,7 +47,10 @@ class JoinSet(NurseryOwner):
         factory=collections.deque, init=False
     )
     _count: int = attrs.field(default=0, init=False)
+    # Tasks waiting for the next outcome (join_next), and for every task to end (join_all,
+    # shutdown): two lots, so that 100,000 tasks ending wake a shutdown once, not 100,000 times.
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    _all_done: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
     def __len__(self) -> int:
         """Tasks spawned and not yet returned by :meth:`join_next`."""
@@ -96,7 +99,10 @@ class JoinSet(NurseryOwner):
     def _task_done(self, handle: TaskHandle[Any]) -> None:
         self._running.discard(handle)
         self._finished.append(handle)
-        self._lot.unpark_all()
+        if self._lot:
+            self._lot.unpark_all()
+        if not self._running and self._all_done:
+            self._all_done.unpark_all()
 
     @trio.lowlevel.enable_ki_protection
     def abort_all(self, reason: str | None = None) -> None:
@@ -180,7 +186,7 @@ class JoinSet(NurseryOwner):
     async def _wait_all_finished(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         while self._running:
-            await self._lot.park()
+            await self._all_done.park()
 
     def __aiter__(self) -> Self:
         return self
