@@ -45,6 +45,7 @@ from ._outcome import (
     Failed as Failed,
     Outcome as Outcome,
 )
+from ._process import ProcessExit as ProcessExit
 from ._select import Merge as Merge, Selected as Selected, merge as merge, select as select
 from ._shutdown import (
     GracefulShutdown as GracefulShutdown,
@@ -100,6 +101,7 @@ __all__ = [
     "OneshotSender",
     "OperationCancelledError",
     "Outcome",
+    "ProcessExit",
     "Registration",
     "SelectError",
     "Selected",

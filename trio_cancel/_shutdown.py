@@ -18,11 +18,12 @@ import trio
 from ._checks import check_grace, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
 from ._outcome import Aborted, Completed, Failed, Outcome
+from ._process import ProcessExit, check_command, run_process_group
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Mapping
+    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
 
     from ._task import TaskHandle
@@ -247,6 +248,36 @@ class GracefulShutdown(NurseryOwner):
             self._forced.add(handle)
             handle.abort(self._phase_two_reason)
         return handle
+
+    def spawn_process(
+        self,
+        command: Sequence[str] | str,
+        *,
+        name: str | None = None,
+        kill_grace: float = 5.0,
+        **options: Any,  # noqa: ANN401 - passed to trio.lowlevel.open_process
+    ) -> TaskHandle[ProcessExit]:
+        """Start ``command`` as a tracked subprocess, in a process group of its own.
+
+        At the trigger its whole group gets SIGTERM; ``kill_grace`` seconds later (or at once in
+        phase 2, or on a second signal) SIGKILL; a shell that started children leaves no
+        survivor. The group is never signalled once it may have been reused. The task's
+        outcome is ``Completed(ProcessExit(...))``: the exit code, the signal that ended the
+        process and the last one sent, as its :class:`TaskLanding` shows.
+
+        Raises:
+            RuntimeError: Outside the ``async with`` block.
+            TypeError: ``command`` is empty or not a list of arguments (or a string with
+                ``shell=True``).
+            ValueError: ``kill_grace`` is negative or NaN.
+
+        Not a checkpoint; never blocks (the process starts in the task).
+        """
+        check_command(command)
+        kill_grace = check_grace(kill_grace)
+        if name is None:
+            name = command if isinstance(command, str) else " ".join(map(str, command))
+        return self.spawn(run_process_group, command, kill_grace, options, name=name[:80])
 
     def _task_done(self, handle: TaskHandle[Any]) -> None:
         self._running -= 1
