@@ -1,4 +1,4 @@
-"""E10: a service whose in-flight calls answer "cancelled" when the service token fires.
+"""E10: a service whose in-flight calls answer "canceled" when the service token fires.
 
 Source: the article on landing ten thousand in-flight tasks gracefully (tokens, drop guards,
 timeouts, production cases).
@@ -8,98 +8,125 @@ A tonic gRPC method ``long_running`` takes a child of the service's token and ra
 every call still working answers ``Status::cancelled``, and calls that had already finished keep
 their results.
 
-Here the request/response transport is HTTP: a real Hypercorn server (Trio worker) on
-127.0.0.1, a real httpx client. Each call ``POST /long_running?seconds=N`` races
-``child.wait_cancelled`` against the work with ``tc.select``. Three calls are sent at once
-(0.05 s, 1 s and 2 s of work); after 0.3 s the service token is cancelled. Shown: the short call
-succeeded; the two long ones answer "cancelled" with the token's reason, promptly; a call made
-afterwards is answered "cancelled" at once (its child token is born cancelled).
+Here the service is a real RPC service: ``connectrpc`` (the Connect protocol's Python
+implementation, which interoperates with gRPC) on a real Hypercorn server (Trio worker) on
+127.0.0.1, called with httpx (a unary Connect call is an HTTP POST; connectrpc's own async
+client needs asyncio). The method ``demo.Jobs/LongRunning`` takes a ``StringValue`` with the
+seconds of work, races a child of the service token against the work with ``tc.select``, and
+raises ``ConnectError(Code.CANCELED)`` when the token wins. Three calls are sent at once (0.05 s,
+1 s and 2 s of work); after 0.3 s the service token is cancelled. Shown: the short call
+succeeded; the two long ones answer ``canceled``, promptly; a call made afterwards is answered
+``canceled`` at once (its child token is born cancelled). First, the deadline: a call whose
+client gives it 0.35 s gets ``deadline_exceeded`` from connectrpc itself, within its budget:
+``trio_cancel.deadlines``' httpx hook sent ``Connect-Timeout-Ms: 330`` (what remained, less its
+20 ms hop margin), and connectrpc cut its handler there.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 import httpx
 import trio
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
+from connectrpc.server import ConnectASGIApplication, Endpoint
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from protobuf.wkt.google.protobuf.wrappers_pb import StringValue
 
 import trio_cancel as tc
+from trio_cancel.deadlines import async_propagate_deadline
 
-Receive = Any
-Send = Any
+LONG_RUNNING = MethodInfo(
+    name="LongRunning",
+    service_name="demo.Jobs",
+    input=StringValue,
+    output=StringValue,
+    idempotency_level=IdempotencyLevel.UNKNOWN,
+    stream_type=StreamType.UNARY,
+)
 
 
-class Service:
+class Jobs:
     def __init__(self) -> None:
         self.token = tc.CancellationToken()
 
-    async def do_work(self, seconds: float) -> dict[str, Any]:
+    async def do_work(self, seconds: float) -> str:
         await trio.sleep(seconds)
-        return {"work_seconds": seconds}
+        return f"worked {seconds:g} s"
 
-    async def long_running(self, seconds: float) -> tuple[int, dict[str, Any]]:
-        token = self.token.child_token()
+    async def long_running(self, request: StringValue, ctx: Any) -> StringValue:  # noqa: ANN401
+        token = self.token.child_token()  # this call's own token
         won = await tc.select(
             cancelled=token.wait_cancelled,
-            result=functools.partial(self.do_work, seconds),
+            result=functools.partial(self.do_work, float(request.value)),
         )
         if won.name == "cancelled":
-            return 503, {"status": "cancelled", "message": f"Request cancelled: {token.reason}"}
-        return 200, {"status": "ok", "result": won.value}
+            raise ConnectError(Code.CANCELED, f"Request cancelled: {token.reason}")
+        return StringValue(value=str(won.value))
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        query = dict(
-            part.split("=", 1) for part in scope["query_string"].decode().split("&") if part
-        )
-        status, payload = await self.long_running(float(query.get("seconds", "0")))
-        headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+class JobsApplication(ConnectASGIApplication[Jobs]):
+    """What the Connect code generator writes for a service: its path and its endpoints."""
+
+    @property
+    def path(self) -> str:
+        return "/demo.Jobs"
+
+
+def make_app(jobs: Jobs) -> Any:  # noqa: ANN401 - an ASGI app
+    return JobsApplication(
+        service=jobs,
+        endpoints=lambda svc: {
+            "/demo.Jobs/LongRunning": Endpoint.unary(LONG_RUNNING, svc.long_running)
+        },
+    )
 
 
 async def call(client: httpx.AsyncClient, seconds: float, t0: float) -> None:
-    response = await client.post("/long_running", params={"seconds": seconds})
-    took = trio.current_time() - t0
-    body = response.json()
-    print(
-        f"  {seconds:>4} s of work -> {response.status_code} {body['status']:<9} after {took:.2f} s"
+    response = await client.post(  # a unary Connect call: the message, protobuf-encoded
+        "/demo.Jobs/LongRunning",
+        content=StringValue(value=str(seconds)).to_binary(),
+        headers={"content-type": "application/proto"},
     )
-    if body["status"] == "cancelled":
-        print(f"      {body['message']}")
+    took = trio.current_time() - t0
+    if response.status_code == 200:
+        result = StringValue.from_binary(response.content).value
+        print(f"  {seconds:>4} s of work -> 200 ok        after {took:.2f} s: {result}")
+        return
+    error = response.json()  # a Connect error is JSON: {"code": ..., "message": ...}
+    code = error["code"]
+    print(f"  {seconds:>4} s of work -> {response.status_code} {code:<9} after {took:.2f} s")
+    print(f"      {error['message']}")
 
 
 async def main() -> None:
-    service = Service()
+    jobs = Jobs()
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.errorlog = None
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        asgi_app: Any = service  # an ASGI 3 callable; Hypercorn's own types are stricter
         binds = await nursery.start(
-            functools.partial(serve, asgi_app, config, shutdown_trigger=stop.wait)
+            functools.partial(serve, make_app(jobs), config, shutdown_trigger=stop.wait)
         )
-        async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:
+        hooks: Any = {"request": [async_propagate_deadline]}
+        async with httpx.AsyncClient(base_url=binds[0], timeout=10, event_hooks=hooks) as client:
+            print("a call given 0.35 s by its client (Connect-Timeout-Ms from the deadline hook):")
+            t0 = trio.current_time()
+            with trio.move_on_after(0.35):  # the budget sent is what remains, less 20 ms
+                await call(client, 2.0, t0)
             print("three calls in flight; the service token is cancelled after 0.3 s:")
             t0 = trio.current_time()
             async with trio.open_nursery() as calls:
                 for seconds in (0.05, 1.0, 2.0):
                     calls.start_soon(call, client, seconds, t0)
                 await trio.sleep(0.3)
-                service.token.cancel("server shutting down")
+                jobs.token.cancel("server shutting down")
             print("a call made after the cancel:")
             await call(client, 0.05, trio.current_time())
         stop.set()
