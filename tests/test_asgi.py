@@ -22,6 +22,8 @@ from trio_cancel.asgi import CancelMiddleware, DeadlineHeaderError, parse_deadli
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from starlette.requests import Request
+
 
 @attrs.define
 class Recorder:
@@ -402,3 +404,56 @@ async def test_client_hook_sends_the_remaining_deadline_or_nothing() -> None:
     assert seen[1] is not None
     assert 400 < int(seen[1]) <= 480  # what remained, less the hop margin
     assert len(seen) == 2
+
+
+# ---------------------------------------------------------------- Starlette, streaming
+
+
+async def test_starlette_is_disconnected_becomes_true_after_the_client_left() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    polls: list[tuple[float, bool]] = []
+    left = trio.Event()
+    left_at: list[float] = []
+
+    async def poll(request: Request) -> PlainTextResponse:
+        with trio.CancelScope(shield=True):  # keep polling although the middleware cancels
+            while True:
+                disconnected = await request.is_disconnected()
+                polls.append((time.perf_counter(), disconnected))
+                if disconnected or len(polls) > 200:
+                    break
+                await trio.sleep(0.02)
+        left.set()
+        return PlainTextResponse("done")
+
+    app = Starlette(routes=[Route("/poll", poll)])
+    async with running(CancelMiddleware(app)) as base:
+        stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
+        await stream.send_all(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.1)
+        left_at.append(time.perf_counter())
+        await stream.aclose()
+        with trio.fail_after(5):
+            await left.wait()
+    after = [(t, d) for t, d in polls if t > left_at[0] + 0.001]
+    assert after, polls
+    assert after[-1][1] is True  # it became true...
+    assert sum(1 for _, d in after if not d) <= 1  # ...on the first poll after the disconnect
+
+
+async def test_a_streaming_handler_is_cancelled_when_the_client_leaves() -> None:
+    rec = Recorder()
+    async with running(CancelMiddleware(make_app(rec))) as base:
+        stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
+        await stream.send_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await stream.receive_some()  # the response has started streaming
+        left = time.perf_counter()
+        await stream.aclose()
+        with trio.fail_after(3):
+            await rec.ended.wait()
+    path, how, reason, at = rec.events[0]
+    assert (path, how, reason) == ("/stream", "cancelled", "client disconnected")
+    assert at - left < 0.1
