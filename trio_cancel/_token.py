@@ -571,6 +571,14 @@ class CancellationToken:
         self._timer = timer_service().schedule(self, now + seconds, reason)
 
 
+def release_timer(token: CancellationToken) -> None:
+    """Drop ``token``'s pending ``cancel_after`` timer, if any (for a token whose work ended
+    before its deadline: the timer would otherwise keep it alive until then)."""
+    if token._timer is not None:
+        token._timer.release()
+        token._timer = None
+
+
 @attrs.frozen
 class TokenWake:
     """What a task parked in ``wait_cancelled()`` is woken with: one per ``cancel()`` call.

@@ -42,7 +42,7 @@ from ._checks import check_grace
 from ._excgroups import raise_errors_of
 from ._outcome import Aborted, Failed
 from ._shutdown import GracefulShutdown, LandingReport
-from ._token import CancellationToken
+from ._token import CancellationToken, release_timer
 from .deadlines import REQUEST_DEADLINE, DeadlineHeaderError, parse_deadline_headers
 
 __all__ = [
@@ -59,6 +59,7 @@ Send = "Callable[[Message], Awaitable[None]]"
 ASGIApp = "Callable[[Any, Any, Any], Awaitable[None]]"
 
 _log = logging.getLogger("trio_cancel.asgi")
+_SHIELD_NEAR_DEADLINE = 0.25  # seconds: a last send closer to the deadline is shielded
 
 
 def _check_status(status: object, name: str) -> int:
@@ -185,6 +186,8 @@ class _Request:
             return
         token = mw.token.child_token()
         deadline = self.deadline = trio.current_time() + limit
+        if limit < math.inf:
+            token.cancel_after(limit, why)  # the handler's Cancelled carries the reason
         extensions = self.scope.setdefault("extensions", {})
         extensions["trio_cancel"] = {
             "token": token,
@@ -194,7 +197,7 @@ class _Request:
         outcome = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_receive, token, why)
+                nursery.start_soon(self._watch_receive, token)
                 try:
                     if shutdown is None:
                         await self._handle(token)
@@ -210,6 +213,8 @@ class _Request:
         except BaseExceptionGroup as group:
             raise_errors_of(group)  # the app's own error, bare: the server answers 500
             raise
+        finally:
+            release_timer(token)  # ended before its deadline: no timer keeps the token alive
         if isinstance(outcome, Failed):
             raise outcome.error  # the app raised: the server answers 500
         if token.is_cancelled():
@@ -227,25 +232,23 @@ class _Request:
         with token.cancel_scope():
             await self.mw._app(self.scope, self._app_receive, self._app_send)
 
-    async def _watch_receive(self, token: CancellationToken, why: str) -> None:
+    async def _watch_receive(self, token: CancellationToken) -> None:
         """Read every message from the server and forward it to the app; cancel the request's
-        token when the client goes away, or (with ``why``) when the request's time is up."""
-        with trio.CancelScope(deadline=self.deadline) as timer:
-            while True:
-                message = await self.receive()  # cancel-safe: a server's channel receive
-                kind = message.get("type")
-                if kind == "http.request" and not message.get("more_body", False):
-                    self.body_complete = True
-                self.inbox.append(message)
+        token when the client goes away."""
+        while True:
+            message = await self.receive()  # cancel-safe: a server's channel receive
+            kind = message.get("type")
+            if kind == "http.request" and not message.get("more_body", False):
+                self.body_complete = True
+            self.inbox.append(message)
+            if self.arrived:
                 self.arrived.unpark_all()
-                if kind == "http.disconnect":
-                    self.disconnected = True
-                    if not self.finished:
-                        _log.info("%s: client disconnected; cancelling the handler", self.name)
-                        token.cancel("client disconnected")
-                    return
-        if timer.cancelled_caught:
-            token.cancel(why)  # the handler's Cancelled carries the reason
+            if kind == "http.disconnect":
+                self.disconnected = True
+                if not self.finished:
+                    _log.info("%s: client disconnected; cancelling the handler", self.name)
+                    token.cancel("client disconnected")
+                return
 
     async def _app_receive(self) -> Message:
         # A queued message is handed over even if the caller's scope is cancelled (Starlette's
@@ -256,10 +259,11 @@ class _Request:
 
     async def _app_send(self, message: Message) -> None:
         kind = message.get("type")
-        # The answer's last message is delivered whole: the request's own cancellation (a
-        # deadline firing just as the answer goes out) waits for it and lands at the app's
-        # next checkpoint instead.
-        if kind == "http.response.body" and not message.get("more_body", False):
+        # The answer's last message, sent close to the deadline, is delivered whole: the
+        # deadline firing just as the answer goes out waits for it and lands at the app's next
+        # checkpoint instead.
+        last = kind == "http.response.body" and not message.get("more_body", False)
+        if last and self.deadline - trio.current_time() < _SHIELD_NEAR_DEADLINE:
             with trio.CancelScope(shield=True):  # the answer's last part: delivered whole
                 await self.send(message)
         else:
