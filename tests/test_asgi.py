@@ -457,3 +457,24 @@ async def test_a_streaming_handler_is_cancelled_when_the_client_leaves() -> None
     path, how, reason, at = rec.events[0]
     assert (path, how, reason) == ("/stream", "cancelled", "client disconnected")
     assert at - left < 0.1
+
+
+async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
+    calls: list[tuple[str, object, object]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        calls.append((scope["type"], receive, send))
+        await trio.lowlevel.checkpoint()
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("not called")  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("not called")  # pragma: no cover
+
+    mw = CancelMiddleware(app, timeout=1)
+    for kind in ("websocket", "lifespan"):
+        scope: dict[str, Any] = {"type": kind}
+        await mw(scope, receive, send)
+        assert "extensions" not in scope  # no token, no timeout: passed on as it came
+    assert calls == [("websocket", receive, send), ("lifespan", receive, send)]
