@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import weakref
 
 import attrs
 import pytest
@@ -590,3 +591,22 @@ async def test_joinset_and_graceful_shutdown_follow_the_same_rule() -> None:
     assert seen[0] is t
     assert seen[1] is not gs.token
     assert seen[1].is_cancelled()  # a child of the shutdown's token, cancelled by the trigger
+
+
+async def test_spawning_bound_methods_keeps_no_instance_alive(nursery: trio.Nursery) -> None:
+    """The token rule reads each function's signature; it caches plain functions only, so a
+    server spawning a method of each request object does not keep the requests alive."""
+
+    class Request:
+        async def handle(self, *, token: tc.CancellationToken) -> None:
+            await trio.lowlevel.checkpoint()
+
+    refs = []
+    t = tc.CancellationToken()
+    for _ in range(600):
+        request = Request()
+        refs.append(weakref.ref(request))
+        await tc.spawn(nursery, request.handle, token=t).join()
+        del request
+    gc.collect()
+    assert sum(ref() is not None for ref in refs) == 0

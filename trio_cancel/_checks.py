@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import types
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -156,10 +157,11 @@ def _token_parameter(
 def _cached_token_parameter(
     async_fn: Callable[..., Any],
 ) -> tuple[inspect.Signature, inspect.Parameter | None] | None:
-    try:
+    # Only plain functions are cached: a bound method or a partial is a new object on every
+    # spawn (caching it would only keep its instance alive).
+    if type(async_fn) is types.FunctionType:
         return _token_parameter(async_fn)
-    except TypeError:  # unhashable callable: no cache
-        return _token_parameter.__wrapped__(async_fn)
+    return _token_parameter.__wrapped__(async_fn)
 
 
 def with_token(
