@@ -80,6 +80,20 @@ async def _event_task(event: trio.Event) -> None:
         await event.wait()
 
 
+def _measured(
+    spawn_s: float, cancel_s: float, call_s: float, cpu_s: float, base_kib: int
+) -> dict[str, Any]:
+    """One run's figures, as every variant reports them."""
+    return {
+        "spawn_s": spawn_s,
+        "cancel_s": cancel_s,
+        "call_s": call_s,
+        "cpu_s": cpu_s,
+        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "base_kib": base_kib,
+    }
+
+
 async def _graceful_task(*, token: tc.CancellationToken) -> None:
     with trio.move_on_after(HOUR):
         await token.wait_cancelled()
@@ -126,14 +140,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
     cpu_s = time.process_time() - cpu0
     gc.enable()
     gc.set_threshold(*thresholds)
-    return {
-        "spawn_s": spawn_s,
-        "cancel_s": cancel_s,
-        "call_s": call_s,
-        "cpu_s": cpu_s,
-        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "base_kib": base_kib,
-    }
+    return _measured(spawn_s, cancel_s, call_s, cpu_s, base_kib)
 
 
 async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[str, Any]:
@@ -157,12 +164,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
         await trio.testing.wait_all_tasks_blocked()
         spawn_s = time.perf_counter() - t0
         thresholds = gc.get_threshold()
-        if gc_mode == "freeze":
-            gc.freeze()
-        elif gc_mode == "threshold":
-            gc.set_threshold(100_000, 50, 100)
-        elif gc_mode == "off":
-            gc.disable()
+        _set_gc(gc_mode)
         if recorder is not None:
             trio.lowlevel.add_instrument(recorder)
         cpu0 = time.process_time()
@@ -178,14 +180,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
     cpu_s = time.process_time() - cpu0
     gc.enable()
     gc.set_threshold(*thresholds)
-    result: dict[str, Any] = {
-        "spawn_s": spawn_s,
-        "cancel_s": cancel_s,
-        "call_s": call_s,
-        "cpu_s": cpu_s,
-        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "base_kib": base_kib,
-    }
+    result: dict[str, Any] = _measured(spawn_s, cancel_s, call_s, cpu_s, base_kib)
     if recorder is not None:
         result["latency"] = {
             "landed": len(recorder.records),
@@ -214,14 +209,7 @@ async def _asyncio_run(n: int) -> dict[str, Any]:
             task.cancel()
         call_s = time.perf_counter() - t0
     cancel_s = time.perf_counter() - t0
-    return {
-        "spawn_s": spawn_s,
-        "cancel_s": cancel_s,
-        "call_s": call_s,
-        "cpu_s": time.process_time() - cpu0,
-        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "base_kib": base_kib,
-    }
+    return _measured(spawn_s, cancel_s, call_s, time.process_time() - cpu0, base_kib)
 
 
 def _token_memory(n: int, churn: int) -> dict[str, Any]:

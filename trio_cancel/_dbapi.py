@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, final
@@ -27,7 +28,7 @@ import attrs
 import trio
 
 from ._checks import check_grace
-from ._guard import bounded, clean_up, combine, pending_cancel
+from ._guard import bounded, clean_up, combine, commit_bounded, pending_cancel
 from ._threads import ThreadCall, wait_call
 from ._util import NoPublicConstructor
 
@@ -319,18 +320,19 @@ class TransactionBlock(metaclass=NoPublicConstructor):
             then ``"committed"``).
         """
         self._check_in_block("commit()")
-        error, timed_out = await bounded(self._conn._grace, self._commit)
-        if error is None and not timed_out:
-            self._state = "done"
-            self.outcome = "committed"
-            await trio.lowlevel.checkpoint_if_cancelled()
-            return
-        await self._rollback_now(None)
-        if error is None:
-            error = trio.TooSlowError(
-                f"commit did not finish within the grace period of {self._conn._grace:g} s"
-            )
-        raise error
+        await self._commit_bounded()
+
+    async def _commit_bounded(self) -> None:
+        await commit_bounded(
+            self._conn._grace,
+            self._commit,
+            self._committed,
+            functools.partial(self._rollback_now, None),
+        )
+
+    def _committed(self) -> None:
+        self._state = "done"
+        self.outcome = "committed"
 
     async def rollback(self) -> None:
         """Roll back now, inside the block; its exit then does nothing more.
@@ -421,18 +423,7 @@ class TransactionBlock(metaclass=NoPublicConstructor):
                 if exc is None:
                     await trio.lowlevel.checkpoint()  # noqa: ASYNC102 - delivers the pending one
                 return
-            error, timed_out = await bounded(conn._grace, self._commit)  # noqa: ASYNC102
-            if error is None and not timed_out:
-                self._state = "done"
-                self.outcome = "committed"
-                await trio.lowlevel.checkpoint_if_cancelled()  # noqa: ASYNC102
-                return
-            await self._rollback_now(None)  # noqa: ASYNC102
-            if error is None:
-                error = trio.TooSlowError(
-                    f"commit did not finish within the grace period of {conn._grace:g} s"
-                )
-            raise error
+            await self._commit_bounded()  # noqa: ASYNC102 - shielded and bounded inside
         finally:
             conn._owner = None
             conn._lock.release()

@@ -12,6 +12,7 @@ would make the cancellation hang forever).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import TYPE_CHECKING, Literal, Protocol, Self, TypeVarTuple, final
@@ -98,6 +99,26 @@ async def clean_up(
             stacklevel=4,  # the user's 'async with' line
         )
     return error, timed_out
+
+
+async def commit_bounded(
+    grace: float,
+    commit: Callable[[], Awaitable[object]],
+    committed: Callable[[], None],
+    roll_back: Callable[[], Awaitable[object]],
+) -> None:
+    """Commit, shielded and bounded by ``grace``. Done: ``committed()``, then a cancellation
+    that arrived meanwhile is raised (the commit stands). Failed or overran: ``roll_back()``,
+    then the commit's error (:exc:`trio.TooSlowError` for an overrun) is raised."""
+    error, timed_out = await bounded(grace, commit)
+    if error is None and not timed_out:
+        committed()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return
+    if error is None:
+        error = trio.TooSlowError(f"commit did not finish within the grace period of {grace:g} s")
+    await roll_back()
+    raise error
 
 
 @attrs.define(eq=False, repr=False)
@@ -280,18 +301,12 @@ class TransactionGuard(_EnterOnce, metaclass=NoPublicConstructor):
             if exc is None:
                 await trio.lowlevel.checkpoint()  # noqa: ASYNC102
             return
-        commit_error, timed_out = await bounded(self._grace, self._tx.commit)  # noqa: ASYNC102
-        if commit_error is None and not timed_out:
-            self.outcome = "committed"
-            # A cancellation that arrived during the commit lands here; the commit stands.
-            await trio.lowlevel.checkpoint_if_cancelled()  # noqa: ASYNC102
-            return
-        if commit_error is None:
-            commit_error = trio.TooSlowError(
-                f"commit did not finish within the grace period of {self._grace:g} s"
-            )
-        await self._on_exit(None)  # noqa: ASYNC102 - shielded and bounded inside
-        raise commit_error
+        await commit_bounded(  # noqa: ASYNC102 - shielded and bounded inside
+            self._grace, self._tx.commit, self._committed, functools.partial(self._on_exit, None)
+        )
+
+    def _committed(self) -> None:
+        self.outcome = "committed"
 
     def __repr__(self) -> str:
         return f"<TransactionGuard {self.outcome or 'open'} for {self._tx!r}>"
