@@ -378,3 +378,24 @@ def test_missing_psycopg_names_the_extra() -> None:
         "    raise SystemExit('imported without psycopg')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_failing_commit_rolls_back_and_raises_the_drivers_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    async with await tc_sqlite.connect(tmp_path / "fk.db") as conn:
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        await conn.execute(
+            "CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        for mode in ("on_exit", "explicit"):
+            tx = conn.transaction(commit=mode)
+            with pytest.raises(sqlite3.IntegrityError):
+                async with tx:
+                    await conn.execute("INSERT INTO child VALUES (42)")  # checked at COMMIT
+                    if mode == "explicit":
+                        await tx.commit()
+            assert tx.outcome == "rolled back"
+            assert not conn.in_transaction
+        assert await conn.fetchall("SELECT * FROM child") == []
