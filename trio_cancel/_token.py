@@ -40,6 +40,7 @@ import outcome
 import trio
 
 from ._checks import check_reason, check_seconds, check_sync_callable, check_trio_thread
+from ._collector import GC_PAUSE_AT
 from ._debug import track_registration
 from ._exceptions import OperationCancelledError
 from ._guard import DropGuard
@@ -55,10 +56,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
-
-GC_PAUSE_AT = 1024
-"""A cancel() that meets this many children of one token, or waiters on one token, pauses the
-cyclic garbage collector until its tokens are marked and its tasks woken (restored after)."""
 
 
 @final
