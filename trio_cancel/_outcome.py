@@ -6,15 +6,12 @@ the task wrapper of :mod:`trio_cancel._task`; reported by ``JoinSet`` and ``Grac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
+from typing import Generic, TypeAlias, TypeVar, final
 
 import attrs
 import trio
 
 from ._excgroups import first_leaf, only_cancelled
-
-if TYPE_CHECKING:
-    from collections.abc import Coroutine
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -65,17 +62,3 @@ def outcome_of_base_exception(exc: BaseException) -> Failed | Aborted:
         assert isinstance(first, trio.Cancelled)
         return Aborted(first.reason)
     return Failed(exc)
-
-
-async def capture(coro: Coroutine[Any, Any, T]) -> Completed[T] | Failed:
-    """Run the task's body; its ``Exception`` becomes ``Failed``.
-
-    Caught here, in a frame that holds no handle, so that the stored error's traceback (which
-    starts at this frame) makes no reference cycle back to the handle: a handle whose task
-    failed is freed as soon as its last reference goes.
-    """
-    try:
-        return Completed(await coro)
-    except Exception as exc:  # noqa: BLE001 - an outcome, not the nursery's error
-        # A panicking tokio task does not take its siblings down either.
-        return Failed(exc)  # noqa: ASYNC910 - the body ran (a task root, awaited once)
