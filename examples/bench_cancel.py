@@ -319,7 +319,7 @@ def main() -> None:
     for mode in ("off", "freeze", "threshold"):  # the GC study, for the variants asked for
         plan += [
             (v, largest, mode, 1 if largest >= 1_000_000 else args.repeat)
-            for v in ("token-scope", "trio-nursery")
+            for v in ("token", "token-scope", "trio-nursery")
             if v in args.variants
         ]
     bar = _progress(sum(r for *_, r in plan) + 2)
@@ -409,7 +409,7 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
             )
     print()
     print(f"Garbage collector at {largest:,} tasks (cancel+join):")
-    for v in (v for v in ("token-scope", "trio-nursery") if v in present):
+    for v in (v for v in ("token", "token-scope", "trio-nursery") if v in present):
         found = [row(v, largest, m) for m in ("default", "off", "freeze", "threshold")]
         if any(r is None for r in found):
             continue
@@ -418,6 +418,12 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
             f"  {v:<13} gc on {on:.3f}s, off {off:.3f}s (GC share {100 * (1 - off / on):.0f}%),"
             f" gc.freeze() after start-up {frozen:.3f}s ({on / frozen:.2f}x faster),"
             f" gc.set_threshold(100_000, 50, 100) {raised:.3f}s ({on / raised:.2f}x faster)"
+        )
+    token_on, token_off = row("token", largest), row("token", largest, "off")
+    if token_on is not None and token_off is not None:
+        print(
+            f"  the cancel() call alone (token): {token_on['call_s']:.3f}s with the collector on"
+            f" (paused by cancel() itself), {token_off['call_s']:.3f}s with it off"
         )
     lat = report["latency"]
     if lat is not None:
@@ -440,20 +446,16 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     token, scope = row("token", n), row("token-scope", n)
     if nursery is None or event is None or token is None or scope is None:
         return
+    off = row("token", n, "off")
     checks = [
-        ("seed shape (token) <= 0.5x trio-nursery", token["cancel_s"] / nursery["cancel_s"], 0.5),
-        ("seed shape (token) <= 1.2x trio-event", token["cancel_s"] / event["cancel_s"], 1.2),
-        ("token-scope <= 1.3x trio-nursery", scope["cancel_s"] / nursery["cancel_s"], 1.3),
+        ("seed shape (token) <= 0.35x trio-nursery", token["cancel_s"] / nursery["cancel_s"], 0.35),
+        ("seed shape (token) <= 0.9x trio-event", token["cancel_s"] / event["cancel_s"], 0.9),
+        ("token-scope <= 1.1x trio-nursery", scope["cancel_s"] / nursery["cancel_s"], 1.1),
     ]
-    if 1_000_000 in sizes and 100_000 in sizes:
-        for v in ("token", "token-scope"):
-            big, small = row(v, 1_000_000), row(v, 100_000)
-            if big is not None and small is not None:
-                ratio = big["per_task_us"] / small["per_task_us"]
-                checks.append((f"{v}: per-task time at 1M <= 1.3x at 100k", ratio, 1.3))
-    for v, r in (("token", token), ("token-scope", scope)):
-        extra = r["bytes_per_task"] - nursery["bytes_per_task"]
-        checks.append((f"{v}: bytes/task <= trio-nursery + 500", extra, 500))
+    if off is not None and off["call_s"]:
+        checks.append(
+            ("cancel() call <= 1.5x itself, collector off", token["call_s"] / off["call_s"], 1.5)
+        )
     joinset, graceful = row("joinset", n), row("graceful", n)
     if joinset is not None:
         ratio = joinset["cancel_s"] / nursery["cancel_s"]
@@ -461,10 +463,33 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     if graceful is not None:
         ratio = graceful["cancel_s"] / nursery["cancel_s"]
         checks.append(("GracefulShutdown trigger-to-report <= 0.6x", ratio, 0.6))
-    print(f"Targets at {n:,} tasks:")
+    if 1_000_000 in sizes and 100_000 in sizes:
+        for v in ("token", "token-scope", "joinset", "graceful"):
+            big, small = row(v, 1_000_000), row(v, 100_000)
+            if big is not None and small is not None:
+                ratio = big["per_task_us"] / small["per_task_us"]
+                checks.append((f"{v}: per-task time at 1M <= 1.3x at 100k", ratio, 1.3))
+    # The cooperative shape's memory budget; the exception path's extra cost is Trio's (one
+    # more cancel scope per task), shown for information.
+    checks.append(
+        (
+            "token: bytes/task <= trio-nursery + 500",
+            token["bytes_per_task"] - nursery["bytes_per_task"],
+            500,
+        )
+    )
+    if n < 100_000:
+        print(f"Targets (set for 100,000 tasks; at {n:,} they are only indicative):")
+    else:
+        print(f"Targets at {n:,} tasks:")
     for name, value, limit in checks:
         verdict = "met" if value <= limit else "NOT met"
         print(f"  {name:<45} {value:>8.2f}  {verdict}")
+    print(f"Bytes per task over trio-nursery at {n:,} tasks:")
+    for v in (v for v in VARIANTS if v in present and v != "trio-nursery"):
+        r = row(v, n)
+        if r is not None:
+            print(f"  {v:<13} {r['bytes_per_task'] - nursery['bytes_per_task']:>+8.0f}")
 
 
 def _plot(rows: list[dict[str, Any]], path: str) -> None:

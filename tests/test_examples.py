@@ -279,9 +279,12 @@ CHECKS: dict[str, Expect] = {
             r"^asyncio\s+10,000\s",
             r"^  token-scope\s+gc on [\d.]+s, off [\d.]+s \(GC share -?\d+%\), gc\.freeze\(\)"
             r".*gc\.set_threshold\(100_000, 50, 100\) [\d.]+s",
+            r"^  the cancel\(\) call alone \(token\): [\d.]+s with the collector on",
             r"^Cancel latency, token variant at 10,000 tasks .*\(10,000 landed\)$",
             r"^Memory: \d+ bytes per child token; a root that created and dropped 2,000 children",
-            r"^  seed shape \(token\) <= 0\.5x trio-nursery\s",
+            r"^  seed shape \(token\) <= 0\.35x trio-nursery\s",
+            r"^  JoinSet\.shutdown\(\) <= 1\.1x trio-nursery\s",
+            r"^  joinset\s+[+-]\d+$",
         ),
         args=("--quick", "--churn", "2000", "--results", "/dev/null"),
     ),
