@@ -484,7 +484,7 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
         print(f"Targets at {n:,} tasks:")
     for name, value, limit in checks:
         verdict = "met" if value <= limit else "NOT met"
-        print(f"  {name:<45} {value:>8.2f}  {verdict}")
+        print(f"  {name:<50} {value:>8.2f}  {verdict}")
     print(f"Bytes per task over trio-nursery at {n:,} tasks:")
     for v in (v for v in VARIANTS if v in present and v != "trio-nursery"):
         r = row(v, n)
