@@ -4,6 +4,7 @@ the program's thresholds come back on every path."""
 from __future__ import annotations
 
 import gc
+import random
 import threading
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ import trio
 import trio.testing
 
 import trio_cancel as tc
+from trio_cancel import _collector
 from trio_cancel._collector import DEFERRED, GC_PAUSE_AT, DeferFullCollections
 
 if TYPE_CHECKING:
@@ -224,3 +226,39 @@ def test_entering_and_leaving_are_keyboard_interrupt_protected(
 
     trio.run(main)
     assert protected == [True, True]
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_overlapping_shutdowns_always_restore(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Seeded schedules of large and small sets, shut down or left, some waits cancelled,
+    some tasks slow to land: the threshold is back once every set is closed."""
+    rng = random.Random(seed)
+
+    async def lands_after(delay: float) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(delay)
+
+    async def one_set() -> None:
+        size = rng.choice([5, BIG])
+        await trio.sleep(rng.random() / 10)
+        async with tc.JoinSet() as js:
+            for _ in range(size):
+                js.spawn(lands_after, rng.choice([0, 0, rng.random() / 20]))
+            await trio.sleep(rng.random() / 10)
+            how = rng.choice(["shutdown", "cancelled shutdown", "leave"])
+            if how == "shutdown":
+                await js.shutdown()
+            elif how == "cancelled shutdown":
+                with trio.move_on_after(rng.random() / 50):
+                    await js.shutdown()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(one_set)
+    assert gc.get_threshold() == (700, 10, 10)
+    assert _collector._depth == 0
