@@ -38,6 +38,15 @@ async def _sleep_and_see(seen: list[int]) -> None:
         seen.append(gc.get_threshold()[2])  # while this task unwinds
 
 
+async def _lands_after(delay: float) -> None:
+    """Waits until aborted, then takes ``delay`` seconds to land."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(delay)
+
+
 async def test_large_shutdown_defers_full_collections_while_tasks_unwind() -> None:
     seen: list[int] = []
     async with tc.JoinSet() as js:
@@ -149,16 +158,9 @@ async def test_overlapping_shutdowns_restore_after_the_last(
     order: list[tuple[str, int]] = []
 
     async def one_set(name: str, landing: float) -> None:
-        async def lands_after() -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(landing)
-
         async with tc.JoinSet() as js:
             for _ in range(BIG):
-                js.spawn(lands_after)
+                js.spawn(_lands_after, landing)
             await trio.testing.wait_all_tasks_blocked()
             await js.shutdown()
             order.append((name, gc.get_threshold()[2]))
@@ -236,19 +238,12 @@ async def test_random_overlapping_shutdowns_always_restore(
     some tasks slow to land: the threshold is back once every set is closed."""
     rng = random.Random(seed)
 
-    async def lands_after(delay: float) -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.sleep(delay)
-
     async def one_set() -> None:
         size = rng.choice([5, BIG])
         await trio.sleep(rng.random() / 10)
         async with tc.JoinSet() as js:
             for _ in range(size):
-                js.spawn(lands_after, rng.choice([0, 0, rng.random() / 20]))
+                js.spawn(_lands_after, rng.choice([0, 0, rng.random() / 20]))
             await trio.sleep(rng.random() / 10)
             how = rng.choice(["shutdown", "cancelled shutdown", "leave"])
             if how == "shutdown":
