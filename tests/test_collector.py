@@ -110,6 +110,30 @@ async def test_large_exit_defers_and_restores_also_when_the_body_raises() -> Non
     assert gc.get_threshold() == (700, 10, 10)
 
 
+async def test_large_set_cancelled_from_outside_defers_while_landing_and_restores(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Trio's scope cancels the tasks directly; the exit then waits for those still landing.
+    seen: list[int] = []
+
+    async def lands_then_sees() -> None:
+        try:
+            await _lands_after(0.01)
+        finally:
+            seen.append(gc.get_threshold()[2])
+
+    with trio.CancelScope() as outside:
+        async with tc.JoinSet() as js:
+            for _ in range(BIG):
+                js.spawn(lands_then_sees)
+            await trio.testing.wait_all_tasks_blocked()
+            outside.cancel()
+            await trio.sleep_forever()
+    assert outside.cancelled_caught
+    assert seen == [DEFERRED] * BIG
+    assert gc.get_threshold() == (700, 10, 10)
+
+
 async def test_shutdown_cancelled_while_waiting_restores_the_thresholds(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -35,7 +35,7 @@ class JoinSet(NurseryOwner):
     aborts its tasks); an exception from the body propagates as itself, not wrapped in a group.
     Failed outcomes that were never retrieved are logged on the ``trio_cancel`` logger at exit.
 
-    While :meth:`shutdown` or the exit waits for 1,024 or more aborted tasks, the cyclic
+    While :meth:`shutdown` or the exit waits for 1,024 or more tasks to land, the cyclic
     collector's full collections wait too (young collections go on), and the program's
     thresholds come back when the wait ends, however it ends: those collections would walk
     every task's objects, all about to be freed, for a third of a large shutdown's time (see
