@@ -88,6 +88,19 @@ async def test_large_shutdown_runs_no_full_collection_but_young_ones() -> None:
     assert 2 not in generations
 
 
+async def test_large_shutdown_cancelled_before_the_call_touches_nothing() -> None:
+    async with tc.JoinSet() as js:
+        handles = [js.spawn(trio.sleep_forever) for _ in range(BIG)]
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await js.shutdown()
+        assert gc.get_threshold() == (700, 10, 10)
+        assert not any(handle.is_finished() for handle in handles)  # nothing aborted
+        await trio.testing.wait_all_tasks_blocked()
+        assert not any(handle.is_finished() for handle in handles)
+
+
 async def test_small_shutdown_leaves_the_collector_alone() -> None:
     seen: list[int] = []
     async with tc.JoinSet() as js:
