@@ -474,3 +474,35 @@ async def test_spawn_process_many_processes_stop_at_one_trigger(tmp_path: Path) 
     for handle in handles:
         assert isinstance(handle.outcome, tc.Completed)
         assert handle.outcome.value.sent == "SIGTERM"
+
+
+async def test_spawn_process_aborted_before_it_starts_starts_nothing(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    async with tc.GracefulShutdown(grace=3600) as gs:
+        handle = gs.spawn_process(["sh", "-c", f"touch '{started}'"])
+        gs.force()  # phase 2 before the task first ran
+        report = await gs.wait()
+    assert isinstance(handle.outcome, tc.Aborted)
+    assert report.tasks[0].forced
+    assert not started.exists()
+
+
+async def test_spawn_process_a_trigger_after_the_leader_exited_does_not_resend_sigterm(
+    tmp_path: Path,
+) -> None:
+    # The members got SIGTERM when the leader exited; the trigger changes nothing (no second
+    # SIGTERM, the same SIGKILL deadline).
+    child = Child(tmp_path, "term")
+    async with tc.GracefulShutdown(grace=EVENT_BOUND) as gs:
+        handle = gs.spawn_process(
+            child.in_background_then_exit(), shell=True, kill_grace=EVENT_BOUND
+        )
+        await child.ready()
+        await child.wait_for("got SIGTERM")
+        gs.trigger()
+        await trio.testing.wait_all_tasks_blocked()
+        child.release.touch()
+        report = await gs.wait()
+    assert [line for line in await child.lines() if line == "got SIGTERM"] == ["got SIGTERM"]
+    assert not report.tasks[0].forced
+    assert handle.outcome == tc.Completed(tc.ProcessExit(0, None, "SIGTERM"))
