@@ -267,13 +267,17 @@ class GracefulShutdown(NurseryOwner):
 
         Raises:
             RuntimeError: Outside the ``async with`` block.
+            NotImplementedError: The platform lacks process groups, or a way to see a process
+                exit without reaping it (a pidfd or ``waitid``).
             TypeError: ``command`` is empty or not a list of arguments (or a string with
-                ``shell=True``).
-            ValueError: ``kill_grace`` is negative or NaN.
+                ``shell=True``); an option ``subprocess.Popen`` does not take, or a text-mode
+                option.
+            ValueError: ``kill_grace`` is negative or NaN; ``start_new_session=False``,
+                ``process_group=``, or a pipe for ``stdin``, ``stdout`` or ``stderr``.
 
         Not a checkpoint; never blocks (the process starts in the task).
         """
-        check_command(command)
+        check_command(command, options)
         kill_grace = check_grace(kill_grace)
         if name is None:
             name = command if isinstance(command, str) else " ".join(map(str, command))
