@@ -524,32 +524,32 @@ async def test_postgres_commit_overrunning_grace_is_unknown_and_blocks_the_conne
     import trio_cancel.postgres as tc_postgres
 
     key = random.randrange(1, 2**31)
-    async with _pg_schema() as (dsn, options):
-        async with (
-            await tc_postgres.connect(dsn, options=options) as holder,
-            await tc_postgres.connect(dsn, options=options, grace=0.1) as conn,
-        ):
-            await _pg_table_with_deferred_lock(conn, key)
-            await holder.execute("SELECT pg_advisory_lock(%s)", (key,))
-            tx = conn.transaction(commit=mode)
-            seen: list[object] = []
+    async with (
+        _pg_schema() as (dsn, options),
+        await tc_postgres.connect(dsn, options=options) as holder,
+        await tc_postgres.connect(dsn, options=options, grace=0.1) as conn,
+    ):
+        await _pg_table_with_deferred_lock(conn, key)
+        await holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        tx = conn.transaction(commit=mode)
+        seen: list[object] = []
 
-            async def later_statement() -> None:
-                seen.append(await conn.fetchall("SELECT v FROM t"))
+        async def later_statement() -> None:
+            seen.append(await conn.fetchall("SELECT v FROM t"))
 
-            async with trio.open_nursery() as nursery:
-                with pytest.raises(tc.CommitOutcomeUnknownError, match="may have committed"):
-                    async with tx:
-                        await conn.execute("INSERT INTO t VALUES (1)")
-                        nursery.start_soon(later_statement)
-                        if mode == "explicit":
-                            await tx.commit()
-                assert tx.outcome == "unknown"  # no lock_timeout: grace alone bounds it
-                await trio.testing.wait_all_tasks_blocked()
-                assert seen == []  # the commit still holds the connection
-                await holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            assert seen == [[(1,)]]  # ran after the commit ended, and saw its row
-            assert not conn.in_transaction
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(tc.CommitOutcomeUnknownError, match="may have committed"):
+                async with tx:
+                    await conn.execute("INSERT INTO t VALUES (1)")
+                    nursery.start_soon(later_statement)
+                    if mode == "explicit":
+                        await tx.commit()
+            assert tx.outcome == "unknown"  # no lock_timeout: grace alone bounds it
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []  # the commit still holds the connection
+            await holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        assert seen == [[(1,)]]  # ran after the commit ended, and saw its row
+        assert not conn.in_transaction
 
 
 @pytest.mark.parametrize("mode", ["on_exit", "explicit"])
@@ -560,28 +560,28 @@ async def test_postgres_commit_waiting_for_a_lock_within_lock_timeout_commits(
     import trio_cancel.postgres as tc_postgres
 
     key = random.randrange(1, 2**31)
-    async with _pg_schema() as (dsn, options):
-        async with (
-            await tc_postgres.connect(dsn, options=options) as holder,
-            await tc_postgres.connect(dsn, options=options, grace=0.05) as conn,
-        ):
-            await _pg_table_with_deferred_lock(conn, key)
-            await conn.execute("SET lock_timeout = '60s'")
-            await holder.execute("SELECT pg_advisory_lock(%s)", (key,))
-            tx = conn.transaction(commit=mode)
+    async with (
+        _pg_schema() as (dsn, options),
+        await tc_postgres.connect(dsn, options=options) as holder,
+        await tc_postgres.connect(dsn, options=options, grace=0.05) as conn,
+    ):
+        await _pg_table_with_deferred_lock(conn, key)
+        await conn.execute("SET lock_timeout = '60s'")
+        await holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        tx = conn.transaction(commit=mode)
 
-            async def release_later() -> None:
-                await trio.sleep(0.3)  # longer than grace: the commit waits for the lock
-                await holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        async def release_later() -> None:
+            await trio.sleep(0.3)  # longer than grace: the commit waits for the lock
+            await holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(release_later)
-                async with tx:
-                    await conn.execute("INSERT INTO t VALUES (1)")
-                    if mode == "explicit":
-                        await tx.commit()
-            assert tx.outcome == "committed"
-            assert await conn.fetchall("SELECT v FROM t") == [(1,)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_later)
+            async with tx:
+                await conn.execute("INSERT INTO t VALUES (1)")
+                if mode == "explicit":
+                    await tx.commit()
+        assert tx.outcome == "committed"
+        assert await conn.fetchall("SELECT v FROM t") == [(1,)]
 
 
 async def test_sqlite_abandoned_statement_rollback_still_runs_before_later_statements(
@@ -613,7 +613,7 @@ async def test_sqlite_abandoned_statement_rollback_still_runs_before_later_state
         scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        with pytest.warns(tc.CleanupTimeoutWarning) as warned, trio.CancelScope() as cs:
+        with pytest.warns(tc.CleanupTimeoutWarning) as warned, trio.CancelScope() as cs:  # noqa: PT031
             async with tx:
                 await conn.execute("INSERT INTO t VALUES (1)")
                 nursery.start_soon(cancel_when_started, cs)

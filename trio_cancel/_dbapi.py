@@ -523,7 +523,7 @@ class TransactionBlock(metaclass=NoPublicConstructor):
                     try:
                         backend.execute(raw, "ROLLBACK", ())
                     except BaseException as rollback_error:  # noqa: BLE001 - raised with it
-                        raise BaseExceptionGroup(
+                        raise BaseExceptionGroup(  # noqa: ASYNC104 - a worker thread: no Cancelled
                             "the commit and its rollback both raised", [error, rollback_error]
                         ) from None
                 raise
