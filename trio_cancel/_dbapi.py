@@ -501,7 +501,7 @@ class TransactionBlock(metaclass=NoPublicConstructor):
         """Seconds the driver may wait for a lock during the commit."""
         conn = self._conn
         if conn._lock_wait is not None:
-            return conn._lock_wait
+            return conn._lock_wait  # noqa: ASYNC910 - helper; the commit checkpoints
         result = await conn._run_to_end(conn._backend.lock_wait, "lock wait", conn._grace)
         if isinstance(result, outcome.Value):
             return float(result.value)
@@ -555,7 +555,7 @@ class TransactionBlock(metaclass=NoPublicConstructor):
         self._state = "done"
         if conn._closed:  # closing the driver connection ends the transaction uncommitted
             self.outcome = "rolled back"
-            return
+            return  # noqa: ASYNC910 - helper; callers checkpoint
         result = await conn._run_to_end(self._rollback_job, "ROLLBACK", conn._grace)
         if result is None:
             self.outcome = "rollback timed out"
