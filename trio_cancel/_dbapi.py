@@ -397,7 +397,7 @@ class DatabaseConnection(Generic[RawT]):
             self._running = None
             await self._after_statement(intr, raw)  # noqa: ASYNC102 - shielded and bounded
 
-    async def _after_statement(self, intr: Interruption, raw: RawT) -> None:
+    async def _after_statement(self, intr: Interruption, raw: RawT) -> None:  # noqa: ASYNC910 - helper; no checkpoint owed
         """Wait (shielded, up to ``grace`` after the first interrupt) for a cancel thread to
         end, so it cannot hit the next statement; discard the connection if it does not end,
         or if its socket was shut or is gone."""
