@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
@@ -686,3 +688,172 @@ async def test_aclose_while_another_task_is_in_a_block_ends_it_at_once(
     assert tx.outcome == "rolled back"
     async with await db.connect() as fresh:
         assert await fresh.fetchall("SELECT v FROM t") == []
+
+
+# ---------------------------------------------------------------- PostgreSQL: never block the loop
+
+
+@attrs.define
+class Heartbeat:
+    """A task that ticks every millisecond; ``worst`` is the longest gap between two ticks
+    (a blocked event loop shows as a long gap)."""
+
+    gaps: list[float] = attrs.Factory(list)
+
+    @property
+    def worst(self) -> float:
+        return max(self.gaps, default=0.0)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        last = time.perf_counter()
+        task_status.started()
+        while True:
+            await trio.sleep(0.001)
+            now = time.perf_counter()
+            self.gaps.append(now - last)
+            last = now
+
+
+def _pg_server_pids() -> list[int]:
+    """The postmaster of the CI server and its children (backends and helpers)."""
+    datadir = os.environ.get("PGDATA")
+    if datadir is None or os.geteuid() != 0:
+        if REQUIRE_PG and datadir is None:
+            pytest.fail("TRIO_CANCEL_REQUIRE_PG=1 but no PGDATA: run under .ci/with-postgres")
+        pytest.skip("pausing the server needs PGDATA (.ci/with-postgres) and root")
+    with open(os.path.join(datadir, "postmaster.pid")) as pidfile:
+        postmaster = int(pidfile.readline())
+    pids = [postmaster]
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{postmaster}/task"):
+            with open(f"/proc/{postmaster}/task/{task}/children") as children:
+                pids.extend(int(pid) for pid in children.read().split())
+    return pids
+
+
+async def test_postgres_cancel_with_the_server_paused_never_blocks_the_loop() -> None:
+    """The server stops answering (SIGSTOP of the postmaster and every backend): the cancel
+    request goes out from a thread, the socket is shut, the caller gets its cancellation, and
+    the connection is discarded; every other task keeps running meanwhile."""
+    import signal
+
+    import trio_cancel.postgres as tc_postgres
+
+    dsn = _require_pg()
+    conn = await tc_postgres.connect(dsn, grace=1.0)
+    assert await conn.fetchone("SELECT 1") == (1,)
+    pids = _pg_server_pids()
+    heartbeat = Heartbeat()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(heartbeat.run)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.perf_counter()
+            with trio.move_on_after(0.2) as cs:
+                await conn.fetchone("SELECT pg_sleep(30)")
+            elapsed = time.perf_counter() - start
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        nursery.cancel_scope.cancel()
+    print(  # noqa: T201 - the figure for the report (pytest -s)
+        f"server paused: cancelled after {elapsed:.3f} s (deadline 0.2 s, grace 1.0 s); "
+        f"longest gap between 1 ms heartbeats: {heartbeat.worst * 1000:.1f} ms"
+    )
+    assert cs.cancelled_caught
+    assert heartbeat.worst < 1.0  # measured: a few ms; the old blocking cancel froze 5 s
+    assert elapsed < 20  # not the 30 s of the statement (measured: ~0.7 s)
+    assert conn.closed
+    with pytest.raises(trio.ClosedResourceError, match="discarded"):
+        await conn.fetchone("SELECT 1")
+    await conn.aclose()
+    async with await tc_postgres.connect(dsn) as fresh:  # the server is fine again
+        assert await fresh.fetchone("SELECT 1") == (1,)
+
+
+@attrs.define
+class FreezingProxy:
+    """A loopback TCP proxy to the PostgreSQL server (threads and blocking sockets) that can
+    stop forwarding: after ``freeze()`` it keeps every connection open, accepts new ones,
+    and forwards nothing in either direction (a half-dead network path)."""
+
+    upstream: tuple[str, int]
+    frozen: threading.Event = attrs.Factory(threading.Event)
+    sockets: list[socket.socket] = attrs.Factory(list)
+    listener: socket.socket = attrs.field(init=False)
+
+    def start(self) -> int:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.sockets.append(self.listener)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return int(self.listener.getsockname()[1])
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            if self.frozen.is_set():
+                continue  # accepted, never answered
+            server = socket.create_connection(self.upstream)
+            self.sockets.append(server)
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if self.frozen.is_set():
+                    continue  # swallowed: acknowledged by TCP, never forwarded
+                sink.sendall(data)
+
+
+async def test_postgres_cancel_through_a_path_that_stopped_forwarding() -> None:
+    import psycopg
+
+    import trio_cancel.postgres as tc_postgres
+
+    dsn = _require_pg()
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    proxy = FreezingProxy((str(info.get("host", "127.0.0.1")), int(info.get("port", 5432))))
+    port = proxy.start()
+    try:
+        info["host"], info["port"] = "127.0.0.1", str(port)
+        proxied = psycopg.conninfo.make_conninfo(**info)
+        conn = await tc_postgres.connect(proxied, grace=1.0)
+        assert await conn.fetchone("SELECT 1") == (1,)
+        heartbeat = Heartbeat()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(heartbeat.run)
+            proxy.freeze()
+            start = time.perf_counter()
+            with trio.move_on_after(0.2) as cs:
+                await conn.fetchone("SELECT pg_sleep(30)")
+            elapsed = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
+        print(  # noqa: T201 - the figure for the report (pytest -s)
+            f"path stopped forwarding: cancelled after {elapsed:.3f} s (deadline 0.2 s, grace "
+            f"1.0 s); longest gap between 1 ms heartbeats: {heartbeat.worst * 1000:.1f} ms"
+        )
+        assert cs.cancelled_caught
+        assert heartbeat.worst < 1.0  # measured: a few ms; the old blocking cancel froze 5 s
+        assert elapsed < 20  # not the 30 s of the statement (measured: ~0.7 s)
+        assert conn.closed
+        with pytest.raises(trio.ClosedResourceError, match="discarded"):
+            await conn.execute("SELECT 1")
+        await conn.aclose()
+    finally:
+        proxy.close()
