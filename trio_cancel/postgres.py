@@ -12,9 +12,13 @@ worker thread driving psycopg's sync API, as ``trio_cancel.sqlite`` does. The co
 autocommit mode; :meth:`Connection.transaction` issues ``BEGIN`` and ``COMMIT``/``ROLLBACK``.
 
 When a caller is cancelled while its query runs, the query is cancelled on the server with
-``Connection.cancel_safe()`` (its ``QueryCanceled`` error becomes the ``trio.Cancelled``), the
-caller waits, shielded and up to ``grace`` seconds, for the driver to return, and an enclosing
-transaction block rolls back. A commit is never interrupted. Parameters use psycopg's
+``Connection.cancel_safe()``, sent from a thread of its own (never from the Trio thread); its
+``QueryCanceled`` error becomes the ``trio.Cancelled``. The caller waits, shielded and up to
+``grace`` seconds, for the driver to return, and an enclosing transaction block rolls back. If
+the query still runs half of ``grace`` after the cancel (the server or the network path stopped
+answering), the connection's socket is shut, the caller gets its cancellation, and the
+connection is discarded (later calls raise ``trio.ClosedResourceError`` saying why). A commit
+is never interrupted; it is bounded by ``grace`` plus ``lock_timeout`` when that is set. Parameters use psycopg's
 placeholders (``%s``).
 """
 

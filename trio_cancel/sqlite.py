@@ -17,7 +17,8 @@ and ``COMMIT``/``ROLLBACK`` itself.
 When a caller is cancelled while its statement runs, the statement is stopped with
 ``sqlite3.Connection.interrupt()`` (its ``OperationalError('interrupted')`` becomes the
 ``trio.Cancelled``), the caller waits, shielded and up to ``grace`` seconds, for the driver to
-return, and an enclosing transaction block rolls back. A commit is never interrupted.
+return, and an enclosing transaction block rolls back. A commit is never interrupted; it is
+bounded by ``busy_timeout`` plus ``grace``.
 """
 
 from __future__ import annotations
