@@ -18,8 +18,8 @@ When a caller is cancelled while its query runs, the query is cancelled on the s
 the query still runs half of ``grace`` after the cancel (the server or the network path stopped
 answering), the connection's socket is shut, the caller gets its cancellation, and the
 connection is discarded (later calls raise ``trio.ClosedResourceError`` saying why). A commit
-is never interrupted; it is bounded by ``grace`` plus ``lock_timeout`` when that is set. Parameters use psycopg's
-placeholders (``%s``).
+is never interrupted; it is bounded by ``grace`` plus ``lock_timeout`` when that is set.
+Parameters use psycopg's placeholders (``%s``).
 """
 
 from __future__ import annotations
