@@ -859,3 +859,21 @@ async def test_postgres_cancel_through_a_path_that_stopped_forwarding() -> None:
         await conn.aclose()
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize(
+    ("busy_timeout", "error"),
+    [
+        (-1, ValueError),
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (10**400, ValueError),
+        ("5", TypeError),
+    ],
+)
+async def test_sqlite_bad_busy_timeout_is_refused_at_the_call(
+    tmp_path: Path, busy_timeout: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="busy_timeout"):
+        await tc_sqlite.connect(tmp_path / "x.db", busy_timeout=busy_timeout)  # type: ignore[arg-type]
+    assert not (tmp_path / "x.db").exists()
