@@ -877,3 +877,22 @@ async def test_sqlite_bad_busy_timeout_is_refused_at_the_call(
     with pytest.raises(error, match="busy_timeout"):
         await tc_sqlite.connect(tmp_path / "x.db", busy_timeout=busy_timeout)  # type: ignore[arg-type]
     assert not (tmp_path / "x.db").exists()
+
+
+async def test_postgres_a_late_cancel_request_never_hits_the_next_statement() -> None:
+    """Deadlines that land as a short statement ends: the cancel request (from a thread) may
+    reach the server after the statement finished; the next statement must never be the one
+    it cancels (it starts only after the cancel thread ended)."""
+    import trio_cancel.postgres as tc_postgres
+
+    dsn = _require_pg()
+    rng = random.Random(2021)
+    cut = 0
+    async with await tc_postgres.connect(dsn) as conn:
+        for _ in range(150):
+            with trio.move_on_after(rng.uniform(0, 0.006)) as cs:
+                await conn.fetchone("SELECT pg_sleep(0.003)")
+            cut += cs.cancelled_caught
+            assert await conn.fetchone("SELECT 1") == (1,)  # never QueryCanceled
+            assert not conn.closed
+    assert cut > 0
