@@ -896,3 +896,42 @@ async def test_postgres_a_late_cancel_request_never_hits_the_next_statement() ->
             assert await conn.fetchone("SELECT 1") == (1,)  # never QueryCanceled
             assert not conn.closed
     assert cut > 0
+
+
+async def test_postgres_connection_lost_during_commit_is_unknown_not_failed() -> None:
+    """The backend dies while the COMMIT runs: the client cannot know whether it committed,
+    so it must not say it failed."""
+    import trio_cancel as tc
+    import trio_cancel.postgres as tc_postgres
+
+    key = random.randrange(1, 2**31)
+    async with (
+        _pg_schema() as (dsn, options),
+        await tc_postgres.connect(dsn, options=options) as holder,
+        await tc_postgres.connect(dsn, options=options, grace=30) as conn,
+    ):
+        await _pg_table_with_deferred_lock(conn, key)
+        row = await conn.fetchone("SELECT pg_backend_pid()")
+        assert row is not None
+        await holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        tx = conn.transaction()
+
+        async def kill_when_waiting() -> None:
+            # the COMMIT waits for the advisory lock: then terminate its backend
+            with trio.fail_after(30):
+                while not await holder.fetchone(  # noqa: ASYNC110 - no event to wait on
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE pid = %s AND wait_event_type = 'Lock'",
+                    (row[0],),
+                ):
+                    await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(tc.CommitOutcomeUnknownError, match="may have committed"):
+                async with tx:
+                    await conn.execute("INSERT INTO t VALUES (1)")
+                    nursery.start_soon(kill_when_waiting)
+        assert tx.outcome == "unknown"
+        assert conn.closed
+        with pytest.raises(trio.ClosedResourceError, match="lost during a COMMIT"):
+            await conn.execute("SELECT 1")

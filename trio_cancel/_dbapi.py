@@ -538,6 +538,15 @@ class TransactionBlock(metaclass=NoPublicConstructor):
                 "committed before retrying"
             )
         if isinstance(result, outcome.Error):
+            raw = conn._raw
+            if raw is not None and backend.is_broken(raw):
+                # The connection was lost during the COMMIT: the server may have applied it.
+                self.outcome = "unknown"
+                conn._discard("the connection to the server was lost during a COMMIT")
+                raise CommitOutcomeUnknownError(
+                    f"the connection to the {backend.name} server was lost during the COMMIT: "
+                    "the transaction may have committed; check whether it did before retrying"
+                ) from result.error
             self.outcome = "rolled back"
             result.unwrap()
         self.outcome = "committed"
