@@ -870,6 +870,7 @@ async def test_postgres_cancel_through_a_path_that_stopped_forwarding() -> None:
         (10**400, ValueError),
         ("5", TypeError),
     ],
+    ids=["negative", "nan", "inf", "huge", "str"],
 )
 async def test_sqlite_bad_busy_timeout_is_refused_at_the_call(
     tmp_path: Path, busy_timeout: object, error: type[Exception]
