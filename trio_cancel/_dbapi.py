@@ -188,7 +188,12 @@ class DatabaseConnection(Generic[RawT]):
             ``grace``) until the driver has returned. Inside a transaction block, the block's
             exit then rolls the transaction back. A statement that completed as the
             cancellation arrived keeps its result (the cancellation comes at the next
-            checkpoint).
+            checkpoint). A statement that does not stop within ``grace`` is abandoned
+            (:exc:`~trio_cancel.CleanupTimeoutWarning`); the connection's next call runs after
+            it ended. PostgreSQL: the cancel request is sent from a thread; if the statement
+            still runs half of ``grace`` later, the connection's socket is shut, the caller
+            gets its cancellation, and the connection is discarded (later calls raise
+            :exc:`trio.ClosedResourceError` saying why).
         """
         backend = self._backend
         return await self._call(lambda raw: backend.execute(raw, sql, parameters), sql)
