@@ -318,14 +318,42 @@ async def test_tx_commit_error_rolls_back_and_propagates() -> None:
     assert guard.outcome == "rolled back"
 
 
-async def test_tx_commit_overrun_rolls_back_and_raises_too_slow(
+async def test_tx_commit_overrun_is_unknown_and_not_rolled_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     tx = FakeTx(commit_seconds=60.0)
-    with pytest.raises(trio.TooSlowError, match="grace period of 3 s"):
-        async with tc.commit_or_rollback(tx, grace=3):
+    with pytest.raises(tc.CommitOutcomeUnknownError, match="may have committed") as info:
+        async with tc.commit_or_rollback(tx, grace=3) as guard:
             pass
-    assert tx.calls == ["commit", "rollback", "rolled back"]
+    assert "grace period of 3 s" in str(info.value)
+    assert isinstance(info.value, Exception)
+    assert tx.calls == ["commit"]  # no rollback after a commit that may have happened
+    assert guard.outcome == "unknown"
+    assert trio.current_time() == pytest.approx(3.0)
+
+
+async def test_tx_commit_overrun_under_an_outer_cancellation_is_still_unknown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tx = FakeTx(commit_seconds=60.0)
+    with trio.move_on_after(1) as outer, pytest.raises(tc.CommitOutcomeUnknownError):
+        async with tc.commit_or_rollback(tx, grace=3) as guard:
+            pass
+    assert not outer.cancelled_caught
+    assert tx.calls == ["commit"]
+    assert guard.outcome == "unknown"
+
+
+async def test_tx_commit_and_rollback_errors_propagate_together_commit_first() -> None:
+    commit_error = ValueError("commit failed")
+    rollback_error = OSError("rollback failed")
+    tx = FakeTx(commit_error=commit_error, rollback_error=rollback_error)
+    with pytest.raises(ExceptionGroup) as info:
+        async with tc.commit_or_rollback(tx) as guard:
+            pass
+    assert list(info.value.exceptions) == [commit_error, rollback_error]
+    assert tx.calls[:2] == ["commit", "rollback"]
+    assert guard.outcome == "rolled back"
 
 
 async def test_tx_rollback_overrun_warns(autojump_clock: trio.testing.MockClock) -> None:

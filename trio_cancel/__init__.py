@@ -13,6 +13,7 @@ from ._broadcast import (
     open_broadcast_channel as open_broadcast_channel,
 )
 from ._exceptions import (
+    CommitOutcomeUnknownError as CommitOutcomeUnknownError,
     LaggedError as LaggedError,
     OperationCancelledError as OperationCancelledError,
     SelectError as SelectError,
@@ -86,6 +87,7 @@ __all__ = [
     "CancellationLatency",
     "CancellationToken",
     "CleanupTimeoutWarning",
+    "CommitOutcomeUnknownError",
     "Completed",
     "DropGuard",
     "Failed",

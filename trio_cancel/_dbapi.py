@@ -9,26 +9,38 @@ statement (``interrupt()`` of the backend) when the caller is cancelled.
 
 Invariants:
 
-1. Calls on one connection run one at a time, in the order the tasks asked (a FIFO
+1. Calls on one connection run one at a time, in the order they were submitted (one thread
+   and its FIFO queue). The Trio side submits in the order tasks asked (a FIFO
    :class:`trio.Lock`), except inside a transaction block, which holds that lock from its
    entry to its exit: only the task that opened it runs statements meanwhile.
-2. A block never ends with the transaction open: its exit commits or rolls back (shielded,
-   bounded by ``grace``), so ``in_transaction`` is False after every block, cancelled or not.
-3. A commit is never interrupted: it completes or fails on its own, within ``grace``.
+2. A ``COMMIT`` or ``ROLLBACK``, once submitted, is never skipped and never interrupted: if
+   its caller stops waiting (``grace`` ran out), it stays in the queue and runs, in order,
+   before any statement submitted later. So no statement runs inside a block's transaction
+   after that block has ended, and a commit whose outcome was reported unknown ends before
+   anything else runs on the connection.
+3. A block ends its transaction only if its own ``BEGIN`` succeeded (a flag the ``BEGIN``
+   sets in the connection's thread): it never rolls back a transaction it did not open.
+4. Nothing blocks the Trio thread: an interrupt that needs the network (PostgreSQL's cancel
+   request) runs in a thread of its own; the connection's next call starts only after that
+   thread ended (the worker waits for it), and a connection whose cancel thread outlives
+   ``grace``, or whose socket had to be shut, is discarded (closed with a reason).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import queue
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, final
 
 import attrs
+import outcome
 import trio
 
 from ._checks import check_grace
-from ._guard import bounded, clean_up, combine, commit_bounded, pending_cancel
+from ._exceptions import CommitOutcomeUnknownError
+from ._guard import CleanupTimeoutWarning, combine, pending_cancel
 from ._threads import ThreadCall, wait_call
 from ._util import NoPublicConstructor
 
@@ -60,35 +72,72 @@ class ConnectionThread:
         self._jobs.put(None)
 
 
+@attrs.define(eq=False)
+class Interruption:
+    """What one statement's interrupt shares with the worker and a cancel thread.
+
+    ``ended`` is set by the worker when the statement returned (before its outcome is
+    stored). A backend whose interrupt runs in a thread sets ``cancel_done`` (a Trio event,
+    set when that thread ended) and ``cancel_ended`` (the same, for the worker thread), and
+    ``socket_shut`` when it had to shut the connection's socket (the connection is then
+    discarded, and the statement's error is the interruption).
+    """
+
+    grace: float
+    ended: threading.Event = attrs.field(factory=threading.Event)
+    started_at: float | None = None  # trio.current_time() of the first interrupt
+    cancel_done: trio.Event | None = None
+    cancel_ended: threading.Event | None = None
+    socket_shut: bool = False
+
+
 @attrs.define(eq=False, repr=False)
 class Backend(Generic[RawT]):
     """What differs between drivers: each function runs in the connection's thread, except
-    ``interrupt``, which is called from the Trio thread while a statement runs."""
+    ``interrupt``, which is called from the Trio thread while a statement runs and must not
+    block (it may start a thread: see :class:`Interruption`)."""
 
     name: str
-    interrupt: Callable[[RawT], object]
+    interrupt: Callable[[RawT, Interruption], object]
     is_interruption: Callable[[BaseException], bool]
     in_transaction: Callable[[RawT], bool]
     execute: Callable[[RawT, str, Any], int]
     fetchone: Callable[[RawT, str, Any], tuple[Any, ...] | None]
     fetchall: Callable[[RawT, str, Any], list[tuple[Any, ...]]]
     close: Callable[[RawT], object]
+    # Seconds the driver may wait for a lock during a COMMIT (None: ask lock_wait()).
+    lock_wait: Callable[[RawT], float] = lambda raw: 0.0
+    # Whether the driver connection is unusable (its socket is gone).
+    is_broken: Callable[[RawT], bool] = lambda raw: False
+    # Shut the connection's socket (non-blocking), so a worker stuck on it returns.
+    shut_socket: Callable[[RawT], object] = lambda raw: None
 
 
 class DatabaseConnection(Generic[RawT]):
     """The connection API of both backends (see ``trio_cancel.sqlite.Connection``)."""
 
-    def __init__(self, backend: Backend[RawT], grace: float, label: str) -> None:
+    def __init__(
+        self,
+        backend: Backend[RawT],
+        grace: float,
+        label: str,
+        *,
+        lock_wait: float | None = None,
+    ) -> None:
         self._backend = backend
         self._grace = check_grace(grace)
         self._label = label
+        self._lock_wait = lock_wait
         self._thread = ConnectionThread(f"trio_cancel {backend.name} {label}")
         self._raw: RawT | None = None
         self._lock = trio.Lock()
         self._owner: trio.lowlevel.Task | None = None
         self._closed = False
-        self._running: ThreadCall[Any] | None = None
+        self._closed_reason: str | None = None
+        self._running: tuple[ThreadCall[Any], Callable[[], object]] | None = None
         self._in_transaction = False
+        # The worker waits for the last cancel thread before its next call (invariant 4).
+        self._cancel_ended: threading.Event | None = None
 
     async def _open(self, connect: Callable[[], RawT]) -> None:
         """Create the driver connection in the connection's thread.
@@ -116,8 +165,9 @@ class DatabaseConnection(Generic[RawT]):
 
     @property
     def in_transaction(self) -> bool:
-        """Whether the driver connection was inside a transaction after its last call."""
-        return self._in_transaction
+        """Whether the driver connection was inside a transaction after its last call
+        (False once the connection is closed)."""
+        return self._in_transaction and not self._closed
 
     @property
     def closed(self) -> bool:
@@ -138,7 +188,12 @@ class DatabaseConnection(Generic[RawT]):
             ``grace``) until the driver has returned. Inside a transaction block, the block's
             exit then rolls the transaction back. A statement that completed as the
             cancellation arrived keeps its result (the cancellation comes at the next
-            checkpoint).
+            checkpoint). A statement that does not stop within ``grace`` is abandoned
+            (:exc:`~trio_cancel.CleanupTimeoutWarning`); the connection's next call runs after
+            it ended. PostgreSQL: the cancel request is sent from a thread; if the statement
+            still runs half of ``grace`` later, the connection's socket is shut, the caller
+            gets its cancellation, and the connection is discarded (later calls raise
+            :exc:`trio.ClosedResourceError` saying why).
         """
         backend = self._backend
         return await self._call(lambda raw: backend.execute(raw, sql, parameters), sql)
@@ -187,9 +242,11 @@ class DatabaseConnection(Generic[RawT]):
         return TransactionBlock._create(self, commit)
 
     async def aclose(self) -> None:
-        """Close the connection: a statement running in another task is interrupted (that
-        task gets :exc:`trio.ClosedResourceError`), then the driver connection is closed in
-        its thread and the thread ends. Idempotent.
+        """Close the connection. A statement running in another task is interrupted (that
+        task gets :exc:`trio.ClosedResourceError`); a transaction block open in another task
+        ends uncommitted (its exit raises :exc:`trio.ClosedResourceError` at once); the driver
+        connection is closed in its thread, after any commit or rollback already sent, and the
+        thread ends. Idempotent.
 
         Cancellation:
             Always a checkpoint. Closing happens even if the caller is cancelled (shielded,
@@ -198,19 +255,17 @@ class DatabaseConnection(Generic[RawT]):
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        self._closed = True
+        self._mark_closed(None)
         running = self._running
-        if running is not None and self._raw is not None:
-            raw = self._raw
-            running.interrupt_if_running(lambda: self._backend.interrupt(raw))
+        if running is not None:
+            call, interrupt = running
+            # Closing goes on whatever the interrupt does; the statement ends with it.
+            with contextlib.suppress(Exception):
+                call.interrupt_if_running(interrupt)
         with trio.move_on_after(self._grace, shield=True):
-            if self._raw is not None:
-                raw_conn, close = self._raw, self._backend.close
-                call = ThreadCall(lambda: close(raw_conn), f"{self._backend.name}.close")
-                self._thread.submit(call)
-                await call.done.wait()
-        self._thread.stop()
-        self._in_transaction = False
+            closing = self._close_raw()
+            if closing is not None:
+                await closing.done.wait()
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def __aenter__(self) -> Self:
@@ -234,48 +289,140 @@ class DatabaseConnection(Generic[RawT]):
 
     # ------------------------------------------------------------------ internals
 
+    def _mark_closed(self, reason: str | None) -> None:
+        self._closed = True
+        self._closed_reason = reason
+        self._in_transaction = False
+
+    def _close_raw(self) -> ThreadCall[Any] | None:
+        """Queue the driver's close (after every call already queued) and end the thread."""
+        call: ThreadCall[Any] | None = None
+        if self._raw is not None:
+            raw_conn, close = self._raw, self._backend.close
+            call = ThreadCall(lambda: close(raw_conn), f"{self._backend.name}.close")
+            self._thread.submit(call)
+        self._thread.stop()
+        return call
+
+    def _discard(self, reason: str) -> None:
+        """Close a connection that can no longer be trusted: later calls raise
+        :exc:`trio.ClosedResourceError` with ``reason``. Never blocks."""
+        if self._closed:
+            return
+        self._mark_closed(reason)
+        if self._raw is not None:
+            self._backend.shut_socket(self._raw)
+        self._close_raw()
+
     def _check_open(self) -> None:
         if self._closed:
-            raise trio.ClosedResourceError(f"this {self._backend.name} connection is closed")
+            reason = self._closed_reason or "aclose() was called"
+            raise trio.ClosedResourceError(
+                f"this {self._backend.name} connection is closed: {reason}"
+            )
 
-    async def _call(self, fn: Callable[[RawT], T], what: str, *, interruptible: bool = True) -> T:
-        self._check_open()
-        if self._owner is trio.lowlevel.current_task():
-            return await self._run(fn, what, interruptible)
-        async with self._lock:
-            self._check_open()
-            return await self._run(fn, what, interruptible)
-
-    async def _run(self, fn: Callable[[RawT], T], what: str, interruptible: bool) -> T:
+    def _submit(self, fn: Callable[[RawT], T], what: str) -> ThreadCall[T]:
         raw = self._raw
         assert raw is not None
         backend = self._backend
+        grace = self._grace
 
         def job() -> T:
+            cancel_ended = self._cancel_ended
+            if cancel_ended is not None:  # invariant 4: never overlap a cancel request
+                cancel_ended.wait(None if grace == float("inf") else grace + 1.0)
             try:
                 return fn(raw)
             finally:
                 self._in_transaction = backend.in_transaction(raw)
 
         call = ThreadCall(job, _shorten(what))
-        self._running = call
         self._thread.submit(call)
+        return call
+
+    async def _run_to_end(
+        self, fn: Callable[[RawT], T], what: str, limit: float
+    ) -> outcome.Outcome[T] | None:
+        """Submit a call that is never skipped nor interrupted (a COMMIT, a ROLLBACK), and wait
+        for it, shielded, up to ``limit`` seconds. ``None``: it has not ended yet (it still
+        runs, in order, before anything submitted later). Never raises."""
+        call = self._submit(fn, what)
+        with trio.move_on_after(limit, shield=True):
+            await call.done.wait()
+        return call.result  # noqa: ASYNC910 - helper; callers checkpoint
+
+    async def _call(self, fn: Callable[[RawT], T], what: str) -> T:
+        self._check_open()
+        if self._owner is trio.lowlevel.current_task():
+            return await self._run(fn, what)
+        async with self._lock:
+            self._check_open()
+            return await self._run(fn, what)
+
+    async def _run(self, fn: Callable[[RawT], T], what: str) -> T:
+        raw = self._raw
+        assert raw is not None
+        backend = self._backend
+        intr = Interruption(self._grace)
+
+        def statement(raw: RawT) -> T:
+            try:
+                return fn(raw)
+            finally:
+                intr.ended.set()
+
+        call = self._submit(statement, what)
+
+        def interrupt() -> None:
+            if intr.started_at is None:
+                intr.started_at = trio.current_time()
+            backend.interrupt(raw, intr)
+            if intr.cancel_ended is not None:
+                self._cancel_ended = intr.cancel_ended
+
+        def is_interruption(exc: BaseException) -> bool:
+            return intr.socket_shut or backend.is_interruption(exc)
+
+        self._running = (call, interrupt)
         try:
             return await wait_call(
                 call,
-                interrupt=(lambda: backend.interrupt(raw)) if interruptible else None,
+                interrupt=interrupt,
                 grace=self._grace,
-                is_interruption=backend.is_interruption,
+                is_interruption=is_interruption,
                 what=f"{backend.name} statement",
             )
         except Exception as exc:
-            if self._closed and backend.is_interruption(exc):
+            if self._closed and is_interruption(exc):
                 raise trio.ClosedResourceError(
                     f"the {backend.name} connection was closed while this statement ran"
                 ) from exc
             raise
         finally:
             self._running = None
+            await self._after_statement(intr, raw)  # noqa: ASYNC102 - shielded and bounded
+
+    async def _after_statement(self, intr: Interruption, raw: RawT) -> None:  # noqa: ASYNC910 - helper; no checkpoint owed
+        """Wait (shielded, up to ``grace`` after the first interrupt) for a cancel thread to
+        end, so it cannot hit the next statement; discard the connection if it does not end,
+        or if its socket was shut or is gone."""
+        done = intr.cancel_done
+        if done is not None and not done.is_set():
+            assert intr.started_at is not None
+            with trio.CancelScope(deadline=intr.started_at + self._grace, shield=True):
+                await done.wait()
+            if not done.is_set():
+                self._discard(
+                    "a cancel request to the server did not end within the grace period "
+                    f"of {self._grace:g} s, so the connection was discarded"
+                )
+        if intr.socket_shut:
+            self._discard(
+                "the server did not stop a cancelled statement in time, so the "
+                "connection's socket was shut and the connection discarded"
+            )
+        elif not self._closed and self._backend.is_broken(raw):
+            self._discard("the connection to the server was lost")
 
 
 def _shorten(sql: str) -> str:
@@ -288,21 +435,26 @@ def _shorten(sql: str) -> str:
 class TransactionBlock(metaclass=NoPublicConstructor):
     """A transaction block of a connection: ``async with conn.transaction() as tx:``.
 
-    States: *new*, *open* (inside the block, after ``BEGIN``), then *committed*, *rolled
-    back* or *rollback timed out* (``outcome``). Built by ``Connection.transaction()``.
+    States: *new*, *open* (inside the block, after ``BEGIN``), then *done* (``outcome``).
+    Built by ``Connection.transaction()``.
 
     Attributes:
-        outcome: ``None`` while the block runs; then ``"committed"``, ``"rolled back"`` or
-            ``"rollback timed out"``.
+        outcome: ``None`` while the block runs; then ``"committed"``, ``"rolled back"``,
+            ``"rollback timed out"`` (the rollback is still queued behind a statement that
+            did not stop: it runs before any later statement on the connection), or
+            ``"unknown"`` (the commit did not end within its bound:
+            :exc:`~trio_cancel.CommitOutcomeUnknownError`).
         mode: ``"on_exit"`` or ``"explicit"`` (see ``Connection.transaction``).
     """
 
     _conn: DatabaseConnection[Any]
     mode: Literal["on_exit", "explicit"]
-    outcome: Literal["committed", "rolled back", "rollback timed out"] | None = attrs.field(
-        default=None, init=False
+    outcome: Literal["committed", "rolled back", "rollback timed out", "unknown"] | None = (
+        attrs.field(default=None, init=False)
     )
     _state: Literal["new", "open", "done"] = attrs.field(default="new", init=False)
+    # Set in the connection's thread by this block's own successful BEGIN (invariant 3).
+    _began: bool = attrs.field(default=False, init=False)
 
     async def commit(self) -> None:
         """Commit now, inside the block (the explicit mode's only way to commit; allowed in
@@ -311,34 +463,29 @@ class TransactionBlock(metaclass=NoPublicConstructor):
         Raises:
             RuntimeError: Outside the block, from another task, or after the transaction
                 ended.
-            Exception: The driver's error if the commit fails; the transaction is then rolled
-                back and the error propagates.
+            trio.ClosedResourceError: The connection was closed meanwhile (nothing was
+                committed).
+            trio_cancel.CommitOutcomeUnknownError: The commit did not end within ``grace``
+                plus the driver's lock wait; it may have committed (``outcome`` is
+                ``"unknown"``). Nothing was rolled back.
+            Exception: The driver's error if the commit failed; the transaction was then
+                rolled back.
 
         Cancellation:
-            Always a checkpoint. The commit runs shielded, bounded by ``grace``: it is never
-            torn. A cancellation that arrives meanwhile is raised after it (``outcome`` is
-            then ``"committed"``).
+            Always a checkpoint. The commit runs shielded, bounded by ``grace`` plus the
+            driver's lock wait (SQLite's ``busy_timeout``; PostgreSQL's ``lock_timeout`` when
+            set): it is never torn. A cancellation that arrives meanwhile is raised after it
+            (``outcome`` is then ``"committed"``).
         """
         self._check_in_block("commit()")
-        await self._commit_bounded()
-
-    async def _commit_bounded(self) -> None:
-        await commit_bounded(
-            self._conn._grace,
-            self._commit,
-            self._committed,
-            functools.partial(self._rollback_now, None),
-        )
-
-    def _committed(self) -> None:
-        self._state = "done"
-        self.outcome = "committed"
+        await self._commit_now()
 
     async def rollback(self) -> None:
         """Roll back now, inside the block; its exit then does nothing more.
 
         Raises:
             RuntimeError: Outside the block, from another task, or after it ended.
+            trio.ClosedResourceError: The connection was closed meanwhile.
 
         Cancellation:
             Always a checkpoint; the rollback runs shielded, bounded by ``grace``, and a
@@ -353,34 +500,97 @@ class TransactionBlock(metaclass=NoPublicConstructor):
             raise RuntimeError(f"{what} works only inside its open transaction block")
         if self._conn._owner is not trio.lowlevel.current_task():
             raise RuntimeError(f"{what} must be called by the task that opened the block")
+        self._conn._check_open()
 
-    async def _commit(self) -> None:
+    async def _lock_wait(self) -> float:
+        """Seconds the driver may wait for a lock during the commit."""
         conn = self._conn
-        await conn._run(lambda raw: conn._backend.execute(raw, "COMMIT", ()), "COMMIT", False)
+        if conn._lock_wait is not None:
+            return conn._lock_wait  # noqa: ASYNC910 - helper; the commit checkpoints
+        result = await conn._run_to_end(conn._backend.lock_wait, "lock wait", conn._grace)
+        if isinstance(result, outcome.Value):
+            return float(result.value)
+        return 0.0  # unreadable (a failed transaction): grace alone
 
-    async def _rollback(self) -> None:
+    async def _commit_now(self) -> None:
         conn = self._conn
         backend = conn._backend
+        self._state = "done"
+        bound = await self._lock_wait() + conn._grace
 
-        def rollback(raw: Any) -> None:  # noqa: ANN401 - the driver's connection
-            # SQLite ends the transaction itself when it interrupts a write inside it.
-            if backend.in_transaction(raw):
-                backend.execute(raw, "ROLLBACK", ())
+        def commit(raw: Any) -> None:  # noqa: ANN401 - the driver's connection
+            try:
+                backend.execute(raw, "COMMIT", ())
+            except BaseException as error:
+                # SQLite keeps the transaction open after a failed COMMIT (a lock): end it
+                # here, in the same call, so nothing else runs inside it.
+                if backend.in_transaction(raw):
+                    try:
+                        backend.execute(raw, "ROLLBACK", ())
+                    except BaseException as rollback_error:  # noqa: BLE001 - raised with it
+                        raise BaseExceptionGroup(  # noqa: ASYNC104 - a worker thread: no Cancelled
+                            "the commit and its rollback both raised", [error, rollback_error]
+                        ) from None
+                raise
 
-        await conn._run(rollback, "ROLLBACK", False)
+        result = await conn._run_to_end(commit, "COMMIT", bound)
+        if result is None:
+            self.outcome = "unknown"
+            raise CommitOutcomeUnknownError(
+                f"the {backend.name} COMMIT did not end within {bound:g} s (the grace period "
+                "plus the driver's lock wait): the transaction may have committed. The "
+                "connection runs nothing else until that commit has ended; check whether it "
+                "committed before retrying"
+            )
+        if isinstance(result, outcome.Error):
+            raw = conn._raw
+            if raw is not None and backend.is_broken(raw):
+                # The connection was lost during the COMMIT: the server may have applied it.
+                self.outcome = "unknown"
+                conn._discard("the connection to the server was lost during a COMMIT")
+                raise CommitOutcomeUnknownError(
+                    f"the connection to the {backend.name} server was lost during the COMMIT: "
+                    "the transaction may have committed; check whether it did before retrying"
+                ) from result.error
+            self.outcome = "rolled back"
+            result.unwrap()
+        self.outcome = "committed"
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _rollback_job(self, raw: Any) -> None:  # noqa: ANN401 - the driver's connection
+        """In the connection's thread: end this block's transaction, if it opened one."""
+        backend = self._conn._backend
+        # SQLite ends the transaction itself when it interrupts a write inside it.
+        if self._began and backend.in_transaction(raw):
+            backend.execute(raw, "ROLLBACK", ())
 
     async def _rollback_now(self, block_error: BaseException | None) -> None:
+        conn = self._conn
         self._state = "done"
-        error, timed_out = await clean_up(
-            self._conn._grace, self._rollback, f"rollback of {self._conn!r}"
-        )
-        self.outcome = "rollback timed out" if timed_out else "rolled back"
-        if error is not None:
-            combine(block_error, error, "rollback")
+        if conn._closed:  # closing the driver connection ends the transaction uncommitted
+            self.outcome = "rolled back"
+            return  # noqa: ASYNC910 - helper; callers checkpoint
+        result = await conn._run_to_end(self._rollback_job, "ROLLBACK", conn._grace)
+        if result is None:
+            self.outcome = "rollback timed out"
+            warnings.warn(
+                CleanupTimeoutWarning(
+                    f"rollback of {conn!r} did not run within the grace period of "
+                    f"{conn._grace:g} s (an earlier statement has not stopped); it stays "
+                    "queued and runs before any later statement on this connection"
+                ),
+                stacklevel=4,
+            )
+            return
+        self.outcome = "rolled back"
+        if isinstance(result, outcome.Error):
+            combine(block_error, result.error, "rollback")
 
     async def __aenter__(self) -> Self:
         """Cancellation: a checkpoint. Cancelled while waiting for the connection or during
-        ``BEGIN``: no transaction is left open and the block does not run."""
+        ``BEGIN``: no transaction is left open and the block does not run. A ``BEGIN`` that
+        fails raises the driver's error and rolls nothing back (a transaction opened by hand
+        is not this block's)."""
         if self._state != "new":
             raise RuntimeError("a transaction block can be entered only once")
         conn = self._conn
@@ -390,13 +600,20 @@ class TransactionBlock(metaclass=NoPublicConstructor):
             raise RuntimeError("this task already has a transaction block open on this connection")
         await conn._lock.acquire()
         conn._owner = task
+        backend = conn._backend
+
+        def begin(raw: Any) -> None:  # noqa: ANN401 - the driver's connection
+            backend.execute(raw, "BEGIN", ())
+            self._began = True
+
         try:
             conn._check_open()
-            await conn._run(lambda raw: conn._backend.execute(raw, "BEGIN", ()), "BEGIN", True)
+            await conn._run(begin, "BEGIN")
         except BaseException:
+            # Undo only this block's own BEGIN, if it ran (the job checks the flag in order).
             with trio.CancelScope(shield=True):
-                if conn._in_transaction and not conn._closed:
-                    await bounded(conn._grace, self._rollback)
+                if not conn._closed:
+                    await conn._run_to_end(self._rollback_job, "ROLLBACK", conn._grace)
             conn._owner = None
             conn._lock.release()
             raise
@@ -411,19 +628,31 @@ class TransactionBlock(metaclass=NoPublicConstructor):
     ) -> None:
         """Cancellation: a block that ends with an exception or a cancellation pending
         (delivered or not) is rolled back, never committed, and the cancellation propagates.
-        The commit or rollback runs shielded, bounded by ``grace``."""
+        The commit or rollback runs shielded, bounded by ``grace`` (a commit also by the
+        driver's lock wait). If the connection was closed meanwhile, a clean exit raises
+        :exc:`trio.ClosedResourceError` at once (nothing was committed)."""
         conn = self._conn
         try:
             if self._state == "done":  # committed or rolled back inside the block
                 if exc is None:
                     await trio.lowlevel.checkpoint_if_cancelled()  # noqa: ASYNC102
                 return  # noqa: ASYNC910 - the body raised: no checkpoint owed
+            if conn._closed:
+                self._state = "done"
+                self.outcome = "rolled back"
+                if exc is None:
+                    reason = conn._closed_reason or "aclose() was called"
+                    raise trio.ClosedResourceError(  # noqa: ASYNC910 - raises at once
+                        f"the {conn._backend.name} connection was closed while this "
+                        f"transaction block was open ({reason}); nothing was committed"
+                    )
+                return  # noqa: ASYNC910 - the body raised: no checkpoint owed
             if exc is not None or pending_cancel() or self.mode == "explicit":
                 await self._rollback_now(exc)  # noqa: ASYNC102 - shielded and bounded
                 if exc is None:
                     await trio.lowlevel.checkpoint()  # noqa: ASYNC102 - delivers the pending one
                 return
-            await self._commit_bounded()  # noqa: ASYNC102 - shielded and bounded inside
+            await self._commit_now()  # noqa: ASYNC102 - shielded and bounded inside
         finally:
             conn._owner = None
             conn._lock.release()

@@ -99,3 +99,15 @@ class SelectError(BaseExceptionGroup):
 @final
 class _SelectExceptionGroup(SelectError, ExceptionGroup):
     """The ``ExceptionGroup`` flavour of :class:`SelectError` (every error is an Exception)."""
+
+
+@final
+class CommitOutcomeUnknownError(Exception):
+    """A commit was sent but did not finish within its bound: it may have committed.
+
+    Raised by a database transaction block (``trio_cancel.sqlite``, ``trio_cancel.postgres``)
+    and by :func:`commit_or_rollback` when the commit is still running after its grace period
+    (plus, for a database, the driver's own lock wait). Nothing is rolled back after it: the
+    transaction may have committed, or may still commit. Before retrying, check whether it did
+    (make the write idempotent: a unique request id stored in the same transaction).
+    """

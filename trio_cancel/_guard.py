@@ -12,7 +12,6 @@ would make the cancellation hang forever).
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import TYPE_CHECKING, Literal, Protocol, Self, TypeVarTuple, final
@@ -21,6 +20,7 @@ import attrs
 import trio
 
 from ._checks import check_async_callable, check_grace
+from ._exceptions import CommitOutcomeUnknownError
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
@@ -105,19 +105,37 @@ async def commit_bounded(
     grace: float,
     commit: Callable[[], Awaitable[object]],
     committed: Callable[[], None],
-    roll_back: Callable[[], Awaitable[object]],
+    roll_back: Callable[[], Awaitable[BaseException | None]],
+    unknown: Callable[[], None],
 ) -> None:
-    """Commit, shielded and bounded by ``grace``. Done: ``committed()``, then a cancellation
-    that arrived meanwhile is raised (the commit stands). Failed or overran: ``roll_back()``,
-    then the commit's error (:exc:`trio.TooSlowError` for an overrun) is raised."""
-    error, timed_out = await bounded(grace, commit)
-    if error is None and not timed_out:
+    """Commit, shielded and bounded by ``grace``.
+
+    Done: ``committed()``, then a cancellation that arrived meanwhile is raised (the commit
+    stands). Still running when ``grace`` ran out: ``unknown()``, then
+    :exc:`CommitOutcomeUnknownError` (no rollback: the commit may have happened). Raised:
+    ``roll_back()`` (which returns its own error, if any), then the commit's error, together
+    with the rollback's in a group (the commit's first) if the rollback raised too.
+    """
+    error: BaseException | None = None
+    try:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + grace) as scope:
+            await commit()
+    # Shielded: no outer Cancelled reaches here, and the scope absorbs its own.
+    except BaseException as exc:  # noqa: BLE001, ASYNC103 - raised below, or reported unknown
+        error = exc
+    if scope.cancel_called and (error is not None or scope.cancelled_caught):
+        unknown()
+        raise CommitOutcomeUnknownError(
+            f"the commit did not finish within the grace period of {grace:g} s and was cut "
+            "short: the transaction may have committed; check before retrying"
+        ) from error
+    if error is None:
         committed()
         await trio.lowlevel.checkpoint_if_cancelled()
         return
-    if error is None:
-        error = trio.TooSlowError(f"commit did not finish within the grace period of {grace:g} s")
-    await roll_back()
+    rollback_error = await roll_back()
+    if rollback_error is not None:
+        raise BaseExceptionGroup("the commit and its rollback both raised", [error, rollback_error])
     raise error
 
 
@@ -262,13 +280,14 @@ class TransactionGuard(_EnterOnce, metaclass=NoPublicConstructor):
 
     Attributes:
         outcome: ``None`` while the block runs, then what its exit did: ``"committed"``,
-            ``"rolled back"`` or ``"rollback timed out"``.
+            ``"rolled back"``, ``"rollback timed out"``, or ``"unknown"`` (the commit overran
+            its grace period: it may have committed; :exc:`CommitOutcomeUnknownError`).
     """
 
     _tx: Transaction
     _grace: float
-    outcome: Literal["committed", "rolled back", "rollback timed out"] | None = attrs.field(
-        default=None, init=False
+    outcome: Literal["committed", "rolled back", "rollback timed out", "unknown"] | None = (
+        attrs.field(default=None, init=False)
     )
 
     @property
@@ -302,11 +321,22 @@ class TransactionGuard(_EnterOnce, metaclass=NoPublicConstructor):
                 await trio.lowlevel.checkpoint()  # noqa: ASYNC102
             return
         await commit_bounded(  # noqa: ASYNC102 - shielded and bounded inside
-            self._grace, self._tx.commit, self._committed, functools.partial(self._on_exit, None)
+            self._grace, self._tx.commit, self._committed, self._roll_back, self._unknown
         )
+
+    async def _roll_back(self) -> BaseException | None:
+        """The rollback after a failed commit: returns its error instead of raising it."""
+        error, timed_out = await clean_up(
+            self._grace, self._tx.rollback, f"rollback of {self._tx!r}"
+        )
+        self.outcome = "rollback timed out" if timed_out else "rolled back"
+        return error
 
     def _committed(self) -> None:
         self.outcome = "committed"
+
+    def _unknown(self) -> None:
+        self.outcome = "unknown"
 
     def __repr__(self) -> str:
         return f"<TransactionGuard {self.outcome or 'open'} for {self._tx!r}>"
@@ -316,10 +346,13 @@ def commit_or_rollback(tx: Transaction, *, grace: float = 5.0) -> TransactionGua
     """``async with tc.commit_or_rollback(tx, grace=5.0):`` for any ``tx`` with async
     ``commit()`` and ``rollback()``.
 
-    A clean exit commits, shielded and bounded by ``grace`` seconds; if the commit raises (or
-    overruns, as :exc:`trio.TooSlowError`), the transaction is rolled back and that exception
-    propagates. An exception or a cancellation (one pending for the block's task when it ends,
-    delivered or not) rolls back instead, shielded and bounded; a rollback that overruns warns
+    A clean exit commits, shielded and bounded by ``grace`` seconds; if the commit raises, the
+    transaction is rolled back and the commit's exception propagates (together with the
+    rollback's, in a group with the commit's first, if the rollback raises too). A commit still
+    running when ``grace`` runs out is cancelled and *not* rolled back: it may have committed,
+    so the block raises :exc:`CommitOutcomeUnknownError` and ``outcome`` is ``"unknown"``.
+    An exception or a cancellation (one pending for the block's task when it ends, delivered
+    or not) rolls back instead, shielded and bounded; a rollback that overruns warns
     :exc:`CleanupTimeoutWarning`. Nothing is ever committed from a cancelled block.
 
     Raises:

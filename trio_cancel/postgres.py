@@ -12,15 +12,26 @@ worker thread driving psycopg's sync API, as ``trio_cancel.sqlite`` does. The co
 autocommit mode; :meth:`Connection.transaction` issues ``BEGIN`` and ``COMMIT``/``ROLLBACK``.
 
 When a caller is cancelled while its query runs, the query is cancelled on the server with
-``Connection.cancel_safe()`` (its ``QueryCanceled`` error becomes the ``trio.Cancelled``), the
-caller waits, shielded and up to ``grace`` seconds, for the driver to return, and an enclosing
-transaction block rolls back. A commit is never interrupted. Parameters use psycopg's
-placeholders (``%s``).
+``Connection.cancel_safe()``, sent from a thread of its own (never from the Trio thread); its
+``QueryCanceled`` error becomes the ``trio.Cancelled``. The caller waits, shielded and up to
+``grace`` seconds, for the driver to return, and an enclosing transaction block rolls back. If
+the query still runs half of ``grace`` after the cancel (the server or the network path stopped
+answering), the connection's socket is shut, the caller gets its cancellation, and the
+connection is discarded (later calls raise ``trio.ClosedResourceError`` saying why). A commit
+is never interrupted; it is bounded by ``grace`` plus ``lock_timeout`` when that is set.
+Parameters use psycopg's placeholders (``%s``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
+import time
 from typing import Any, final
+
+import trio
 
 try:
     import psycopg
@@ -30,7 +41,7 @@ except ImportError as _missing:  # pragma: no cover - depends on the installatio
         "trio_cancel.postgres needs psycopg 3: pip install 'trio_cancel[postgres]'"
     ) from _missing
 
-from ._dbapi import Backend, DatabaseConnection, TransactionBlock
+from ._dbapi import Backend, DatabaseConnection, Interruption, TransactionBlock
 from ._util import NoPublicConstructor
 
 __all__ = ["Connection", "TransactionBlock", "connect"]
@@ -40,8 +51,54 @@ def _is_interruption(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.errors.QueryCanceled)
 
 
-def _interrupt(raw: psycopg.Connection[Any]) -> None:
-    raw.cancel_safe(timeout=5.0)
+def _interrupt(raw: psycopg.Connection[Any], intr: Interruption) -> None:
+    """Start the cancel thread of a running statement (once per statement; never blocks).
+
+    The thread sends the cancel request (``cancel_safe``, bounded by half the grace period),
+    then waits for the statement to end until half the grace period has passed since the
+    interrupt; if it is still running (a server or a network path that stopped answering),
+    the thread shuts the connection's socket, so that the worker returns at once with an
+    error: the statement then counts as interrupted and the connection is discarded.
+    """
+    if intr.cancel_done is not None:
+        return  # a repeated interrupt: the cancel thread is already at work
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    ended = threading.Event()
+    intr.cancel_done, intr.cancel_ended = done, ended
+    half = min(max(intr.grace / 2, 0.01), 3600.0)
+    escalate_at = time.monotonic() + half
+
+    def cancel() -> None:
+        # Timed out or refused: escalate below.
+        with contextlib.suppress(Exception):
+            raw.cancel_safe(timeout=half)
+        if not intr.ended.wait(max(0.0, escalate_at - time.monotonic())):
+            intr.socket_shut = True
+            _shut_socket(raw)
+
+    def deliver(_: object) -> None:
+        ended.set()
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    trio.lowlevel.start_thread_soon(cancel, deliver, name="trio_cancel postgres cancel")
+
+
+def _shut_socket(raw: psycopg.Connection[Any]) -> None:
+    """Shut the connection's socket down (both ways), so a call blocked on it returns."""
+    try:
+        duplicate = socket.socket(fileno=os.dup(raw.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return  # already closed
+    with duplicate, contextlib.suppress(OSError):
+        duplicate.shutdown(socket.SHUT_RDWR)
+
+
+def _lock_wait(raw: psycopg.Connection[Any]) -> float:
+    """The session's ``lock_timeout`` in seconds (0: not set)."""
+    row = raw.execute("SELECT setting FROM pg_settings WHERE name = 'lock_timeout'").fetchone()
+    return 0.0 if row is None else float(row[0]) / 1000.0
 
 
 def _in_transaction(raw: psycopg.Connection[Any]) -> bool:
@@ -70,6 +127,9 @@ _BACKEND: Backend[psycopg.Connection[Any]] = Backend(
     fetchone=_fetchone,
     fetchall=_fetchall,
     close=lambda raw: raw.close(),
+    lock_wait=_lock_wait,
+    is_broken=lambda raw: raw.broken,
+    shut_socket=_shut_socket,
 )
 
 

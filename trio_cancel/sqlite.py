@@ -17,7 +17,8 @@ and ``COMMIT``/``ROLLBACK`` itself.
 When a caller is cancelled while its statement runs, the statement is stopped with
 ``sqlite3.Connection.interrupt()`` (its ``OperationalError('interrupted')`` becomes the
 ``trio.Cancelled``), the caller waits, shielded and up to ``grace`` seconds, for the driver to
-return, and an enclosing transaction block rolls back. A commit is never interrupted.
+return, and an enclosing transaction block rolls back. A commit is never interrupted; it is
+bounded by ``busy_timeout`` plus ``grace``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import sqlite3
 from typing import Any, final
 
-from ._dbapi import Backend, DatabaseConnection, TransactionBlock
+from ._dbapi import Backend, DatabaseConnection, Interruption, TransactionBlock
 from ._util import NoPublicConstructor
 
 __all__ = ["Connection", "TransactionBlock", "connect"]
@@ -49,9 +50,13 @@ def _fetchall(raw: sqlite3.Connection, sql: str, parameters: Any) -> list[tuple[
     return [tuple(row) for row in raw.execute(sql, parameters).fetchall()]
 
 
+def _interrupt(raw: sqlite3.Connection, _: Interruption) -> None:
+    raw.interrupt()  # never blocks: it sets a flag the running statement checks
+
+
 _BACKEND: Backend[sqlite3.Connection] = Backend(
     name="sqlite",
-    interrupt=sqlite3.Connection.interrupt,
+    interrupt=_interrupt,
     is_interruption=_is_interruption,
     in_transaction=lambda raw: raw.in_transaction,
     execute=_execute,
@@ -85,12 +90,15 @@ async def connect(
         grace: Seconds a cancelled caller waits for an interrupted statement (or a commit or
             rollback) to return before its thread is abandoned.
         busy_timeout: Seconds SQLite waits for another connection's lock (``timeout`` of
-            :func:`sqlite3.connect`).
+            :func:`sqlite3.connect`). A commit is bounded by ``busy_timeout + grace``, so a
+            commit that waits for a lock is never reported unknown before SQLite itself gave
+            up (a ``PRAGMA busy_timeout`` run later is not seen by this bound).
         **kwargs: Other arguments of :func:`sqlite3.connect` (not ``isolation_level``:
             transactions are this module's).
 
     Raises:
         sqlite3.Error: The driver could not open the database.
+        ValueError: ``busy_timeout`` is negative, NaN or infinite.
         TypeError: ``isolation_level``, ``autocommit``, ``check_same_thread`` or ``timeout``
             was given (this module manages them; ``busy_timeout`` is ``timeout``).
 
@@ -102,8 +110,21 @@ async def connect(
         if reserved in kwargs:
             raise TypeError(f"connect() manages {reserved} itself; do not pass it")
     path = os.fspath(database)
-    conn = Connection._create(_BACKEND, grace, repr(path))
+    busy_timeout = _check_busy_timeout(busy_timeout)
+    conn = Connection._create(_BACKEND, grace, repr(path), lock_wait=busy_timeout)
     await conn._open(
         lambda: sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, **kwargs)
     )
     return conn
+
+
+def _check_busy_timeout(busy_timeout: float) -> float:
+    if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)):
+        raise TypeError(f"busy_timeout must be a number, not {type(busy_timeout).__name__}")
+    try:
+        value = float(busy_timeout)
+    except OverflowError:
+        raise ValueError(f"busy_timeout is too large: {busy_timeout!r}") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"busy_timeout must be finite and >= 0, not {busy_timeout!r}")
+    return value
