@@ -126,3 +126,6 @@ def _redact(dsn: str) -> str:
         return "<dsn>"
     host, port, dbname = info.get("host", ""), info.get("port", ""), info.get("dbname", "")
     return f"{host}:{port}/{dbname}"
+
+
+from ._cancel_bus import *  # noqa: E402, F403 - the cancellation bus
