@@ -38,7 +38,7 @@ import trio_cancel as tc
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from trio_cancel.postgres import CancelBus, Landing
+    from trio_cancel.postgres import Landing
 
 
 async def read_lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
