@@ -998,6 +998,9 @@ def open_cancel_bus(
 
 @contextlib.asynccontextmanager
 async def _open(bus: CancelBus) -> AsyncIterator[CancelBus]:
+    # The body's exception is kept aside and raised after the bus's nursery has closed, so it
+    # propagates as itself, not wrapped in an exception group.
+    body_error: BaseException | None = None
     try:
         await bus._link.connect_now()
         await bus._fetch_link.connect_now()
@@ -1009,6 +1012,8 @@ async def _open(bus: CancelBus) -> AsyncIterator[CancelBus]:
             nursery.start_soon(bus._purge_forever)
             try:
                 yield bus
+            except BaseException as exc:  # noqa: ASYNC103, BLE001 - raised below, unwrapped
+                body_error = exc
             finally:
                 bus._closed = True
                 nursery.cancel_scope.cancel()
@@ -1019,6 +1024,11 @@ async def _open(bus: CancelBus) -> AsyncIterator[CancelBus]:
         with trio.move_on_after(2 * GRACE, shield=True):
             await bus._link.aclose()
             await bus._fetch_link.aclose()
+    if body_error is not None:
+        try:
+            raise body_error  # noqa: ASYNC104 - the body's own exception, Cancelled included
+        finally:
+            del body_error
 
 
 for _public in (RemoteCancel, Landing, CancelBus, open_cancel_bus):
