@@ -397,7 +397,17 @@ class _Link:
             await trio.lowlevel.checkpoint()
 
 
-def _open_listener(dsn: str, channel: str, abandoned: list[bool], lock: threading.Lock) -> Any:  # noqa: ANN401
+@attrs.define(eq=False)
+class _Handoff:
+    """A listener connection passed from its connecting thread to Trio, or closed by whichever
+    side learns second that the caller left."""
+
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    abandoned: bool = False
+    raw: Any = None
+
+
+def _open_listener(dsn: str, channel: str, handoff: _Handoff) -> Any:  # noqa: ANN401
     raw = psycopg.connect(
         dsn,
         autocommit=True,
@@ -415,9 +425,11 @@ def _open_listener(dsn: str, channel: str, abandoned: list[bool], lock: threadin
     except BaseException:
         raw.close()
         raise
-    with lock:
-        if abandoned[0]:
+    with handoff.lock:
+        if handoff.abandoned:
             raw.close()
+            return None
+        handoff.raw = raw
     return raw
 
 
@@ -706,6 +718,7 @@ class CancelBus(metaclass=NoPublicConstructor):
                 del self._pending[job_id]
         return live[0] if live else None
 
+    @trio.lowlevel.enable_ki_protection
     def _cancel_run(self, job_id: str, run: _Run, cause: RemoteCancel) -> None:
         if run.cause is not None or run.token.is_cancelled():
             return
@@ -724,6 +737,7 @@ class CancelBus(metaclass=NoPublicConstructor):
         self._to_fetch.add(job_id)
         self._fetch_wanted.set()
 
+    @trio.lowlevel.enable_ki_protection
     def _drain(self) -> None:
         """Read the notifications that have arrived (never blocks); on a lost connection, mark
         the listener gone and wake the listener task."""
@@ -776,36 +790,41 @@ class CancelBus(metaclass=NoPublicConstructor):
                     for job in jobs:
                         self._want(job)
                 return
-            now = trio.current_time()
-            found: dict[str, list[_Request]] = {}
-            for rid, job, reason, sender, sent_at, remaining in rows:
-                cause = RemoteCancel(str(job), reason, str(sender), sent_at, int(rid))
-                found.setdefault(cause.job_id, []).append(_Request(cause, now + float(remaining)))
-
-            def fresh(job: str) -> bool:
-                return self._last_landing.get(job, 0) <= start_seq
-
-            if jobs is None:
-                kept = {job: reqs for job, reqs in self._pending.items() if not fresh(job)}
-                self._pending = {job: reqs for job, reqs in found.items() if fresh(job)} | kept
-                touched: list[str] = list(self._runs)
-            else:
-                touched = [job for job in jobs if fresh(job)]
-                for job in touched:
-                    if job in found:
-                        self._pending[job] = found[job]
-                    else:
-                        self._pending.pop(job, None)
-            for job in touched:
-                run = self._runs.get(job)
-                if run is not None and run.cause is None:
-                    request = self._first_live(job)
-                    if request is not None:
-                        self._cancel_run(job, run, request.cause)
+            self._apply(jobs, rows, start_seq)
         finally:
             self._reads_in_flight -= 1
             if self._reads_in_flight == 0:
                 self._last_landing.clear()
+
+    @trio.lowlevel.enable_ki_protection
+    def _apply(self, jobs: list[str] | None, rows: list[tuple[Any, ...]], start_seq: int) -> None:
+        """Install a read's result (invariant 1) and cancel the runs it reaches (invariant 2)."""
+        now = trio.current_time()
+        found: dict[str, list[_Request]] = {}
+        for rid, job, reason, sender, sent_at, remaining in rows:
+            cause = RemoteCancel(str(job), reason, str(sender), sent_at, int(rid))
+            found.setdefault(cause.job_id, []).append(_Request(cause, now + float(remaining)))
+
+        def fresh(job: str) -> bool:
+            return self._last_landing.get(job, 0) <= start_seq
+
+        if jobs is None:
+            kept = {job: reqs for job, reqs in self._pending.items() if not fresh(job)}
+            self._pending = {job: reqs for job, reqs in found.items() if fresh(job)} | kept
+            touched: list[str] = list(self._runs)
+        else:
+            touched = [job for job in jobs if fresh(job)]
+            for job in touched:
+                if job in found:
+                    self._pending[job] = found[job]
+                else:
+                    self._pending.pop(job, None)
+        for job in touched:
+            run = self._runs.get(job)
+            if run is not None and run.cause is None:
+                request = self._first_live(job)
+                if request is not None:
+                    self._cancel_run(job, run, request.cause)
 
     async def _ensure_schema(self) -> None:
         """Create the table, its functions and its trigger if missing (under an advisory
@@ -896,20 +915,18 @@ class CancelBus(metaclass=NoPublicConstructor):
 
     async def _connect_listener(self) -> Any:  # noqa: ANN401 - psycopg.Connection[Any]
         """Cancellation: a checkpoint; a connection made after the caller left is closed."""
-        abandoned = [False]
-        lock = threading.Lock()
+        handoff = _Handoff()
         try:
             return await trio.to_thread.run_sync(
-                _open_listener,
-                self._dsn,
-                self._sql.channel,
-                abandoned,
-                lock,
-                abandon_on_cancel=True,
+                _open_listener, self._dsn, self._sql.channel, handoff, abandon_on_cancel=True
             )
         except trio.Cancelled:
-            with lock:
-                abandoned[0] = True
+            with handoff.lock:
+                handoff.abandoned = True
+                raw, handoff.raw = handoff.raw, None
+            if raw is not None:  # connected just as the caller left
+                with contextlib.suppress(Exception):
+                    raw.close()
             raise
 
     async def _fetch_forever(self) -> None:
