@@ -139,6 +139,21 @@ class _Run:
 
 
 @attrs.define(eq=False)
+class _Landing:
+    """One ``landed()`` call waiting for the landing writer."""
+
+    job_id: str
+    kind: OutcomeKind
+    cause: RemoteCancel | None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    consumed: frozenset[int] = frozenset()
+    error: BaseException | None = None
+
+
+MAX_LANDING_BATCH = 200
+
+
+@attrs.define(eq=False)
 class _Waiters:
     event: trio.Event = attrs.field(factory=trio.Event)
     count: int = 0
@@ -286,23 +301,30 @@ $fn$""",
         return f"SELECT \"{self.table}_cancel\"(%s, %s, %s * interval '1 second')"
 
     def landed(self) -> str:
+        """End runs in one statement: one row of the input per job id."""
         t = self.t
-        return f"""WITH consumed AS (
-    DELETE FROM {t} WHERE kind = 'cancel' AND job_id = %(job)s RETURNING id, sent_at
+        return f"""WITH input AS (
+    SELECT * FROM unnest(%(jobs)s::text[], %(outcomes)s::text[], %(causes)s::text[]::bigint[],
+        %(sent)s::text[]::timestamptz[]) AS i(job_id, outcome, cause, cause_sent)
+), consumed AS (
+    DELETE FROM {t} AS r USING input WHERE r.kind = 'cancel' AND r.job_id = input.job_id
+    RETURNING r.job_id, r.id, r.sent_at
 ), summary AS (
-    SELECT array_agg(id ORDER BY id) AS ids, min(sent_at) AS first_sent FROM consumed
+    SELECT i.job_id, i.outcome, i.cause, i.cause_sent,
+        array_agg(c.id ORDER BY c.id) FILTER (WHERE c.id IS NOT NULL) AS ids,
+        min(c.sent_at) AS first_sent
+    FROM input i LEFT JOIN consumed c ON c.job_id = i.job_id
+    GROUP BY i.job_id, i.outcome, i.cause, i.cause_sent
 ), landing AS (
     INSERT INTO {t} (kind, job_id, outcome, request_ids, seconds, expires_at)
-    SELECT 'landed', %(job)s, %(outcome)s,
-        CASE WHEN %(cause)s::bigint IS NULL THEN ids
-             ELSE array_append(coalesce(ids, '{{}}'), %(cause)s::bigint) END,
-        extract(epoch FROM clock_timestamp()
-            - coalesce(%(cause_sent)s::timestamptz, first_sent))::float8,
+    SELECT 'landed', job_id, outcome,
+        CASE WHEN cause IS NULL THEN ids ELSE array_append(coalesce(ids, '{{}}'), cause) END,
+        extract(epoch FROM clock_timestamp() - coalesce(cause_sent, first_sent))::float8,
         clock_timestamp() + %(ttl)s * interval '1 second'
-    FROM summary WHERE ids IS NOT NULL OR %(cause)s::bigint IS NOT NULL
+    FROM summary WHERE ids IS NOT NULL OR cause IS NOT NULL
     RETURNING id
 )
-SELECT coalesce((SELECT ids FROM summary), '{{}}'), (SELECT count(*) FROM landing)"""
+SELECT job_id, coalesce(ids, '{{}}') FROM summary"""
 
     def landing_for(self) -> str:
         return (
@@ -459,6 +481,8 @@ class CancelBus(metaclass=NoPublicConstructor):
     _sent: dict[str, tuple[int, float]] = attrs.field(factory=dict, init=False)
     _waiters: dict[str, _Waiters] = attrs.field(factory=dict, init=False)
     _to_fetch: set[str] = attrs.field(factory=set, init=False)
+    _landing_queue: list[_Landing] = attrs.field(factory=list, init=False)
+    _landing_wanted: trio.Event = attrs.field(factory=trio.Event, init=False)
     _fetch_wanted: trio.Event = attrs.field(factory=trio.Event, init=False)
     _landing_seq: int = attrs.field(default=0, init=False)
     _last_landing: dict[str, int] = attrs.field(factory=dict, init=False)
@@ -593,24 +617,23 @@ class CancelBus(metaclass=NoPublicConstructor):
         self._check_open()
         run = self._runs.pop(job_id, None)
         cause = run.cause if run is not None else None
-        params = {
-            "job": job_id,
-            "outcome": kind,
-            "cause": cause.request_id if cause is not None else None,
-            "cause_sent": cause.sent_at if cause is not None else None,
-            "ttl": self._ttl,
-        }
-        statement = self._sql.landed()
-
-        async def land(conn: Connection) -> tuple[Any, ...] | None:
-            return await conn.fetchone(statement, params)
-
-        row = await self._link.run(land)
-        assert row is not None
-        consumed = set(row[0])
+        item = _Landing(job_id, kind, cause)
+        self._landing_queue.append(item)
+        self._landing_wanted.set()
+        try:
+            await item.done.wait()
+        except trio.Cancelled:
+            if item in self._landing_queue:  # not sent yet: it never will be
+                self._landing_queue.remove(item)
+            raise
+        if item.error is not None:
+            try:
+                raise item.error
+            finally:
+                del item
         requests = self._pending.get(job_id)
         if requests is not None:
-            left = [r for r in requests if r.cause.request_id not in consumed]
+            left = [r for r in requests if r.cause.request_id not in item.consumed]
             if left:
                 self._pending[job_id] = left
             else:
@@ -941,6 +964,64 @@ class CancelBus(metaclass=NoPublicConstructor):
             if jobs:
                 await self._read_requests(jobs)
 
+    async def _land_forever(self) -> None:
+        """Write the queued landings, many in one statement (one job id at most once).
+
+        Cancellation: runs until cancelled; the calls still waiting get
+        :exc:`trio.ClosedResourceError`.
+        """
+        statement = self._sql.landed()
+        try:
+            while True:
+                await self._landing_wanted.wait()
+                self._landing_wanted = trio.Event()
+                while self._landing_queue:
+                    batch: dict[str, _Landing] = {}
+                    rest: list[_Landing] = []
+                    for item in self._landing_queue:
+                        if item.job_id in batch or len(batch) >= MAX_LANDING_BATCH:
+                            rest.append(item)
+                        else:
+                            batch[item.job_id] = item
+                    self._landing_queue = rest
+                    await self._write_landings(statement, list(batch.values()))
+        finally:
+            for item in self._landing_queue:
+                item.error = trio.ClosedResourceError("the cancellation bus was closed")
+                item.done.set()
+            self._landing_queue = []
+
+    async def _write_landings(self, statement: str, batch: list[_Landing]) -> None:
+        """Cancellation: a checkpoint; the calls of the batch get the cancellation's
+        ``ClosedResourceError`` (the bus is closing)."""
+        params = {
+            "jobs": [item.job_id for item in batch],
+            "outcomes": [item.kind for item in batch],
+            "causes": [None if i.cause is None else str(i.cause.request_id) for i in batch],
+            "sent": [None if i.cause is None else i.cause.sent_at.isoformat() for i in batch],
+            "ttl": self._ttl,
+        }
+
+        async def write(conn: Connection) -> list[tuple[Any, ...]]:
+            return await conn.fetchall(statement, params)
+
+        try:
+            rows = await self._link.run(write)
+        except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+            for item in batch:
+                item.error = exc
+                item.done.set()
+            return
+        except BaseException:
+            for item in batch:
+                item.error = trio.ClosedResourceError("the cancellation bus was closed")
+                item.done.set()
+            raise
+        consumed = {str(job): frozenset(ids) for job, ids in rows}
+        for item in batch:
+            item.consumed = consumed.get(item.job_id, frozenset())
+            item.done.set()
+
     async def _purge(self) -> None:
         """Delete expired rows; forget expired requests and old sent ids.
 
@@ -1027,6 +1108,7 @@ async def _open(bus: CancelBus) -> AsyncIterator[CancelBus]:
             nursery.start_soon(bus._listen_forever)
             nursery.start_soon(bus._fetch_forever)
             nursery.start_soon(bus._purge_forever)
+            nursery.start_soon(bus._land_forever)
             try:
                 yield bus
             except BaseException as exc:  # noqa: ASYNC103, BLE001 - raised below, unwrapped
