@@ -23,6 +23,7 @@ one it says so and exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
@@ -91,7 +92,15 @@ async def worker(dsn: str, table: str, channel: str) -> None:
 
 
 async def controller(
-    dsn: str, *, workers: int, jobs: int, cancels: int, seed: int, table: str, channel: str
+    dsn: str,
+    *,
+    workers: int,
+    jobs: int,
+    cancels: int,
+    seed: int,
+    table: str,
+    channel: str,
+    sequential: bool = False,
 ) -> None:
     from trio_cancel.postgres import open_cancel_bus
 
@@ -127,12 +136,18 @@ async def controller(
                 nursery.start_soon(_follow, proc, index, ready[index], started, outcomes, worker_of)
             for event in ready:
                 await event.wait()
+            # --one-at-a-time: each cancel waits for the previous landing (latency without
+            # queueing); by default they all go out as soon as their jobs have started.
+            one_at_a_time: trio.Lock | contextlib.nullcontext[None]
+            one_at_a_time = trio.Lock() if sequential else contextlib.nullcontext()
 
             async def cancel_one(name: str) -> None:
                 if name not in early:
                     await started[name].wait()
-                    await bus.cancel(name, "the user pressed stop")
-                landings[name] = landing = await bus.wait_landed(name)
+                async with one_at_a_time:
+                    if name not in early:
+                        await bus.cancel(name, "the user pressed stop")
+                    landings[name] = landing = await bus.wait_landed(name)
                 await started[name].wait()  # its worker's report may trail the landing
                 seconds = landing.seconds or 0.0
                 print(
@@ -215,6 +230,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--cancel", type=int, default=5, help="how many jobs to cancel")
     parser.add_argument("--seed", type=int, default=25)
+    parser.add_argument(
+        "--one-at-a-time", action="store_true", help="send each cancel after the last landed"
+    )
     parser.add_argument("--table", default=None, help="default: a new table for this run")
     parser.add_argument("--channel", default=None, help="default: the table's name")
     args = parser.parse_args()
@@ -248,6 +266,7 @@ def main() -> None:
                 seed=args.seed,
                 table=table,
                 channel=channel,
+                sequential=args.one_at_a_time,
             )
         )
     finally:
