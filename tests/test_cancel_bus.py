@@ -449,11 +449,17 @@ async def test_grants_decide_who_may_cancel(names: Names) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await _sql(dsn, insert)
             await _sql(names.dsn, f'GRANT INSERT ON "{names.table}" TO "{role}"')
+            function = f"SELECT \"{names.table}_cancel\"('g', 'by function')"
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await _sql(dsn, function)  # it returns the id: that takes SELECT (id)
+            await _sql(names.dsn, f'GRANT SELECT (id) ON "{names.table}" TO "{role}"')
+            await _sql(dsn, function)
             await _sql(dsn, insert)
             with trio.fail_after(WAIT):
                 await token.wait_cancelled()
             assert token.cause is not None
             assert getattr(token.cause, "sender", "").startswith(role)
+            assert token.reason == "by function"
         finally:
             with trio.CancelScope(shield=True):
                 await _sql(names.dsn, f'DROP OWNED BY "{role}"')
