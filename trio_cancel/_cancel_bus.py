@@ -1011,7 +1011,7 @@ class CancelBus(metaclass=NoPublicConstructor):
             for item in batch:
                 item.error = exc
                 item.done.set()
-            return
+            return  # noqa: ASYNC910 - the failed call was a checkpoint
         except BaseException:
             for item in batch:
                 item.error = trio.ClosedResourceError("the cancellation bus was closed")
