@@ -843,3 +843,84 @@ async def test_processes_controller_and_four_workers_1000_jobs_200_cancelled_wit
     assert all(fleet.done[(name, 1)] == "completed" for name in jobs if name not in doomed_set)
     assert all(fleet.done[(name, 2)] == "completed" for name in reused)
     assert await _count(names, "kind = 'cancel'") == 0  # every request was consumed
+
+
+# ---------------------------------------------------------------------------- adversarial
+
+
+async def test_random_race_between_cancels_and_endings_loses_no_request(names: Names) -> None:
+    """Cancels and job endings race at random (seeded): every request ends either consumed by
+    exactly one landing or still pending for the next run, and every job that its token
+    stopped has a landing that says so."""
+    rng = random.Random(7)
+    jobs = [f"race-{n}" for n in range(40)]
+    outcomes: dict[str, str] = {}
+    async with names.open() as worker, names.open() as controller:
+
+        async def job(name: str, seconds: float) -> None:
+            token = worker.token(name)
+            with token.cancel_scope() as scope:
+                await trio.sleep(seconds)
+            outcomes[name] = "aborted" if scope.cancelled_caught else "completed"
+            outcome = tc.Aborted(token.reason) if scope.cancelled_caught else tc.Completed(None)
+            await worker.landed(name, outcome)
+
+        async def cancel_later(name: str, seconds: float) -> None:
+            await trio.sleep(seconds)
+            await controller.cancel(name, "race")
+
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                for n, name in enumerate(jobs):
+                    # A quarter only end by their cancel; the others race it.
+                    seconds = WAIT * 2 if n % 4 == 0 else rng.uniform(0, 0.03)
+                    nursery.start_soon(job, name, seconds)
+                    nursery.start_soon(cancel_later, name, rng.uniform(0, 0.03))
+        for name in jobs:
+            pending = await _count(names, f"kind = 'cancel' AND job_id = '{name}'")
+            landed = await _sql(
+                names.dsn,
+                f"SELECT outcome FROM \"{names.table}\" WHERE kind = 'landed' AND job_id = %s",
+                (name,),
+            )
+            assert pending + len(landed) == 1, (name, pending, landed)
+            if outcomes[name] == "aborted":
+                assert landed == [("aborted",)]
+                with trio.fail_after(WAIT):
+                    assert (await controller.wait_landed(name)).outcome == "aborted"
+            elif landed:
+                assert landed == [("completed",)]  # ended just after the request arrived
+    assert all(outcomes[name] == "aborted" for name in jobs[::4])
+
+
+async def test_landed_cancelled_before_the_call_consumes_nothing(names: Names) -> None:
+    async with names.open() as bus:
+        token = bus.token("kept")
+        await bus.cancel("kept", "x")
+        with trio.fail_after(WAIT):
+            await token.wait_cancelled()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await bus.landed("kept", tc.Aborted("x"))
+        assert scope.cancelled_caught
+        assert await _count(names, "kind = 'cancel'") == 1
+        assert await _count(names, "kind = 'landed'") == 0
+        with pytest.raises(RuntimeError, match="already has a run"):
+            bus.token("kept")  # the run goes on
+        await bus.landed("kept", tc.Aborted("x"))
+        assert await _count(names, "kind = 'cancel'") == 0
+
+
+async def test_calls_survive_the_loss_of_their_connection(names: Names) -> None:
+    async with names.open() as worker, names.open() as controller:
+        token = worker.token("after-loss")
+        conn = controller._link._conn
+        assert conn is not None
+        row = await conn.fetchone("SELECT pg_backend_pid()")
+        assert row is not None
+        await _sql(names.dsn, "SELECT pg_terminate_backend(%s)", (row[0],))
+        await controller.cancel("after-loss", "on a new connection")
+        with trio.fail_after(WAIT):
+            await token.wait_cancelled()
+        assert controller._link._conn is not conn
+        await worker.landed("after-loss", tc.Aborted("x"))

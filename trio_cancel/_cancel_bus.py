@@ -603,18 +603,26 @@ class CancelBus(metaclass=NoPublicConstructor):
                 or ``Aborted``.
             ValueError: A bad ``job_id`` (see :meth:`token`).
             RuntimeError: The bus is closed.
+            trio.ClosedResourceError: The bus was closed while the landing waited to be
+                written.
+            psycopg.Error: The server refused the statement (no ``DELETE`` privilege, say).
 
         Cancellation:
-            Always a checkpoint. The run ends in this bus at the call, whatever happens next.
-            Cancelled while the statement runs: it is stopped and rolled back (nothing
-            consumed, no landing recorded) unless it had committed; calling ``landed()`` again
-            is safe. Not shielded: a worker whose own task is being cancelled calls it inside
-            ``with trio.move_on_after(seconds, shield=True):``. While the server is
-            unreachable it retries with back-off.
+            Always a checkpoint. Cancelled before the call: nothing happens (the run goes on).
+            Otherwise the run ends in this bus at the call, whatever happens next. Landings
+            are written in batches by the bus: cancelled before its batch was sent,
+            nothing is written (no request consumed); cancelled after, the batch's statement
+            completes all the same, so the landing may have been recorded. A second call
+            consumes what was sent meanwhile too. Not shielded: a worker whose own task is
+            being cancelled calls it inside ``with trio.move_on_after(seconds, shield=True):``.
+            While the server is unreachable the write retries with back-off.
         """
         check_job_id(job_id)
         kind = _outcome_kind(outcome)
         self._check_open()
+        # Cancelled before the call: nothing at all happens (the writer task could otherwise
+        # take the landing before this task's cancellation is delivered).
+        await trio.lowlevel.checkpoint_if_cancelled()
         run = self._runs.pop(job_id, None)
         cause = run.cause if run is not None else None
         item = _Landing(job_id, kind, cause)
