@@ -128,4 +128,7 @@ def _redact(dsn: str) -> str:
     return f"{host}:{port}/{dbname}"
 
 
-from ._cancel_bus import *  # noqa: E402, F403 - the cancellation bus
+# The cancellation bus (open_cancel_bus, CancelBus, RemoteCancel, Landing).
+from ._cancel_bus import *  # noqa: E402, F403
+
+__all__ += ["CancelBus", "Landing", "RemoteCancel", "open_cancel_bus"]  # noqa: F405
