@@ -150,9 +150,10 @@ async def controller(
                     landings[name] = landing = await bus.wait_landed(name)
                 await started[name].wait()  # its worker's report may trail the landing
                 seconds = landing.seconds or 0.0
+                when = "before it started" if name in early else "while running"
                 print(
-                    f"{name}: cancelled on worker {worker_of[name]}, landed {landing.outcome} "
-                    f"{seconds * 1000:.1f} ms after the request",
+                    f"{name}: cancelled {when}, on worker {worker_of[name]}, landed "
+                    f"{landing.outcome} {seconds * 1000:.1f} ms after the request",
                     flush=True,
                 )
 
