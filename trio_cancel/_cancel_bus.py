@@ -1087,7 +1087,7 @@ def open_cancel_bus(
     Cancellation:
         Entering is a checkpoint: cancelled while connecting or reading, everything opened is
         closed and nothing is left running. Leaving stops the bus's tasks and closes its
-        connections (shielded, bounded by 5 seconds each). Runs that did not land are left
+        connections (shielded, bounded by 10 seconds in all). Runs that did not land are left
         as they are in the table (their requests expire).
     """
     if not isinstance(dsn, str):
