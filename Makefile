@@ -9,7 +9,7 @@ ASYNC_RULES := ASYNC102,ASYNC103,ASYNC104,ASYNC120
 # The examples `make demo` shows, in order (every script is also run by tests/test_examples.py).
 DEMOS := token_cancel cancel_me query_timeout interrupt_blocking worker_pool_shutdown token_tree task_outcomes abort drop_handle \
 	abort_cpu_task oneshot_cancel broadcast_cancel watch_cancel race control_worker task_pool \
-	merge_streams cancel_safety_sweep state_machine runtime_view async_guard transfer_money graceful_shutdown may_cancel_read raii_connection cleanup_strategies blocking_cleanup http_call_timeout timeout_middleware rpc_long_running tx_guard
+	merge_streams cancel_safety_sweep state_machine runtime_view async_guard transfer_money graceful_shutdown may_cancel_read raii_connection cleanup_strategies blocking_cleanup http_call_timeout timeout_middleware rpc_long_running tx_guard cancel_bus
 
 .PHONY: venv demo test test-matrix lint typecheck docs pytest bench clean
 

@@ -186,3 +186,9 @@ def _redact(dsn: str) -> str:
         return "<dsn>"
     host, port, dbname = info.get("host", ""), info.get("port", ""), info.get("dbname", "")
     return f"{host}:{port}/{dbname}"
+
+
+# The cancellation bus (open_cancel_bus, CancelBus, RemoteCancel, Landing).
+from ._cancel_bus import *  # noqa: E402, F403
+
+__all__ += ["CancelBus", "Landing", "RemoteCancel", "open_cancel_bus"]  # noqa: F405
