@@ -71,6 +71,13 @@ CHECKS: dict[str, Expect] = {
         ),
         args=("--measure", "20", "--grace", "0.5"),
     ),
+    "cancel_bus.py": Expect(
+        lines=(
+            r"^(cancel_bus\.py needs a PostgreSQL server|20 jobs: 5 of 5 cancelled jobs landed "
+            r"aborted \(confirmed through the bus\), 15 completed untouched$)",
+        ),
+        never=(r"SOME OTHER JOB WAS TOUCHED", r"Traceback"),
+    ),
     "bench_middleware.py": Expect(
         lines=(
             r"^(plain app: +\d+ requests/s|wrk is not installed)",
