@@ -37,6 +37,23 @@ def test_cancel_sweep_fixture_reports_points(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["trio_cancel: 3 cancellation points checked in 2 sweeps"])
 
 
+def test_cancel_sweep_summary_says_1_sweep_not_1_sweeps(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        import trio
+
+        async def test_one(cancel_sweep):
+            async def op():
+                await trio.lowlevel.checkpoint()
+            await cancel_sweep(op)
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["trio_cancel: 1 cancellation point checked in 1 sweep"])
+
+
 def test_cancel_sweep_fixture_failure_names_point(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(

@@ -73,8 +73,13 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
     if sweeps:
         points = sum(n for _, n in sweeps)
         terminalreporter.write_line(
-            f"trio_cancel: {points} cancellation points checked in {len(sweeps)} sweeps"
+            f"trio_cancel: {_plural(points, 'cancellation point')} checked in "
+            f"{_plural(len(sweeps), 'sweep')}"
         )
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class _TaskWatch(trio.abc.Instrument):
