@@ -36,8 +36,6 @@ import trio
 
 from .._excgroups import only_cancelled, reraise_bare
 from .._trio_internals import (
-    CHECK_THEN_COUNT,
-    COUNT_THEN_CHECK,
     TRIO_DIR,
     count_cancel_points,
     require_cancel_point_counter,
@@ -46,13 +44,14 @@ from .._trio_internals import (
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import FrameType
+    from types import CodeType, FrameType
 
 _THIS_FILE = os.path.abspath(__file__)
 _SEED = 1_000_003
 
 # Which Trio function counted a check tells its kind (any other caller is Trio's run loop, at a
-# blocking wait): CHECK_THEN_COUNT (a fast path) or COUNT_THEN_CHECK (checkpoint()).
+# blocking wait): checkpoint_if_cancelled (a fast path) or checkpoint(); their code objects are
+# read when the sweep is called (require_cancel_point_counter), never at import.
 
 
 @final
@@ -137,7 +136,9 @@ class _Watcher(trio.abc.Instrument):
         target: int | None,
         target_kind: str | None,
         max_points: int | None,
+        codes: tuple[CodeType, CodeType],
     ) -> None:
+        self.check_then_count, self.count_then_check = codes
         self.tasks: set[trio.lowlevel.Task] = set()
         self.count = 0
         self.kinds: list[str] = []
@@ -174,7 +175,13 @@ class _Watcher(trio.abc.Instrument):
         if task is None or task not in self.tasks:
             return
         code = caller.f_code
-        kind = _FAST if code is CHECK_THEN_COUNT else _RESUME if code is COUNT_THEN_CHECK else _WAIT
+        kind = (
+            _FAST
+            if code is self.check_then_count
+            else _RESUME
+            if code is self.count_then_check
+            else _WAIT
+        )
         previous, self.last = self.last, (self.step, kind)
         if kind is _WAIT and previous == (self.step, _FAST):
             return  # the blocking half of the operation whose fast check was just counted
@@ -203,7 +210,8 @@ class _Watcher(trio.abc.Instrument):
         self.profile_restore.append(previous)
 
         def profile(frame: FrameType, event: str, arg: object) -> None:
-            if event == "call" and frame.f_code is CHECK_THEN_COUNT and self.stepping in self.tasks:
+            fast = frame.f_code is self.check_then_count
+            if event == "call" and fast and self.stepping in self.tasks:
                 self.restore_profile()
                 self.cancel()
 
@@ -258,9 +266,10 @@ async def _run_once(
     target: int | None,
     target_kind: str | None,
     max_points: int | None,
+    codes: tuple[CodeType, CodeType],
 ) -> _Run:
     scope = trio.CancelScope()
-    watcher = _Watcher(scope, target, target_kind, max_points)
+    watcher = _Watcher(scope, target, target_kind, max_points, codes)
     run = _Run()
 
     async def runner() -> None:  # noqa: ASYNC910 - a task root
@@ -396,7 +405,8 @@ async def cancel_at_each_checkpoint(
         ValueError: The operation passed more than ``max_points`` checkpoints: raised as soon
             as the counting run passes the limit (the operation is cancelled there), so an
             operation that never ends does not hang the sweep.
-        RuntimeError: This Trio has no per-task cancel point counter to count with.
+        RuntimeError: This Trio has no per-task cancel point counter to count with, or is a
+            version the helper was not checked on (it replaces a private Trio attribute).
         TypeError: ``async_fn`` or ``check`` is not an async function to call (a coroutine
             such as ``op()`` instead of ``op``, a ``def`` function, or one that returned
             something not awaitable): raised at the call, never a :exc:`CancelSafetyError`.
@@ -414,8 +424,8 @@ async def cancel_at_each_checkpoint(
     _check_async_fn(async_fn, "async_fn")
     if check is not None:
         _check_async_fn(check, "check")
-    require_cancel_point_counter("cancel_at_each_checkpoint()")
-    counting = await _run_once(async_fn, None, None, max_points)
+    codes = require_cancel_point_counter("cancel_at_each_checkpoint()")
+    counting = await _run_once(async_fn, None, None, max_points, codes)
     if counting.too_many:
         raise ValueError(
             f"the operation passed more than max_points={max_points} checkpoints (it was "
@@ -430,7 +440,7 @@ async def cancel_at_each_checkpoint(
     n = counting.count
     cancelled = 0
     for k in range(1, n + 1):
-        run = await _run_once(async_fn, k, counting.kinds[k - 1], None)
+        run = await _run_once(async_fn, k, counting.kinds[k - 1], None, codes)
         # Where check k was in this run (the same place as in the counting run, since the
         # run is deterministic up to there); the counting run's if it was never reached.
         location = run.locations[k - 1] if len(run.locations) >= k else counting.locations[k - 1]
