@@ -39,7 +39,8 @@ class Expect:
     lines: tuple[str, ...]  # regexes that must match, in this order
     never: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
-    timeout: float = 60
+    # A guard against a hung script, not a speed requirement: generous for a loaded machine.
+    timeout: float = 600
     needs: tuple[str, ...] = ()  # optional programs the script runs: skipped (saying so) without
 
 
@@ -597,7 +598,9 @@ def _check_lines(script: str, expect: Expect, stdout: str, *, timed: bool = True
     out = stdout.splitlines()
     pos = 0
     for pattern in expect.lines:
-        regex = re.compile(pattern if timed else _untimed(pattern))
+        if not timed:
+            pattern = _untimed(pattern)  # the pattern as checked, for the message
+        regex = re.compile(pattern)
         for i in range(pos, len(out)):
             if regex.search(out[i]):
                 pos = i + 1
