@@ -70,6 +70,9 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        print("wrk is not installed: sudo apt-get install -y wrk")
+        print(
+            "wrk is not installed: sudo apt-get install -y wrk (Debian, Ubuntu) "
+            "or brew install wrk (macOS)"
+        )
         raise SystemExit(0)
     trio.run(main, args.seconds, args.runs)

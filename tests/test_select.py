@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
 from typing import TYPE_CHECKING
 
 import pytest
@@ -175,6 +176,66 @@ async def test_select_with_token_branch(nursery: trio.Nursery) -> None:
     result = await tc.select(msg=recv.receive, stop=token.wait_cancelled)
     assert result.name == "stop"
     await send.aclose()
+
+
+def _run_loose(async_fn: Callable[[], Awaitable[None]]) -> None:
+    """``trio.run(async_fn, strict_exception_groups=False)``: Trio's deprecated mode. Its
+    deprecation warning is expected here (filterwarnings=error would make it a failure)."""
+    with pytest.warns(trio.TrioDeprecationWarning, match="strict_exception_groups=False"):
+        trio.run(async_fn, strict_exception_groups=False)
+
+
+def test_select_keeps_the_value_under_loose_exception_groups() -> None:
+    seen: list[object] = []
+
+    async def main() -> None:
+        async def win() -> str:
+            return "value"
+
+        async def boom() -> str:
+            raise ValueError("boom")
+
+        try:
+            await tc.select(a=win, b=boom)
+        except tc.SelectError as exc:
+            seen.append(exc.selected)
+            seen.extend(type(e) for e in exc.exceptions)
+
+    _run_loose(main)
+    assert seen == [tc.Selected("a", "value"), ValueError]
+
+
+def test_select_keeps_the_value_under_loose_groups_when_cancelled_after_winning() -> None:
+    seen: list[object] = []
+
+    async def main() -> None:
+        with trio.CancelScope() as cs:
+
+            async def win_and_cancel() -> str:
+                cs.cancel()
+                return "won"
+
+            seen.append(await tc.select(a=win_and_cancel, b=trio.sleep_forever))
+            await trio.lowlevel.checkpoint()
+        seen.append(cs.cancelled_caught)
+
+    _run_loose(main)
+    assert seen == [tc.Selected("a", "won"), True]
+
+
+def test_select_errors_under_loose_groups_are_as_under_strict_ones() -> None:
+    seen: list[object] = []
+
+    async def main() -> None:
+        async def boom() -> str:
+            raise ValueError("alone")
+
+        with pytest.raises(ValueError, match="alone"):
+            await tc.select(a=boom, b=trio.sleep_forever)
+        seen.append("bare")
+
+    _run_loose(main)
+    assert seen == ["bare"]
 
 
 # ---------------------------------------------------------------- merge
@@ -452,3 +513,108 @@ async def test_merge_with_thousands_of_ended_sources() -> None:
     live_send.close()
     with pytest.raises(trio.EndOfChannel):
         await merged.receive()
+
+
+async def test_merge_several_receivers_all_see_the_end(nursery: trio.Nursery) -> None:
+    send_a, recv_a = trio.open_memory_channel[int](10)
+    send_b, recv_b = trio.open_memory_channel[int](10)
+    merged = tc.merge(recv_a, recv_b)
+    outcomes: list[str] = []
+
+    async def consumer() -> None:
+        try:
+            await merged.receive()
+        except trio.EndOfChannel:
+            outcomes.append("end")
+
+    async with trio.open_nursery() as inner:
+        for _ in range(3):
+            inner.start_soon(consumer)
+        await trio.testing.wait_all_tasks_blocked()  # every consumer is waiting
+        send_a.close()
+        send_b.close()
+    assert outcomes == ["end", "end", "end"]
+
+
+async def test_merge_several_receivers_each_item_to_exactly_one() -> None:
+    send_a, recv_a = trio.open_memory_channel[int](0)
+    send_b, recv_b = trio.open_memory_channel[int](0)
+    merged = tc.merge(recv_a, recv_b)
+    got: dict[str, list[int]] = {"x": [], "y": []}
+
+    async def consumer(name: str) -> None:
+        async for item in merged:
+            got[name].append(item)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer, "x")
+        nursery.start_soon(consumer, "y")
+        for i in range(100):
+            await (send_a if i % 2 else send_b).send(i)
+        send_a.close()
+        send_b.close()
+    assert sorted(got["x"] + got["y"]) == list(range(100))
+    assert got["x"]
+    assert got["y"]  # both took part
+
+
+@pytest.mark.parametrize("seed", range(200))
+async def test_merge_several_receivers_random_schedules(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    rng = random.Random(seed)
+    n_sources = rng.randint(1, 4)
+    n_consumers = rng.randint(2, 4)
+    channels = [
+        trio.open_memory_channel[tuple[int, int]](rng.choice([0, 1, 5])) for _ in range(n_sources)
+    ]
+    merged = tc.merge(*(recv for _, recv in channels))
+    sent: list[tuple[int, int]] = []
+    received: list[tuple[int, int]] = []
+    ends: list[int] = []
+
+    async def producer(index: int, send: trio.MemorySendChannel[tuple[int, int]]) -> None:
+        async with send:
+            for i in range(rng.randint(0, 20)):
+                await trio.sleep(rng.choice([0, 0, 0.001, 0.01]))
+                await send.send((index, i))
+                sent.append((index, i))
+
+    async def consumer(index: int) -> None:
+        while True:
+            # a cancellation at a random moment: a cancelled receive consumes nothing
+            with trio.move_on_after(rng.choice([0, 0.0005, 0.002, 0.02, 1])):
+                try:
+                    item = await merged.receive()
+                except trio.EndOfChannel:
+                    ends.append(index)
+                    return
+                received.append(item)
+            await trio.sleep(rng.choice([0, 0, 0.001]))
+
+    async with trio.open_nursery() as nursery:
+        for index in range(n_consumers):
+            nursery.start_soon(consumer, index)
+        for index, (send, _) in enumerate(channels):
+            nursery.start_soon(producer, index, send)
+    assert sorted(received) == sorted(sent)  # nothing lost, nothing twice
+    assert sorted(ends) == list(range(n_consumers))  # every receiver saw the end
+
+
+async def test_merge_close_wakes_a_waiting_receiver(nursery: trio.Nursery) -> None:
+    _send, recv = trio.open_memory_channel[int](0)
+    merged = tc.merge(recv)
+    outcomes: list[str] = []
+
+    async def consumer() -> None:
+        try:
+            await merged.receive()
+        except trio.ClosedResourceError:
+            outcomes.append("closed")
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(consumer)
+        inner.start_soon(consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        await merged.aclose()
+    assert outcomes == ["closed", "closed"]

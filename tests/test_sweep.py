@@ -541,3 +541,88 @@ async def test_sweep_max_points_stops_an_operation_that_never_ends() -> None:
     with trio.fail_after(5):  # a safety net: it raises long before
         with pytest.raises(ValueError, match="max_points=100"):
             await cancel_at_each_checkpoint(runaway, max_points=100)
+
+
+# ---------------------------------------------------------------- Ctrl+C and usage mistakes
+
+
+async def test_sweep_lets_a_grouped_keyboard_interrupt_through_in_the_counting_run() -> None:
+    async def op() -> None:
+        async def child() -> None:
+            await trio.lowlevel.checkpoint()
+            raise KeyboardInterrupt
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child)
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await cancel_at_each_checkpoint(op)
+    assert info.value.split(KeyboardInterrupt)[0] is not None  # not a CancelSafetyError
+
+
+async def test_sweep_lets_a_grouped_keyboard_interrupt_through_in_a_cancelled_run() -> None:
+    async def op() -> None:
+        try:
+            await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            raise BaseExceptionGroup("ctrl+c", [KeyboardInterrupt()]) from None  # noqa: ASYNC104
+        await trio.lowlevel.checkpoint()
+
+    with pytest.raises(BaseExceptionGroup, match="ctrl") as info:
+        await cancel_at_each_checkpoint(op)
+    assert isinstance(info.value.exceptions[0], KeyboardInterrupt)
+
+
+async def test_sweep_lets_a_bare_keyboard_interrupt_through_as_itself() -> None:
+    async def op() -> None:
+        await trio.lowlevel.checkpoint()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await cancel_at_each_checkpoint(op)
+
+
+async def test_sweep_rejects_a_coroutine_instead_of_a_function() -> None:
+    async def op() -> None:
+        await trio.lowlevel.checkpoint()  # pragma: no cover
+
+    coro = op()
+    with pytest.raises(TypeError, match=r"pass the function itself.*not op\(\)"):
+        await cancel_at_each_checkpoint(coro)  # type: ignore[arg-type]
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # no "never awaited" warning
+
+
+async def test_sweep_rejects_a_synchronous_function_or_check_before_running() -> None:
+    ran: list[str] = []
+
+    async def op() -> None:
+        ran.append("op")
+        await trio.lowlevel.checkpoint()
+
+    def sync_op() -> None:
+        ran.append("sync")  # pragma: no cover
+
+    def sync_check() -> None:
+        ran.append("check")  # pragma: no cover
+
+    with pytest.raises(TypeError, match="async_fn must be an async function"):
+        await cancel_at_each_checkpoint(sync_op)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="check must be an async function"):
+        await cancel_at_each_checkpoint(op, check=sync_check)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="check must be an async function"):
+        await cancel_at_each_checkpoint(op, check=op())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="check must be an async function"):
+        await cancel_at_each_checkpoint(op, check=42)  # type: ignore[arg-type]
+    assert ran == []
+
+
+async def test_sweep_a_lambda_returning_a_non_awaitable_is_a_type_error() -> None:
+    async def op() -> None:
+        await trio.lowlevel.checkpoint()
+
+    with pytest.raises(TypeError, match="async_fn returned int"):
+        await cancel_at_each_checkpoint(lambda: 1)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="check returned NoneType"):
+        await cancel_at_each_checkpoint(op, check=lambda: None)  # type: ignore[arg-type,return-value]
+    # a lambda returning a coroutine is fine
+    assert (await cancel_at_each_checkpoint(lambda: op(), check=lambda: op())).points == 1

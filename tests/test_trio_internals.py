@@ -18,6 +18,7 @@ import trio_cancel._trio_internals as internals
 from trio_cancel.testing import cancel_at_each_checkpoint
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from types import ModuleType
 
 PACKAGE = Path(tc.__file__).parent
@@ -40,6 +41,7 @@ def test_write_paths_are_enabled_on_the_checked_versions(monkeypatch: pytest.Mon
         module = _fresh_copy(monkeypatch, version=version)
         assert module.FAST_CANCEL, version
         assert module.HAVE_MAIN_TASK_INJECTION, version
+        assert module.HAVE_CANCEL_POINT_COUNTER, version
 
 
 @pytest.mark.parametrize("version", ["0.30.0", "0.36.0", "1.0.0", "unknown"])
@@ -49,6 +51,7 @@ def test_write_paths_are_off_on_an_unchecked_version(
     module = _fresh_copy(monkeypatch, version=version)
     assert not module.FAST_CANCEL
     assert not module.HAVE_MAIN_TASK_INJECTION
+    assert not module.HAVE_CANCEL_POINT_COUNTER  # the testing helper's write, too
     assert module.HAVE_CANCEL_STATE_READS  # reads stay: they cannot corrupt anything
 
 
@@ -158,4 +161,40 @@ async def test_latency_without_internals(monkeypatch: pytest.MonkeyPatch) -> Non
 async def test_sweep_without_internals(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(internals, "HAVE_CANCEL_POINT_COUNTER", False)
     with pytest.raises(RuntimeError, match=r"Task\._cancel_points"):
+        await cancel_at_each_checkpoint(trio.lowlevel.checkpoint)
+
+
+async def test_sweep_on_an_unchecked_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _fresh_copy(monkeypatch, version="0.99.0")
+    monkeypatch.setattr(internals, "HAVE_CANCEL_POINT_COUNTER", module.HAVE_CANCEL_POINT_COUNTER)
+    monkeypatch.setattr(internals, "VERSION_CHECKED", module.VERSION_CHECKED)
+    with pytest.raises(
+        RuntimeError, match=r"checked on Trio 0\.31 to 0\.35 only, not on Trio 0\.99"
+    ):
+        await cancel_at_each_checkpoint(trio.lowlevel.checkpoint)
+
+
+class _NoCode:
+    """A callable without ``__code__``, as a Trio that implemented a function in C would have."""
+
+    def __init__(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.fn = fn
+
+    def __call__(self) -> Awaitable[None]:
+        return self.fn()
+
+
+def test_import_without_checkpoint_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        trio.lowlevel, "checkpoint_if_cancelled", _NoCode(trio.lowlevel.checkpoint_if_cancelled)
+    )
+    module = _fresh_copy(monkeypatch, version=trio.__version__)  # no AttributeError at import
+    assert module.checkpoint_codes() is None
+
+
+async def test_import_and_sweep_without_checkpoint_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        trio.lowlevel, "checkpoint_if_cancelled", _NoCode(trio.lowlevel.checkpoint_if_cancelled)
+    )
+    with pytest.raises(RuntimeError, match="checkpoint_if_cancelled"):
         await cancel_at_each_checkpoint(trio.lowlevel.checkpoint)

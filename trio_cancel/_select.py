@@ -69,7 +69,9 @@ async def select(**branches: Callable[[], Awaitable[T]] | None) -> Selected[T]:
             is in the error's ``.selected``, and the errors are its ``.exceptions``.
         Exception: No branch returned and one raised: after the other branches are
             cancelled, the exception propagates bare if one branch raised, as an
-            :exc:`ExceptionGroup` if several did.
+            :exc:`ExceptionGroup` if several did. The same under Trio's deprecated
+            ``trio.run(..., strict_exception_groups=False)``: no returned value is lost there
+            either.
 
     Cancellation:
         Always a checkpoint: a cancel point before any branch starts (so a polling loop of
@@ -101,7 +103,9 @@ async def select(**branches: Callable[[], Awaitable[T]] | None) -> Selected[T]:
             cs.cancel(reason=f"select: branch {name!r} won")
 
     try:
-        async with trio.open_nursery() as nursery:
+        # Strict whatever trio.run was given: under its deprecated strict_exception_groups=False
+        # a lone error or Cancelled would come out bare and skip the handler that keeps values.
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
             for name, coro in coros.items():
                 nursery.start_soon(run_branch, name, coro, nursery.cancel_scope, name=name)
     except BaseExceptionGroup as group:
@@ -127,6 +131,9 @@ def _selected(completed: dict[str, T]) -> Selected[T]:
     return Selected(winner, value, types.MappingProxyType(completed))
 
 
+_NOTHING: Any = object()
+
+
 @final
 class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
     """Interleaves several receive channels; built by :func:`merge`.
@@ -137,6 +144,10 @@ class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
     cancel-safe (it consumes nothing when cancelled), as Trio's memory channels and every
     trio_cancel receiver are.
 
+    Several tasks may receive from one merge at once, as from a memory channel: each item goes
+    to exactly one of them, waiting receivers are served first come, first served, and every one
+    of them sees :exc:`trio.EndOfChannel` once every source has ended.
+
     Not constructed by users.
     """
 
@@ -145,6 +156,9 @@ class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
         self._buffer: collections.deque[T] = collections.deque()
         self._rotate = 0
         self._closed = False
+        # One receiver at a time races the sources; the others queue here (FIFO).
+        self._racing = trio.Lock()
+        self._race_scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._sources)} sources open"
@@ -183,6 +197,12 @@ class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
             return True
         return False
 
+    def _pop_ready(self) -> T:
+        """A buffered item, else one a source has ready now; ``_NOTHING`` if neither."""
+        if self._buffer or self._take_ready():
+            return self._buffer.popleft()
+        return _NOTHING  # type: ignore[no-any-return]
+
     async def _race(self) -> None:
         """Receive from every source at once until one returns; keep everything that returned."""
         sources = list(self._sources)
@@ -200,50 +220,67 @@ class Merge(trio.abc.ReceiveChannel[T], metaclass=NoPublicConstructor):
             cs.cancel()
 
         try:
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                self._race_scope = nursery.cancel_scope
                 for source in sources:
                     nursery.start_soon(pull, source, nursery.cancel_scope)
         except BaseExceptionGroup as group:
             raise_errors_of(group)
             raise
         finally:
-            for source in ended:
-                self._sources.remove(source)
+            self._race_scope = None
+            if ended:  # another receiver's poll may have dropped some of them already
+                gone = set(map(id, ended))
+                self._sources = [source for source in self._sources if id(source) not in gone]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            self._buffer.clear()  # what a race delivered after aclose() is dropped too
+            raise trio.ClosedResourceError("this merge was closed")
 
     async def receive(self) -> T:
         """The next item from any source.
 
+        Several tasks may call this at once: each item goes to one of them.
+
         Cancellation:
             Always a checkpoint. If cancelled, no item is lost: one that a source already
-            delivered stays buffered for the next call.
+            delivered stays buffered for the next call (of this task or another).
 
         Raises:
             trio.EndOfChannel: Every source has ended and the buffer is empty.
-            trio.ClosedResourceError: This merge was closed.
+            trio.ClosedResourceError: This merge was closed (also while waiting here).
         """
-        if self._closed:
-            raise trio.ClosedResourceError("this merge was closed")
-        while not self._buffer:
-            if not self._sources:
-                await trio.lowlevel.checkpoint()
-                raise trio.EndOfChannel
-            if not self._take_ready():
+        self._check_open()
+        # Trio's fast path: check, take an item in the same step, then a shielded schedule
+        # point (an item taken is never lost to a cancellation).
+        await trio.lowlevel.checkpoint_if_cancelled()
+        item = self._pop_ready()
+        if item is not _NOTHING:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return item
+        async with self._racing:
+            while True:
+                self._check_open()  # aclose() while this task waited
+                item = self._pop_ready()
+                if item is not _NOTHING:
+                    return item
+                if not self._sources:
+                    raise trio.EndOfChannel
                 await self._race()
-                break
-        else:
-            await trio.lowlevel.checkpoint()  # a buffered or ready item: still a checkpoint
-        if not self._buffer:  # every source ended during the race
-            raise trio.EndOfChannel
-        return self._buffer.popleft()
 
     async def aclose(self) -> None:
         """Close the merge (not its sources); buffered items are dropped.
+
+        A task waiting in :meth:`receive` gets :exc:`trio.ClosedResourceError`.
 
         Cancellation:
             Always a checkpoint; closed before it.
         """
         self._closed = True
         self._buffer.clear()
+        if self._race_scope is not None:
+            self._race_scope.cancel()
         await trio.lowlevel.checkpoint()
 
 
@@ -253,7 +290,8 @@ def merge(*receive_channels: trio.abc.ReceiveChannel[T]) -> Merge[T]:
     The cancel-safe answer to "``select!`` in a loop" (tokio-stream's ``StreamExt::merge``):
     items are returned in the order they become available, round-robin among sources that are
     ready at once. A source that raises :exc:`trio.EndOfChannel` is dropped; the merge ends when
-    every source has. The sources are not closed by the merge.
+    every source has. The sources are not closed by the merge. Several tasks may receive from
+    one merge at once: each item goes to one of them, and each sees the end.
 
     Cancellation guarantee: an item taken from a source is either yielded to the consumer or
     still available to the next iteration (see :class:`Merge`).

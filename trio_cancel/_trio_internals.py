@@ -35,17 +35,23 @@ per use (checked on: Trio 0.31.0 and 0.35.0 on Python 3.11, 3.12 and 3.13 in eve
      fallback  None: the instrument then records no landing (it never changes the program)
      forced by tests/test_trio_internals.py::test_latency_without_internals
 
-  5  Cancel point counting, count_cancel_points() / scheduler_rng()     WRITE, test code only
+  5  Cancel point counting, count_cancel_points() / scheduler_rng()     WRITE, version-gated,
+                                                                        test code only
      used      Task._cancel_points (its value replaced by a counting int subclass in the
-               swept tasks); which public function adds 1 tells the kind of check;
-               trio._core._run._r (the scheduler's shuffle, reseeded per run)
+               swept tasks); which public function adds 1 tells the kind of check (the
+               __code__ of checkpoint_if_cancelled and checkpoint, read when the helper is
+               called, never at import); trio._core._run._r (the scheduler's shuffle,
+               reseeded per run)
      why       cancel_at_each_checkpoint counts cancel points exactly as
                trio.testing.assert_checkpoints does, reproducibly
-     fallback  none possible: the helper raises RuntimeError at its call; without _r, runs
-               are not reseeded
-     forced by tests/test_trio_internals.py::test_sweep_without_internals
+     fallback  none possible: the helper raises RuntimeError at its call (also on an
+               unchecked Trio, and where those functions have no Python code); without _r,
+               runs are not reseeded
+     forced by tests/test_trio_internals.py::test_sweep_without_internals,
+               ::test_sweep_on_an_unchecked_version and
+               ::test_import_and_sweep_without_checkpoint_code
 
-The write paths 1 and 2 are enabled only when ``trio.__version__`` is within
+The write paths 1, 2 and 5 are enabled only when ``trio.__version__`` is within
 :data:`CHECKED_TRIO`: a newer Trio gets the public fallback until it has been tested here.
 ``TRIO_CANCEL_FAST_PATHS=off`` in the environment forces the fast path (1) off.
 """
@@ -57,6 +63,7 @@ import math
 import os
 import random
 import re
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -254,23 +261,52 @@ def next_send(task: trio.lowlevel.Task) -> object:
 
 # ---------------------------------------------------------------------- 5. testing helper
 
-HAVE_CANCEL_POINT_COUNTER = _Task is not None and "_cancel_points" in _attrs_fields(_Task)
+HAVE_CANCEL_POINT_COUNTER = (
+    VERSION_CHECKED and _Task is not None and "_cancel_points" in _attrs_fields(_Task)
+)
 
 TRIO_DIR = os.path.dirname(trio.__file__)
 """Frames from here are Trio's own (skipped when naming where a checkpoint is)."""
 
-CHECK_THEN_COUNT = trio.lowlevel.checkpoint_if_cancelled.__code__
-"""The function whose ``+= 1`` follows its cancellation check (a fast path)."""
-COUNT_THEN_CHECK = trio.lowlevel.checkpoint.__code__
-"""The function whose ``+= 1`` precedes its check (which happens when it resumes)."""
+
+def checkpoint_codes() -> tuple[CodeType, CodeType] | None:
+    """The code objects that tell a check's kind by which function adds 1, read at the call
+    (never at import: a Trio that implements these differently must not break
+    ``import trio_cancel``); None if either is not a plain Python function here.
+
+    The first is ``checkpoint_if_cancelled``'s, whose ``+= 1`` follows its cancellation check
+    (a fast path); the second ``checkpoint``'s, whose ``+= 1`` precedes its check (which
+    happens when it resumes).
+    """
+    check_then_count = getattr(trio.lowlevel.checkpoint_if_cancelled, "__code__", None)
+    count_then_check = getattr(trio.lowlevel.checkpoint, "__code__", None)
+    if isinstance(check_then_count, CodeType) and isinstance(count_then_check, CodeType):
+        return check_then_count, count_then_check
+    return None
 
 
-def require_cancel_point_counter(what: str) -> None:
+def require_cancel_point_counter(what: str) -> tuple[CodeType, CodeType]:
+    """Raise ``RuntimeError`` unless the cancel point counter can be used here; return
+    :func:`checkpoint_codes`."""
     if not HAVE_CANCEL_POINT_COUNTER:
+        if not VERSION_CHECKED:
+            raise RuntimeError(
+                f"{what} counts Trio's cancel points by replacing Task._cancel_points, which was "
+                f"checked on Trio {CHECKED_TRIO[0][0]}.{CHECKED_TRIO[0][1]} to "
+                f"{CHECKED_TRIO[1][0]}.{CHECKED_TRIO[1][1]} only, not on Trio {trio.__version__}"
+            )
         raise RuntimeError(
             f"{what} counts Trio's cancel points through Task._cancel_points, which Trio "
             f"{trio.__version__} does not have"
         )
+    codes = checkpoint_codes()
+    if codes is None:
+        raise RuntimeError(
+            f"{what} tells the kind of each cancel point by the Python code of "
+            "trio.lowlevel.checkpoint_if_cancelled and trio.lowlevel.checkpoint, which Trio "
+            f"{trio.__version__} does not implement as plain Python functions"
+        )
+    return codes
 
 
 def count_cancel_points(task: trio.lowlevel.Task, counter_type: type[int]) -> None:

@@ -25,17 +25,17 @@ Hypothesis integration does), so the same operation gives the same points on eve
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
 
-from .._excgroups import only_cancelled
+from .._excgroups import only_cancelled, reraise_bare
 from .._trio_internals import (
-    CHECK_THEN_COUNT,
-    COUNT_THEN_CHECK,
     TRIO_DIR,
     count_cancel_points,
     require_cancel_point_counter,
@@ -44,13 +44,14 @@ from .._trio_internals import (
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import FrameType
+    from types import CodeType, FrameType
 
 _THIS_FILE = os.path.abspath(__file__)
 _SEED = 1_000_003
 
 # Which Trio function counted a check tells its kind (any other caller is Trio's run loop, at a
-# blocking wait): CHECK_THEN_COUNT (a fast path) or COUNT_THEN_CHECK (checkpoint()).
+# blocking wait): checkpoint_if_cancelled (a fast path) or checkpoint(); their code objects are
+# read when the sweep is called (require_cancel_point_counter), never at import.
 
 
 @final
@@ -135,7 +136,9 @@ class _Watcher(trio.abc.Instrument):
         target: int | None,
         target_kind: str | None,
         max_points: int | None,
+        codes: tuple[CodeType, CodeType],
     ) -> None:
+        self.check_then_count, self.count_then_check = codes
         self.tasks: set[trio.lowlevel.Task] = set()
         self.count = 0
         self.kinds: list[str] = []
@@ -172,7 +175,13 @@ class _Watcher(trio.abc.Instrument):
         if task is None or task not in self.tasks:
             return
         code = caller.f_code
-        kind = _FAST if code is CHECK_THEN_COUNT else _RESUME if code is COUNT_THEN_CHECK else _WAIT
+        kind = (
+            _FAST
+            if code is self.check_then_count
+            else _RESUME
+            if code is self.count_then_check
+            else _WAIT
+        )
         previous, self.last = self.last, (self.step, kind)
         if kind is _WAIT and previous == (self.step, _FAST):
             return  # the blocking half of the operation whose fast check was just counted
@@ -201,7 +210,8 @@ class _Watcher(trio.abc.Instrument):
         self.profile_restore.append(previous)
 
         def profile(frame: FrameType, event: str, arg: object) -> None:
-            if event == "call" and frame.f_code is CHECK_THEN_COUNT and self.stepping in self.tasks:
+            fast = frame.f_code is self.check_then_count
+            if event == "call" and fast and self.stepping in self.tasks:
                 self.restore_profile()
                 self.cancel()
 
@@ -256,9 +266,10 @@ async def _run_once(
     target: int | None,
     target_kind: str | None,
     max_points: int | None,
+    codes: tuple[CodeType, CodeType],
 ) -> _Run:
     scope = trio.CancelScope()
-    watcher = _Watcher(scope, target, target_kind, max_points)
+    watcher = _Watcher(scope, target, target_kind, max_points, codes)
     run = _Run()
 
     async def runner() -> None:  # noqa: ASYNC910 - a task root
@@ -270,9 +281,9 @@ async def _run_once(
                 watcher.cancel()
         with scope:
             try:
-                await async_fn()
+                await _awaitable_of(async_fn, "async_fn")
             except BaseException as exc:  # noqa: ASYNC103 - Cancelled is re-raised
-                if only_cancelled(exc) or not isinstance(exc, Exception | BaseExceptionGroup):
+                if only_cancelled(exc) or _holds_interrupt(exc) or isinstance(exc, _UsageError):
                     raise  # KeyboardInterrupt and the like are not the sweep's business
                 run.error = exc  # reported as the sweep's failure
         run.cancelled = scope.cancelled_caught
@@ -283,8 +294,13 @@ async def _run_once(
         rng.seed(_SEED)
     trio.lowlevel.add_instrument(watcher)
     try:
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
             nursery.start_soon(runner, name="cancel_at_each_checkpoint operation")
+    except BaseExceptionGroup as group:
+        # This nursery is the sweep's own: what the operation raised leaves as itself.
+        if len(group.exceptions) == 1:
+            reraise_bare(group.exceptions[0])
+        raise  # pragma: no cover - one task only
     finally:
         watcher.restore_profile()
         trio.lowlevel.remove_instrument(watcher)
@@ -295,6 +311,59 @@ async def _run_once(
     run.too_many = watcher.too_many
     run.kinds = watcher.kinds
     return run
+
+
+class _UsageError(TypeError):
+    """A usage mistake found while running: raised from the sweep as a ``TypeError``."""
+
+
+def _holds_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or is a group holding, a ``BaseException`` that is neither an
+    ``Exception`` nor ``trio.Cancelled`` (KeyboardInterrupt, SystemExit): not a finding of the
+    sweep, so it propagates."""
+    if isinstance(exc, BaseExceptionGroup):
+        return (
+            exc.split(lambda e: not isinstance(e, Exception | trio.Cancelled | BaseExceptionGroup))[
+                0
+            ]
+            is not None
+        )
+    return not isinstance(exc, Exception | trio.Cancelled)
+
+
+def _check_async_fn(fn: object, name: str) -> None:
+    """``TypeError`` at the call for what is certainly not an async function to call."""
+    if inspect.isawaitable(fn):
+        if inspect.iscoroutine(fn):
+            fn.close()  # no "never awaited" warning on top of the error
+        shown = getattr(fn, "__name__", None) or "op"
+        raise TypeError(
+            f"{name} must be an async function to call, not an awaitable: pass the function "
+            f"itself ({shown}, not {shown}()); bind arguments with functools.partial or a lambda"
+        )
+    if not callable(fn):
+        raise TypeError(f"{name} must be an async function, not {type(fn).__name__}")
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.isasyncgenfunction(target):
+        raise TypeError(f"{name} must be an async function, not an async generator function")
+    plain = inspect.isfunction(target) or inspect.ismethod(target) or inspect.isbuiltin(target)
+    lambda_ = getattr(target, "__name__", "") == "<lambda>"  # may return a coroutine
+    if plain and not lambda_ and not inspect.iscoroutinefunction(target):
+        raise TypeError(
+            f"{name} must be an async function (async def); {target.__qualname__!r} is synchronous"
+        )
+
+
+def _awaitable_of(fn: Callable[[], Awaitable[object]], name: str) -> Awaitable[object]:
+    """``fn()``, which must be awaitable (a lambda returning a coroutine is fine)."""
+    result = fn()
+    if not inspect.isawaitable(result):
+        raise _UsageError(
+            f"{name} must be an async function, but {name} returned {type(result).__name__}"
+        )
+    return result
 
 
 async def cancel_at_each_checkpoint(
@@ -308,8 +377,8 @@ async def cancel_at_each_checkpoint(
     Runs ``async_fn()`` once uncancelled to count the checkpoints it passes, then once per
     checkpoint k with a cancellation delivered exactly there, awaiting ``check()`` after every
     run (the counting run included) to assert your invariants: nothing lost, nothing done
-    twice, every resource released. Call ``async_fn`` fresh state each time (it is called N + 1
-    times).
+    twice, every resource released. ``async_fn`` is called N + 1 times: have it start from fresh
+    state each time.
 
     What counts as a checkpoint: every *cancel point* of the task running ``async_fn`` and of
     every task it spawns, i.e. every moment Trio checks for cancellation (what
@@ -336,7 +405,15 @@ async def cancel_at_each_checkpoint(
         ValueError: The operation passed more than ``max_points`` checkpoints: raised as soon
             as the counting run passes the limit (the operation is cancelled there), so an
             operation that never ends does not hang the sweep.
-        RuntimeError: This Trio has no per-task cancel point counter to count with.
+        RuntimeError: This Trio has no per-task cancel point counter to count with, or is a
+            version the helper was not checked on (it replaces a private Trio attribute).
+        TypeError: ``async_fn`` or ``check`` is not an async function to call (a coroutine
+            such as ``op()`` instead of ``op``, a ``def`` function, or one that returned
+            something not awaitable): raised at the call, never a :exc:`CancelSafetyError`.
+        KeyboardInterrupt: Or any other ``BaseException`` that is neither an ``Exception`` nor
+            ``trio.Cancelled``, raised by ``async_fn`` or ``check``: it propagates as it was
+            raised (bare, or in the ``BaseExceptionGroup`` a nursery wrapped it in); it is not
+            a finding of the sweep.
 
     Cancellation:
         Always a checkpoint. If the caller is cancelled, the sweep stops; the run in progress
@@ -344,8 +421,11 @@ async def cancel_at_each_checkpoint(
     """
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 0:
         raise ValueError(f"max_points must be an int >= 0, not {max_points!r}")
-    require_cancel_point_counter("cancel_at_each_checkpoint()")
-    counting = await _run_once(async_fn, None, None, max_points)
+    _check_async_fn(async_fn, "async_fn")
+    if check is not None:
+        _check_async_fn(check, "check")
+    codes = require_cancel_point_counter("cancel_at_each_checkpoint()")
+    counting = await _run_once(async_fn, None, None, max_points, codes)
     if counting.too_many:
         raise ValueError(
             f"the operation passed more than max_points={max_points} checkpoints (it was "
@@ -360,7 +440,7 @@ async def cancel_at_each_checkpoint(
     n = counting.count
     cancelled = 0
     for k in range(1, n + 1):
-        run = await _run_once(async_fn, k, counting.kinds[k - 1], None)
+        run = await _run_once(async_fn, k, counting.kinds[k - 1], None, codes)
         # Where check k was in this run (the same place as in the counting run, since the
         # run is deterministic up to there); the counting run's if it was never reached.
         location = run.locations[k - 1] if len(run.locations) >= k else counting.locations[k - 1]
@@ -383,7 +463,9 @@ async def _check(
     if check is None:
         return  # noqa: ASYNC910 - private helper; the sweep checkpoints at its end
     try:
-        await check()
+        await _awaitable_of(check, "check")
+    except _UsageError:
+        raise
     except Exception as exc:
         where = "after the uncancelled run" if k == 0 else f"at checkpoint {k} of {n} ({location})"
         raise CancelSafetyError(
