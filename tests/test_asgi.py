@@ -6,6 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +27,7 @@ from trio_cancel.asgi import CancelMiddleware, DeadlineHeaderError, parse_deadli
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from starlette.requests import Request
 
@@ -615,16 +622,25 @@ async def test_an_upload_the_app_reads_slowly_is_pulled_one_message_at_a_time() 
     assert max(held for held, _ in flow.held_at_pull) <= 1
 
 
+async def _upload(stream: trio.SocketStream, path: bytes) -> None:
+    """Send a 10 MB upload's head and as much of its body as the server takes."""
+    await stream.send_all(
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    chunk = b"x" * 65536
+    for _ in range(10_000_000 // len(chunk)):
+        await stream.send_all(chunk)
+
+
 async def test_an_unread_upload_whose_client_left_ends_at_the_timeout() -> None:
     rec = Recorder()
     flow = Flow()
     async with running(counting_server(CancelMiddleware(make_app(rec), timeout=0.3), flow)) as base:
         stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
-        await stream.send_all(
-            b"POST /sleep/30 HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
-            + b"x" * 1_000_000
-        )
-        await rec.started_event("/sleep/30").wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_upload, stream, b"/sleep/30")  # until the server pushes back
+            await rec.started_event("/sleep/30").wait()
+            nursery.cancel_scope.cancel()
         await stream.aclose()  # gone, its upload unread
         with trio.fail_after(5):
             await rec.ended.wait()
@@ -652,10 +668,10 @@ async def test_an_unread_upload_whose_client_left_is_noticed_when_the_app_reads(
     flow = Flow()
     async with running(counting_server(CancelMiddleware(app), flow)) as base:
         stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
-        await stream.send_all(
-            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 100_000
-        )
-        await began.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_upload, stream, b"/up")  # until the server pushes back
+            await began.wait()
+            nursery.cancel_scope.cancel()
         await stream.aclose()
         read.set()
         with trio.fail_after(5):
@@ -780,3 +796,117 @@ async def test_the_async_hook_lets_the_callers_scope_absorb_no_time_left(budget:
         assert (await client.get("/sleep/0")).status_code == 200
     assert list(rec.started) == ["/sleep/0"]
     assert len(rec.events) == 1
+
+
+# ---------------------------------------------------------------- serve_until_shutdown is bounded
+
+SERVER = """
+import json, sys
+import trio
+from trio_cancel.asgi import serve_until_shutdown
+
+BIG = b"x" * (32 * 1024 * 1024)
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        raise RuntimeError("no lifespan support")
+    body = BIG if scope["path"] == "/big" else b"small"
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+async def main(grace):
+    async with trio.open_nursery() as nursery:
+        async def serve(task_status):
+            report = await serve_until_shutdown(
+                app, bind="127.0.0.1:0", grace=grace, task_status=task_status
+            )
+            print(json.dumps(report.to_dict()), flush=True)
+        print(await nursery.start(serve), flush=True)
+
+trio.run(main, float(sys.argv[1]))
+"""
+
+
+def _start_big_server(
+    tmp_path: Path, grace: float, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
+    assert proc.stdout is not None
+    return proc, _port(proc.stdout.readline().strip())
+
+
+def _status_of_small_request(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sock.recv(12)
+
+
+def _wait_for_the_trigger(port: int) -> None:
+    """The trigger's own sign: a new request is refused with 503."""
+    while not _status_of_small_request(port).startswith(b"HTTP/1.1 503"):
+        pass
+
+
+@pytest.mark.parametrize("force", ["grace period", "second signal"])
+def test_serve_until_shutdown_returns_although_a_client_stopped_reading(
+    tmp_path: Path, force: str
+) -> None:
+    """Hypercorn shields its socket sends: a client that stops reading a large answer held the
+    shutdown for ever, past the grace period and a second signal. Phase 2 closes it."""
+    proc, port = _start_big_server(tmp_path, grace=0.5 if force == "grace period" else 600)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.1 200"  # the answer has begun; now stop reading
+            proc.send_signal(signal.SIGTERM)
+            _wait_for_the_trigger(port)
+            if force == "second signal":
+                proc.send_signal(signal.SIGTERM)  # phase 2 now, not in 600 s
+            out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    rows = [row for row in report["tasks"] if row["name"] == "GET /big"]
+    assert len(rows) == 1
+    assert rows[0]["forced"]
+    assert re.search(r"closed \d+ connection\(s\) still open", err), err
+
+
+def test_serve_until_shutdown_public_fallback(tmp_path: Path) -> None:
+    """Without Hypercorn's private pieces the public hypercorn.trio.serve serves (unbounded
+    for a client that stops reading, and it says so)."""
+    proc, port = _start_big_server(
+        tmp_path, grace=0.5, env={"TRIO_CANCEL_HYPERCORN_INTERNALS": "off"}
+    )
+    try:
+        assert _status_of_small_request(port) == b"HTTP/1.1 200"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "serving with hypercorn.trio.serve" in err
+    assert json.loads(out.strip().splitlines()[-1])["reason"] == "signal SIGTERM"
+
+
+def test_hypercorn_internals_are_used_on_the_checked_versions() -> None:
+    from trio_cancel import _hypercorn_internals as internals
+
+    version = internals.HYPERCORN_VERSION
+    assert version is not None
+    checked = internals.CHECKED_HYPERCORN[0] <= version <= internals.CHECKED_HYPERCORN[1]
+    assert internals.owning_usable() == checked

@@ -31,6 +31,7 @@ Lifespan and websocket scopes pass through untouched; an exception from the app 
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from typing import Any, final
 import trio
 
 from ._excgroups import raise_errors_of
+from ._hypercorn_internals import Connections, serve_owning_connections
 from ._outcome import Aborted, Failed, Outcome
 from ._shutdown import GracefulShutdown, LandingReport
 from ._token import CancellationToken, release_timer
@@ -372,7 +374,13 @@ class _Request:
 
 def shutdown_grace(shutdown: GracefulShutdown) -> float:
     """The shutdown's grace period (the bound of a shielded wait for a handler's cleanup)."""
-    return shutdown._grace  # a sibling module's field, read only (no public accessor yet)
+    return shutdown._grace  # a sibling module's field, read only (no accessor yet)
+
+
+def shutdown_forcing(shutdown: GracefulShutdown) -> bool:
+    """Whether the shutdown's phase 2 has begun (by its grace period, ``force()`` or a second
+    signal)."""
+    return shutdown._phase_two_reason is not None  # read only (no accessor yet)
 
 
 class _ResponseCutShortError(Exception):
@@ -398,35 +406,91 @@ async def serve_until_shutdown(
     server's URL (``nursery.start`` returns it). Needs Hypercorn (``pip install
     hypercorn[trio]``).
 
+    It returns within ``grace`` plus 1 s after the trigger (within 1 s after a signal that
+    forces phase 2), whatever the clients do: it owns its listening sockets and the
+    connections it accepted, and in phase 2, once the forced requests have had
+    :data:`PHASE_TWO_ANSWER_TIME` seconds to send their 503, it closes the connections still
+    open (a client that stops reading a large response holds Hypercorn's send, which no
+    cancellation reaches).
+
     Returns:
         The shutdown's :class:`~trio_cancel.LandingReport`: one row per request that was in
         flight at the trigger (``"GET /path"``).
 
     Cancellation:
         A cancellation from outside stops the server and cancels every request at once, as
-        for any nursery.
+        for any nursery; the connections still open are closed.
     """
     from hypercorn.config import Config
-    from hypercorn.trio import serve
 
     config = Config()
     config.bind = [bind]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.1  # every request has landed by the time the server stops
+    return await _serve(app, config, grace, request_timeout, install_signal_handlers, task_status)
+
+
+PHASE_TWO_ANSWER_TIME = 0.3
+"""Seconds that requests forced by phase 2 get to send their 503 before
+:func:`serve_until_shutdown` closes the connections still open."""
+
+_PHASE_TWO_POLL = 0.05  # seconds between two looks for phase 2
+
+
+async def _serve(
+    app: Any,  # noqa: ANN401 - any ASGI app
+    config: Any,  # noqa: ANN401 - a hypercorn.config.Config
+    grace: float,
+    request_timeout: float | None,
+    install_signal_handlers: bool,
+    task_status: trio.TaskStatus[str],
+) -> LandingReport:
+    """The body of :func:`serve_until_shutdown`: serve, wait for the trigger, land, stop."""
+    connections = Connections()
     stop = trio.Event()
     async with trio.open_nursery() as server_nursery:
-        async with GracefulShutdown(grace) as shutdown:
-            if install_signal_handlers:
-                shutdown.install_signal_handlers()
-            wrapped = CancelMiddleware(app, timeout=request_timeout, shutdown=shutdown)
-            binds = await server_nursery.start(
-                lambda task_status: serve(
-                    wrapped, config, shutdown_trigger=stop.wait, task_status=task_status
+        try:
+            async with GracefulShutdown(grace) as shutdown:
+                if install_signal_handlers:
+                    shutdown.install_signal_handlers()
+                wrapped = CancelMiddleware(app, timeout=request_timeout, shutdown=shutdown)
+                binds = await server_nursery.start(
+                    functools.partial(
+                        serve_owning_connections,
+                        wrapped,
+                        config,
+                        connections,
+                        shutdown_trigger=stop.wait,
+                    )
                 )
-            )
-            task_status.started(binds[0])
-            await shutdown.token.wait_cancelled()
-            report = await shutdown.wait()
-        stop.set()
+                task_status.started(binds[0])
+                await shutdown.token.wait_cancelled()
+                report = await _land(shutdown, connections)
+        finally:
+            stop.set()
     return report
+
+
+async def _land(shutdown: GracefulShutdown, connections: Connections) -> LandingReport:
+    """``shutdown.wait()``, closing in phase 2 the connections that keep requests from
+    landing."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_close_in_phase_two, shutdown, connections)
+        report = await shutdown.wait()
+        nursery.cancel_scope.cancel()
+    return report
+
+
+async def _close_in_phase_two(shutdown: GracefulShutdown, connections: Connections) -> None:
+    # GracefulShutdown has no event for phase 2 (yet): look for it every 50 ms.
+    while not shutdown_forcing(shutdown):  # noqa: ASYNC110 - no event to wait for
+        await trio.sleep(_PHASE_TWO_POLL)
+    await trio.sleep(PHASE_TWO_ANSWER_TIME)  # the forced requests answer 503 meanwhile
+    if len(connections):
+        _log.warning(
+            "serve_until_shutdown: closed %d connection(s) still open %g s into phase 2",
+            len(connections),
+            PHASE_TWO_ANSWER_TIME,
+        )
+        await connections.close_all()
