@@ -21,11 +21,16 @@ is cancelled (its ``trio.Cancelled`` carries the reason) when:
   that 503 at once; requests in flight at the trigger may finish within the grace period, and
   each is a row of the shutdown's :class:`~trio_cancel.LandingReport` (``"GET /path"``).
 
+"Client disconnected" means before the response was complete: once the app has sent the
+last body message, it runs on to its end (a Starlette ``BackgroundTask`` runs), and only the
+middleware's token and the shutdown's phase 2 can cancel it.
+
 Every message the server sends is forwarded to the app (the middleware reads ``receive()`` to
-notice a disconnect, and hands each message on), and a queued message is handed over even to
-a caller whose scope is already cancelled, so Starlette's ``request.is_disconnected()`` works.
-Lifespan and websocket scopes pass through untouched; an exception from the app propagates
-(the server answers 500).
+notice a disconnect, and hands each message on), never more than one unread body message ahead
+of the app, so the server's backpressure on uploads holds; a queued message is handed over
+even to a caller whose scope is already cancelled, so Starlette's ``request.is_disconnected()``
+works. Lifespan and websocket scopes pass through untouched; an exception from the app
+propagates (the server answers 500).
 """
 
 from __future__ import annotations
@@ -408,10 +413,9 @@ async def serve_until_shutdown(
 
     It returns within ``grace`` plus 1 s after the trigger (within 1 s after a signal that
     forces phase 2), whatever the clients do: it owns its listening sockets and the
-    connections it accepted, and in phase 2, once the forced requests have had
-    :data:`PHASE_TWO_ANSWER_TIME` seconds to send their 503, it closes the connections still
-    open (a client that stops reading a large response holds Hypercorn's send, which no
-    cancellation reaches).
+    connections it accepted, and in phase 2, once the forced requests have had 0.3 s to
+    send their 503, it closes the connections still open (a client that stops reading a
+    large response holds Hypercorn's send, which no cancellation reaches).
 
     Returns:
         The shutdown's :class:`~trio_cancel.LandingReport`: one row per request that was in
@@ -431,9 +435,9 @@ async def serve_until_shutdown(
     return await _serve(app, config, grace, request_timeout, install_signal_handlers, task_status)
 
 
-PHASE_TWO_ANSWER_TIME = 0.3
-"""Seconds that requests forced by phase 2 get to send their 503 before
-:func:`serve_until_shutdown` closes the connections still open."""
+# Seconds that the requests forced by phase 2 get to send their 503 before the connections
+# still open are closed.
+_PHASE_TWO_ANSWER_TIME = 0.3
 
 _PHASE_TWO_POLL = 0.05  # seconds between two looks for phase 2
 
@@ -486,11 +490,11 @@ async def _close_in_phase_two(shutdown: GracefulShutdown, connections: Connectio
     # GracefulShutdown has no event for phase 2 (yet): look for it every 50 ms.
     while not shutdown_forcing(shutdown):  # noqa: ASYNC110 - no event to wait for
         await trio.sleep(_PHASE_TWO_POLL)
-    await trio.sleep(PHASE_TWO_ANSWER_TIME)  # the forced requests answer 503 meanwhile
+    await trio.sleep(_PHASE_TWO_ANSWER_TIME)  # the forced requests answer 503 meanwhile
     if len(connections):
         _log.warning(
             "serve_until_shutdown: closed %d connection(s) still open %g s into phase 2",
             len(connections),
-            PHASE_TWO_ANSWER_TIME,
+            _PHASE_TWO_ANSWER_TIME,
         )
         await connections.close_all()

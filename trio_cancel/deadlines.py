@@ -158,9 +158,11 @@ def _check_budget(seconds: float) -> None:
 
 
 HOP_MARGIN_MS = 20
-"""What the hooks keep back from the budget they send on: the callee then gives up a little
-before its caller does (not after it, by the time the request spent in transit), so the
-caller receives the callee's own ``deadline_exceeded`` answer instead of racing it."""
+"""What the hooks keep back from the budget they send on, in milliseconds: the callee then
+gives up a little before its caller does (not after it, by the time the request spent in
+transit), so the caller receives the callee's own ``deadline_exceeded`` answer instead of
+racing it. A call with no more than this left is not sent (see the hooks). A constant: the
+hooks read it when they run, so a program may assign another value at startup."""
 
 
 def propagate_deadline(request: Any) -> None:  # noqa: ANN401 - an httpx.Request
