@@ -910,3 +910,39 @@ def test_hypercorn_internals_are_used_on_the_checked_versions() -> None:
     assert version is not None
     checked = internals.CHECKED_HYPERCORN[0] <= version <= internals.CHECKED_HYPERCORN[1]
     assert internals.owning_usable() == checked
+
+
+async def test_the_wait_for_an_aborted_handler_is_bounded_by_the_grace_period(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A unit test beside the real-server one: a cleanup longer than the grace period is left
+    to the shutdown (which still lands it), and the request task returns at the bound."""
+    ended: list[float] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(5)  # longer than the grace period
+                ended.append(trio.current_time())
+
+    async def receive() -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()  # pragma: no cover
+
+    async with tc.GracefulShutdown(grace=1) as gs:
+        mw = CancelMiddleware(app, shutdown=gs)
+        start = trio.current_time()
+        with trio.move_on_after(0.5):  # the server cancels its request task
+            await mw({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
+        returned = trio.current_time() - start
+        report = await gs.wait()
+    assert returned == pytest.approx(1.5)  # 0.5 s, then at most the 1 s grace period
+    assert ended == [pytest.approx(start + 5.5)]  # the shutdown still landed it
+    assert "still running its cleanup after the grace period" in caplog.text
+    (row,) = report.tasks
+    assert row.outcome == tc.Aborted("the server cancelled the request")
