@@ -6,6 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +27,7 @@ from trio_cancel.asgi import CancelMiddleware, DeadlineHeaderError, parse_deadli
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from starlette.requests import Request
 
@@ -361,9 +368,18 @@ async def test_lifespan_passes_through_and_an_app_error_is_500() -> None:
 
 def test_bad_configuration_fails_at_construction() -> None:
     app = make_app(Recorder())
-    for timeout in (0, -1, math.nan):
+    for timeout in (0, -1, math.nan, math.inf, -math.inf, 10**400, -(10**400)):
         with pytest.raises(ValueError, match="timeout"):
             CancelMiddleware(app, timeout=timeout)
+        with pytest.raises(ValueError, match="max_timeout"):
+            CancelMiddleware(app, max_timeout=timeout)
+        with pytest.raises(ValueError, match="retry_after"):
+            CancelMiddleware(app, retry_after=timeout)
+    for wrong in ("5", True, None):
+        with pytest.raises(TypeError, match="retry_after"):
+            CancelMiddleware(app, retry_after=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="timeout"):
+        CancelMiddleware(app, timeout="5")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="400 to 599"):
         CancelMiddleware(app, timeout_status=200)
     with pytest.raises(ValueError, match="400 to 599"):
@@ -414,34 +430,31 @@ async def test_starlette_is_disconnected_becomes_true_after_the_client_left() ->
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    polls: list[tuple[float, bool]] = []
-    left = trio.Event()
-    left_at: list[float] = []
+    seen: list[bool] = []
+    polling = trio.Event()
+    done = trio.Event()
 
     async def poll(request: Request) -> PlainTextResponse:
-        with trio.CancelScope(shield=True):  # keep polling although the middleware cancels
-            while True:
-                disconnected = await request.is_disconnected()
-                polls.append((time.perf_counter(), disconnected))
-                if disconnected or len(polls) > 200:
-                    break
-                await trio.sleep(0.02)
-        left.set()
+        token: tc.CancellationToken = request.scope["extensions"]["trio_cancel"]["token"]
+        with trio.CancelScope(shield=True):  # keep going although the middleware cancels
+            await request.body()  # the request's one message: nothing else is queued
+            seen.append(await request.is_disconnected())  # the client is still there
+            polling.set()
+            await token.wait_cancelled()  # the middleware noticed the client leave
+            seen.append(await request.is_disconnected())  # the very next poll says so
+            seen.append(await request.is_disconnected())  # and it stays so
+        done.set()
         return PlainTextResponse("done")
 
     app = Starlette(routes=[Route("/poll", poll)])
     async with running(CancelMiddleware(app)) as base:
         stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
         await stream.send_all(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
-        await trio.sleep(0.1)
-        left_at.append(time.perf_counter())
+        await polling.wait()
         await stream.aclose()
         with trio.fail_after(5):
-            await left.wait()
-    after = [(t, d) for t, d in polls if t > left_at[0] + 0.001]
-    assert after, polls
-    assert after[-1][1] is True  # it became true...
-    assert sum(1 for _, d in after if not d) <= 1  # ...on the first poll after the disconnect
+            await done.wait()
+    assert seen == [False, True, True]
 
 
 async def test_a_streaming_handler_is_cancelled_when_the_client_leaves() -> None:
@@ -478,3 +491,458 @@ async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
         await mw(scope, receive, send)
         assert "extensions" not in scope  # no token, no timeout: passed on as it came
     assert calls == [("websocket", receive, send), ("lifespan", receive, send)]
+
+
+# ---------------------------------------------------------------- after the response completed
+
+
+@pytest.mark.parametrize("then", ["client stays", "client leaves", "token cancelled"])
+async def test_a_background_task_runs_after_the_response_completed(then: str) -> None:
+    """Hypercorn answers receive() with http.disconnect once the response is complete: that is
+    not the client leaving, and neither it nor the request's timeout cancels the app then.
+    Only the middleware's token does."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from trio_cancel.deadlines import remaining_ms
+
+    ran: list[tuple[str, object]] = []
+    started = trio.Event()
+    done = trio.Event()
+
+    async def later() -> None:
+        started.set()
+        try:
+            await trio.sleep(0.4)  # past the request's timeout (0.2 s)
+            ran.append(("finished", remaining_ms()))  # no request deadline any more
+        except trio.Cancelled as exc:
+            ran.append(("cancelled", exc.reason))
+            raise
+        finally:
+            done.set()
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", background=BackgroundTask(later))
+
+    mw = CancelMiddleware(Starlette(routes=[Route("/", endpoint)]), timeout=0.2)
+    async with running(mw) as base:
+        stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        with trio.fail_after(5):
+            while not data.endswith(b"ok"):
+                data += await stream.receive_some()
+            await started.wait()
+        if then == "client leaves":
+            await stream.aclose()
+        elif then == "token cancelled":
+            mw.token.cancel("operator cancelled it")
+        with trio.fail_after(5):
+            await done.wait()
+        await stream.aclose()
+    assert data.startswith(b"HTTP/1.1 200")
+    if then == "token cancelled":
+        assert ran == [("cancelled", "operator cancelled it")]
+    else:
+        assert ran == [("finished", None)]
+
+
+# ---------------------------------------------------------------- backpressure on uploads
+
+
+@attrs.define
+class Flow:
+    """Counts the body messages the middleware pulled from the server and the app took."""
+
+    pulled: int = 0
+    taken: int = 0
+    more: bool = True  # whether more body may follow the last message pulled
+    # When the middleware pulled another message: how many it held unread, and whether more
+    # body could follow the last one it held.
+    held_at_pull: list[tuple[int, bool]] = attrs.Factory(list)
+    app_read: int = 0
+
+
+def counting_server(mw: CancelMiddleware, flow: Flow) -> Any:  # noqa: ANN401 - an ASGI app
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan support")
+
+        async def counted() -> dict[str, Any]:
+            flow.held_at_pull.append((flow.pulled - flow.taken, flow.more))
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                flow.pulled += 1
+                flow.more = message.get("more_body", False)
+            return message
+
+        await mw(scope, counted, send)
+
+    return app
+
+
+async def test_an_upload_the_app_reads_slowly_is_pulled_one_message_at_a_time() -> None:
+    flow = Flow()
+
+    async def slow_reader(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        total = 0
+        while True:
+            message = await receive()
+            flow.taken += 1
+            total += len(message.get("body", b""))
+            await trio.sleep(0.001)  # slower than the client sends
+            if not message.get("more_body"):
+                break
+        flow.app_read = total
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(total).encode()})
+
+    size = 4 * 1024 * 1024
+    mw = CancelMiddleware(slow_reader, timeout=30)
+    async with running(counting_server(mw, flow)) as base:
+        stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
+        async with stream:
+            await stream.send_all(
+                f"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+            )
+            chunk = b"x" * 65536
+            for _ in range(size // len(chunk)):
+                await stream.send_all(chunk)
+            data = b""
+            with trio.fail_after(10):
+                while not data.endswith(b"\r\n0\r\n\r\n"):  # the chunked answer's end
+                    data += await stream.receive_some()
+    assert f"\r\n{size}\r\n".encode() in data
+    assert flow.app_read == size
+    assert flow.pulled > 10  # many messages went through...
+    # ...and none was pulled while a message that more body may follow sat unread
+    assert [held for held, more in flow.held_at_pull if more] == [0] * flow.pulled
+    assert max(held for held, _ in flow.held_at_pull) <= 1
+
+
+async def _upload(stream: trio.SocketStream, path: bytes) -> None:
+    """Send a 10 MB upload's head and as much of its body as the server takes."""
+    await stream.send_all(
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    chunk = b"x" * 65536
+    for _ in range(10_000_000 // len(chunk)):
+        await stream.send_all(chunk)
+
+
+async def test_an_unread_upload_whose_client_left_ends_at_the_timeout() -> None:
+    rec = Recorder()
+    flow = Flow()
+    async with running(counting_server(CancelMiddleware(make_app(rec), timeout=0.3), flow)) as base:
+        stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_upload, stream, b"/sleep/30")  # until the server pushes back
+            await rec.started_event("/sleep/30").wait()
+            nursery.cancel_scope.cancel()
+        await stream.aclose()  # gone, its upload unread
+        with trio.fail_after(5):
+            await rec.ended.wait()
+    assert rec.reasons("/sleep/30") == ["request timeout"]
+    assert flow.pulled == 1  # one message held, unread; the rest stayed with the server
+
+
+async def test_an_unread_upload_whose_client_left_is_noticed_when_the_app_reads() -> None:
+    reasons: list[str | None] = []
+    read = trio.Event()
+    began = trio.Event()
+    cancelled = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        began.set()
+        try:
+            await read.wait()  # not reading until told
+            while True:
+                await receive()
+        except trio.Cancelled as exc:
+            reasons.append(exc.reason)
+            cancelled.set()
+            raise
+
+    flow = Flow()
+    async with running(counting_server(CancelMiddleware(app), flow)) as base:
+        stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_upload, stream, b"/up")  # until the server pushes back
+            await began.wait()
+            nursery.cancel_scope.cancel()
+        await stream.aclose()
+        read.set()
+        with trio.fail_after(5):
+            await cancelled.wait()
+    assert reasons == ["client disconnected"]
+
+
+# ---------------------------------------------------------------- the handler never outlives it
+
+
+async def test_the_handler_is_joined_when_the_server_cancels_its_request_task() -> None:
+    """Hypercorn cancels a request's task when it stops (config.graceful_timeout); the handler,
+    aborted, gets its bounded cleanup done before the request task returns."""
+    order: list[str] = []
+    began = trio.Event()
+    returned = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        began.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.2)  # a bounded cleanup: flush, release a lock
+                order.append("handler cleanup done")
+
+    async with tc.GracefulShutdown(grace=5) as gs:
+        mw = CancelMiddleware(app, shutdown=gs)
+
+        async def server_side(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+            if scope["type"] != "http":
+                raise RuntimeError("no lifespan support")
+            try:
+                await mw(scope, receive, send)
+            finally:
+                order.append("request task returned")
+                returned.set()
+
+        async with running(server_side) as base:
+            stream = await trio.open_tcp_stream("127.0.0.1", _port(base))
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await began.wait()
+        # the server has stopped: it cancelled the request task after its graceful_timeout
+        with trio.fail_after(5):
+            await returned.wait()
+        await stream.aclose()
+    assert order == ["handler cleanup done", "request task returned"]
+
+
+# ---------------------------------------------------------------- the deadline stays in the request
+
+
+async def test_the_request_deadline_does_not_leak_into_the_callers_context() -> None:
+    """httpx.ASGITransport runs the app in the caller's own task."""
+    from trio_cancel.deadlines import async_propagate_deadline, remaining_ms
+
+    inside: list[int | None] = []
+    seen: list[str | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        inside.append(remaining_ms())
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def other(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan support")
+        value = dict(scope["headers"]).get(b"connect-timeout-ms")
+        seen.append(None if value is None else value.decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = httpx.ASGITransport(app=CancelMiddleware(app, timeout=0.3))
+    hooks: Any = {"request": [async_propagate_deadline]}
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://in-process") as local,
+        running(other) as base,
+        httpx.AsyncClient(base_url=base, event_hooks=hooks) as client,
+    ):
+        assert (await local.get("/")).status_code == 200
+        assert remaining_ms() is None
+        await client.get("/")  # outside any request: no deadline to send
+        await trio.sleep(0.35)  # the request's deadline has passed
+        assert (await client.get("/")).status_code == 200
+    assert inside[0] is not None
+    assert 0 < inside[0] <= 300
+    assert seen == [None, None]
+
+
+# ---------------------------------------------------------------- the hooks speak the grammar
+
+
+async def test_the_hook_sends_a_long_deadline_that_the_middleware_accepts() -> None:
+    from trio_cancel.deadlines import async_propagate_deadline
+
+    rec = Recorder()
+    hooks: Any = {"request": [async_propagate_deadline]}
+    async with (
+        running(CancelMiddleware(make_app(rec))) as base,
+        httpx.AsyncClient(base_url=base, event_hooks=hooks) as client,
+    ):
+        with trio.move_on_after(1e9):
+            response = await client.get("/sleep/0")
+    assert response.status_code == 200
+    assert len(response.request.headers["connect-timeout-ms"]) == 10
+
+
+@pytest.mark.parametrize("budget", [0.015, 0.0])
+async def test_the_async_hook_lets_the_callers_scope_absorb_no_time_left(budget: float) -> None:
+    from trio_cancel.deadlines import async_propagate_deadline
+
+    rec = Recorder()
+    hooks: Any = {"request": [async_propagate_deadline]}
+    async with (
+        running(CancelMiddleware(make_app(rec))) as base,
+        httpx.AsyncClient(base_url=base, event_hooks=hooks) as client,
+    ):
+        with trio.move_on_after(budget) as scope:
+            await client.get("/sleep/0")  # less than the hop margin left: never sent
+        assert scope.cancelled_caught
+        assert (await client.get("/sleep/0")).status_code == 200
+    assert list(rec.started) == ["/sleep/0"]
+    assert len(rec.events) == 1
+
+
+# ---------------------------------------------------------------- serve_until_shutdown is bounded
+
+SERVER = """
+import json, sys
+import trio
+from trio_cancel.asgi import serve_until_shutdown
+
+BIG = b"x" * (32 * 1024 * 1024)
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        raise RuntimeError("no lifespan support")
+    body = BIG if scope["path"] == "/big" else b"small"
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+async def main(grace):
+    async with trio.open_nursery() as nursery:
+        async def serve(task_status):
+            report = await serve_until_shutdown(
+                app, bind="127.0.0.1:0", grace=grace, task_status=task_status
+            )
+            print(json.dumps(report.to_dict()), flush=True)
+        print(await nursery.start(serve), flush=True)
+
+trio.run(main, float(sys.argv[1]))
+"""
+
+
+def _start_big_server(
+    tmp_path: Path, grace: float, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
+    assert proc.stdout is not None
+    return proc, _port(proc.stdout.readline().strip())
+
+
+def _status_of_small_request(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sock.recv(12)
+
+
+def _wait_for_the_trigger(port: int) -> None:
+    """The trigger's own sign: a new request is refused with 503."""
+    while not _status_of_small_request(port).startswith(b"HTTP/1.1 503"):
+        pass
+
+
+@pytest.mark.parametrize("force", ["grace period", "second signal"])
+def test_serve_until_shutdown_returns_although_a_client_stopped_reading(
+    tmp_path: Path, force: str
+) -> None:
+    """Hypercorn shields its socket sends: a client that stops reading a large answer held the
+    shutdown for ever, past the grace period and a second signal. Phase 2 closes it."""
+    proc, port = _start_big_server(tmp_path, grace=0.5 if force == "grace period" else 600)
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.1 200"  # the answer has begun; now stop reading
+            proc.send_signal(signal.SIGTERM)
+            _wait_for_the_trigger(port)
+            if force == "second signal":
+                proc.send_signal(signal.SIGTERM)  # phase 2 now, not in 600 s
+            out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    rows = [row for row in report["tasks"] if row["name"] == "GET /big"]
+    assert len(rows) == 1
+    assert rows[0]["forced"]
+    assert re.search(r"closed \d+ connection\(s\) still open", err), err
+
+
+def test_serve_until_shutdown_public_fallback(tmp_path: Path) -> None:
+    """Without Hypercorn's private pieces the public hypercorn.trio.serve serves (unbounded
+    for a client that stops reading, and it says so)."""
+    proc, port = _start_big_server(
+        tmp_path, grace=0.5, env={"TRIO_CANCEL_HYPERCORN_INTERNALS": "off"}
+    )
+    try:
+        assert _status_of_small_request(port) == b"HTTP/1.1 200"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "serving with hypercorn.trio.serve" in err
+    assert json.loads(out.strip().splitlines()[-1])["reason"] == "signal SIGTERM"
+
+
+def test_hypercorn_internals_are_used_on_the_checked_versions() -> None:
+    from trio_cancel import _hypercorn_internals as internals
+
+    version = internals.HYPERCORN_VERSION
+    assert version is not None
+    checked = internals.CHECKED_HYPERCORN[0] <= version <= internals.CHECKED_HYPERCORN[1]
+    assert internals.owning_usable() == checked
+
+
+async def test_the_wait_for_an_aborted_handler_is_bounded_by_the_grace_period(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A unit test beside the real-server one: a cleanup longer than the grace period is left
+    to the shutdown (which still lands it), and the request task returns at the bound."""
+    ended: list[float] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(5)  # longer than the grace period
+                ended.append(trio.current_time())
+
+    async def receive() -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()  # pragma: no cover
+
+    async with tc.GracefulShutdown(grace=1) as gs:
+        mw = CancelMiddleware(app, shutdown=gs)
+        start = trio.current_time()
+        with trio.move_on_after(0.5):  # the server cancels its request task
+            await mw({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
+        returned = trio.current_time() - start
+        report = await gs.wait()
+    assert returned == pytest.approx(1.5)  # 0.5 s, then at most the 1 s grace period
+    assert ended == [pytest.approx(start + 5.5)]  # the shutdown still landed it
+    assert "still running its cleanup after the grace period" in caplog.text
+    (row,) = report.tasks
+    assert row.outcome == tc.Aborted("the server cancelled the request")

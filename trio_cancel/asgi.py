@@ -21,16 +21,22 @@ is cancelled (its ``trio.Cancelled`` carries the reason) when:
   that 503 at once; requests in flight at the trigger may finish within the grace period, and
   each is a row of the shutdown's :class:`~trio_cancel.LandingReport` (``"GET /path"``).
 
+"Client disconnected" means before the response was complete: once the app has sent the
+last body message, it runs on to its end (a Starlette ``BackgroundTask`` runs), and only the
+middleware's token and the shutdown's phase 2 can cancel it.
+
 Every message the server sends is forwarded to the app (the middleware reads ``receive()`` to
-notice a disconnect, and hands each message on), and a queued message is handed over even to
-a caller whose scope is already cancelled, so Starlette's ``request.is_disconnected()`` works.
-Lifespan and websocket scopes pass through untouched; an exception from the app propagates
-(the server answers 500).
+notice a disconnect, and hands each message on), never more than one unread body message ahead
+of the app, so the server's backpressure on uploads holds; a queued message is handed over
+even to a caller whose scope is already cancelled, so Starlette's ``request.is_disconnected()``
+works. Lifespan and websocket scopes pass through untouched; an exception from the app
+propagates (the server answers 500).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import math
@@ -38,12 +44,17 @@ from typing import Any, final
 
 import trio
 
-from ._checks import check_grace
 from ._excgroups import raise_errors_of
-from ._outcome import Aborted, Failed
+from ._hypercorn_internals import Connections, serve_owning_connections
+from ._outcome import Aborted, Failed, Outcome
 from ._shutdown import GracefulShutdown, LandingReport
 from ._token import CancellationToken, release_timer
-from .deadlines import REQUEST_DEADLINE, DeadlineHeaderError, parse_deadline_headers
+from .deadlines import (
+    REQUEST_DEADLINE,
+    DeadlineHeaderError,
+    RequestDeadline,
+    parse_deadline_headers,
+)
 
 __all__ = [
     "CancelMiddleware",
@@ -59,7 +70,6 @@ Send = "Callable[[Message], Awaitable[None]]"
 ASGIApp = "Callable[[Any, Any, Any], Awaitable[None]]"
 
 _log = logging.getLogger("trio_cancel.asgi")
-_SHIELD_NEAR_DEADLINE = 0.25  # seconds: a last send closer to the deadline is shielded
 
 
 def _check_status(status: object, name: str) -> int:
@@ -68,14 +78,23 @@ def _check_status(status: object, name: str) -> int:
     return status
 
 
+def _check_positive(value: object, name: str) -> float:
+    """A finite number of seconds > 0; ``ValueError`` for ``10**400``, ``inf``, NaN, <= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
+    return seconds
+
+
 def _check_timeout(value: object, name: str) -> float:
     if value is None:
-        return math.inf
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{name} must be > 0 seconds (or None for no limit), not {value!r}")
-    return float(value)
+        return math.inf  # no limit
+    return _check_positive(value, name)
 
 
 @final
@@ -96,11 +115,14 @@ class CancelMiddleware:
             get ``shutdown_status`` at once.
         timeout_status: The status for a request whose time ran out (504).
         shutdown_status: The status for a request refused or forced by the shutdown (503).
-        retry_after: Seconds for the ``Retry-After`` header of ``shutdown_status`` answers.
+        retry_after: Seconds for the ``Retry-After`` header of ``shutdown_status`` answers
+            (whole seconds: a fraction is rounded up).
 
     Raises:
-        ValueError: ``timeout`` or ``max_timeout`` is zero, negative or NaN; a status is not
-            from 400 to 599; ``retry_after`` is negative.
+        ValueError: ``timeout``, ``max_timeout`` or ``retry_after`` is not a finite number
+            > 0 (zero, negative, NaN, ``inf``, ``10**400``); a status is not from 400 to 599.
+        TypeError: ``timeout``, ``max_timeout`` or ``retry_after`` is not a number (``None``
+            means no limit for the first two), ``token`` or ``shutdown`` is of the wrong type.
     """
 
     def __init__(
@@ -113,7 +135,7 @@ class CancelMiddleware:
         shutdown: GracefulShutdown | None = None,
         timeout_status: int = 504,
         shutdown_status: int = 503,
-        retry_after: int = 5,
+        retry_after: float = 5,
     ) -> None:
         if not callable(app):
             raise TypeError(f"CancelMiddleware needs an ASGI app, not {type(app).__name__}")
@@ -128,7 +150,8 @@ class CancelMiddleware:
         self._shutdown = shutdown
         self._timeout_status = _check_status(timeout_status, "timeout_status")
         self._shutdown_status = _check_status(shutdown_status, "shutdown_status")
-        self._retry_after = int(check_grace(retry_after))
+        # Retry-After holds whole seconds: a fraction is rounded up (never invites a retry early).
+        self._retry_after = math.ceil(_check_positive(retry_after, "retry_after"))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
         """Handle one ASGI call.
@@ -147,7 +170,21 @@ class CancelMiddleware:
 
 
 class _Request:
-    """One HTTP request going through the middleware."""
+    """One HTTP request going through the middleware.
+
+    Invariants, and how they are kept:
+
+    * Backpressure: the watcher holds at most one unread ``http.request`` message that more
+      may follow (it reads the next one only once the app has taken it); after the last one
+      it reads on, since only ``http.disconnect`` can follow.
+    * "Client disconnected" means before the response was complete: :attr:`finished` is set
+      before the last body message is handed to the server (whose ``http.disconnect`` after a
+      complete response is protocol, not a client leaving), and from then on only the
+      middleware's token (and the shutdown's phase 2) cancel the app: the request's timer is
+      released and its deadline lifted.
+    * The request's deadline is visible only inside the request (its context variable is reset
+      when the app returns).
+    """
 
     def __init__(self, mw: CancelMiddleware, scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
         self.mw = mw
@@ -156,12 +193,15 @@ class _Request:
         self.send = send
         self.name = f"{scope.get('method', '?')} {scope.get('path', '?')}"
         self.started = False  # the app sent http.response.start
-        self.finished = False  # the app sent the last body message
+        self.finished = False  # the app sent (is sending) the last body message
         self.body_complete = False  # the last http.request message arrived
         self.disconnected = False
         self.deadline = math.inf
+        self.cell: RequestDeadline | None = None  # the deadline outgoing calls see
+        self.token: CancellationToken | None = None
         self.inbox: collections.deque[Message] = collections.deque()
-        self.arrived = trio.lowlevel.ParkingLot()
+        self.arrived = trio.lowlevel.ParkingLot()  # the watcher queued a message
+        self.taken = trio.lowlevel.ParkingLot()  # the app took a message
 
     async def run(self) -> None:
         mw = self.mw
@@ -184,9 +224,10 @@ class _Request:
         if limit <= 0:
             await self._answer(mw._timeout_status, "deadline_exceeded", f"{why}: no time left")
             return
-        token = mw.token.child_token()
+        token = self.token = mw.token.child_token()
         deadline = self.deadline = trio.current_time() + limit
         if limit < math.inf:
+            self.cell = RequestDeadline(deadline)
             token.cancel_after(limit, why)  # the handler's Cancelled carries the reason
         extensions = self.scope.setdefault("extensions", {})
         extensions["trio_cancel"] = {
@@ -200,14 +241,9 @@ class _Request:
                 nursery.start_soon(self._watch_receive, token)
                 try:
                     if shutdown is None:
-                        await self._handle(token)
+                        await self._handle(token)  # in this task: it cannot outlive it
                     else:
-                        handle = shutdown.spawn(self._handle, token, name=self.name)
-                        try:
-                            outcome = await handle.join()
-                        except trio.Cancelled:
-                            handle.abort("the server cancelled the request")
-                            raise
+                        outcome = await self._handle_in(shutdown, token)
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -226,16 +262,50 @@ class _Request:
         elif isinstance(outcome, Aborted):
             await self._after_cut(f"shutdown: {outcome.reason}", mw._shutdown_status, "unavailable")
 
+    async def _handle_in(
+        self, shutdown: GracefulShutdown, token: CancellationToken
+    ) -> Outcome[None]:
+        """Run the handler as a task of the shutdown (a row of its report) and join it; if
+        this task is cancelled, abort the handler and wait for it, shielded, at most the
+        shutdown's grace period: the handler never outlives the server's request task."""
+        handle = shutdown.spawn(self._handle, token, name=self.name)
+        try:
+            return await handle.join()
+        except trio.Cancelled:
+            handle.abort("the server cancelled the request")
+            with trio.move_on_after(shutdown_grace(shutdown)) as scope:
+                scope.shield = True
+                await handle.join()
+            if scope.cancelled_caught:
+                _log.warning(
+                    "%s: the handler was still running its cleanup after the grace period",
+                    self.name,
+                )
+            raise
+
     async def _handle(self, token: CancellationToken) -> None:
-        if self.deadline < math.inf:
-            REQUEST_DEADLINE.set(self.deadline)  # this task's context: for outgoing calls
-        with token.cancel_scope():
-            await self.mw._app(self.scope, self._app_receive, self._app_send)
+        # The request's deadline, for outgoing calls (deadlines' hooks), set only while the
+        # app runs: the app may run in the caller's own task (httpx.ASGITransport).
+        reset = REQUEST_DEADLINE.set(self.cell) if self.cell is not None else None
+        try:
+            with token.cancel_scope():
+                await self.mw._app(self.scope, self._app_receive, self._app_send)
+        finally:
+            if reset is not None:
+                REQUEST_DEADLINE.reset(reset)
+
+    def _holds_body(self) -> bool:
+        """Whether an unread ``http.request`` message that more may follow is queued."""
+        inbox = self.inbox
+        return bool(inbox) and inbox[-1].get("more_body", False)
 
     async def _watch_receive(self, token: CancellationToken) -> None:
-        """Read every message from the server and forward it to the app; cancel the request's
-        token when the client goes away."""
+        """Read the server's messages and queue them for the app, one unread body message at
+        most; cancel the request's token when the client goes away before the response is
+        complete."""
         while True:
+            while self._holds_body():
+                await self.taken.park()  # backpressure: the app has not taken the last one
             message = await self.receive()  # cancel-safe: a server's channel receive
             kind = message.get("type")
             if kind == "http.request" and not message.get("more_body", False):
@@ -252,26 +322,31 @@ class _Request:
 
     async def _app_receive(self) -> Message:
         # A queued message is handed over even if the caller's scope is cancelled (Starlette's
-        # is_disconnected() polls this way); otherwise wait for the next one.
+        # is_disconnected() polls this way); otherwise wait for the next one (after the
+        # disconnect, none comes: as the server's own receive, it waits until cancelled).
         while not self.inbox:
             await self.arrived.park()
-        return self.inbox.popleft()  # noqa: ASYNC910 - ASGI receive, by design
+        message = self.inbox.popleft()
+        if self.taken:
+            self.taken.unpark_all()  # the watcher may pull the next one
+        return message  # noqa: ASYNC910 - ASGI receive, by design
 
     async def _app_send(self, message: Message) -> None:
         kind = message.get("type")
-        # The answer's last message, sent close to the deadline, is delivered whole: the
-        # deadline firing just as the answer goes out waits for it and lands at the app's next
-        # checkpoint instead.
-        last = kind == "http.response.body" and not message.get("more_body", False)
-        if last and self.deadline - trio.current_time() < _SHIELD_NEAR_DEADLINE:
-            with trio.CancelScope(shield=True):  # the answer's last part: delivered whole
-                await self.send(message)
-        else:
-            await self.send(message)
-        if kind == "http.response.start":
+        if kind == "http.response.body" and not message.get("more_body", False):
+            # The response is complete once this is sent: from now on only the middleware's
+            # token (and the shutdown's phase 2) may cancel the app (a BackgroundTask runs).
+            self._complete()
+        elif kind == "http.response.start":
             self.started = True
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            self.finished = True
+        await self.send(message)
+
+    def _complete(self) -> None:
+        self.finished = True
+        if self.token is not None:
+            release_timer(self.token)  # the request's time limit no longer applies
+        if self.cell is not None:
+            self.cell.at = math.inf  # nor does its deadline, for outgoing calls
 
     async def _after_cut(self, why: str, status: int, code: str) -> None:
         """The handler was cut short: answer, unless the client left or the response was
@@ -302,6 +377,17 @@ class _Request:
         await self.send({"type": "http.response.body", "body": body})
 
 
+def shutdown_grace(shutdown: GracefulShutdown) -> float:
+    """The shutdown's grace period (the bound of a shielded wait for a handler's cleanup)."""
+    return shutdown._grace  # a sibling module's field, read only (no accessor yet)
+
+
+def shutdown_forcing(shutdown: GracefulShutdown) -> bool:
+    """Whether the shutdown's phase 2 has begun (by its grace period, ``force()`` or a second
+    signal)."""
+    return shutdown._phase_two_reason is not None  # read only (no accessor yet)
+
+
 class _ResponseCutShortError(Exception):
     """Raised to the server when a response that had begun cannot be completed."""
 
@@ -325,35 +411,90 @@ async def serve_until_shutdown(
     server's URL (``nursery.start`` returns it). Needs Hypercorn (``pip install
     hypercorn[trio]``).
 
+    It returns within ``grace`` plus 1 s after the trigger (within 1 s after a signal that
+    forces phase 2), whatever the clients do: it owns its listening sockets and the
+    connections it accepted, and in phase 2, once the forced requests have had 0.3 s to
+    send their 503, it closes the connections still open (a client that stops reading a
+    large response holds Hypercorn's send, which no cancellation reaches).
+
     Returns:
         The shutdown's :class:`~trio_cancel.LandingReport`: one row per request that was in
         flight at the trigger (``"GET /path"``).
 
     Cancellation:
         A cancellation from outside stops the server and cancels every request at once, as
-        for any nursery.
+        for any nursery; the connections still open are closed.
     """
     from hypercorn.config import Config
-    from hypercorn.trio import serve
 
     config = Config()
     config.bind = [bind]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.1  # every request has landed by the time the server stops
+    return await _serve(app, config, grace, request_timeout, install_signal_handlers, task_status)
+
+
+# Seconds that the requests forced by phase 2 get to send their 503 before the connections
+# still open are closed.
+_PHASE_TWO_ANSWER_TIME = 0.3
+
+_PHASE_TWO_POLL = 0.05  # seconds between two looks for phase 2
+
+
+async def _serve(
+    app: Any,  # noqa: ANN401 - any ASGI app
+    config: Any,  # noqa: ANN401 - a hypercorn.config.Config
+    grace: float,
+    request_timeout: float | None,
+    install_signal_handlers: bool,
+    task_status: trio.TaskStatus[str],
+) -> LandingReport:
+    """The body of :func:`serve_until_shutdown`: serve, wait for the trigger, land, stop."""
+    connections = Connections()
     stop = trio.Event()
     async with trio.open_nursery() as server_nursery:
-        async with GracefulShutdown(grace) as shutdown:
-            if install_signal_handlers:
-                shutdown.install_signal_handlers()
-            wrapped = CancelMiddleware(app, timeout=request_timeout, shutdown=shutdown)
-            binds = await server_nursery.start(
-                lambda task_status: serve(
-                    wrapped, config, shutdown_trigger=stop.wait, task_status=task_status
+        try:
+            async with GracefulShutdown(grace) as shutdown:
+                if install_signal_handlers:
+                    shutdown.install_signal_handlers()
+                wrapped = CancelMiddleware(app, timeout=request_timeout, shutdown=shutdown)
+                binds = await server_nursery.start(
+                    functools.partial(
+                        serve_owning_connections,
+                        wrapped,
+                        config,
+                        connections,
+                        shutdown_trigger=stop.wait,
+                    )
                 )
-            )
-            task_status.started(binds[0])
-            await shutdown.token.wait_cancelled()
-            report = await shutdown.wait()
-        stop.set()
+                task_status.started(binds[0])
+                await shutdown.token.wait_cancelled()
+                report = await _land(shutdown, connections)
+        finally:
+            stop.set()
     return report
+
+
+async def _land(shutdown: GracefulShutdown, connections: Connections) -> LandingReport:
+    """``shutdown.wait()``, closing in phase 2 the connections that keep requests from
+    landing."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_close_in_phase_two, shutdown, connections)
+        report = await shutdown.wait()
+        nursery.cancel_scope.cancel()
+    return report
+
+
+async def _close_in_phase_two(shutdown: GracefulShutdown, connections: Connections) -> None:
+    # GracefulShutdown has no event for phase 2 (yet): look for it every 50 ms.
+    while not shutdown_forcing(shutdown):  # noqa: ASYNC110 - no event to wait for
+        await trio.sleep(_PHASE_TWO_POLL)
+    await trio.sleep(_PHASE_TWO_ANSWER_TIME)  # the forced requests answer 503 meanwhile
+    if len(connections):
+        _log.warning(
+            "serve_until_shutdown: closed %d connection(s) still open %g s into phase 2",
+            len(connections),
+            _PHASE_TWO_ANSWER_TIME,
+        )
+        await connections.close_all()
