@@ -20,6 +20,10 @@ Trio version, each variant in a fresh subprocess (so peak memory is its own), sa
   one-hour deadline) and return when it is set.
 * ``asyncio``: ``asyncio.TaskGroup``, ``await asyncio.sleep(3600)``, ``task.cancel()`` on each.
 
+Each row is also run inside ``with tc.deferred_full_collections():`` (entered after start-up,
+left after the join): the same shutdown with the collector's full collections held back, which
+is the application's choice (trio_cancel never enters it by itself).
+
 Also measured: the garbage collector's share (the same run with ``gc.disable()`` around the
 cancel), ``gc.freeze()`` after start-up and raised collector thresholds
 (``gc.set_threshold(100_000, 50, 100)`` after start-up); bytes per child token; a root that
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -99,8 +104,10 @@ async def _graceful_task(*, token: tc.CancellationToken) -> None:
         await token.wait_cancelled()
 
 
-def _set_gc(gc_mode: str) -> None:
-    if gc_mode == "freeze":
+def _set_gc(gc_mode: str, stack: contextlib.ExitStack) -> None:
+    if gc_mode == "deferred":
+        stack.enter_context(tc.deferred_full_collections())
+    elif gc_mode == "freeze":
         gc.freeze()
     elif gc_mode == "threshold":
         gc.set_threshold(100_000, 50, 100)
@@ -113,6 +120,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
     ``GracefulShutdown`` of n cooperative tasks from ``trigger()`` to its report."""
     base_kib = _rss_kib()
     thresholds = gc.get_threshold()
+    stack = contextlib.ExitStack()
     t0 = time.perf_counter()
     if variant == "joinset":
         async with tc.JoinSet() as js:
@@ -120,7 +128,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
                 js.spawn(_sleep_task)
             await trio.testing.wait_all_tasks_blocked()
             spawn_s = time.perf_counter() - t0
-            _set_gc(gc_mode)
+            _set_gc(gc_mode, stack)
             cpu0, t0 = time.process_time(), time.perf_counter()
             await js.shutdown("benchmark")
             call_s = cancel_s = time.perf_counter() - t0
@@ -130,7 +138,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
                 gs.spawn(_graceful_task)
             await trio.testing.wait_all_tasks_blocked()
             spawn_s = time.perf_counter() - t0
-            _set_gc(gc_mode)
+            _set_gc(gc_mode, stack)
             cpu0, t0 = time.process_time(), time.perf_counter()
             gs.trigger("benchmark")
             call_s = time.perf_counter() - t0
@@ -138,6 +146,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
             cancel_s = time.perf_counter() - t0
             assert len(report) == n
     cpu_s = time.process_time() - cpu0
+    stack.close()
     gc.enable()
     gc.set_threshold(*thresholds)
     return _measured(spawn_s, cancel_s, call_s, cpu_s, base_kib)
@@ -150,6 +159,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
     event = trio.Event()
     recorder = tc.CancellationLatency(threshold=0.005) if latency else None
     base_kib = _rss_kib()
+    stack = contextlib.ExitStack()
     async with trio.open_nursery() as nursery:
         t0 = time.perf_counter()
         for _ in range(n):
@@ -164,7 +174,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
         await trio.testing.wait_all_tasks_blocked()
         spawn_s = time.perf_counter() - t0
         thresholds = gc.get_threshold()
-        _set_gc(gc_mode)
+        _set_gc(gc_mode, stack)
         if recorder is not None:
             trio.lowlevel.add_instrument(recorder)
         cpu0 = time.process_time()
@@ -178,6 +188,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
         call_s = time.perf_counter() - t0
     cancel_s = time.perf_counter() - t0
     cpu_s = time.process_time() - cpu0
+    stack.close()
     gc.enable()
     gc.set_threshold(*thresholds)
     result: dict[str, Any] = _measured(spawn_s, cancel_s, call_s, cpu_s, base_kib)
@@ -195,20 +206,23 @@ async def _asyncio_sleep_task() -> None:
     await asyncio.sleep(HOUR)
 
 
-async def _asyncio_run(n: int) -> dict[str, Any]:
+async def _asyncio_run(n: int, gc_mode: str) -> dict[str, Any]:
     base_kib = _rss_kib()
+    stack = contextlib.ExitStack()
     tasks: list[asyncio.Task[None]] = []
     async with asyncio.TaskGroup() as group:
         t0 = time.perf_counter()
         tasks = [group.create_task(_asyncio_sleep_task()) for _ in range(n)]
         await asyncio.sleep(0)  # let every task start and block
         spawn_s = time.perf_counter() - t0
+        _set_gc(gc_mode, stack)
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         for task in tasks:
             task.cancel()
         call_s = time.perf_counter() - t0
     cancel_s = time.perf_counter() - t0
+    stack.close()
     return _measured(spawn_s, cancel_s, call_s, time.process_time() - cpu0, base_kib)
 
 
@@ -238,7 +252,7 @@ def _child(args: argparse.Namespace) -> None:
     if args.child == "token-memory":
         print(json.dumps(_token_memory(args.tasks, args.churn)))
     elif args.child == "asyncio":
-        print(json.dumps(asyncio.run(_asyncio_run(args.tasks))))
+        print(json.dumps(asyncio.run(_asyncio_run(args.tasks, args.gc))))
     else:
         print(json.dumps(trio.run(_trio_run, args.child, args.tasks, args.gc, args.latency)))
 
@@ -299,6 +313,11 @@ def main() -> None:
         default=1_000_000,
         help="child tokens a root creates and drops for the flat-memory check",
     )
+    parser.add_argument(
+        "--no-gc-study",
+        action="store_true",
+        help="skip the collector settings study (gc off, freeze, raised thresholds)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument("--gc", default="default", help=argparse.SUPPRESS)
@@ -316,7 +335,8 @@ def main() -> None:
     for n in sizes:
         repeat = 1 if n >= 1_000_000 else args.repeat
         plan += [(v, n, "default", repeat) for v in args.variants]
-    for mode in ("off", "freeze", "threshold"):  # the GC study, for the variants asked for
+        plan += [(v, n, "deferred", repeat) for v in args.variants]  # the same, deferred
+    for mode in () if args.no_gc_study else ("off", "freeze", "threshold"):  # the GC study
         plan += [
             (v, largest, mode, 1 if largest >= 1_000_000 else args.repeat)
             for v in ("token", "token-scope", "trio-nursery")
@@ -406,6 +426,20 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
                 f"{v:<13}{n:>10,}{r['cancel_s']:>12.3f}s{r['per_task_us']:>9.2f}us"
                 f"{r['peak_mb']:>8.0f}MB{r['bytes_per_task']:>12.0f}{r['cpu_pct']:>5.0f}%"
                 f"{r['vs_trio_nursery']:>12.2f}"
+            )
+    deferred = [(v, n) for n in sizes for v in VARIANTS if row(v, n, "deferred") and row(v, n)]
+    if deferred:
+        print()
+        print("With and without tc.deferred_full_collections() around the cancel and the join:")
+        print(f"{'variant':<13}{'tasks':>10}{'without':>11}{'with':>11}{'gain':>9}")
+        for v, n in deferred:
+            without, with_ = row(v, n), row(v, n, "deferred")
+            assert without is not None
+            assert with_ is not None
+            gain = without["cancel_s"] / with_["cancel_s"] if with_["cancel_s"] else 0.0
+            print(
+                f"{v:<13}{n:>10,}{without['cancel_s']:>10.3f}s{with_['cancel_s']:>10.3f}s"
+                f"{gain:>8.2f}x"
             )
     print()
     print(f"Garbage collector at {largest:,} tasks (cancel+join):")
