@@ -27,6 +27,33 @@ Invariants (every method keeps them; the tests check them):
 6. Registering and unregistering a child, a scope, a waiter or a callback is O(1) (amortised
    for a child), except that the first callback in a subtree pins the chain of uncancelled
    ancestors once.
+7. *Run marks.* ``_run`` identifies a Trio run (a weak reference to its root task, the same
+   object for every lookup in that run). Before a scope is bound, a task parks in
+   ``wait_cancelled()``, a ``cancel_after`` timer is set or an ``on_cancel`` callback is
+   registered inside a run, ``_mark_used()`` gives that node and every ancestor the run's mark
+   (the walk stops at a node that already has it: once per node and run, so amortised O(1),
+   and ``child_token()`` and ``cancel()`` never walk). Hence: if any node of a subtree was used
+   in run R, its root carries R's mark, unless a later run re-marked it (then R has ended, or
+   the tree is shared between two live runs, which is outside the contract). ``cancel()``
+   reads one field first: a token marked by a run that is still running (its root task's
+   coroutine has not finished) and that is not the caller's own run raises ``RuntimeError``
+   before any write. So a ``cancel()`` from a foreign thread either is refused before it marks
+   anything, or reaches a tree that no live run uses, where no task can observe it; no mark is
+   ever undone, so no task sees a token cancelled and then live again, and no child is born
+   cancelled under a live parent (a child is born cancelled only from a marked parent, and
+   marks are final). The decision depends on the tree's history, not on what happens to be
+   registered at the moment of the call. A tree whose first use races a foreign ``cancel()``
+   that already passed the check is the caller's race, like any unsynchronised sharing.
+8. ``cancel()`` writes only from the Trio thread of the run that uses the tree, or to a tree no
+   live run uses; the collector pause (``_collector``) happens only in the first case, as one
+   synchronous section with no ``await`` inside.
+9. ``Ctrl+C``: every method that changes state is ``KeyboardInterrupt``-protected, and so are
+   a bound scope's ``__enter__`` (register with the token, then enter the ``CancelScope``) and
+   ``__exit__`` (unregister, then leave): each pair is one change, as in Trio's own
+   ``CancelScope``.
+10. A raising callback keeps nothing alive: ``cancel()``'s frames drop their references to the
+    subtree (``order`` and the loop variables) before a group is raised, so the tracebacks of
+    the raised exceptions hold no token (no reference cycle for the collector to find).
 """
 
 from __future__ import annotations
@@ -231,8 +258,10 @@ class CancellationToken:
 
         Not a checkpoint; never blocks. ``KeyboardInterrupt``-protected, as Trio's own
         ``CancelScope.cancel`` is: a Ctrl+C is delivered after the whole subtree is done, never
-        halfway. Call it from the Trio thread (or outside :func:`trio.run`, while no scope is
-        bound and no task waits); from another thread use
+        halfway. Call it from the Trio thread. A tree that no running :func:`trio.run` has used
+        (no scope bound, no task waiting, no timer, no callback registered inside a run, on
+        this token or a descendant) is plain data and may be cancelled from any thread; once a
+        live run has used it, call it from another thread through
         ``trio.from_thread.run_sync(token.cancel, reason)``.
 
         Args:
@@ -241,8 +270,9 @@ class CancellationToken:
 
         Raises:
             TypeError: ``reason`` is not a string or None.
-            RuntimeError: Called from another thread while the subtree has a bound scope or a
-                waiting task to wake; nothing was changed, so the same call through
+            RuntimeError: Called from another thread than the one of a still-running
+                :func:`trio.run` in which this token or a descendant was used (whatever is
+                registered at this moment); nothing was changed, so the same call through
                 ``trio.from_thread.run_sync`` does the whole job.
             ExceptionGroup: One or more ``on_cancel`` callbacks raised.
         """
