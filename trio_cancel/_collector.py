@@ -147,10 +147,11 @@ def deferred_full_collections() -> AbstractContextManager[None]:
     threshold and the last restores it. What comes back is what the program last set: a
     ``gc.set_threshold()`` made meanwhile (by any thread) is kept, generation by generation;
     ``gc.disable()`` / ``gc.enable()`` are never touched. A collector with automatic
-    collection off (``gc.set_threshold(0)``) is left alone. Entering and leaving are
-    ``KeyboardInterrupt``-protected, and the exit restores on every path (an exception, a
-    ``KeyboardInterrupt``, a cancellation). Each call returns a new context manager, entered
-    once.
+    collection off (``gc.set_threshold(0)``) is left alone. The exit restores on every path
+    (an exception, a ``KeyboardInterrupt``, a cancellation); inside :func:`trio.run`, entering
+    and leaving are ``KeyboardInterrupt``-protected as Trio's own ``CancelScope`` is (outside a
+    run, as for any Python code, a Ctrl+C can land anywhere). Each call returns a new context
+    manager, entered once.
 
     Not a checkpoint; never blocks (beyond a process-wide lock held for a few instructions).
     """

@@ -40,8 +40,8 @@ Invariants (every method keeps them; the tests check them):
    before any write. So a ``cancel()`` from a foreign thread either is refused before it marks
    anything, or reaches a tree that no live run uses, where no task can observe it; no mark is
    ever undone, so no task sees a token cancelled and then live again, and no child is born
-   cancelled under a live parent (a child is born cancelled only from a marked parent, and
-   marks are final). The decision depends on the tree's history, not on what happens to be
+   cancelled under a live parent (a child is born cancelled only from a cancelled parent, and
+   a cancellation is final). The decision depends on the tree's history, not on what happens to be
    registered at the moment of the call. A tree whose first use races a foreign ``cancel()``
    that already passed the check is the caller's race, like any unsynchronised sharing.
 8. ``cancel()`` writes only from the Trio thread of the run that uses the tree, or to a tree no
