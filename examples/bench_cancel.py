@@ -333,36 +333,43 @@ def main() -> None:
         args.sizes, args.repeat = [10_000], 1
     sizes = sorted(set(args.sizes + ([1_000_000] if args.full else [])))
     largest = max(n for n in sizes if n <= 100_000) if min(sizes) <= 100_000 else min(sizes)
-    plan: list[tuple[str, int, str, int]] = []
+    # Each entry: a variant and size, the collector modes to compare, the repeats. The modes of
+    # one entry alternate run by run, so that a load that changes during the benchmark (a
+    # shared machine) weighs on both alike.
+    plan: list[tuple[str, int, tuple[str, ...], int]] = []
     for n in sizes:
         repeat = 1 if n >= 1_000_000 else args.repeat
-        plan += [(v, n, "default", repeat) for v in args.variants]
-        # The same rows with tc.deferred_full_collections() (a smoke run: two of them).
+        # Every row with and without tc.deferred_full_collections() (a smoke run: two of them).
         deferred = ("trio-nursery", "joinset") if args.quick else VARIANTS
-        plan += [(v, n, "deferred", repeat) for v in args.variants if v in deferred]
+        plan += [
+            (v, n, ("default", "deferred") if v in deferred else ("default",), repeat)
+            for v in args.variants
+        ]
     for mode in () if args.no_gc_study else ("off", "freeze", "threshold"):  # the GC study
         studied = ("token-scope",) if args.quick else ("token", "token-scope", "trio-nursery")
         plan += [
-            (v, largest, mode, 1 if largest >= 1_000_000 else args.repeat)
+            (v, largest, (mode,), 1 if largest >= 1_000_000 else args.repeat)
             for v in studied
             if v in args.variants
         ]
     if args.quick and "token" in args.variants and not args.no_gc_study:
-        plan.append(("token", largest, "off", 1))  # for the cancel() call alone
-    bar = _progress(sum(r for *_, r in plan) + 2)
+        plan.append(("token", largest, ("off",), 1))  # for the cancel() call alone
+    bar = _progress(sum(len(modes) * r for _, _, modes, r in plan) + 2)
     results: dict[tuple[str, int, str], dict[str, float]] = {}
     # A long run never loses what it measured: each result is saved as soon as it exists.
     with open(args.results, "w") as saved:
-        for variant, n, mode, repeat in plan:
-            runs = []
+        for variant, n, modes, repeat in plan:
+            runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
             for _ in range(repeat):
-                bar.set_description(f"{variant} {n} gc={mode}")
-                runs.append(_spawn(variant, n, mode))
-                bar.update()
-            results[(variant, n, mode)] = _median(runs)
-            record = {"variant": variant, "tasks": n, "gc": mode, **results[(variant, n, mode)]}
-            saved.write(json.dumps(record) + "\n")
-            saved.flush()
+                for mode in modes:
+                    bar.set_description(f"{variant} {n} gc={mode}")
+                    runs[mode].append(_spawn(variant, n, mode))
+                    bar.update()
+            for mode in modes:
+                results[(variant, n, mode)] = _median(runs[mode])
+                record = {"variant": variant, "tasks": n, "gc": mode, **results[(variant, n, mode)]}
+                saved.write(json.dumps(record) + "\n")
+                saved.flush()
     latency = (
         _spawn("token", largest, latency=True)["latency"] if "token" in args.variants else None
     )
@@ -437,19 +444,26 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
     deferred = [(v, n) for n in sizes for v in VARIANTS if row(v, n, "deferred") and row(v, n)]
     if deferred:
         print()
-        print("With and without tc.deferred_full_collections() around the cancel and the join:")
-        print(f"{'variant':<13}{'tasks':>10}{'without':>11}{'with':>11}{'gain':>9}")
+        print("With and without tc.deferred_full_collections() around the cancel and the join")
+        print("(wall clock, and the process's CPU time, which a shared machine disturbs less):")
+        print(
+            f"{'variant':<13}{'tasks':>10}{'without':>11}{'with':>11}{'CPU without':>13}"
+            f"{'CPU with':>10}{'CPU gain':>10}"
+        )
         for v, n in deferred:
             without, with_ = row(v, n), row(v, n, "deferred")
             assert without is not None
             assert with_ is not None
-            gain = without["cancel_s"] / with_["cancel_s"] if with_["cancel_s"] else 0.0
+            cpu_without = without["cpu_pct"] * without["cancel_s"] / 100
+            cpu_with = with_["cpu_pct"] * with_["cancel_s"] / 100
+            gain = cpu_without / cpu_with if cpu_with else 0.0
             print(
                 f"{v:<13}{n:>10,}{without['cancel_s']:>10.3f}s{with_['cancel_s']:>10.3f}s"
-                f"{gain:>8.2f}x"
+                f"{cpu_without:>12.3f}s{cpu_with:>9.3f}s{gain:>9.2f}x"
             )
-    print()
-    print(f"Garbage collector at {largest:,} tasks (cancel+join):")
+    if any(r["gc"] in ("off", "freeze", "threshold") for r in rows):
+        print()
+        print(f"Garbage collector at {largest:,} tasks (cancel+join):")
     for v in (v for v in ("token", "token-scope", "trio-nursery") if v in present):
         found = [row(v, largest, m) for m in ("default", "off", "freeze", "threshold")]
         if any(r is None for r in found):
