@@ -418,10 +418,20 @@ class CancellationToken:
     def _mark_used(self) -> None:
         """Record, on this token and every ancestor, that the tree is used in the current run
         (invariant 7). Amortised O(1): the walk stops at a node that already has the mark."""
-        run = _current_run()
-        if run is None or self._run is run:
+        try:
+            root = trio.lowlevel.current_root_task()
+        except RuntimeError:  # outside trio.run: plain data
             return
-        stack = [self]
+        if root is None:  # pragma: no cover - a run always has its root task
+            return
+        run = weakref.ref(root)  # the same object for every call in this run
+        if self._run is run:
+            return
+        self._run = run
+        parents = self._parents
+        if type(parents) is not tuple and parents._run is run:  # type: ignore[union-attr]
+            return  # the common case: a child of a marked parent
+        stack = list(_parents_of(self))
         while stack:
             node = stack.pop()
             if node._run is not run:
@@ -636,9 +646,10 @@ def _run_callbacks(order: list[CancellationToken]) -> list[BaseException]:
 def _current_run() -> weakref.ref[trio.lowlevel.Task] | None:
     """The identity of the Trio run of this thread (a weak reference to its root task, the
     same object every time), or ``None`` outside :func:`trio.run`."""
-    if not trio.lowlevel.in_trio_run():
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
         return None
-    root = trio.lowlevel.current_root_task()
     return None if root is None else weakref.ref(root)
 
 
