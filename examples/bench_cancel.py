@@ -20,6 +20,11 @@ Trio version, each variant in a fresh subprocess (so peak memory is its own), sa
   one-hour deadline) and return when it is set.
 * ``asyncio``: ``asyncio.TaskGroup``, ``await asyncio.sleep(3600)``, ``task.cancel()`` on each.
 
+From 10,000 tasks up, each row is also run inside ``with tc.deferred_full_collections():``
+(entered after start-up, left after the join): the same shutdown with the collector's full
+collections held back, which is the application's choice (trio_cancel never enters it by
+itself).
+
 Also measured: the garbage collector's share (the same run with ``gc.disable()`` around the
 cancel), ``gc.freeze()`` after start-up and raised collector thresholds
 (``gc.set_threshold(100_000, 50, 100)`` after start-up); bytes per child token; a root that
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -99,8 +105,10 @@ async def _graceful_task(*, token: tc.CancellationToken) -> None:
         await token.wait_cancelled()
 
 
-def _set_gc(gc_mode: str) -> None:
-    if gc_mode == "freeze":
+def _set_gc(gc_mode: str, stack: contextlib.ExitStack) -> None:
+    if gc_mode == "deferred":
+        stack.enter_context(tc.deferred_full_collections())
+    elif gc_mode == "freeze":
         gc.freeze()
     elif gc_mode == "threshold":
         gc.set_threshold(100_000, 50, 100)
@@ -113,6 +121,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
     ``GracefulShutdown`` of n cooperative tasks from ``trigger()`` to its report."""
     base_kib = _rss_kib()
     thresholds = gc.get_threshold()
+    stack = contextlib.ExitStack()
     t0 = time.perf_counter()
     if variant == "joinset":
         async with tc.JoinSet() as js:
@@ -120,7 +129,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
                 js.spawn(_sleep_task)
             await trio.testing.wait_all_tasks_blocked()
             spawn_s = time.perf_counter() - t0
-            _set_gc(gc_mode)
+            _set_gc(gc_mode, stack)
             cpu0, t0 = time.process_time(), time.perf_counter()
             await js.shutdown("benchmark")
             call_s = cancel_s = time.perf_counter() - t0
@@ -130,7 +139,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
                 gs.spawn(_graceful_task)
             await trio.testing.wait_all_tasks_blocked()
             spawn_s = time.perf_counter() - t0
-            _set_gc(gc_mode)
+            _set_gc(gc_mode, stack)
             cpu0, t0 = time.process_time(), time.perf_counter()
             gs.trigger("benchmark")
             call_s = time.perf_counter() - t0
@@ -138,6 +147,7 @@ async def _layer_run(variant: str, n: int, gc_mode: str) -> dict[str, Any]:
             cancel_s = time.perf_counter() - t0
             assert len(report) == n
     cpu_s = time.process_time() - cpu0
+    stack.close()
     gc.enable()
     gc.set_threshold(*thresholds)
     return _measured(spawn_s, cancel_s, call_s, cpu_s, base_kib)
@@ -150,6 +160,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
     event = trio.Event()
     recorder = tc.CancellationLatency(threshold=0.005) if latency else None
     base_kib = _rss_kib()
+    stack = contextlib.ExitStack()
     async with trio.open_nursery() as nursery:
         t0 = time.perf_counter()
         for _ in range(n):
@@ -164,7 +175,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
         await trio.testing.wait_all_tasks_blocked()
         spawn_s = time.perf_counter() - t0
         thresholds = gc.get_threshold()
-        _set_gc(gc_mode)
+        _set_gc(gc_mode, stack)
         if recorder is not None:
             trio.lowlevel.add_instrument(recorder)
         cpu0 = time.process_time()
@@ -178,6 +189,7 @@ async def _trio_run(variant: str, n: int, gc_mode: str, latency: bool) -> dict[s
         call_s = time.perf_counter() - t0
     cancel_s = time.perf_counter() - t0
     cpu_s = time.process_time() - cpu0
+    stack.close()
     gc.enable()
     gc.set_threshold(*thresholds)
     result: dict[str, Any] = _measured(spawn_s, cancel_s, call_s, cpu_s, base_kib)
@@ -195,20 +207,23 @@ async def _asyncio_sleep_task() -> None:
     await asyncio.sleep(HOUR)
 
 
-async def _asyncio_run(n: int) -> dict[str, Any]:
+async def _asyncio_run(n: int, gc_mode: str) -> dict[str, Any]:
     base_kib = _rss_kib()
+    stack = contextlib.ExitStack()
     tasks: list[asyncio.Task[None]] = []
     async with asyncio.TaskGroup() as group:
         t0 = time.perf_counter()
         tasks = [group.create_task(_asyncio_sleep_task()) for _ in range(n)]
         await asyncio.sleep(0)  # let every task start and block
         spawn_s = time.perf_counter() - t0
+        _set_gc(gc_mode, stack)
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         for task in tasks:
             task.cancel()
         call_s = time.perf_counter() - t0
     cancel_s = time.perf_counter() - t0
+    stack.close()
     return _measured(spawn_s, cancel_s, call_s, time.process_time() - cpu0, base_kib)
 
 
@@ -238,7 +253,7 @@ def _child(args: argparse.Namespace) -> None:
     if args.child == "token-memory":
         print(json.dumps(_token_memory(args.tasks, args.churn)))
     elif args.child == "asyncio":
-        print(json.dumps(asyncio.run(_asyncio_run(args.tasks))))
+        print(json.dumps(asyncio.run(_asyncio_run(args.tasks, args.gc))))
     else:
         print(json.dumps(trio.run(_trio_run, args.child, args.tasks, args.gc, args.latency)))
 
@@ -285,7 +300,9 @@ def main() -> None:
     )
     parser.add_argument("--plot", metavar="FILE.png", help="plot per-task time and bytes/task")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: 10,000 tasks, one repeat"
+        "--quick",
+        action="store_true",
+        help="a smoke run: 10,000 tasks, one repeat, fewer deferred and collector rows",
     )
     parser.add_argument(
         "--results",
@@ -298,6 +315,11 @@ def main() -> None:
         type=int,
         default=1_000_000,
         help="child tokens a root creates and drops for the flat-memory check",
+    )
+    parser.add_argument(
+        "--no-gc-study",
+        action="store_true",
+        help="skip the collector settings study (gc off, freeze, raised thresholds)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tasks", type=int, default=1000, help=argparse.SUPPRESS)
@@ -312,30 +334,46 @@ def main() -> None:
         args.sizes, args.repeat = [10_000], 1
     sizes = sorted(set(args.sizes + ([1_000_000] if args.full else [])))
     largest = max(n for n in sizes if n <= 100_000) if min(sizes) <= 100_000 else min(sizes)
-    plan: list[tuple[str, int, str, int]] = []
+    # Each entry: a variant and size, the collector modes to compare, the repeats. The modes of
+    # one entry alternate run by run, so that a load that changes during the benchmark (a
+    # shared machine) weighs on both alike.
+    plan: list[tuple[str, int, tuple[str, ...], int]] = []
     for n in sizes:
         repeat = 1 if n >= 1_000_000 else args.repeat
-        plan += [(v, n, "default", repeat) for v in args.variants]
-    for mode in ("off", "freeze", "threshold"):  # the GC study, for the variants asked for
+        # Every row with and without tc.deferred_full_collections(), from 10,000 tasks up (a
+        # smoke run: two of them); below that, the collector has little to do either way.
+        deferred: tuple[str, ...] = ("trio-nursery", "joinset") if args.quick else VARIANTS
+        if n < 10_000:
+            deferred = ()
         plan += [
-            (v, largest, mode, 1 if largest >= 1_000_000 else args.repeat)
-            for v in ("token", "token-scope", "trio-nursery")
+            (v, n, ("default", "deferred") if v in deferred else ("default",), repeat)
+            for v in args.variants
+        ]
+    for mode in () if args.no_gc_study else ("off", "freeze", "threshold"):  # the GC study
+        studied = ("token-scope",) if args.quick else ("token", "token-scope", "trio-nursery")
+        plan += [
+            (v, largest, (mode,), 1 if largest >= 1_000_000 else args.repeat)
+            for v in studied
             if v in args.variants
         ]
-    bar = _progress(sum(r for *_, r in plan) + 2)
+    if args.quick and "token" in args.variants and not args.no_gc_study:
+        plan.append(("token", largest, ("off",), 1))  # for the cancel() call alone
+    bar = _progress(sum(len(modes) * r for _, _, modes, r in plan) + 2)
     results: dict[tuple[str, int, str], dict[str, float]] = {}
     # A long run never loses what it measured: each result is saved as soon as it exists.
     with open(args.results, "w") as saved:
-        for variant, n, mode, repeat in plan:
-            runs = []
+        for variant, n, modes, repeat in plan:
+            runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
             for _ in range(repeat):
-                bar.set_description(f"{variant} {n} gc={mode}")
-                runs.append(_spawn(variant, n, mode))
-                bar.update()
-            results[(variant, n, mode)] = _median(runs)
-            record = {"variant": variant, "tasks": n, "gc": mode, **results[(variant, n, mode)]}
-            saved.write(json.dumps(record) + "\n")
-            saved.flush()
+                for mode in modes:
+                    bar.set_description(f"{variant} {n} gc={mode}")
+                    runs[mode].append(_spawn(variant, n, mode))
+                    bar.update()
+            for mode in modes:
+                results[(variant, n, mode)] = _median(runs[mode])
+                record = {"variant": variant, "tasks": n, "gc": mode, **results[(variant, n, mode)]}
+                saved.write(json.dumps(record) + "\n")
+                saved.flush()
     latency = (
         _spawn("token", largest, latency=True)["latency"] if "token" in args.variants else None
     )
@@ -407,8 +445,29 @@ def _print_report(report: dict[str, Any], sizes: list[int], largest: int) -> Non
                 f"{r['peak_mb']:>8.0f}MB{r['bytes_per_task']:>12.0f}{r['cpu_pct']:>5.0f}%"
                 f"{r['vs_trio_nursery']:>12.2f}"
             )
-    print()
-    print(f"Garbage collector at {largest:,} tasks (cancel+join):")
+    deferred = [(v, n) for n in sizes for v in VARIANTS if row(v, n, "deferred") and row(v, n)]
+    if deferred:
+        print()
+        print("With and without tc.deferred_full_collections() around the cancel and the join")
+        print("(wall clock, and the process's CPU time, which a shared machine disturbs less):")
+        print(
+            f"{'variant':<13}{'tasks':>10}{'without':>11}{'with':>11}{'CPU without':>13}"
+            f"{'CPU with':>10}{'CPU gain':>10}"
+        )
+        for v, n in deferred:
+            without, with_ = row(v, n), row(v, n, "deferred")
+            assert without is not None
+            assert with_ is not None
+            cpu_without = without["cpu_pct"] * without["cancel_s"] / 100
+            cpu_with = with_["cpu_pct"] * with_["cancel_s"] / 100
+            gain = cpu_without / cpu_with if cpu_with else 0.0
+            print(
+                f"{v:<13}{n:>10,}{without['cancel_s']:>10.3f}s{with_['cancel_s']:>10.3f}s"
+                f"{cpu_without:>12.3f}s{cpu_with:>9.3f}s{gain:>9.2f}x"
+            )
+    if any(r["gc"] in ("off", "freeze", "threshold") for r in rows):
+        print()
+        print(f"Garbage collector at {largest:,} tasks (cancel+join):")
     for v in (v for v in ("token", "token-scope", "trio-nursery") if v in present):
         found = [row(v, largest, m) for m in ("default", "off", "freeze", "threshold")]
         if any(r is None for r in found):

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 import trio_cancel as tc
+from trio_cancel import _collector, _token as _token_module, _trio_internals
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -1330,47 +1331,79 @@ def _big_tree(n: int = 2000) -> tuple[tc.CancellationToken, list[tc.Cancellation
     return root, [root.child_token() for _ in range(n)]
 
 
-def test_large_cancel_pauses_the_collector_and_restores_it(
+@pytest.fixture
+def thresholds() -> Iterator[None]:
+    saved = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield
+    gc.set_threshold(*saved)
+
+
+@pytest.fixture
+def no_disable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library never disables or enables the collector."""
+
+    def refuse() -> None:
+        raise AssertionError("gc.disable()/gc.enable() called")
+
+    monkeypatch.setattr(gc, "disable", refuse)
+    monkeypatch.setattr(gc, "enable", refuse)
+
+
+def _record_set_threshold(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    calls: list[tuple[int, ...]] = []
+    real = gc.set_threshold
+
+    def record(*args: int) -> None:
+        calls.append(args)
+        real(*args)
+
+    monkeypatch.setattr(gc, "set_threshold", record)
+    return calls
+
+
+@pytest.mark.usefixtures("thresholds", "no_disable")
+async def test_large_cancel_pauses_the_collector_by_thresholds_and_restores_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[str] = []
-    real_disable, real_enable = gc.disable, gc.enable
-
-    def disable() -> None:
-        calls.append("disable")
-        real_disable()
-
-    def enable() -> None:
-        calls.append("enable")
-        real_enable()
-
-    monkeypatch.setattr(gc, "disable", disable)
-    monkeypatch.setattr(gc, "enable", enable)
     root, children = _big_tree()
-    seen_in_callback: list[bool] = []
-    children[-1].on_cancel(lambda: seen_in_callback.append(gc.isenabled()))
-    assert gc.isenabled()
+    seen_in_callback: list[tuple[int, int, int]] = []
+    children[-1].on_cancel(lambda: seen_in_callback.append(gc.get_threshold()))
+    calls = _record_set_threshold(monkeypatch)
     root.cancel("big")
-    assert calls == ["disable", "enable"]
-    assert gc.isenabled()
-    assert seen_in_callback == [True]  # callbacks (user code) run with the collector back on
+    paused = (_collector.DEFERRED, 10, _collector.DEFERRED)
+    assert calls == [paused, (700, 10, 10)]
+    assert seen_in_callback == [(700, 10, 10)]  # callbacks (user code) run as the program set
     small_root, _ = _big_tree(10)
     calls.clear()
     small_root.cancel()
     assert calls == []  # a small cancel leaves the collector alone
 
 
-def test_large_cancel_leaves_a_disabled_collector_disabled() -> None:
+@pytest.mark.usefixtures("thresholds", "no_disable")
+def test_large_cancel_outside_a_run_leaves_the_collector_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _record_set_threshold(monkeypatch)
+    root, _ = _big_tree()
+    root.cancel("plain data")
+    assert calls == []  # only the Trio thread's bounded section may pause it
+
+
+@pytest.mark.usefixtures("thresholds")
+async def test_large_cancel_leaves_a_disabled_collector_disabled() -> None:
     root, _ = _big_tree()
     gc.disable()
     try:
         root.cancel("big")
         assert not gc.isenabled()
+        assert gc.get_threshold() == (700, 10, 10)
     finally:
         gc.enable()
 
 
-def test_large_cancel_restores_the_collector_when_it_raises() -> None:
+@pytest.mark.usefixtures("thresholds", "no_disable")
+async def test_large_cancel_restores_the_collector_when_a_callback_raises() -> None:
     root, children = _big_tree()
 
     def boom() -> None:
@@ -1379,15 +1412,274 @@ def test_large_cancel_restores_the_collector_when_it_raises() -> None:
     children[0].on_cancel(boom)
     with pytest.raises(ExceptionGroup):
         root.cancel("big")
-    assert gc.isenabled()
+    assert gc.get_threshold() == (700, 10, 10)
 
 
+@pytest.mark.usefixtures("thresholds")
+@pytest.mark.parametrize("change", ["set_threshold", "disable"])
+async def test_large_cancel_keeps_what_the_program_changed_during_the_pause(
+    change: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread that changes the collector while cancel() pauses it keeps its change
+    (simulated at the one point where the pause is sure to be on: cancelling the scopes)."""
+    real = _trio_internals.cancel_scopes
+
+    def meddling(scopes: list[trio.CancelScope], reason: str | None) -> None:
+        assert gc.get_threshold()[0] == _collector.DEFERRED  # the pause is on
+        if change == "set_threshold":
+            gc.set_threshold(500, 5, 5)
+        else:
+            gc.disable()
+        real(scopes, reason)
+
+    monkeypatch.setattr(_token_module, "cancel_scopes", meddling)
+    root, children = _big_tree()
+    try:
+        with children[0].cancel_scope():
+            root.cancel("big")
+        if change == "set_threshold":
+            assert gc.get_threshold() == (500, 5, 5)
+            assert gc.isenabled()
+        else:
+            assert not gc.isenabled()
+            assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.enable()
+
+
+@pytest.mark.usefixtures("thresholds")
 async def test_large_cancel_from_another_thread_restores_the_collector() -> None:
     root, children = _big_tree()
     with children[0].cancel_scope():
         with pytest.raises(RuntimeError, match="Trio thread"):
             await trio.to_thread.run_sync(root.cancel, "from a thread")
+        assert gc.get_threshold() == (700, 10, 10)
         assert gc.isenabled()
         assert not root.is_cancelled()  # nothing changed: the retry does it all
         root.cancel("from the Trio thread")
         await trio.lowlevel.checkpoint()
+
+
+def test_the_pause_is_keyboard_interrupt_protected() -> None:
+    assert _ki_protected(_collector.pause_collector)
+    assert _ki_protected(_collector.resume_collector)
+
+
+# ---------------------------------------------------------------- foreign threads, decided
+
+
+async def test_foreign_cancel_of_a_tree_used_in_the_run_is_refused_with_nothing_registered() -> (
+    None
+):
+    """The decision does not depend on what is registered at that moment: a scope that was
+    bound and has left still makes the tree the run's."""
+    root = tc.CancellationToken()
+    child = root.child_token()
+    with child.cancel_scope():
+        await trio.lowlevel.checkpoint()
+    assert "scope" not in repr(child)  # nothing registered any more
+    with pytest.raises(RuntimeError, match="Trio thread"):
+        await trio.to_thread.run_sync(root.cancel, "from a thread")
+    with pytest.raises(RuntimeError, match="Trio thread"):
+        await trio.to_thread.run_sync(child.cancel, "from a thread")
+    assert not root.is_cancelled()
+    assert not child.is_cancelled()
+    await trio.to_thread.run_sync(lambda: trio.from_thread.run_sync(root.cancel, "retried"))
+    assert child.reason == "retried"
+
+
+@pytest.mark.parametrize("use", ["wait_cancelled", "cancel_after", "on_cancel", "any"])
+async def test_foreign_cancel_refused_for_every_kind_of_use(use: str) -> None:
+    root = tc.CancellationToken()
+    grandchild = root.child_token().child_token()
+    if use == "wait_cancelled":
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await grandchild.wait_cancelled()  # parked, then cancelled at once
+    elif use == "cancel_after":
+        grandchild.cancel_after(3600)
+    elif use == "on_cancel":
+        grandchild.on_cancel(lambda: None)
+    else:
+        other = tc.CancellationToken()
+        with tc.CancellationToken.any(other, grandchild).cancel_scope():
+            await trio.lowlevel.checkpoint()
+        with pytest.raises(RuntimeError, match="Trio thread"):
+            await trio.to_thread.run_sync(other.cancel)
+    with pytest.raises(RuntimeError, match="Trio thread"):
+        await trio.to_thread.run_sync(root.cancel)
+    assert not grandchild.is_cancelled()
+    root.cancel("from the Trio thread")
+    assert grandchild.reason == "from the Trio thread"
+
+
+async def test_foreign_cancel_never_marks_then_unmarks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before anything changes: no token of the tree is ever seen cancelled (the old
+    mark-then-undo let the Trio thread see transient marks, and children created meanwhile
+    were born cancelled for good)."""
+    root, children = _big_tree(50)
+    seen: list[bool] = []
+    real_live = _token_module._live
+
+    def spy(refs: list[weakref.ref[tc.CancellationToken]] | None) -> list[tc.CancellationToken]:
+        seen.append(root.is_cancelled())
+        return real_live(refs)
+
+    monkeypatch.setattr(_token_module, "_live", spy)
+    with children[-1].cancel_scope(), pytest.raises(RuntimeError):
+        await trio.to_thread.run_sync(root.cancel, "from a thread")
+    assert True not in seen
+    assert not root.child_token().is_cancelled()
+    assert not any(child.is_cancelled() for child in children)
+
+
+def test_foreign_cancel_of_a_tree_never_used_in_a_run_is_allowed() -> None:
+    import threading
+
+    root = tc.CancellationToken()
+    child = root.child_token()
+    ran: list[str] = []
+    child.on_cancel(lambda: ran.append(threading.current_thread().name))
+
+    async def main() -> None:
+        other = tc.CancellationToken()  # a run is live, but this tree was never used in it
+        with other.cancel_scope():
+            await trio.to_thread.run_sync(root.cancel, "from a thread")
+
+    trio.run(main)
+    assert child.reason == "from a thread"
+    assert len(ran) == 1
+    assert ran[0] != threading.current_thread().name
+
+
+def test_foreign_cancel_after_the_run_ended_is_allowed() -> None:
+    import threading
+
+    root = tc.CancellationToken()
+
+    async def main() -> None:
+        with root.child_token().cancel_scope():
+            await trio.lowlevel.checkpoint()
+        root.child_token().on_cancel(lambda: None)
+
+    trio.run(main)
+    thread = threading.Thread(target=root.cancel, args=("after the run",))
+    thread.start()
+    thread.join()
+    assert root.reason == "after the run"
+
+
+def test_cancel_from_the_thread_of_another_live_run_is_refused() -> None:
+    import threading
+
+    root = tc.CancellationToken()
+    errors: list[BaseException] = []
+    used = threading.Event()
+    done = threading.Event()
+
+    async def first() -> None:
+        with root.cancel_scope():
+            used.set()
+            await trio.to_thread.run_sync(done.wait)
+
+    async def second() -> None:
+        await trio.to_thread.run_sync(used.wait)
+        try:
+            root.cancel("from another run")
+        except RuntimeError as exc:
+            errors.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=trio.run, args=(first,))
+    thread.start()
+    trio.run(second)
+    thread.join()
+    assert len(errors) == 1
+    assert not root.is_cancelled()
+
+
+# ---------------------------------------------------------------- Ctrl+C in bound scopes
+
+
+@pytest.mark.parametrize("kind", ["cancel_scope", "fail_scope"])
+def test_ctrl_c_between_registering_and_entering_a_bound_scope(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tc.CancellationToken()
+    real = tc.CancellationToken._add_scope
+    reached: list[str] = []
+
+    def register_then_ctrl_c(self: tc.CancellationToken, cs: trio.CancelScope) -> None:
+        real(self, cs)
+        signal.raise_signal(signal.SIGINT)  # lands here unless the enter is protected
+
+    monkeypatch.setattr(tc.CancellationToken, "_add_scope", register_then_ctrl_c)
+
+    async def main() -> None:
+        with getattr(token, kind)():
+            reached.append("body")
+            await trio.lowlevel.checkpoint()  # a protected enter delivers it here
+            reached.append("after the checkpoint")
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main)
+    assert reached == ["body"]
+    assert token._scopes is None  # the scope that was registered was also left
+
+
+@pytest.mark.parametrize("kind", ["cancel_scope", "fail_scope"])
+def test_ctrl_c_between_unregistering_and_leaving_a_bound_scope(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tc.CancellationToken()
+    real = tc.CancellationToken._discard_scope
+    reached: list[str] = []
+
+    def unregister_then_ctrl_c(self: tc.CancellationToken, cs: trio.CancelScope) -> None:
+        real(self, cs)
+        signal.raise_signal(signal.SIGINT)  # lands here unless the exit is protected
+
+    monkeypatch.setattr(tc.CancellationToken, "_discard_scope", unregister_then_ctrl_c)
+
+    async def main() -> None:
+        with getattr(token, kind)():
+            pass
+        reached.append("after the block")  # the scope was left: Trio's stack is intact
+        await trio.lowlevel.checkpoint()
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main)
+    assert reached == ["after the block"]
+    assert token._scopes is None
+
+
+def test_bound_scope_enter_and_exit_are_ki_protected() -> None:
+    bound = type(tc.CancellationToken().cancel_scope())
+    failing = type(tc.CancellationToken().fail_scope())
+    for method in (bound.__enter__, bound.__exit__, failing.__exit__):
+        assert _ki_protected(method)
+
+
+# ---------------------------------------------------------------- raising callbacks, no cycle
+
+
+def test_raising_callback_keeps_no_cancelled_token_alive_without_the_collector() -> None:
+    def boom() -> None:
+        raise ValueError("boom")
+
+    gc.disable()
+    try:
+        root = tc.CancellationToken()
+        kids = [root.child_token() for _ in range(3)]
+        grandchild = kids[1].child_token()
+        kids[0].on_cancel(boom)
+        grandchild.on_cancel(boom)
+        refs = [weakref.ref(token) for token in (*kids, grandchild)]
+        with pytest.raises(ExceptionGroup) as info:
+            root.cancel("x")
+        assert len(info.value.exceptions) == 2
+        del kids, grandchild
+        # Even while the group and its tracebacks are held, nothing of the subtree is.
+        assert [ref() for ref in refs] == [None, None, None, None]
+    finally:
+        gc.enable()

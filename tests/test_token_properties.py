@@ -107,3 +107,52 @@ def test_token_graph_cancels_exactly_the_expected_scopes(
             assert "scope" not in repr(tok)
 
     trio.run(main)
+
+
+def _reachable(parents: list[tuple[int, ...]], start: int) -> set[int]:
+    """``start`` and every node built from it, directly or not."""
+    found = {start}
+    for i, ps in enumerate(parents):  # parents come before their children
+        if any(p in found for p in ps):
+            found.add(i)
+    return found
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios())
+def test_foreign_cancel_is_refused_exactly_for_trees_the_live_run_used(
+    scenario: tuple[list[tuple[int, ...]], list[int], list[int], list[int]],
+) -> None:
+    """A node whose subtree holds a node used in the live run (here: a scope bound, then left)
+    refuses cancel() from a worker thread and changes nothing; any other node is cancelled
+    from there with its subtree, whatever the order of the calls."""
+    parents, used, cancels, _ = scenario
+    used_set = set(used)
+
+    async def main() -> None:
+        tokens: list[tc.CancellationToken] = []
+        for i, ps in enumerate(parents):
+            if not ps:
+                tokens.append(tc.CancellationToken())
+            elif len(ps) == 1 and i % 2:
+                tokens.append(tokens[ps[0]].child_token())
+            else:
+                tokens.append(tc.CancellationToken.any(*(tokens[p] for p in ps)))
+        for u in used:
+            with tokens[u].cancel_scope():
+                pass
+        cancelled: set[int] = set()
+        for c in cancels:
+            before = [tok.is_cancelled() for tok in tokens]
+            try:
+                await trio.to_thread.run_sync(tokens[c].cancel, "foreign")
+            except RuntimeError:
+                assert c not in cancelled
+                assert _reachable(parents, c) & used_set
+                assert [tok.is_cancelled() for tok in tokens] == before
+            else:
+                assert c in cancelled or not (_reachable(parents, c) & used_set)
+                cancelled |= _reachable(parents, c)
+            assert {i for i, tok in enumerate(tokens) if tok.is_cancelled()} == cancelled
+
+    trio.run(main)

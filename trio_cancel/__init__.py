@@ -12,6 +12,7 @@ from ._broadcast import (
     BroadcastSender as BroadcastSender,
     open_broadcast_channel as open_broadcast_channel,
 )
+from ._collector import deferred_full_collections as deferred_full_collections
 from ._exceptions import (
     CommitOutcomeUnknownError as CommitOutcomeUnknownError,
     LaggedError as LaggedError,
@@ -120,6 +121,7 @@ __all__ = [
     "async_guard",
     "commit_or_rollback",
     "current_task_tree",
+    "deferred_full_collections",
     "may_cancel",
     "merge",
     "open_broadcast_channel",

@@ -9,7 +9,6 @@ import attrs
 import trio
 
 from ._checks import check_reason, check_trio_thread
-from ._collector import GC_PAUSE_AT, DeferFullCollections
 from ._nursery import NurseryOwner, OwnedNursery
 from ._trio_internals import cancel_scopes
 
@@ -35,11 +34,10 @@ class JoinSet(NurseryOwner):
     aborts its tasks); an exception from the body propagates as itself, not wrapped in a group.
     Failed outcomes that were never retrieved are logged on the ``trio_cancel`` logger at exit.
 
-    While :meth:`shutdown` or the exit waits for 1,024 or more tasks to land, the cyclic
-    collector's full collections wait too (young collections go on), and the program's
-    thresholds come back when the wait ends, however it ends: those collections would walk
-    every task's objects, all about to be freed, for a third of a large shutdown's time (see
-    the performance page).
+    The set never changes the garbage collector's settings: around a planned shutdown of
+    many thousands of tasks, the application may enter
+    :func:`~trio_cancel.deferred_full_collections` (see the performance page for the gain and
+    the trade-off).
 
     Cancellation:
         Entering is a checkpoint, before the set opens. Leaving aborts the running tasks and
@@ -186,15 +184,9 @@ class JoinSet(NurseryOwner):
             waiting, the tasks are already aborted and keep winding down; nothing is consumed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled before the call: no effect
-        with self._unwinding():
-            self.abort_all(reason)
-            await self._wait_all_finished()
+        self.abort_all(reason)
+        await self._wait_all_finished()
         await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def _unwinding(self) -> DeferFullCollections:
-        """While a large set unwinds, the collector's full collections would walk every task's
-        objects, all about to be freed: they wait until it is done (see ``_collector``)."""
-        return DeferFullCollections(len(self._running) >= GC_PAUSE_AT)
 
     async def _wait_all_finished(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -213,10 +205,9 @@ class JoinSet(NurseryOwner):
     async def _leave(self, exc: BaseException | None) -> bool:
         """Leaving the ``async with``: aborts the running tasks and waits for them."""
         try:
-            with self._unwinding():
-                self.abort_all()
-                # Joining the aborted tasks is the point of this exit, as for a nursery's own.
-                return await self._tasks.exit(exc)  # noqa: ASYNC102
+            self.abort_all()
+            # Joining the aborted tasks is the point of this exit, as for a nursery's own.
+            return await self._tasks.exit(exc)  # noqa: ASYNC102
         finally:
             for handle in self._finished:
                 handle._report_unretrieved("JoinSet closed")

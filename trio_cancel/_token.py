@@ -27,11 +27,37 @@ Invariants (every method keeps them; the tests check them):
 6. Registering and unregistering a child, a scope, a waiter or a callback is O(1) (amortised
    for a child), except that the first callback in a subtree pins the chain of uncancelled
    ancestors once.
+7. *Run marks.* ``_run`` identifies a Trio run (a weak reference to its root task, the same
+   object for every lookup in that run). Before a scope is bound, a task parks in
+   ``wait_cancelled()``, a ``cancel_after`` timer is set or an ``on_cancel`` callback is
+   registered inside a run, ``_mark_used()`` gives that node and every ancestor the run's mark
+   (the walk stops at a node that already has it: once per node and run, so amortised O(1),
+   and ``child_token()`` and ``cancel()`` never walk). Hence: if any node of a subtree was used
+   in run R, its root carries R's mark, unless a later run re-marked it (then R has ended, or
+   the tree is shared between two live runs, which is outside the contract). ``cancel()``
+   reads one field first: a token marked by a run that is still running (its root task's
+   coroutine has not finished) and that is not the caller's own run raises ``RuntimeError``
+   before any write. So a ``cancel()`` from a foreign thread either is refused before it marks
+   anything, or reaches a tree that no live run uses, where no task can observe it; no mark is
+   ever undone, so no task sees a token cancelled and then live again, and no child is born
+   cancelled under a live parent (a child is born cancelled only from a cancelled parent, and
+   a cancellation is final). The decision depends on the tree's history, not on what happens to be
+   registered at the moment of the call. A tree whose first use races a foreign ``cancel()``
+   that already passed the check is the caller's race, like any unsynchronised sharing.
+8. ``cancel()`` writes only from the Trio thread of the run that uses the tree, or to a tree no
+   live run uses; the collector pause (``_collector``) happens only in the first case, as one
+   synchronous section with no ``await`` inside.
+9. ``Ctrl+C``: every method that changes state is ``KeyboardInterrupt``-protected, and so are
+   a bound scope's ``__enter__`` (register with the token, then enter the ``CancelScope``) and
+   ``__exit__`` (unregister, then leave): each pair is one change, as in Trio's own
+   ``CancelScope``.
+10. A raising callback keeps nothing alive: ``cancel()``'s frames drop their references to the
+    subtree (``order`` and the loop variables) before a group is raised, so the tracebacks of
+    the raised exceptions hold no token (no reference cycle for the collector to find).
 """
 
 from __future__ import annotations
 
-import gc
 import weakref
 from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, final
 
@@ -39,8 +65,8 @@ import attrs
 import outcome
 import trio
 
-from ._checks import check_reason, check_seconds, check_sync_callable, check_trio_thread
-from ._collector import GC_PAUSE_AT
+from ._checks import check_reason, check_seconds, check_sync_callable
+from ._collector import GC_PAUSE_AT, pause_collector, resume_collector
 from ._debug import track_registration
 from ._exceptions import OperationCancelledError
 from ._guard import DropGuard
@@ -105,6 +131,9 @@ class CancellationToken:
         default=None, init=False
     )
     _timer: TimerEntry | None = attrs.field(default=None, init=False)
+    # The run this token, or a descendant, was last used in (a scope bound, a task waiting, a
+    # timer, a callback registered inside trio.run): see invariant 7 and _mark_used().
+    _run: weakref.ref[trio.lowlevel.Task] | None = attrs.field(default=None, init=False)
 
     # ------------------------------------------------------------------ queries
 
@@ -229,8 +258,10 @@ class CancellationToken:
 
         Not a checkpoint; never blocks. ``KeyboardInterrupt``-protected, as Trio's own
         ``CancelScope.cancel`` is: a Ctrl+C is delivered after the whole subtree is done, never
-        halfway. Call it from the Trio thread (or outside :func:`trio.run`, while no scope is
-        bound and no task waits); from another thread use
+        halfway. Call it from the Trio thread. A tree that no running :func:`trio.run` has used
+        (no scope bound, no task waiting, no timer, no callback registered inside a run, on
+        this token or a descendant) is plain data and may be cancelled from any thread; once a
+        live run has used it, call it from another thread through
         ``trio.from_thread.run_sync(token.cancel, reason)``.
 
         Args:
@@ -239,28 +270,46 @@ class CancellationToken:
 
         Raises:
             TypeError: ``reason`` is not a string or None.
-            RuntimeError: Called from another thread while the subtree has a bound scope or a
-                waiting task to wake; nothing was changed, so the same call through
+            RuntimeError: Called from another thread than the one of a still-running
+                :func:`trio.run` in which this token or a descendant was used (whatever is
+                registered at this moment); nothing was changed, so the same call through
                 ``trio.from_thread.run_sync`` does the whole job.
             ExceptionGroup: One or more ``on_cancel`` callbacks raised.
         """
         check_reason(reason)
         if self._cancelled:
             return
+        run = self._run
+        if run is not None:
+            _check_run(run)  # used in a run: only that run's thread, and only while it runs
         if reason is None and cause is not None:
             reason = str(cause)
+        order = self._mark_and_wake(reason, cause)
+        errors = _run_callbacks(order)
+        del order  # the frame of this call holds nothing of the subtree while a group unwinds
+        if errors:
+            try:
+                raise BaseExceptionGroup(
+                    f"{len(errors)} on_cancel callback{'s' if len(errors) != 1 else ''} raised",
+                    errors,
+                )
+            finally:
+                del errors
 
+    def _mark_and_wake(self, reason: str | None, cause: object | None) -> list[CancellationToken]:
+        """Passes 1 and 2 of ``cancel()``: mark the subtree (returned in pre-order), release
+        what it owns, cancel its scopes and wake its waiters."""
         # A large cancel allocates as it goes (lists, outcomes, cancel statuses); with many
         # long-lived objects in the heap, the cyclic collector would run inside this call
-        # again and again. It is paused while the subtree is marked and woken (not during the
-        # callbacks, which are user code), and the caller's setting is restored on every path.
-        gc_paused = False
+        # again and again. From the Trio thread it is paused (by thresholds, never by
+        # disabling it) while the subtree is marked and woken (not during the callbacks, which
+        # are user code); the program's setting comes back on every path.
+        pausable = trio.lowlevel.in_trio_run()
+        paused = False
         try:
             # Pass 1: mark the subtree, in pre-order.
             order: list[CancellationToken] = []
             stack = [self]
-            foreign = not trio.lowlevel.in_trio_run()  # then a scope or a waiter is an error
-            wakes = False
             while stack:
                 node = stack.pop()
                 if node._cancelled:
@@ -269,21 +318,13 @@ class CancellationToken:
                 node._reason = reason
                 node._cause = cause
                 order.append(node)
-                if foreign and (node._scopes is not None or node._waiters is not None):
-                    wakes = True
                 children = node._children
                 if children:
-                    if len(children) >= GC_PAUSE_AT and not gc_paused and gc.isenabled():
-                        gc.disable()
-                        gc_paused = True
+                    if pausable and not paused and len(children) >= GC_PAUSE_AT:
+                        pause_collector()
+                        paused = True
                     # reversed so that children are visited in creation order
                     stack.extend(reversed(_live(children)))
-            if wakes:
-                for node in order:  # undo the marks: a retry from the Trio thread does it all
-                    node._cancelled = False
-                    node._reason = None
-                    node._cause = None
-                check_trio_thread("CancellationToken.cancel()")
 
             # Pass 2: release ownership, wake waiters, collect the bound scopes; then cancel them
             # all in one cancel_scopes() call (one cancel reason, one Python frame for all).
@@ -315,9 +356,9 @@ class CancellationToken:
                     if wake is None:
                         wake = TokenWake(reason)
                     if type(waiters) is dict:
-                        if len(waiters) >= GC_PAUSE_AT and not gc_paused and gc.isenabled():
-                            gc.disable()
-                            gc_paused = True
+                        if pausable and not paused and len(waiters) >= GC_PAUSE_AT:
+                            pause_collector()
+                            paused = True
                         for task in waiters:
                             trio.lowlevel.reschedule(task, outcome.Value(wake))
                     else:
@@ -326,31 +367,9 @@ class CancellationToken:
             if scopes_to_cancel:
                 cancel_scopes(scopes_to_cancel, reason)
         finally:
-            if gc_paused:
-                gc.enable()
-
-        # Pass 3: callbacks. Each is taken out of its dict just before it runs, so that one
-        # callback can still unregister another that has not run yet (on any token).
-        errors: list[BaseException] = []
-        for node in order:
-            callbacks = node._callbacks
-            if not callbacks:
-                continue
-            for registration in list(callbacks):
-                callback = callbacks.pop(registration, None)
-                if callback is None:
-                    continue  # unregistered by an earlier callback
-                registration._done = True
-                try:
-                    callback()
-                except BaseException as exc:  # noqa: BLE001, ASYNC103 - re-raised below in a group
-                    errors.append(exc)
-            node._callbacks = None
-        if errors:
-            raise BaseExceptionGroup(
-                f"{len(errors)} on_cancel callback{'s' if len(errors) != 1 else ''} raised",
-                errors,
-            )
+            if paused:
+                resume_collector()
+        return order
 
     def _add_pin(self) -> None:
         stack = [self]
@@ -387,6 +406,7 @@ class CancellationToken:
         if self._cancelled:
             cs.cancel(reason=self._reason)
             return
+        self._mark_used()
         scopes = self._scopes
         if scopes is None:
             self._scopes = cs
@@ -394,6 +414,29 @@ class CancellationToken:
             scopes.add(cs)
         else:
             self._scopes = {scopes, cs}  # type: ignore[arg-type]
+
+    def _mark_used(self) -> None:
+        """Record, on this token and every ancestor, that the tree is used in the current run
+        (invariant 7). Amortised O(1): the walk stops at a node that already has the mark."""
+        try:
+            root = trio.lowlevel.current_root_task()
+        except RuntimeError:  # outside trio.run: plain data
+            return
+        if root is None:  # pragma: no cover - a run always has its root task
+            return
+        run = weakref.ref(root)  # the same object for every call in this run
+        if self._run is run:
+            return
+        self._run = run
+        parents = self._parents
+        if type(parents) is not tuple and parents._run is run:  # type: ignore[union-attr]
+            return  # the common case: a child of a marked parent
+        stack = list(_parents_of(self))
+        while stack:
+            node = stack.pop()
+            if node._run is not run:
+                node._run = run
+                stack.extend(_parents_of(node))
 
     def _discard_scope(self, cs: trio.CancelScope) -> None:
         scopes = self._scopes
@@ -416,6 +459,7 @@ class CancellationToken:
             await trio.lowlevel.checkpoint()
             return
         # Park this task directly (lighter than an Event per token); cancel() reschedules it.
+        self._mark_used()
         task = trio.lowlevel.current_task()
         waiters = self._waiters
         if waiters is None:
@@ -528,6 +572,7 @@ class CancellationToken:
             registration._done = True
             callback()
             return registration
+        self._mark_used()
         if self._callbacks is None:
             self._callbacks = {}
         self._callbacks[registration] = callback
@@ -563,9 +608,64 @@ class CancellationToken:
             raise RuntimeError("cancel_after() must be called inside trio.run") from None
         if self._cancelled:
             return
+        self._mark_used()
         if self._timer is not None:
             self._timer.release()
         self._timer = timer_service().schedule(self, now + seconds, reason)
+
+
+def _run_callbacks(order: list[CancellationToken]) -> list[BaseException]:
+    """Pass 3 of ``cancel()``: the callbacks. Each is taken out of its dict just before it runs,
+    so that one callback can still unregister another that has not run yet (on any token).
+
+    The errors' tracebacks hold this frame: it is emptied before it returns, so that a raised
+    group keeps nothing of the subtree alive (no reference cycle).
+    """
+    errors: list[BaseException] = []
+    for node in order:
+        callbacks = node._callbacks
+        if not callbacks:
+            continue
+        for registration in list(callbacks):
+            callback = callbacks.pop(registration, None)
+            if callback is None:
+                continue  # unregistered by an earlier callback
+            registration._done = True
+            try:
+                callback()
+            except BaseException as exc:  # noqa: BLE001, ASYNC103 - re-raised by cancel() in a group
+                errors.append(exc)
+        node._callbacks = None
+    order = node = callbacks = registration = callback = None  # type: ignore[assignment]
+    try:
+        return errors
+    finally:
+        del errors
+
+
+def _current_run() -> weakref.ref[trio.lowlevel.Task] | None:
+    """The identity of the Trio run of this thread (a weak reference to its root task, the
+    same object every time), or ``None`` outside :func:`trio.run`."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return None
+    return None if root is None else weakref.ref(root)
+
+
+def _check_run(run: weakref.ref[trio.lowlevel.Task]) -> None:
+    """For ``cancel()`` of a tree used in the run ``run``: raise ``RuntimeError`` unless the
+    caller is that run's thread, or that run has ended."""
+    if _current_run() is run:
+        return
+    root = run()
+    if root is None or root.coro.cr_frame is None:  # that run has ended: plain data again
+        return
+    raise RuntimeError(
+        "CancellationToken.cancel() must be called from the Trio thread of the run in which this "
+        "token (or a descendant) is used, while that run lasts; nothing was changed: call it "
+        "through trio.from_thread.run_sync(token.cancel, reason)"
+    )
 
 
 def release_timer(token: CancellationToken) -> None:
@@ -615,6 +715,9 @@ class _BoundScope(metaclass=NoPublicConstructor):
         self._token = token
         self._scope: trio.CancelScope | None = None
 
+    # Registering with the token and entering the scope (and leaving and unregistering) are one
+    # change, protected as Trio protects CancelScope.__enter__/__exit__: no Ctrl+C in between.
+    @trio.lowlevel.enable_ki_protection
     def __enter__(self) -> trio.CancelScope:
         if self._scope is not None:
             raise RuntimeError("this token scope was already entered; make a new one")
@@ -622,6 +725,7 @@ class _BoundScope(metaclass=NoPublicConstructor):
         self._token._add_scope(cs)
         return cs.__enter__()
 
+    @trio.lowlevel.enable_ki_protection
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -643,6 +747,7 @@ class _BoundFailScope(_BoundScope):
 
     __slots__ = ()
 
+    @trio.lowlevel.enable_ki_protection
     def __exit__(  # type: ignore[override]
         self,
         exc_type: type[BaseException] | None,
