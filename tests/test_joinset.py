@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import trio
@@ -423,3 +424,55 @@ async def test_join_next_with_handle_cancelled_consumes_nothing() -> None:
         got = await js.join_next_with_handle()
         assert got is not None
         assert got[1] == tc.Completed(None)
+
+
+async def _inner_nursery_whose_child_fails_when_cancelled() -> None:
+    async def child() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise ValueError("cleanup failed")
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(child)
+        await trio.sleep_forever()
+
+
+def _is_failed_with_the_cleanup_group(outcome: tc.Outcome[object] | None) -> bool:
+    return (
+        isinstance(outcome, tc.Failed)
+        and isinstance(outcome.error, ExceptionGroup)
+        and pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="cleanup failed")).matches(
+            outcome.error
+        )
+    )
+
+
+@pytest.mark.parametrize("how", ["abort", "abort_all", "shutdown", "exit"])
+async def test_aborted_task_whose_inner_nursery_fails_is_an_outcome_not_a_crash(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    handles: list[tc.TaskHandle[Any]] = []
+    async with tc.JoinSet() as js:
+        handles.append(js.spawn(_inner_nursery_whose_child_fails_when_cancelled))
+        handles.append(js.spawn(_after, 5, 5))
+        await trio.sleep(1)
+        if how == "abort":
+            handles[0].abort("stop")
+        elif how == "abort_all":
+            js.abort_all("stop")
+        elif how == "shutdown":
+            await js.shutdown("stop")
+        if how in ("abort", "abort_all", "shutdown"):
+            assert len(await js.join_all()) == 2
+            assert _is_failed_with_the_cleanup_group(handles[0].outcome)
+            if how == "abort":  # the sibling was left alone and ran to its end
+                assert handles[1].outcome == tc.Completed(5)
+                assert trio.current_time() == 5
+            else:
+                assert handles[1].outcome == tc.Aborted("stop")
+    # leaving the block raised nothing: the failure is the task's outcome
+    assert _is_failed_with_the_cleanup_group(handles[0].outcome)
+    if how == "exit":
+        assert handles[1].outcome == tc.Aborted(None)
+        assert trio.current_time() == 1
