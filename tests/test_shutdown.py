@@ -525,3 +525,109 @@ async def test_implicit_trigger_error_survives_a_cancellation_from_outside_durin
     assert info.group_contains(ZeroDivisionError)
     assert trio.current_time() == 5.0
     assert outer.cancel_called
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_signal_trigger_with_a_raising_callback_stays_graceful(
+    signum: signal.Signals, autojump_clock: trio.testing.MockClock
+) -> None:
+    """As for the implicit trigger: the landing goes on (phase 2 after the full grace period),
+    the report is produced, and the callbacks' group is raised at the block's exit."""
+    before = signal.getsignal(signum)
+
+    def broken() -> None:
+        raise RuntimeError("callback bug")
+
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="callback bug")):
+        async with tc.GracefulShutdown(grace=5.0) as gs:
+            gs.install_signal_handlers(signum)
+            gs.token.on_cancel(broken)
+            polite = gs.spawn(cooperative, 0.5, name="polite")
+            rude = gs.spawn(stubborn, name="rude")
+            await trio.sleep(1)
+            os.kill(os.getpid(), signum)
+            await gs.token.wait_cancelled()
+            triggered_at = trio.current_time()
+            report = await gs.wait()
+            assert trio.current_time() - triggered_at == 5.0  # phase 2 after the grace period
+            body_reached_its_end = True
+    assert body_reached_its_end
+    assert gs.report is report
+    assert report.reason == f"signal {signum.name}"
+    assert polite.outcome == tc.Completed("landed after 0.5")
+    assert rude.outcome == tc.Aborted(f"signal {signum.name}: forced after the grace period")
+    assert [(t.name, t.seconds, t.forced) for t in report] == [
+        ("polite", 0.5, False),
+        ("rude", 5.0, True),
+    ]
+    assert signal.getsignal(signum) is before
+
+
+async def test_signal_trigger_with_a_raising_callback_and_a_body_error_raises_both(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("callback bug")
+
+    with pytest.RaisesGroup(
+        KeyError, pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="callback bug"))
+    ):
+        async with tc.GracefulShutdown(grace=5.0) as gs:
+            gs.install_signal_handlers(signal.SIGTERM)
+            gs.token.on_cancel(broken)
+            polite = gs.spawn(cooperative, 0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await gs.token.wait_cancelled()
+            raise KeyError("body")
+    assert polite.outcome == tc.Completed("landed after 0.5")
+    assert gs.report is not None
+
+
+async def test_second_signal_still_forces_after_a_raising_callback(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("callback bug")
+
+    with pytest.RaisesGroup(RuntimeError):
+        async with tc.GracefulShutdown(grace=100.0) as gs:
+            gs.install_signal_handlers(signal.SIGUSR1)
+            gs.token.on_cancel(broken)
+            rude = gs.spawn(stubborn, name="rude")
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await gs.token.wait_cancelled()
+            await trio.sleep(1)
+            os.kill(os.getpid(), signal.SIGUSR1)  # the second one forces phase 2 at once
+            report = await gs.wait()
+    assert rude.outcome == tc.Aborted("signal SIGUSR1: forced by a second signal (SIGUSR1)")
+    assert [t.seconds for t in report] == [1.0]
+
+
+async def test_task_forced_while_its_inner_nursery_fails_is_reported_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def inner_nursery_failing_when_cancelled() -> None:
+        async def child() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ValueError("cleanup failed")
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(child)
+            await trio.sleep_forever()
+
+    async with tc.GracefulShutdown(grace=2.0) as gs:
+        gs.spawn(inner_nursery_failing_when_cancelled, name="fragile")
+        gs.spawn(cooperative, 3.0, name="slow but polite")
+        gs.spawn(cooperative, 1.0, name="polite")
+        report = await gs.wait()
+    rows = {t.name: t for t in report}
+    fragile = rows["fragile"].outcome
+    assert isinstance(fragile, tc.Failed)
+    assert pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="cleanup failed")).matches(
+        fragile.error
+    )
+    assert rows["fragile"].forced
+    assert rows["polite"].outcome == tc.Completed("landed after 1.0")
+    assert rows["slow but polite"].outcome == tc.Aborted("shutdown: forced after the grace period")

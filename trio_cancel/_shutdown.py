@@ -401,11 +401,11 @@ class GracefulShutdown(NurseryOwner):
             )
         return self._report
 
-    def _trigger_implicitly(self) -> None:
-        """``trigger()`` on behalf of ``wait()`` or the exit: callback errors are kept for the
-        block's exit, after the landing, so that the landing itself still happens."""
+    def _trigger_implicitly(self, reason: str = "shutdown") -> None:
+        """``trigger()`` on behalf of ``wait()``, the exit or a signal: callback errors are kept
+        for the block's exit, after the landing, so that the landing itself still happens."""
         try:
-            self.trigger()
+            self.trigger(reason)
         except BaseExceptionGroup as group:
             self._trigger_error = group
 
@@ -424,8 +424,11 @@ class GracefulShutdown(NurseryOwner):
     def install_signal_handlers(self, *signals: int) -> None:
         """Trigger on a signal (default SIGINT and SIGTERM); a second signal forces phase 2.
 
-        The trigger's reason is ``"signal SIGINT"`` (the signal's name). The previous handlers
-        come back when the ``async with`` block exits. Call it from the main thread.
+        The trigger's reason is ``"signal SIGINT"`` (the signal's name). A signal's trigger is
+        as graceful as the implicit one: if ``on_cancel`` callbacks on :attr:`token` raise, the
+        landing goes on (phase 2 still waits for ``grace``, the report is produced) and their
+        :exc:`ExceptionGroup` is raised at the block's exit. The previous handlers come back
+        when the ``async with`` block exits. Call it from the main thread.
 
         Raises:
             RuntimeError: Outside the ``async with`` block, or called twice.
@@ -448,7 +451,8 @@ class GracefulShutdown(NurseryOwner):
         async for signum in receiver:
             name = signal.Signals(signum).name
             if self._triggered_at is None:
-                self.trigger(f"signal {name}")
+                # As graceful as the implicit trigger: callback errors wait for the exit.
+                self._trigger_implicitly(f"signal {name}")
             else:
                 self._force(f"forced by a second signal ({name})")
 
