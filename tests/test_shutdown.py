@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import tracemalloc
+import unicodedata
 from typing import Any
 
 import pytest
@@ -631,3 +632,106 @@ async def test_task_forced_while_its_inner_nursery_fails_is_reported_failed(
     assert rows["fragile"].forced
     assert rows["polite"].outcome == tc.Completed("landed after 1.0")
     assert rows["slow but polite"].outcome == tc.Aborted("shutdown: forced after the grace period")
+
+
+# ---------------------------------------------------------------- the report's text
+
+
+async def _lands_at_once(*, token: tc.CancellationToken) -> None:
+    await token.wait_cancelled()
+
+
+async def test_report_text_stays_small_with_a_huge_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    huge = "y" * 200_000
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(_lands_at_once, name=huge)
+        for i in range(2_000):
+            gs.spawn(_lands_at_once, name=f"t{i}")
+    report = gs.report
+    assert report is not None
+    text = str(report)
+    lines = text.splitlines()
+    assert len(lines) == 2 + 2_001
+    assert len(text) < 2_001 * 150  # every row is short, not padded to 200,000 columns
+    (row,) = [line for line in lines if "yyy" in line]
+    assert "y…" in row
+    assert len(row) < 150
+    assert max(len(line) for line in lines[1:]) < 120
+    # the full name is still in the data
+    assert report.tasks[0].name == huge
+    assert report.to_dict()["tasks"][0]["name"] == huge
+
+
+async def test_report_rows_are_one_line_whatever_the_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    names = ["a\nb", "c\r\nd", "e\u2028f", "tab\there", "bell\x07", "ünïcødé-タスク", "", "{0}%s"]
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        for name in names:
+            gs.spawn(_lands_at_once, name=name)
+    report = gs.report
+    assert report is not None
+    lines = str(report).splitlines()
+    assert len(lines) == 2 + len(names)  # the header, the column titles, one line per task
+    rows = "\n".join(lines[2:])
+    for shown in [r"a\nb", r"c\r\nd", r"e\u2028f", r"tab\there", r"bell\x07", "ünïcødé-タスク"]:
+        assert shown in rows
+    assert [t.name for t in report] == names  # the data keeps the names as they are
+
+
+def _columns(text: str) -> int:
+    """Display width in a terminal: East Asian wide characters take two columns."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+async def test_report_columns_line_up_with_wide_characters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        for name in ["タスク", "task-one", "長い名前" * 30]:
+            gs.spawn(_lands_at_once, name=name)
+    report = gs.report
+    assert report is not None
+    lines = str(report).splitlines()[1:]
+    # the "seconds" column ends at the same display column on every line
+    ends = {_columns(line[: line.index(" 0.000") + len(" 0.000")]) for line in lines[1:]}
+    assert len(ends) == 1
+    assert _columns(lines[0][: lines[0].index("seconds") + len("seconds")]) in ends
+
+
+async def test_report_text_shortens_a_huge_outcome(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def returns_a_lot(*, token: tc.CancellationToken) -> str:
+        await token.wait_cancelled()
+        return "z" * 100_000
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(returns_a_lot, name="big")
+    report = gs.report
+    assert report is not None
+    text = str(report)
+    assert len(text) < 500
+    assert "Completed(value='zzz" in text
+    assert report.tasks[0].outcome == tc.Completed("z" * 100_000)
+
+
+async def test_report_text_of_an_empty_shutdown_says_no_task_was_running() -> None:
+    async def quick() -> None:
+        await trio.lowlevel.checkpoint()
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        pass
+    assert gs.report is not None
+    assert str(gs.report) == "shutdown 'shutdown': no task was running"
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        await gs.spawn(quick).join()
+        await gs.spawn(quick).join()
+        gs.trigger("deploy")
+    assert gs.report is not None
+    assert str(gs.report) == (
+        "shutdown 'deploy': no task was running (2 had ended before the trigger: 2 completed)"
+    )
