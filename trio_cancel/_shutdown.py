@@ -74,8 +74,9 @@ class LandingReport(metaclass=NoPublicConstructor):
     Iterating the report gives the landings in the order the tasks were spawned;
     ``str(report)`` renders them as a table, slowest first, one line per task whatever the
     names (a name is cut to 60 columns, an outcome to 160, control characters are escaped);
-    :meth:`to_dict` gives plain data for logs, with the full names. Tasks that ended before the trigger are not kept (a server's requests would
-    otherwise grow without bound): :attr:`ended_before` counts them.
+    :meth:`to_dict` gives plain data for logs, with the full names. Tasks that ended before
+    the trigger are not kept (a server's requests would otherwise grow without bound):
+    :attr:`ended_before` counts them.
 
     Attributes:
         tasks: The landings, in spawn order.
