@@ -476,3 +476,27 @@ async def test_aborted_task_whose_inner_nursery_fails_is_an_outcome_not_a_crash(
     if how == "exit":
         assert handles[1].outcome == tc.Aborted(None)
         assert trio.current_time() == 1
+
+
+async def test_body_error_while_a_task_inner_nursery_fails_propagates_as_itself() -> None:
+    """The body's exception cancels the set's nursery (a cancellation from outside the task's
+    scope): the task's cleanup error is its outcome, and only the body's error propagates."""
+    handles: list[tc.TaskHandle[Any]] = []
+    with pytest.raises(KeyError, match="body"):
+        async with tc.JoinSet() as js:
+            handles.append(js.spawn(_inner_nursery_whose_child_fails_when_cancelled))
+            await trio.testing.wait_all_tasks_blocked()
+            raise KeyError("body")
+    assert _is_failed_with_the_cleanup_group(handles[0].outcome)
+
+
+async def test_outside_cancellation_while_a_task_inner_nursery_fails() -> None:
+    handles: list[tc.TaskHandle[Any]] = []
+    with trio.CancelScope() as outer:
+        async with tc.JoinSet() as js:
+            handles.append(js.spawn(_inner_nursery_whose_child_fails_when_cancelled))
+            await trio.testing.wait_all_tasks_blocked()
+            outer.cancel("outside")
+            await trio.sleep_forever()
+    assert outer.cancelled_caught
+    assert _is_failed_with_the_cleanup_group(handles[0].outcome)

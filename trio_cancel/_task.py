@@ -12,8 +12,9 @@ Invariants:
    propagates), or never started because its scope was already cancelled.
 3. A task's ``Exception`` becomes ``Failed`` and never reaches the nursery, also one that the
    task's scope leaves when it takes its own cancellation out of a group (an aborted task
-   whose inner nursery failed while unwinding): it is captured outside the scope. Other
-   ``BaseException`` s are recorded and re-raised, as Trio would.
+   whose inner nursery failed while unwinding): it is captured outside the scope; and one
+   that comes out in a group beside a cancellation from outside: only the cancellation
+   propagates. Other ``BaseException`` s are recorded and re-raised, as Trio would.
 4. Nothing on the cancel path allocates per task beyond what Trio itself does, except the
    outcome value.
 """
@@ -246,8 +247,21 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             _break_cycles_through(exc)
             result = Failed(exc)
         except BaseException as exc:
-            # KeyboardInterrupt, or a cancellation from outside the task's scope (with
-            # whatever else came with it): recorded, and Trio handles it as usual.
+            # KeyboardInterrupt, or a cancellation from outside the task's scope: recorded,
+            # and Trio handles it as usual.
+            if isinstance(exc, BaseExceptionGroup):
+                error = exc.split(trio.Cancelled)[1]
+                if isinstance(error, ExceptionGroup) and error is not exc:
+                    # The outside cancellation came out beside the task's own error (its
+                    # inner nursery failed while unwinding): the error is the task's outcome,
+                    # as any Exception of a task; only the cancellation goes on.
+                    CURRENT_HANDLE.set(None)
+                    _break_cycles_through(exc)
+                    self._finish(Failed(error))
+                    # The error's traceback reaches this frame: it holds neither the handle
+                    # nor what it raises (a cancellation whose traceback reaches the canceller).
+                    del self, error
+                    raise exc.subgroup(trio.Cancelled) from None  # type: ignore[misc]  # noqa: ASYNC104
             self._finish(outcome_of_base_exception(exc))
             raise
         finally:
