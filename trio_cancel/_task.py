@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import itertools
 import logging
 import os
@@ -43,7 +44,7 @@ T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
 
 _log = logging.getLogger("trio_cancel")
-_TRIO_DIR = os.path.dirname(trio.__file__) + os.sep
+_TRIO_DIR = os.path.dirname(inspect.getfile(trio)) + os.sep  # where Trio's frames come from
 _ids = itertools.count(1)
 
 # The handle of the task running in this context (each Trio task has its own context copy, so a
