@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import random
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
 
 import trio_cancel as tc
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 
 async def _after(delay: float, value: int) -> int:
@@ -423,3 +428,168 @@ async def test_join_next_with_handle_cancelled_consumes_nothing() -> None:
         got = await js.join_next_with_handle()
         assert got is not None
         assert got[1] == tc.Completed(None)
+
+
+async def _inner_nursery_whose_child_fails_when_cancelled() -> None:
+    async def child() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise ValueError("cleanup failed")
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(child)
+        await trio.sleep_forever()
+
+
+def _is_failed_with_the_cleanup_group(outcome: tc.Outcome[object] | None) -> bool:
+    return (
+        isinstance(outcome, tc.Failed)
+        and isinstance(outcome.error, ExceptionGroup)
+        and pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="cleanup failed")).matches(
+            outcome.error
+        )
+    )
+
+
+@pytest.mark.parametrize("how", ["abort", "abort_all", "shutdown", "exit"])
+async def test_aborted_task_whose_inner_nursery_fails_is_an_outcome_not_a_crash(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    handles: list[tc.TaskHandle[Any]] = []
+    async with tc.JoinSet() as js:
+        handles.append(js.spawn(_inner_nursery_whose_child_fails_when_cancelled))
+        handles.append(js.spawn(_after, 5, 5))
+        await trio.sleep(1)
+        if how == "abort":
+            handles[0].abort("stop")
+        elif how == "abort_all":
+            js.abort_all("stop")
+        elif how == "shutdown":
+            await js.shutdown("stop")
+        if how in ("abort", "abort_all", "shutdown"):
+            assert len(await js.join_all()) == 2
+            assert _is_failed_with_the_cleanup_group(handles[0].outcome)
+            if how == "abort":  # the sibling was left alone and ran to its end
+                assert handles[1].outcome == tc.Completed(5)
+                assert trio.current_time() == 5
+            else:
+                assert handles[1].outcome == tc.Aborted("stop")
+    # leaving the block raised nothing: the failure is the task's outcome
+    assert _is_failed_with_the_cleanup_group(handles[0].outcome)
+    if how == "exit":
+        assert handles[1].outcome == tc.Aborted(None)
+        assert trio.current_time() == 1
+
+
+async def test_body_error_while_a_task_inner_nursery_fails_propagates_as_itself() -> None:
+    """The body's exception cancels the set's nursery (a cancellation from outside the task's
+    scope): the task's cleanup error is its outcome, and only the body's error propagates."""
+    handles: list[tc.TaskHandle[Any]] = []
+    with pytest.raises(KeyError, match="body"):
+        async with tc.JoinSet() as js:
+            handles.append(js.spawn(_inner_nursery_whose_child_fails_when_cancelled))
+            await trio.testing.wait_all_tasks_blocked()
+            raise KeyError("body")
+    assert _is_failed_with_the_cleanup_group(handles[0].outcome)
+
+
+async def test_outside_cancellation_while_a_task_inner_nursery_fails() -> None:
+    handles: list[tc.TaskHandle[Any]] = []
+    with trio.CancelScope() as outer:
+        async with tc.JoinSet() as js:
+            handles.append(js.spawn(_inner_nursery_whose_child_fails_when_cancelled))
+            await trio.testing.wait_all_tasks_blocked()
+            outer.cancel("outside")
+            await trio.sleep_forever()
+    assert outer.cancelled_caught
+    assert _is_failed_with_the_cleanup_group(handles[0].outcome)
+
+
+def _random_task(rng: random.Random) -> Callable[[], Awaitable[int | None]]:
+    """A task of a random kind: returns, runs long, fails in its ``finally``, or has an inner
+    nursery whose children fail (or not) when cancelled."""
+    kind = rng.choice(["returns", "runs", "raise_in_finally", "inner_ok", "inner_fail", "two"])
+    delay = rng.choice([0, 0, 1, 2, 5])
+
+    async def child(fail: bool) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            if fail:
+                raise ValueError("child cleanup failed")
+
+    async def task() -> int | None:
+        if kind == "returns":
+            await trio.sleep(delay)
+            return 1
+        if kind == "runs":
+            await trio.sleep(3 * delay + 1)
+            return 2
+        if kind == "raise_in_finally":
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ValueError("cleanup failed")
+        async with trio.open_nursery() as inner:
+            inner.start_soon(child, kind != "inner_ok")
+            if kind == "two":
+                inner.start_soon(child, True)
+            await trio.sleep(delay)
+            if kind == "inner_ok":
+                inner.cancel_scope.cancel()
+                return 3
+            await trio.sleep_forever()
+
+    return task
+
+
+async def _random_schedule(rng: random.Random) -> None:
+    handles: list[tc.TaskHandle[int | None]] = []
+    body_error = rng.random() < 0.2
+    caught: KeyError | None = None
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer:
+        try:
+            async with tc.JoinSet() as js:
+                for _ in range(rng.randint(1, 6)):
+                    bound = token if rng.random() < 0.3 else None
+                    handles.append(js.spawn(_random_task(rng), token=bound))
+                for _ in range(rng.randint(0, 5)):
+                    await trio.sleep(rng.choice([0, 0.5, 1, 3]))
+                    action = rng.random()
+                    if action < 0.4:
+                        rng.choice(handles).abort("one")
+                    elif action < 0.5:
+                        token.cancel("token")
+                    elif action < 0.6:
+                        js.abort_all("all")
+                    elif action < 0.65:
+                        outer.cancel("outside")
+                if body_error:
+                    raise KeyError("body")
+                if rng.random() < 0.5:
+                    with trio.move_on_after(10):
+                        await js.join_all()
+        except KeyError as exc:
+            caught = exc
+    if body_error and not outer.cancelled_caught:
+        assert caught is not None
+        assert caught.args == ("body",)
+    for handle in handles:
+        outcome = handle.outcome
+        assert outcome is not None
+        if isinstance(outcome, tc.Failed):
+            assert isinstance(outcome.error, Exception)
+
+
+def test_random_schedules_never_let_a_task_error_out_of_the_set(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seeded random aborts, token cancellations, abort_all, outside cancellations and body
+    errors, over tasks whose cleanup or inner nursery fails: the block raises only the body's
+    own error (or nothing), every task has an outcome, and a Failed one holds an Exception."""
+    for seed in range(200):
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        with caplog.at_level(logging.CRITICAL, logger="trio_cancel"):  # unretrieved failures
+            trio.run(_random_schedule, random.Random(seed), clock=clock)

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import tracemalloc
+import unicodedata
 from typing import Any
 
 import pytest
@@ -525,3 +526,212 @@ async def test_implicit_trigger_error_survives_a_cancellation_from_outside_durin
     assert info.group_contains(ZeroDivisionError)
     assert trio.current_time() == 5.0
     assert outer.cancel_called
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_signal_trigger_with_a_raising_callback_stays_graceful(
+    signum: signal.Signals, autojump_clock: trio.testing.MockClock
+) -> None:
+    """As for the implicit trigger: the landing goes on (phase 2 after the full grace period),
+    the report is produced, and the callbacks' group is raised at the block's exit."""
+    before = signal.getsignal(signum)
+
+    def broken() -> None:
+        raise RuntimeError("callback bug")
+
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="callback bug")):
+        async with tc.GracefulShutdown(grace=5.0) as gs:
+            gs.install_signal_handlers(signum)
+            gs.token.on_cancel(broken)
+            polite = gs.spawn(cooperative, 0.5, name="polite")
+            rude = gs.spawn(stubborn, name="rude")
+            await trio.sleep(1)
+            os.kill(os.getpid(), signum)
+            await gs.token.wait_cancelled()
+            triggered_at = trio.current_time()
+            report = await gs.wait()
+            assert trio.current_time() - triggered_at == 5.0  # phase 2 after the grace period
+            body_reached_its_end = True
+    assert body_reached_its_end
+    assert gs.report is report
+    assert report.reason == f"signal {signum.name}"
+    assert polite.outcome == tc.Completed("landed after 0.5")
+    assert rude.outcome == tc.Aborted(f"signal {signum.name}: forced after the grace period")
+    assert [(t.name, t.seconds, t.forced) for t in report] == [
+        ("polite", 0.5, False),
+        ("rude", 5.0, True),
+    ]
+    assert signal.getsignal(signum) is before
+
+
+async def test_signal_trigger_with_a_raising_callback_and_a_body_error_raises_both(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("callback bug")
+
+    with pytest.RaisesGroup(
+        KeyError, pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="callback bug"))
+    ):
+        async with tc.GracefulShutdown(grace=5.0) as gs:
+            gs.install_signal_handlers(signal.SIGTERM)
+            gs.token.on_cancel(broken)
+            polite = gs.spawn(cooperative, 0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await gs.token.wait_cancelled()
+            raise KeyError("body")
+    assert polite.outcome == tc.Completed("landed after 0.5")
+    assert gs.report is not None
+
+
+async def test_second_signal_still_forces_after_a_raising_callback(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("callback bug")
+
+    with pytest.RaisesGroup(RuntimeError):
+        async with tc.GracefulShutdown(grace=100.0) as gs:
+            gs.install_signal_handlers(signal.SIGUSR1)
+            gs.token.on_cancel(broken)
+            rude = gs.spawn(stubborn, name="rude")
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await gs.token.wait_cancelled()
+            await trio.sleep(1)
+            os.kill(os.getpid(), signal.SIGUSR1)  # the second one forces phase 2 at once
+            report = await gs.wait()
+    assert rude.outcome == tc.Aborted("signal SIGUSR1: forced by a second signal (SIGUSR1)")
+    assert [t.seconds for t in report] == [1.0]
+
+
+async def test_task_forced_while_its_inner_nursery_fails_is_reported_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def inner_nursery_failing_when_cancelled() -> None:
+        async def child() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ValueError("cleanup failed")
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(child)
+            await trio.sleep_forever()
+
+    async with tc.GracefulShutdown(grace=2.0) as gs:
+        gs.spawn(inner_nursery_failing_when_cancelled, name="fragile")
+        gs.spawn(cooperative, 3.0, name="slow but polite")
+        gs.spawn(cooperative, 1.0, name="polite")
+        report = await gs.wait()
+    rows = {t.name: t for t in report}
+    fragile = rows["fragile"].outcome
+    assert isinstance(fragile, tc.Failed)
+    assert pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="cleanup failed")).matches(
+        fragile.error
+    )
+    assert rows["fragile"].forced
+    assert rows["polite"].outcome == tc.Completed("landed after 1.0")
+    assert rows["slow but polite"].outcome == tc.Aborted("shutdown: forced after the grace period")
+
+
+# ---------------------------------------------------------------- the report's text
+
+
+async def _lands_at_once(*, token: tc.CancellationToken) -> None:
+    await token.wait_cancelled()
+
+
+async def test_report_text_stays_small_with_a_huge_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    huge = "y" * 200_000
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(_lands_at_once, name=huge)
+        for i in range(2_000):
+            gs.spawn(_lands_at_once, name=f"t{i}")
+    report = gs.report
+    assert report is not None
+    text = str(report)
+    lines = text.splitlines()
+    assert len(lines) == 2 + 2_001
+    assert len(text) < 2_001 * 150  # every row is short, not padded to 200,000 columns
+    (row,) = [line for line in lines if "yyy" in line]
+    assert "y…" in row
+    assert len(row) < 150
+    assert max(len(line) for line in lines[1:]) < 120
+    # the full name is still in the data
+    assert report.tasks[0].name == huge
+    assert report.to_dict()["tasks"][0]["name"] == huge
+
+
+async def test_report_rows_are_one_line_whatever_the_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    names = ["a\nb", "c\r\nd", "e\u2028f", "tab\there", "bell\x07", "ünïcødé-タスク", "", "{0}%s"]
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        for name in names:
+            gs.spawn(_lands_at_once, name=name)
+    report = gs.report
+    assert report is not None
+    lines = str(report).splitlines()
+    assert len(lines) == 2 + len(names)  # the header, the column titles, one line per task
+    rows = "\n".join(lines[2:])
+    for shown in [r"a\nb", r"c\r\nd", r"e\u2028f", r"tab\there", r"bell\x07", "ünïcødé-タスク"]:
+        assert shown in rows
+    assert [t.name for t in report] == names  # the data keeps the names as they are
+
+
+def _columns(text: str) -> int:
+    """Display width in a terminal: East Asian wide characters take two columns."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+async def test_report_columns_line_up_with_wide_characters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        for name in ["タスク", "task-one", "長い名前" * 30]:
+            gs.spawn(_lands_at_once, name=name)
+    report = gs.report
+    assert report is not None
+    lines = str(report).splitlines()[1:]
+    # the "seconds" column ends at the same display column on every line
+    ends = {_columns(line[: line.index(" 0.000") + len(" 0.000")]) for line in lines[1:]}
+    assert len(ends) == 1
+    assert _columns(lines[0][: lines[0].index("seconds") + len("seconds")]) in ends
+
+
+async def test_report_text_shortens_a_huge_outcome(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def returns_a_lot(*, token: tc.CancellationToken) -> str:
+        await token.wait_cancelled()
+        return "z" * 100_000
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.spawn(returns_a_lot, name="big")
+    report = gs.report
+    assert report is not None
+    text = str(report)
+    assert len(text) < 500
+    assert "Completed(value='zzz" in text
+    assert report.tasks[0].outcome == tc.Completed("z" * 100_000)
+
+
+async def test_report_text_of_an_empty_shutdown_says_no_task_was_running() -> None:
+    async def quick() -> None:
+        await trio.lowlevel.checkpoint()
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        pass
+    assert gs.report is not None
+    assert str(gs.report) == "shutdown 'shutdown': no task was running"
+
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        await gs.spawn(quick).join()
+        await gs.spawn(quick).join()
+        gs.trigger("deploy")
+    assert gs.report is not None
+    assert str(gs.report) == (
+        "shutdown 'deploy': no task was running (2 had ended before the trigger: 2 completed)"
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import weakref
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -12,6 +14,9 @@ import trio
 import trio.testing
 
 import trio_cancel as tc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 async def _returns(value: int, delay: float = 0) -> int:
@@ -610,3 +615,144 @@ async def test_spawning_bound_methods_keeps_no_instance_alive(nursery: trio.Nurs
         del request
     gc.collect()
     assert sum(ref() is not None for ref in refs) == 0
+
+
+# ---------------------------------------------------------------- aborted while inner nursery fails
+
+
+async def _inner_nursery_whose_child_fails_when_cancelled() -> None:
+    """A task body whose own nursery has a child that raises while it is being cancelled."""
+
+    async def child() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise ValueError("cleanup failed")
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(child)
+        await trio.sleep_forever()
+
+
+async def _sibling(delay: float, log: list[str]) -> str:
+    try:
+        await trio.sleep(delay)
+    except trio.Cancelled:
+        log.append("sibling cancelled")
+        raise
+    log.append("sibling finished")
+    return "sibling finished"
+
+
+def _is_group_of_the_cleanup_error(outcome: tc.Outcome[object] | None) -> bool:
+    """``Failed(ExceptionGroup([ValueError("cleanup failed")]))``, as Trio's scope left it."""
+    if not isinstance(outcome, tc.Failed) or not isinstance(outcome.error, ExceptionGroup):
+        return False
+    return pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="cleanup failed")).matches(
+        outcome.error
+    )
+
+
+@pytest.mark.parametrize("kind", ["tc.spawn", "JoinSet.spawn", "GracefulShutdown.spawn"])
+async def test_abort_while_inner_nursery_fails_records_the_group_and_spares_siblings(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    log: list[str] = []
+    handles: list[tc.TaskHandle[Any]] = []
+
+    async def scenario(
+        spawn: Callable[..., tc.TaskHandle[Any]],
+    ) -> None:
+        handles.append(spawn(_inner_nursery_whose_child_fails_when_cancelled))
+        handles.append(spawn(_sibling, 10, log))
+        await trio.sleep(1)
+        handles[0].abort("stop")
+        assert _is_group_of_the_cleanup_error(await handles[0].join())
+        assert await handles[1].join() == tc.Completed("sibling finished")
+
+    if kind == "tc.spawn":
+        async with trio.open_nursery() as nursery:
+            await scenario(functools.partial(tc.spawn, nursery))
+        assert not nursery.cancel_scope.cancel_called
+    elif kind == "JoinSet.spawn":
+        async with tc.JoinSet() as js:
+            await scenario(js.spawn)
+    else:
+        async with tc.GracefulShutdown(grace=100) as gs:
+            await scenario(gs.spawn)
+    assert log == ["sibling finished"]
+    assert trio.current_time() == 10
+    assert _is_group_of_the_cleanup_error(handles[0].outcome)
+
+
+async def test_token_cancel_while_inner_nursery_fails_records_the_group(
+    nursery: trio.Nursery,
+) -> None:
+    token = tc.CancellationToken()
+    handle = tc.spawn(nursery, _inner_nursery_whose_child_fails_when_cancelled, token=token)
+    await trio.testing.wait_all_tasks_blocked()
+    token.cancel("token fired")
+    assert _is_group_of_the_cleanup_error(await handle.join())
+    assert not nursery.cancel_scope.cancel_called
+
+
+async def test_outside_cancellation_while_inner_nursery_fails_propagates_only_itself() -> None:
+    """Trio's rule stays: a cancellation from outside the task's scope is not the task's to
+    absorb, so it propagates; the task's own error, which came out beside it in one group, is
+    the task's outcome like any other ``Exception`` (it does not reach the nursery)."""
+    handles: list[tc.TaskHandle[None]] = []
+    gc.collect()
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            handles.append(tc.spawn(nursery, _inner_nursery_whose_child_fails_when_cancelled))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel("from outside")
+        assert nursery.cancel_scope.cancelled_caught  # the cancellation reached its scope
+        assert _is_group_of_the_cleanup_error(handles[0].outcome)
+        ref = weakref.ref(handles.pop())
+        assert ref() is None  # freed without the collector
+    finally:
+        gc.enable()
+
+
+async def test_keyboard_interrupt_while_aborted_inner_nursery_unwinds_propagates() -> None:
+    async def child() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise KeyboardInterrupt
+
+    async def body() -> None:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(child)
+            await trio.sleep_forever()
+
+    handles: list[tc.TaskHandle[None]] = []
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with trio.open_nursery() as nursery:
+            handles.append(tc.spawn(nursery, body))
+            await trio.testing.wait_all_tasks_blocked()
+            handles[0].abort("stop")
+    assert info.group_contains(KeyboardInterrupt, depth=None)
+    outcome = handles[0].outcome
+    assert isinstance(outcome, tc.Failed)
+    assert isinstance(outcome.error, BaseExceptionGroup)
+    assert outcome.error.subgroup(KeyboardInterrupt) is not None
+
+
+async def test_handle_failed_by_an_inner_group_is_freed_without_the_cycle_collector(
+    nursery: trio.Nursery,
+) -> None:
+    gc.collect()
+    gc.disable()
+    try:
+        handle = tc.spawn(nursery, _inner_nursery_whose_child_fails_when_cancelled)
+        await trio.testing.wait_all_tasks_blocked()
+        handle.abort("stop")
+        assert _is_group_of_the_cleanup_error(await handle.join())
+        ref = weakref.ref(handle)
+        del handle
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import unicodedata
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import attrs
@@ -71,9 +72,11 @@ class LandingReport(metaclass=NoPublicConstructor):
     running at the trigger or spawned after it.
 
     Iterating the report gives the landings in the order the tasks were spawned;
-    ``str(report)`` renders them as a table, slowest first; :meth:`to_dict` gives plain data
-    for logs. Tasks that ended before the trigger are not kept (a server's requests would
-    otherwise grow without bound): :attr:`ended_before` counts them.
+    ``str(report)`` renders them as a table, slowest first, one line per task whatever the
+    names (a name is cut to 60 columns, an outcome to 160, control characters are escaped);
+    :meth:`to_dict` gives plain data for logs, with the full names. Tasks that ended before
+    the trigger are not kept (a server's requests would otherwise grow without bound):
+    :attr:`ended_before` counts them.
 
     Attributes:
         tasks: The landings, in spawn order.
@@ -129,21 +132,82 @@ class LandingReport(metaclass=NoPublicConstructor):
         return len(self.tasks)
 
     def __str__(self) -> str:
+        reason = _one_line(repr(self.reason), _OUTCOME_COLUMNS)[0]
+        if not self.tasks:
+            before = sum(self.ended_before.values())
+            if not before:
+                return f"shutdown {reason}: no task was running"
+            kinds = ", ".join(f"{n} {kind}" for kind, n in self.ended_before.items() if n)
+            return (
+                f"shutdown {reason}: no task was running ({before} had ended before the "
+                f"trigger: {kinds})"
+            )
         landed = len(self.tasks) - len(self.forced)
         lines = [
-            f"shutdown {self.reason!r}: {landed} of {len(self.tasks)} tasks landed within "
+            f"shutdown {reason}: {landed} of {len(self.tasks)} tasks landed within "
             f"the {self.grace:g} s grace period, {len(self.forced)} forced"
         ]
         rows = sorted(self.tasks, key=lambda t: -1.0 if t.seconds is None else t.seconds)
         rows.reverse()
-        width = max([4, *(len(t.name) for t in rows)])
+        names = [_one_line(t.name, _NAME_COLUMNS) for t in rows]
+        width = max([4, *(columns for _, columns in names)])
         lines.append(f"  {'task':<{width}}  {'seconds':>8}  {'how':<7}  outcome")
-        for t in rows:
+        for t, (name, columns) in zip(rows, names, strict=True):
             seconds = "before" if t.seconds is None else f"{t.seconds:.3f}"
             how = "forced" if t.forced else "landed"
-            lines.append(f"  {t.name:<{width}}  {seconds:>8}  {how:<7}  {t.outcome!r}")
-            lines.extend(f"  {'':<{width}}  abandoned thread: {call}" for call in t.abandoned)
+            outcome = _one_line(repr(t.outcome), _OUTCOME_COLUMNS)[0]
+            pad = " " * (width - columns)
+            lines.append(f"  {name}{pad}  {seconds:>8}  {how:<7}  {outcome}")
+            lines.extend(
+                f"  {'':<{width}}  abandoned thread: {_one_line(call, _OUTCOME_COLUMNS)[0]}"
+                for call in t.abandoned
+            )
         return "\n".join(lines)
+
+
+# The report's table: a name takes at most this many columns, an outcome (or a reason) this
+# many; the full text stays in the report's data.
+_NAME_COLUMNS = 60
+_OUTCOME_COLUMNS = 160
+
+
+def _one_line(text: str, limit: int) -> tuple[str, int]:
+    """``text`` as one table cell of at most ``limit`` terminal columns, and its width.
+
+    Characters that are not printable (line breaks, tabs, other controls) are shown escaped as
+    in a ``repr``, so a cell is never split across lines; East Asian wide characters count two
+    columns, combining marks none; a longer text is cut and ends with ``…``. The work is
+    bounded by ``limit``, not by the length of ``text``.
+    """
+    if text.isascii() and text.isprintable():  # the common case
+        if len(text) <= limit:
+            return text, len(text)
+        return text[: limit - 1] + "…", limit
+    pieces: list[tuple[str, int]] = []
+    columns = 0
+    complete = True
+    for index, char in enumerate(text):
+        if index == 4 * limit:  # combining marks take no column: bound the characters too
+            complete = False
+            break
+        piece = char if char.isprintable() else repr(char)[1:-1]
+        if len(piece) > 1:
+            w = len(piece)
+        elif unicodedata.combining(char):
+            w = 0
+        else:
+            w = 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        if columns + w > limit:
+            complete = False
+            break
+        pieces.append((piece, w))
+        columns += w
+    if not complete:
+        while pieces and columns > limit - 1:
+            columns -= pieces.pop()[1]
+        pieces.append(("…", 1))
+        columns += 1
+    return "".join(piece for piece, _ in pieces), columns
 
 
 @final
@@ -405,11 +469,11 @@ class GracefulShutdown(NurseryOwner):
             )
         return self._report
 
-    def _trigger_implicitly(self) -> None:
-        """``trigger()`` on behalf of ``wait()`` or the exit: callback errors are kept for the
-        block's exit, after the landing, so that the landing itself still happens."""
+    def _trigger_implicitly(self, reason: str = "shutdown") -> None:
+        """``trigger()`` on behalf of ``wait()``, the exit or a signal: callback errors are kept
+        for the block's exit, after the landing, so that the landing itself still happens."""
         try:
-            self.trigger()
+            self.trigger(reason)
         except BaseExceptionGroup as group:
             self._trigger_error = group
 
@@ -428,8 +492,11 @@ class GracefulShutdown(NurseryOwner):
     def install_signal_handlers(self, *signals: int) -> None:
         """Trigger on a signal (default SIGINT and SIGTERM); a second signal forces phase 2.
 
-        The trigger's reason is ``"signal SIGINT"`` (the signal's name). The previous handlers
-        come back when the ``async with`` block exits. Call it from the main thread.
+        The trigger's reason is ``"signal SIGINT"`` (the signal's name). A signal's trigger is
+        as graceful as the implicit one: if ``on_cancel`` callbacks on :attr:`token` raise, the
+        landing goes on (phase 2 still waits for ``grace``, the report is produced) and their
+        :exc:`ExceptionGroup` is raised at the block's exit. The previous handlers come back
+        when the ``async with`` block exits. Call it from the main thread.
 
         Raises:
             RuntimeError: Outside the ``async with`` block, or called twice.
@@ -452,7 +519,8 @@ class GracefulShutdown(NurseryOwner):
         async for signum in receiver:
             name = signal.Signals(signum).name
             if self._triggered_at is None:
-                self.trigger(f"signal {name}")
+                # As graceful as the implicit trigger: callback errors wait for the exit.
+                self._trigger_implicitly(f"signal {name}")
             else:
                 self._force(f"forced by a second signal ({name})")
 

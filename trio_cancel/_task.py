@@ -10,8 +10,11 @@ Invariants:
 2. ``outcome`` is set exactly once, by the wrapper, when the task ends; it is ``Aborted`` iff the
    task ended through a ``trio.Cancelled`` (its own, or one from outside, which still
    propagates), or never started because its scope was already cancelled.
-3. A task's ``Exception`` becomes ``Failed`` and never reaches the nursery. Other
-   ``BaseException`` s are recorded and re-raised, as Trio would.
+3. A task's ``Exception`` becomes ``Failed`` and never reaches the nursery, also one that the
+   task's scope leaves when it takes its own cancellation out of a group (an aborted task
+   whose inner nursery failed while unwinding): it is captured outside the scope; and one
+   that comes out in a group beside a cancellation from outside: only the cancellation
+   propagates. Other ``BaseException`` s are recorded and re-raised, as Trio would.
 4. Nothing on the cancel path allocates per task beyond what Trio itself does, except the
    outcome value.
 """
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import itertools
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final, overload
 
 import attrs
@@ -39,6 +44,7 @@ T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
 
 _log = logging.getLogger("trio_cancel")
+_TRIO_DIR = os.path.dirname(inspect.getfile(trio)) + os.sep  # where Trio's frames come from
 _ids = itertools.count(1)
 
 # The handle of the task running in this context (each Trio task has its own context copy, so a
@@ -49,6 +55,50 @@ CURRENT_HANDLE: contextvars.ContextVar[TaskHandle[Any] | None] = contextvars.Con
 
 
 # ------------------------------------------------------------------ handles
+
+
+def _break_cycles_through(error: BaseException) -> None:
+    """Keep a stored task error from reaching the task's own handle through frames that are
+    not the task's (the failure path only: this walks ``error``, its groups and contexts).
+
+    Trio raises a task's ``Cancelled`` inside the ``cancel()`` call and throws it into the task
+    later, so that exception's traceback ends in the canceller's stack, and its ``f_back``
+    chain keeps that stack alive: frames that hold the handle (the caller's ``handle``). A
+    task that fails while it is aborted (a cleanup that raises) stores an error whose context
+    is that ``Cancelled``: a cycle only the collector frees. So:
+
+    * from each ``trio.Cancelled``, the traceback entries after a stack switch are cut (the
+      first entry whose caller is not the entry before it, and all after it: the task's own
+      frames come first and stay);
+    * each finished frame of Trio's in a traceback (a nursery's or a scope's exit, which keep
+      as locals the cancellation they took out of a group, the nursery and its parent task)
+      has its locals cleared. An entry after the first of a traceback is a frame the
+      exception propagated out of, so it has finished; the first is never touched.
+    """
+    stack = [error]
+    seen: set[int] = set()
+    while stack:
+        exc = stack.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        cancelled = isinstance(exc, trio.Cancelled)
+        while tb is not None and (nxt := tb.tb_next) is not None:
+            frame = nxt.tb_frame
+            if cancelled and frame.f_back is not None and frame.f_back is not tb.tb_frame:
+                tb.tb_next = None
+                break
+            if frame.f_code.co_filename.startswith(_TRIO_DIR):
+                with contextlib.suppress(RuntimeError):  # cannot happen: it has finished
+                    frame.clear()
+            tb = nxt
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        if exc.__context__ is not None:
+            stack.append(exc.__context__)
+        if exc.__cause__ is not None:
+            stack.append(exc.__cause__)
 
 
 @final
@@ -181,15 +231,38 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         # The body runs in this frame (no helper coroutine: one frame less per task to create,
         # keep and unwind). A stored error's traceback starts here, so no local may still
         # hold the handle or the outcome when the frame ends (see the end).
+        #
+        # One level of capture, outside the scope (as ``outcome.acapture``): the scope's exit
+        # can itself raise an ``Exception``, when it strips its own cancellation from a group
+        # (an inner nursery whose child failed while the task was aborted). That group is the
+        # task's error, like any other: it must not slip past a handler inside the scope.
         result: Completed[T] | Failed | None = None
         try:
             with scope:
-                try:
-                    result = Completed(await coro)
-                except Exception as exc:  # noqa: BLE001 - an outcome, not the nursery's error
-                    # A panicking tokio task does not take its siblings down either.
-                    result = Failed(exc)
+                result = Completed(await coro)
+        except Exception as exc:  # noqa: BLE001 - an outcome, not the nursery's error
+            # A panicking tokio task does not take its siblings down either.
+            # The error's traceback may reach this task (an inner nursery's frame holds its
+            # parent task), whose context holds this handle: leave the context without it.
+            CURRENT_HANDLE.set(None)
+            _break_cycles_through(exc)
+            result = Failed(exc)
         except BaseException as exc:
+            # KeyboardInterrupt, or a cancellation from outside the task's scope: recorded,
+            # and Trio handles it as usual.
+            if isinstance(exc, BaseExceptionGroup):
+                error = exc.split(trio.Cancelled)[1]
+                if isinstance(error, ExceptionGroup) and error is not exc:
+                    # The outside cancellation came out beside the task's own error (its
+                    # inner nursery failed while unwinding): the error is the task's outcome,
+                    # as any Exception of a task; only the cancellation goes on.
+                    CURRENT_HANDLE.set(None)
+                    _break_cycles_through(exc)
+                    self._finish(Failed(error))
+                    # The error's traceback reaches this frame: it holds neither the handle
+                    # nor what it raises (a cancellation whose traceback reaches the canceller).
+                    del self, error
+                    raise exc.subgroup(trio.Cancelled) from None  # type: ignore[misc]  # noqa: ASYNC104
             self._finish(outcome_of_base_exception(exc))
             raise
         finally:
