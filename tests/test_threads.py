@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import gc
+import inspect
 import math
+import os
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -436,3 +440,254 @@ async def test_an_interrupt_that_came_before_the_statement_began_is_repeated() -
 async def _cancel_scope_when(event: trio.Event, cs: trio.CancelScope) -> None:
     await event.wait()
     cs.cancel()
+
+
+# ---------------------------------------------------------------- interrupt() raising
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("fn_returns", [True, False], ids=["fn returns", "fn raises"])
+async def test_a_base_exception_from_interrupt_propagates(
+    exc_type: type[BaseException], *, fn_returns: bool
+) -> None:
+    blocker = Blocker(obey=not fn_returns)  # obeying, it raises InterruptedError
+
+    def bad_interrupt() -> None:
+        blocker.interrupt()
+        blocker.release.set()
+        raise exc_type("from interrupt")
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.raises(exc_type, match="from interrupt") as info:
+                await tc.run_sync_interruptible(blocker, interrupt=bad_interrupt, grace=5.0)
+    assert isinstance(info.value.__context__, trio.Cancelled)  # what it interrupted
+    assert blocker.finally_ran  # the call was waited for, not abandoned
+    assert len(blocker.interrupts) == 1  # never called again after it raised
+
+
+async def test_an_error_of_interrupt_with_a_call_that_won_is_a_warning() -> None:
+    blocker = Blocker(obey=False)
+
+    def bad_interrupt() -> None:
+        blocker.interrupt()
+        blocker.release.set()
+        raise OSError("interrupt failed")
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.warns(RuntimeWarning, match="interrupt failed"):
+                assert await tc.run_sync_interruptible(blocker, interrupt=bad_interrupt) == "done"
+            await trio.lowlevel.checkpoint()
+    assert cs.cancelled_caught
+
+
+# ---------------------------------------------------------------- Ctrl+C
+
+
+class SignalsCtrlC(Blocker):
+    """A call that sends the process a real SIGINT once it runs, then blocks until
+    interrupted (or, with ``obey=False``, until released)."""
+
+    def __call__(self, value: str = "done") -> str:
+        os.kill(os.getpid(), signal.SIGINT)
+        return super().__call__(value)
+
+
+def test_ctrl_c_interrupts_the_call_before_it_propagates() -> None:
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        blocker = SignalsCtrlC()
+        seen["blocker"] = blocker
+        limiter = trio.CapacityLimiter(1)
+        seen["limiter"] = limiter
+        await tc.run_sync_interruptible(
+            blocker, interrupt=blocker.interrupt, grace=5.0, limiter=limiter
+        )
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        trio.run(main)
+    blocker = seen["blocker"]
+    assert isinstance(blocker, SignalsCtrlC)
+    assert len(blocker.interrupts) == 1  # interrupted, from the Trio thread
+    assert blocker.interrupts[0] == threading.get_ident()
+    assert blocker.finally_ran  # and waited for: fn was over before trio.run returned
+    assert isinstance(info.value.__context__, InterruptedError)  # what fn raised
+    limiter = seen["limiter"]
+    assert isinstance(limiter, trio.CapacityLimiter)
+    assert limiter.borrowed_tokens == 0
+
+
+def test_ctrl_c_with_a_stubborn_call_abandons_it_visibly() -> None:
+    blocker_box: list[SignalsCtrlC] = []
+
+    async def main() -> None:
+        blocker = SignalsCtrlC(obey=False)
+        blocker_box.append(blocker)
+        await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt, grace=0.05)
+
+    before = tc.thread_call_statistics()
+    with (
+        pytest.warns(tc.CleanupTimeoutWarning, match="abandoned"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        trio.run(main)
+    (blocker,) = blocker_box
+    assert blocker.interrupts  # interrupted (and repeated) before giving up
+    assert tc.thread_call_statistics().abandoned == before.abandoned + 1
+    blocker.release.set()
+    _wait_for_abandoned_running(before.abandoned_running)
+
+
+def _wait_for_abandoned_running(expected: int) -> None:
+    """Another thread ends the call and counts it down: wait (bounded) for that count."""
+    deadline = time.monotonic() + 10
+    while tc.thread_call_statistics().abandoned_running != expected:
+        assert time.monotonic() < deadline, tc.thread_call_statistics()
+        time.sleep(0.001)
+
+
+# ---------------------------------------------------------------- abandoned after the run
+
+
+def test_abandoned_running_counts_down_when_the_thread_ends_after_trio_run() -> None:
+    blocker_box: list[Blocker] = []
+
+    async def main() -> None:
+        blocker = Blocker(obey=False)
+        blocker_box.append(blocker)
+        with trio.CancelScope() as cs:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when_started, blocker, cs)
+                await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt, grace=0)
+
+    before = tc.thread_call_statistics()
+    with pytest.warns(tc.CleanupTimeoutWarning):
+        trio.run(main)
+    during = tc.thread_call_statistics()
+    assert during.abandoned_running == before.abandoned_running + 1
+    (blocker,) = blocker_box
+    blocker.release.set()  # the thread ends only now, after trio.run returned
+    _wait_for_abandoned_running(before.abandoned_running)
+    assert blocker.finally_ran
+
+
+# ---------------------------------------------------------------- how often interrupt() runs
+
+
+async def test_interrupt_is_repeated_with_back_off_until_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    blocker = Blocker(obey=False)
+    times: list[float] = []
+
+    def interrupt() -> None:
+        times.append(trio.current_time())
+        blocker.interrupt()
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.warns(tc.CleanupTimeoutWarning):
+                await tc.run_sync_interruptible(blocker, interrupt=interrupt, grace=5.0)
+    blocker.release.set()
+    start = times[0]
+    assert [round(t - start, 6) for t in times] == [0, 0.1, 0.3, 0.7, 1.5, 2.5, 3.5, 4.5]
+
+
+def test_the_docstring_says_how_often_interrupt_is_called() -> None:
+    doc = inspect.getdoc(tc.run_sync_interruptible) or ""
+    interrupt_arg = doc.split("interrupt:", 1)[1].split("grace:", 1)[0]
+    assert "once" not in interrupt_arg
+    assert "repeated" in interrupt_arg
+
+
+# ---------------------------------------------------------------- like trio.to_thread.run_sync
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID", default="unset")
+
+
+async def test_contextvars_are_copied_into_the_thread() -> None:
+    REQUEST_ID.set("request-42")
+
+    def fn() -> str:
+        seen = REQUEST_ID.get()
+        REQUEST_ID.set("changed in the thread")  # a copy: the caller's stays
+        return seen
+
+    assert await tc.run_sync_interruptible(fn, interrupt=lambda: None) == "request-42"
+    assert REQUEST_ID.get() == "request-42"
+
+
+async def test_from_thread_run_and_run_sync_work_inside_fn() -> None:
+    REQUEST_ID.set("request-7")
+
+    async def async_part() -> str:
+        await trio.lowlevel.checkpoint()
+        return "async " + REQUEST_ID.get()
+
+    def fn() -> tuple[str, str, bool]:
+        return (
+            trio.from_thread.run(async_part),
+            trio.from_thread.run_sync(REQUEST_ID.get),
+            trio.from_thread.run_sync(trio.lowlevel.in_trio_run),
+        )
+
+    assert await tc.run_sync_interruptible(fn, interrupt=lambda: None) == (
+        "async request-7",
+        "request-7",
+        True,
+    )
+
+
+async def test_check_cancelled_inside_fn_raises_once_the_caller_is_cancelled() -> None:
+    checked = threading.Event()
+    token = trio.lowlevel.current_trio_token()
+    started = trio.Event()
+    interrupts: list[int] = []
+
+    def cooperative() -> str:
+        trio.from_thread.check_cancelled()  # not cancelled yet: returns
+        checked.set()
+        token.run_sync_soon(started.set)
+        while True:
+            trio.from_thread.check_cancelled()
+            time.sleep(0.001)
+
+    with trio.CancelScope() as cs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_scope_when, started, cs)
+            await tc.run_sync_interruptible(cooperative, interrupt=lambda: interrupts.append(1))
+    assert cs.cancelled_caught
+    assert checked.is_set()
+    assert interrupts == [1]
+
+
+async def test_check_cancelled_stopping_fn_is_the_cancellation() -> None:
+    token = trio.lowlevel.current_trio_token()
+    started = trio.Event()
+    seen: list[BaseException] = []
+
+    def cooperative() -> None:
+        token.run_sync_soon(started.set)
+        while True:
+            trio.from_thread.check_cancelled()
+            time.sleep(0.001)
+
+    with trio.CancelScope() as cs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_scope_when, started, cs)
+            try:
+                # is_interruption says no to everything: a Cancelled from check_cancelled is
+                # still the caller's own cancellation.
+                await tc.run_sync_interruptible(
+                    cooperative, interrupt=lambda: None, is_interruption=lambda _: False
+                )
+            except trio.Cancelled as exc:
+                seen.append(exc)
+                raise
+    assert cs.cancelled_caught
+    assert isinstance(seen[0].__context__, trio.Cancelled)
