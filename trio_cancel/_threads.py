@@ -48,6 +48,7 @@ import contextlib
 import functools
 import inspect
 import threading
+import types
 import warnings
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, TypeVarTuple, final
 
@@ -170,7 +171,8 @@ class ThreadCall(Generic[T]):
             if self.state == "skipped":
                 return False
             self.state = "running"
-        _count("started")
+        with _COUNTERS_LOCK:
+            _COUNTERS.started += 1
         return True
 
     def _finish(self, result: outcome.Outcome[T]) -> None:
@@ -456,17 +458,20 @@ async def run_sync_interruptible(
         given back, as with :func:`trio.to_thread.run_sync`). A ``KeyboardInterrupt``
         delivered to the caller is handled the same way, then propagates.
     """
-    _check_blocking_callable(fn, "run_sync_interruptible()")
-    check_sync_callable(interrupt, "run_sync_interruptible(interrupt=)")
-    grace = check_grace(grace)
+    if not _known_sync(fn):
+        _check_blocking_callable(fn, "run_sync_interruptible()")
+    if not _known_sync(interrupt):
+        check_sync_callable(interrupt, "run_sync_interruptible(interrupt=)")
+    if grace != 5.0 or type(grace) is not float:  # the default needs no check
+        grace = check_grace(grace)
     if is_interruption is not None:
         check_sync_callable(is_interruption, "run_sync_interruptible(is_interruption=)")
-    if not trio.lowlevel.in_trio_run():
-        raise RuntimeError("run_sync_interruptible() must be awaited inside trio.run")
     if limiter is not None and not callable(getattr(limiter, "acquire_on_behalf_of", None)):
         raise TypeError(f"limiter must be a trio.CapacityLimiter, not {type(limiter).__name__}")
-
-    call: ThreadCall[T] = ThreadCall(functools.partial(fn, *args), _describe(fn))
+    try:
+        call: ThreadCall[T] = ThreadCall(functools.partial(fn, *args), _describe(fn))
+    except RuntimeError:  # no Trio token: not in trio.run
+        raise RuntimeError("run_sync_interruptible() must be awaited inside trio.run") from None
     call._notify = False  # Trio reports the normal end; a landing asks for a report
     try:
         return await trio.to_thread.run_sync(
@@ -493,6 +498,24 @@ async def run_sync_interruptible(
             is_interruption,
             "run_sync_interruptible()",
         )
+
+
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+
+
+def _known_sync(fn: object) -> bool:
+    """A fast yes for what is surely a synchronous callable (a plain function, a method of
+    one, a builtin); False means "run the full check"."""
+    if type(fn) is types.MethodType:
+        fn = fn.__func__
+    kind = type(fn)
+    if kind is types.BuiltinFunctionType:
+        return True
+    return (
+        kind is types.FunctionType
+        and not fn.__code__.co_flags & _ASYNC_CODE  # type: ignore[attr-defined]
+        and getattr(fn, "_is_coroutine_marker", None) is None  # inspect.markcoroutinefunction
+    )
 
 
 def _check_blocking_callable(fn: object, what: str) -> None:
