@@ -487,6 +487,16 @@ async def test_an_error_of_interrupt_with_a_call_that_won_is_a_warning() -> None
 # ---------------------------------------------------------------- Ctrl+C
 
 
+@pytest.fixture
+def real_ctrl_c() -> None:
+    """Tests that send this process a real SIGINT need Trio's own handler, which ``trio.run``
+    installs only over Python's default one (and only in the main thread)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT has a handler other than Python's default one here")
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("not in the main thread")
+
+
 class SignalsCtrlC(Blocker):
     """A call that sends the process a real SIGINT once it runs, then blocks until
     interrupted (or, with ``obey=False``, until released)."""
@@ -496,6 +506,7 @@ class SignalsCtrlC(Blocker):
         return super().__call__(value)
 
 
+@pytest.mark.usefixtures("real_ctrl_c")
 def test_ctrl_c_interrupts_the_call_before_it_propagates() -> None:
     seen: dict[str, object] = {}
 
@@ -521,6 +532,7 @@ def test_ctrl_c_interrupts_the_call_before_it_propagates() -> None:
     assert limiter.borrowed_tokens == 0
 
 
+@pytest.mark.usefixtures("real_ctrl_c")
 def test_ctrl_c_with_a_stubborn_call_abandons_it_visibly() -> None:
     blocker_box: list[SignalsCtrlC] = []
 
@@ -691,3 +703,83 @@ async def test_check_cancelled_stopping_fn_is_the_cancellation() -> None:
                 raise
     assert cs.cancelled_caught
     assert isinstance(seen[0].__context__, trio.Cancelled)
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_a_second_ctrl_c_during_the_wait_abandons_the_call_at_once() -> None:
+    box: list[SignalsCtrlC] = []
+
+    class TwiceCtrlC(SignalsCtrlC):
+        def interrupt(self) -> None:
+            super().interrupt()
+            if len(self.interrupts) == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl+C again
+
+    async def main() -> None:
+        blocker = TwiceCtrlC(obey=False)
+        box.append(blocker)
+        await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt, grace=math.inf)
+
+    before = tc.thread_call_statistics()
+    with (
+        pytest.warns(tc.CleanupTimeoutWarning, match="KeyboardInterrupt arrived"),
+        pytest.raises(KeyboardInterrupt) as info,
+    ):
+        trio.run(main)  # grace is infinite: only the second Ctrl+C ends the wait
+    assert isinstance(info.value.__context__, KeyboardInterrupt)  # the first one
+    assert tc.thread_call_statistics().abandoned == before.abandoned + 1
+    box[0].release.set()
+    _wait_for_abandoned_running(before.abandoned_running)
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_check_cancelled_inside_fn_raises_keyboard_interrupt_after_ctrl_c() -> None:
+    raised: list[BaseException] = []
+
+    def cooperative() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        try:
+            while True:
+                trio.from_thread.check_cancelled()
+                time.sleep(0.001)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    async def main() -> None:
+        await tc.run_sync_interruptible(cooperative, interrupt=lambda: None)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        trio.run(main)
+    assert len(raised) == 1
+    assert isinstance(raised[0], KeyboardInterrupt)  # what reached the caller
+    assert info.value.__context__ is raised[0]
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_ctrl_c_while_waiting_for_the_limiter_never_runs_fn() -> None:
+    calls: list[str] = []
+
+    async def ctrl_c_when_waiting(limiter: trio.CapacityLimiter) -> None:
+        while limiter.statistics().tasks_waiting == 0:
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.lowlevel.checkpoint()
+        # From another thread, as a real Ctrl+C comes: Trio delivers it to the main task.
+        await trio.to_thread.run_sync(os.kill, os.getpid(), signal.SIGINT)
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(1)
+        first = Blocker()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: tc.run_sync_interruptible(first, interrupt=first.interrupt, limiter=limiter)
+            )
+            await first.started.wait()
+            nursery.start_soon(ctrl_c_when_waiting, limiter)
+            await tc.run_sync_interruptible(
+                calls.append, "ran", interrupt=lambda: None, limiter=limiter
+            )
+
+    with pytest.RaisesGroup(KeyboardInterrupt, allow_unwrapped=True, flatten_subgroups=True):
+        trio.run(main)
+    assert calls == []
