@@ -783,3 +783,22 @@ def test_ctrl_c_while_waiting_for_the_limiter_never_runs_fn() -> None:
     with pytest.RaisesGroup(KeyboardInterrupt, allow_unwrapped=True, flatten_subgroups=True):
         trio.run(main)
     assert calls == []
+
+
+async def test_a_base_exception_of_fn_after_the_interrupt_is_not_taken_for_the_cancellation() -> (
+    None
+):
+    blocker = Blocker()
+
+    def exits_when_interrupted() -> None:
+        try:
+            blocker()
+        except InterruptedError:
+            raise SystemExit(3) from None
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.raises(SystemExit):
+                await tc.run_sync_interruptible(exits_when_interrupted, interrupt=blocker.interrupt)
+    assert blocker.interrupts

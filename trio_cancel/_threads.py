@@ -306,11 +306,11 @@ async def land(  # noqa: ASYNC910 - what stopped the wait is being handled: no c
         _warn_abandoned(call, grace, what, late)
     result = call.result  # a call that ended meanwhile has its outcome
     error = result.error if isinstance(result, outcome.Error) else None
-    stopped_by = (
-        error is not None
+    stopped_by = isinstance(error, trio.Cancelled) or (  # from from_thread.check_cancelled()
+        isinstance(error, Exception)  # a KeyboardInterrupt or SystemExit of fn's is its own
         and interrupter.calls > 0
         and (is_interruption is None or is_interruption(error))
-    ) or isinstance(error, trio.Cancelled)  # fn ended through from_thread.check_cancelled()
+    )
     # What propagates, first match: a BaseException delivered during the wait, one raised
     # by interrupt(), what stopped the wait if it is not a cancellation, and then for a
     # cancellation: fn's value (a completed call wins), fn's own error, or the cancellation.
@@ -420,7 +420,10 @@ async def run_sync_interruptible(
         limiter: As for :func:`trio.to_thread.run_sync` (default: Trio's default limiter).
         is_interruption: Tells the interrupt's own error (SQLite's
             ``OperationalError('interrupted')``) from any other error of ``fn``; by default
-            every error ``fn`` raises after the interrupt counts as the interrupt's.
+            every ``Exception`` ``fn`` raises after the interrupt counts as the interrupt's
+            (never a ``KeyboardInterrupt`` or ``SystemExit`` of its own, which propagates);
+            a :exc:`trio.Cancelled` from :func:`trio.from_thread.check_cancelled` always
+            does.
 
     Returns:
         What ``fn`` returned: also when it returned as the cancellation arrived (a completed
@@ -482,10 +485,11 @@ async def run_sync_interruptible(
         )
     except BaseException as exc:  # noqa: ASYNC103 - re-raised, or by land()
         result = call.result
-        if isinstance(exc, Exception) or (
+        if isinstance(exc, Exception | GeneratorExit) or (
             isinstance(result, outcome.Error) and result.error is exc
         ):
-            # fn's own error, or Trio's (a limiter's, fn returning a coroutine): as it is.
+            # fn's own error, Trio's (a limiter's, fn returning a coroutine), or the coroutine
+            # being closed: as it is.
             call.result = None  # no cycle through the traceback
             raise
         stopping = exc  # a Cancelled, or a KeyboardInterrupt delivered to this task
