@@ -136,14 +136,33 @@ class ThreadCall(Generic[T]):
     state: Literal["pending", "running", "finished", "skipped"] = attrs.field(
         default="pending", init=False
     )
-    result: outcome.Outcome[T] | None = attrs.field(default=None, init=False)
-    done: trio.Event = attrs.field(factory=trio.Event, init=False)
+    # The outcome, once ``state`` is "finished" (raw: an Outcome per call costs more than the
+    # rest of this class; ``result`` builds one).
+    _value: Any = attrs.field(default=None, init=False)
+    _error: BaseException | None = attrs.field(default=None, init=False)
+    _done: trio.Event | None = attrs.field(default=None, init=False)  # made when first needed
     abandoned: bool = attrs.field(default=False, init=False)
     # Called in the Trio thread once the thread is done with this call.
     on_done: Callable[[], None] | None = attrs.field(default=None, init=False)
     # Whether the thread tells Trio (sets ``done``) when it is done: always for a connection's
     # thread; for Trio's, only once a landing waits for it (Trio reports the normal end).
-    _notify: bool = attrs.field(default=True, init=False, alias="_notify")
+    _notify: bool = attrs.field(default=True, init=False)
+
+    @property
+    def result(self) -> outcome.Outcome[T] | None:
+        """``fn``'s outcome once the thread stored it, else None."""
+        if self.state != "finished":  # set after the outcome, under the lock
+            return None
+        if self._error is not None:
+            return outcome.Error(self._error)
+        return outcome.Value(self._value)
+
+    @property
+    def done(self) -> trio.Event:
+        """Set (in the Trio thread) when the thread is done with this call. Trio side only."""
+        if self._done is None:
+            self._done = trio.Event()
+        return self._done
 
     def run_in_thread(self) -> None:
         """A connection thread's side: run ``fn`` unless skipped, store the outcome, tell
@@ -151,7 +170,12 @@ class ThreadCall(Generic[T]):
         if not self._begin():
             self._tell_trio()
             return
-        self._finish(outcome.capture(self.fn))
+        try:
+            value = self.fn()
+        except BaseException as exc:  # noqa: BLE001, ASYNC103 - stored: the Trio side raises it
+            self._finish(None, exc)
+        else:
+            self._finish(value, None)
 
     def run_and_return(self) -> T:
         """The side of a thread of ``trio.to_thread.run_sync``: as :meth:`run_in_thread`, and
@@ -161,9 +185,9 @@ class ThreadCall(Generic[T]):
         try:
             value = self.fn()
         except BaseException as exc:
-            self._finish(outcome.Error(exc))
+            self._finish(None, exc)
             raise
-        self._finish(outcome.Value(value))
+        self._finish(value, None)
         return value
 
     def _begin(self) -> bool:
@@ -175,15 +199,20 @@ class ThreadCall(Generic[T]):
             _COUNTERS.started += 1
         return True
 
-    def _finish(self, result: outcome.Outcome[T]) -> None:
+    def _finish(self, value: T | None, error: BaseException | None) -> None:
         with self._lock:
-            self.result = result
+            self._value, self._error = value, error
             self.state = "finished"
             abandoned, notify = self.abandoned, self._notify
         if abandoned:
             _count("abandoned_running", -1)  # here, not in Trio: its run may be over
         if notify:
             self._tell_trio()
+
+    def forget_outcome(self) -> None:
+        """Trio side, once the outcome was delivered: drop it (no reference cycle through an
+        error's traceback)."""
+        self._value = self._error = None
 
     def _tell_trio(self) -> None:
         # If the run is over, nobody is left to tell.
@@ -490,7 +519,7 @@ async def run_sync_interruptible(
         ):
             # fn's own error, Trio's (a limiter's, fn returning a coroutine), or the coroutine
             # being closed: as it is.
-            call.result = None  # no cycle through the traceback
+            call.forget_outcome()
             raise
         stopping = exc  # a Cancelled, or a KeyboardInterrupt delivered to this task
         del exc
