@@ -332,7 +332,7 @@ async def land(  # noqa: ASYNC910 - what stopped the wait is being handled: no c
             late = exc
     result = call.result
     if result is None and call.abandon_if_running():
-        _warn_abandoned(call, grace, what, late)
+        _warn_abandoned(call, grace, what, late, interrupted=interrupter.calls > 0)
     result = call.result  # a call that ended meanwhile has its outcome
     error = result.error if isinstance(result, outcome.Error) else None
     stopped_by = isinstance(error, trio.Cancelled) or (  # from from_thread.check_cancelled()
@@ -392,18 +392,19 @@ async def _wait_interrupting(call: ThreadCall[Any], interrupter: _Interrupter) -
 
 
 def _warn_abandoned(
-    call: ThreadCall[Any], grace: float, what: str, late: BaseException | None
+    call: ThreadCall[Any], grace: float, what: str, late: BaseException | None, *, interrupted: bool
 ) -> None:
     handle = CURRENT_HANDLE.get()
     if handle is not None and handle._task is trio.lowlevel.current_task():
         handle._note_abandoned(call.name)
     if late is not None:
-        why = f"{type(late).__name__} arrived while waiting for it"
+        why = f"was still running when {type(late).__name__} arrived during the wait for it"
     else:
-        why = f"it did not return within the grace period of {grace:g} s"
+        why = f"did not return within the grace period of {grace:g} s"
+        if interrupted:
+            why += " after its interrupt"
     warnings.warn(
-        f"{what}: {call.name} was interrupted, but {why}; its thread was abandoned and may "
-        "still be running",
+        f"{what}: {call.name} {why}; its thread was abandoned and may still be running",
         CleanupTimeoutWarning,
         stacklevel=4,
     )
