@@ -802,3 +802,41 @@ async def test_a_base_exception_of_fn_after_the_interrupt_is_not_taken_for_the_c
             with pytest.raises(SystemExit):
                 await tc.run_sync_interruptible(exits_when_interrupted, interrupt=blocker.interrupt)
     assert blocker.interrupts
+
+
+async def _ctrl_c_when_blocked(started: trio.Event) -> None:
+    """A real Ctrl+C, sent from another thread once every task is blocked (as the main task
+    is, in the call): Trio delivers it to the main task there."""
+    await started.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.to_thread.run_sync(os.kill, os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_a_connection_threads_call_lands_a_ctrl_c_like_a_cancellation() -> None:
+    # The database connections run their calls in a thread of their own and wait with
+    # wait_call(): a Ctrl+C interrupts the statement there too before it propagates.
+    from trio_cancel._threads import ThreadCall, wait_call
+
+    box: list[Blocker] = []
+
+    async def main() -> None:
+        blocker = Blocker()
+        box.append(blocker)
+        call = ThreadCall(blocker, "statement")
+        threading.Thread(target=call.run_in_thread, daemon=True).start()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_ctrl_c_when_blocked, blocker.started)
+            await wait_call(
+                call,
+                interrupt=blocker.interrupt,
+                grace=5.0,
+                is_interruption=_is_interrupted,
+                what="test statement",
+            )
+
+    with pytest.RaisesGroup(KeyboardInterrupt, allow_unwrapped=True, flatten_subgroups=True):
+        trio.run(main)
+    (blocker,) = box
+    assert len(blocker.interrupts) == 1
+    assert blocker.finally_ran
