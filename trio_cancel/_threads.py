@@ -34,9 +34,12 @@ Invariants, and how each is kept:
 3. A ``BaseException`` that reaches the landing is never swallowed: a ``KeyboardInterrupt``
    delivered to the awaiting task, or a ``BaseException`` from ``interrupt()``, propagates
    after the bounded wait, whatever the call's outcome (which becomes its ``__context__``).
-4. The limiter token is held from before ``fn`` starts until its thread is done with it, also
-   for an abandoned call (Trio releases it when the thread reports back; Trio cannot do that
-   once its run has ended).
+4. The limiter token is held from before ``fn`` starts until its thread is done with it, and
+   a call that ends in Trio (other than by abandonment) has given it back: the call is the
+   limiter Trio's ``to_thread`` sees, Trio gives the token back when its thread reported
+   back, and that release is what the landing waits for (a connection's thread reports
+   through ``run_sync_soon``). An abandoned call's token comes back when its thread ends, if
+   ``trio.run`` still runs then (Trio cannot give it back later).
 5. ``abandoned_running`` counts a call only while it runs: the landing marks the call
    abandoned, and counts it, under the lock and only if it is still *running*; the thread
    counts it down itself when it stores the outcome, so also after ``trio.run`` returned.
@@ -144,9 +147,12 @@ class ThreadCall(Generic[T]):
     abandoned: bool = attrs.field(default=False, init=False)
     # Called in the Trio thread once the thread is done with this call.
     on_done: Callable[[], None] | None = attrs.field(default=None, init=False)
-    # Whether the thread tells Trio (sets ``done``) when it is done: always for a connection's
-    # thread; for Trio's, only once a landing waits for it (Trio reports the normal end).
-    _notify: bool = attrs.field(default=True, init=False)
+    # Run by trio.to_thread.run_sync: this call is the limiter it is given, and passes the
+    # token on to the real one; Trio gives it back when its thread reported back, which is
+    # how the Trio side learns that the thread is done (the thread does not report itself).
+    _limiter: trio.CapacityLimiter | None = attrs.field(default=None, init=False)
+    _holds_token: bool = attrs.field(default=False, init=False)  # Trio side only
+    _reported: bool = attrs.field(default=False, init=False)  # Trio side only: done is due
 
     @property
     def result(self) -> outcome.Outcome[T] | None:
@@ -162,7 +168,34 @@ class ThreadCall(Generic[T]):
         """Set (in the Trio thread) when the thread is done with this call. Trio side only."""
         if self._done is None:
             self._done = trio.Event()
+            if self._reported:
+                self._done.set()
         return self._done
+
+    def is_done(self) -> bool:
+        """Trio side: whether ``done`` is set (without making the event)."""
+        return self._reported
+
+    def _report(self) -> None:
+        self._reported = True
+        if self._done is not None:
+            self._done.set()
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """As a limiter for ``trio.to_thread.run_sync``: take a token of the real limiter."""
+        assert self._limiter is not None
+        await self._limiter.acquire_on_behalf_of(borrower)
+        self._holds_token = True
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """As a limiter: Trio gives the token back once its thread has reported back (so the
+        thread is done with ``fn``), or when the thread could not be started."""
+        assert self._limiter is not None
+        self._holds_token = False
+        try:
+            self._limiter.release_on_behalf_of(borrower)
+        finally:
+            self._report()
 
     def run_in_thread(self) -> None:
         """A connection thread's side: run ``fn`` unless skipped, store the outcome, tell
@@ -203,10 +236,10 @@ class ThreadCall(Generic[T]):
         with self._lock:
             self._value, self._error = value, error
             self.state = "finished"
-            abandoned, notify = self.abandoned, self._notify
+            abandoned = self.abandoned
         if abandoned:
             _count("abandoned_running", -1)  # here, not in Trio: its run may be over
-        if notify:
+        if self._limiter is None:
             self._tell_trio()
 
     def forget_outcome(self) -> None:
@@ -221,19 +254,24 @@ class ThreadCall(Generic[T]):
 
     def _finished_in_trio(self) -> None:
         on_done, self.on_done = self.on_done, None
-        if on_done is not None:
-            on_done()
-        self.done.set()
+        try:
+            if on_done is not None:
+                on_done()
+        finally:
+            self._report()
 
     def skip_if_pending(self) -> bool:
-        """Trio side: if the thread has not started ``fn``, make sure it never will. Else, from
-        now on the thread tells Trio when it is done (``done``)."""
+        """Trio side: if the thread has not started ``fn``, make sure it never will."""
         with self._lock:
             if self.state == "pending":
                 self.state = "skipped"
                 return True
-            self._notify = True
             return False
+
+    def holds_token(self) -> bool:
+        """Trio side: whether a thread of Trio's was given this call and still holds its
+        limiter token (it will give it back soon, even for a skipped call)."""
+        return self._holds_token
 
     def interrupt_if_running(self, interrupt: Callable[[], object]) -> bool:
         """Trio side: call ``interrupt()`` if (and only if) ``fn`` is running now. The lock is
@@ -320,11 +358,16 @@ async def land(  # noqa: ASYNC910 - what stopped the wait is being handled: no c
     pending or running: skip it, or interrupt it and wait for it, shielded, up to ``grace``,
     then raise (or return the value of a call that won over a cancellation)."""
     if call.skip_if_pending():
-        raise stopping  # fn will never run
+        # fn will never run. A thread that was given it gives its limiter token back at
+        # once: wait for that, so the token is back before this call ends.
+        if call.holds_token():
+            with trio.move_on_after(grace, shield=True):
+                await call.done.wait()
+        raise stopping
     interrupter = _Interrupter(call, interrupt)
     interrupter()
     late: BaseException | None = None  # delivered during the wait (a second Ctrl+C)
-    if call.result is None:
+    if not call.is_done():
         try:
             with trio.move_on_after(grace, shield=True):
                 await _wait_interrupting(call, interrupter)
@@ -505,12 +548,12 @@ async def run_sync_interruptible(
         call: ThreadCall[T] = ThreadCall(functools.partial(fn, *args), _describe(fn))
     except RuntimeError:  # no Trio token: not in trio.run
         raise RuntimeError("run_sync_interruptible() must be awaited inside trio.run") from None
-    call._notify = False  # Trio reports the normal end; a landing asks for a report
+    call._limiter = limiter or trio.to_thread.current_default_thread_limiter()
     try:
         return await trio.to_thread.run_sync(
             call.run_and_return,
             abandon_on_cancel=True,
-            limiter=limiter,
+            limiter=call,  # type: ignore[arg-type] # a limiter-like object, as Trio allows
             thread_name=f"trio_cancel {call.name}",
         )
     except BaseException as exc:  # noqa: ASYNC103 - re-raised, or by land()
