@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import gc
+import inspect
 import math
+import os
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -185,10 +189,12 @@ async def test_grace_runs_out_the_thread_is_abandoned_counted_and_warned() -> No
     assert during.abandoned_running == before.abandoned_running + 1
     assert limiter.borrowed_tokens == 1  # the abandoned thread still holds its token
     blocker.release.set()
-    # A counter that another thread ends: poll it.
-    while tc.thread_call_statistics().abandoned_running != before.abandoned_running:  # noqa: ASYNC110
+    # The thread counts itself down as it ends, then Trio gives its token back: poll both.
+    while (  # noqa: ASYNC110
+        tc.thread_call_statistics().abandoned_running != before.abandoned_running
+        or limiter.borrowed_tokens != 0
+    ):
         await trio.sleep(0.001)
-    assert limiter.borrowed_tokens == 0  # released when the abandoned call ended
 
 
 async def test_an_error_of_interrupt_is_chained_and_the_thread_still_waited_for() -> None:
@@ -436,3 +442,407 @@ async def test_an_interrupt_that_came_before_the_statement_began_is_repeated() -
 async def _cancel_scope_when(event: trio.Event, cs: trio.CancelScope) -> None:
     await event.wait()
     cs.cancel()
+
+
+# ---------------------------------------------------------------- interrupt() raising
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("fn_returns", [True, False], ids=["fn returns", "fn raises"])
+async def test_a_base_exception_from_interrupt_propagates(
+    exc_type: type[BaseException], *, fn_returns: bool
+) -> None:
+    blocker = Blocker(obey=not fn_returns)  # obeying, it raises InterruptedError
+
+    def bad_interrupt() -> None:
+        blocker.interrupt()
+        blocker.release.set()
+        raise exc_type("from interrupt")
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.raises(exc_type, match="from interrupt") as info:
+                await tc.run_sync_interruptible(blocker, interrupt=bad_interrupt, grace=5.0)
+    assert isinstance(info.value.__context__, trio.Cancelled)  # what it interrupted
+    assert blocker.finally_ran  # the call was waited for, not abandoned
+    assert len(blocker.interrupts) == 1  # never called again after it raised
+
+
+async def test_an_error_of_interrupt_with_a_call_that_won_is_a_warning() -> None:
+    blocker = Blocker(obey=False)
+
+    def bad_interrupt() -> None:
+        blocker.interrupt()
+        blocker.release.set()
+        raise OSError("interrupt failed")
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.warns(RuntimeWarning, match="interrupt failed"):
+                assert await tc.run_sync_interruptible(blocker, interrupt=bad_interrupt) == "done"
+            await trio.lowlevel.checkpoint()
+    assert cs.cancelled_caught
+
+
+# ---------------------------------------------------------------- Ctrl+C
+
+
+@pytest.fixture
+def real_ctrl_c() -> None:
+    """Tests that send this process a real SIGINT need Trio's own handler, which ``trio.run``
+    installs only over Python's default one (and only in the main thread)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT has a handler other than Python's default one here")
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("not in the main thread")
+
+
+class SignalsCtrlC(Blocker):
+    """A call that sends the process a real SIGINT once it runs, then blocks until
+    interrupted (or, with ``obey=False``, until released)."""
+
+    def __call__(self, value: str = "done") -> str:
+        os.kill(os.getpid(), signal.SIGINT)
+        return super().__call__(value)
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_ctrl_c_interrupts_the_call_before_it_propagates() -> None:
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        blocker = SignalsCtrlC()
+        seen["blocker"] = blocker
+        limiter = trio.CapacityLimiter(1)
+        seen["limiter"] = limiter
+        await tc.run_sync_interruptible(
+            blocker, interrupt=blocker.interrupt, grace=5.0, limiter=limiter
+        )
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        trio.run(main)
+    blocker = seen["blocker"]
+    assert isinstance(blocker, SignalsCtrlC)
+    assert len(blocker.interrupts) == 1  # interrupted, from the Trio thread
+    assert blocker.interrupts[0] == threading.get_ident()
+    assert blocker.finally_ran  # and waited for: fn was over before trio.run returned
+    assert isinstance(info.value.__context__, InterruptedError)  # what fn raised
+    limiter = seen["limiter"]
+    assert isinstance(limiter, trio.CapacityLimiter)
+    assert limiter.borrowed_tokens == 0
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_ctrl_c_with_a_stubborn_call_abandons_it_visibly() -> None:
+    blocker_box: list[SignalsCtrlC] = []
+
+    async def main() -> None:
+        blocker = SignalsCtrlC(obey=False)
+        blocker_box.append(blocker)
+        await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt, grace=0.05)
+
+    before = tc.thread_call_statistics()
+    with (
+        pytest.warns(tc.CleanupTimeoutWarning, match="abandoned"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        trio.run(main)
+    (blocker,) = blocker_box
+    assert blocker.interrupts  # interrupted (and repeated) before giving up
+    assert tc.thread_call_statistics().abandoned == before.abandoned + 1
+    blocker.release.set()
+    _wait_for_abandoned_running(before.abandoned_running)
+
+
+def _wait_for_abandoned_running(expected: int) -> None:
+    """Another thread ends the call and counts it down: wait (bounded) for that count."""
+    deadline = time.monotonic() + 10
+    while tc.thread_call_statistics().abandoned_running != expected:
+        assert time.monotonic() < deadline, tc.thread_call_statistics()
+        time.sleep(0.001)
+
+
+# ---------------------------------------------------------------- abandoned after the run
+
+
+def test_abandoned_running_counts_down_when_the_thread_ends_after_trio_run() -> None:
+    blocker_box: list[Blocker] = []
+
+    async def main() -> None:
+        blocker = Blocker(obey=False)
+        blocker_box.append(blocker)
+        with trio.CancelScope() as cs:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when_started, blocker, cs)
+                await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt, grace=0)
+
+    before = tc.thread_call_statistics()
+    with pytest.warns(tc.CleanupTimeoutWarning):
+        trio.run(main)
+    during = tc.thread_call_statistics()
+    assert during.abandoned_running == before.abandoned_running + 1
+    (blocker,) = blocker_box
+    blocker.release.set()  # the thread ends only now, after trio.run returned
+    _wait_for_abandoned_running(before.abandoned_running)
+    assert blocker.finally_ran
+
+
+# ---------------------------------------------------------------- how often interrupt() runs
+
+
+async def test_interrupt_is_repeated_with_back_off_until_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    blocker = Blocker(obey=False)
+    times: list[float] = []
+
+    def interrupt() -> None:
+        times.append(trio.current_time())
+        blocker.interrupt()
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.warns(tc.CleanupTimeoutWarning):
+                await tc.run_sync_interruptible(blocker, interrupt=interrupt, grace=5.0)
+    blocker.release.set()
+    start = times[0]
+    assert [round(t - start, 6) for t in times] == [0, 0.1, 0.3, 0.7, 1.5, 2.5, 3.5, 4.5]
+
+
+def test_the_docstring_says_how_often_interrupt_is_called() -> None:
+    doc = inspect.getdoc(tc.run_sync_interruptible) or ""
+    interrupt_arg = doc.split("interrupt:", 1)[1].split("grace:", 1)[0]
+    assert "once" not in interrupt_arg
+    assert "repeated" in interrupt_arg
+
+
+# ---------------------------------------------------------------- like trio.to_thread.run_sync
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID", default="unset")
+
+
+async def test_contextvars_are_copied_into_the_thread() -> None:
+    REQUEST_ID.set("request-42")
+
+    def fn() -> str:
+        seen = REQUEST_ID.get()
+        REQUEST_ID.set("changed in the thread")  # a copy: the caller's stays
+        return seen
+
+    assert await tc.run_sync_interruptible(fn, interrupt=lambda: None) == "request-42"
+    assert REQUEST_ID.get() == "request-42"
+
+
+async def test_from_thread_run_and_run_sync_work_inside_fn() -> None:
+    REQUEST_ID.set("request-7")
+
+    async def async_part() -> str:
+        await trio.lowlevel.checkpoint()
+        return "async " + REQUEST_ID.get()
+
+    def fn() -> tuple[str, str, bool]:
+        return (
+            trio.from_thread.run(async_part),
+            trio.from_thread.run_sync(REQUEST_ID.get),
+            trio.from_thread.run_sync(trio.lowlevel.in_trio_run),
+        )
+
+    assert await tc.run_sync_interruptible(fn, interrupt=lambda: None) == (
+        "async request-7",
+        "request-7",
+        True,
+    )
+
+
+async def test_check_cancelled_inside_fn_raises_once_the_caller_is_cancelled() -> None:
+    checked = threading.Event()
+    token = trio.lowlevel.current_trio_token()
+    started = trio.Event()
+
+    def cooperative() -> str:
+        trio.from_thread.check_cancelled()  # not cancelled yet: returns
+        checked.set()
+        token.run_sync_soon(started.set)
+        try:
+            while True:
+                trio.from_thread.check_cancelled()
+                time.sleep(0.001)
+        except trio.Cancelled as exc:
+            raised.append(exc)
+            raise
+
+    raised: list[trio.Cancelled] = []
+    with trio.CancelScope() as cs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_scope_when, started, cs)
+            await tc.run_sync_interruptible(cooperative, interrupt=lambda: None)
+    assert cs.cancelled_caught
+    assert checked.is_set()
+    assert len(raised) == 1  # fn ended through check_cancelled() (interrupt() does nothing)
+
+
+async def test_check_cancelled_stopping_fn_is_the_cancellation() -> None:
+    token = trio.lowlevel.current_trio_token()
+    started = trio.Event()
+    seen: list[BaseException] = []
+
+    def cooperative() -> None:
+        token.run_sync_soon(started.set)
+        while True:
+            trio.from_thread.check_cancelled()
+            time.sleep(0.001)
+
+    with trio.CancelScope() as cs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_scope_when, started, cs)
+            try:
+                # is_interruption says no to everything: a Cancelled from check_cancelled is
+                # still the caller's own cancellation.
+                await tc.run_sync_interruptible(
+                    cooperative, interrupt=lambda: None, is_interruption=lambda _: False
+                )
+            except trio.Cancelled as exc:
+                seen.append(exc)
+                raise
+    assert cs.cancelled_caught
+    assert isinstance(seen[0].__context__, trio.Cancelled)
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_a_second_ctrl_c_during_the_wait_abandons_the_call_at_once() -> None:
+    box: list[SignalsCtrlC] = []
+
+    class TwiceCtrlC(SignalsCtrlC):
+        def interrupt(self) -> None:
+            super().interrupt()
+            if len(self.interrupts) == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl+C again
+
+    async def main() -> None:
+        blocker = TwiceCtrlC(obey=False)
+        box.append(blocker)
+        await tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt, grace=math.inf)
+
+    before = tc.thread_call_statistics()
+    with (
+        pytest.warns(tc.CleanupTimeoutWarning, match="KeyboardInterrupt arrived"),
+        pytest.raises(KeyboardInterrupt) as info,
+    ):
+        trio.run(main)  # grace is infinite: only the second Ctrl+C ends the wait
+    assert isinstance(info.value.__context__, KeyboardInterrupt)  # the first one
+    assert tc.thread_call_statistics().abandoned == before.abandoned + 1
+    box[0].release.set()
+    _wait_for_abandoned_running(before.abandoned_running)
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_check_cancelled_inside_fn_raises_keyboard_interrupt_after_ctrl_c() -> None:
+    raised: list[BaseException] = []
+
+    def cooperative() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        try:
+            while True:
+                trio.from_thread.check_cancelled()
+                time.sleep(0.001)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    async def main() -> None:
+        await tc.run_sync_interruptible(cooperative, interrupt=lambda: None)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        trio.run(main)
+    assert len(raised) == 1
+    assert isinstance(raised[0], KeyboardInterrupt)  # what reached the caller
+    assert info.value.__context__ is raised[0]
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_ctrl_c_while_waiting_for_the_limiter_never_runs_fn() -> None:
+    calls: list[str] = []
+
+    async def ctrl_c_when_waiting(limiter: trio.CapacityLimiter) -> None:
+        while limiter.statistics().tasks_waiting == 0:
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.lowlevel.checkpoint()
+        # From another thread, as a real Ctrl+C comes: Trio delivers it to the main task.
+        await trio.to_thread.run_sync(os.kill, os.getpid(), signal.SIGINT)
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(1)
+        first = Blocker()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: tc.run_sync_interruptible(first, interrupt=first.interrupt, limiter=limiter)
+            )
+            await first.started.wait()
+            nursery.start_soon(ctrl_c_when_waiting, limiter)
+            await tc.run_sync_interruptible(
+                calls.append, "ran", interrupt=lambda: None, limiter=limiter
+            )
+
+    with pytest.RaisesGroup(KeyboardInterrupt, allow_unwrapped=True, flatten_subgroups=True):
+        trio.run(main)
+    assert calls == []
+
+
+async def test_a_base_exception_of_fn_after_the_interrupt_is_not_taken_for_the_cancellation() -> (
+    None
+):
+    blocker = Blocker()
+
+    def exits_when_interrupted() -> None:
+        try:
+            blocker()
+        except InterruptedError:
+            raise SystemExit(3) from None
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as cs:
+            nursery.start_soon(_cancel_when_started, blocker, cs)
+            with pytest.raises(SystemExit):
+                await tc.run_sync_interruptible(exits_when_interrupted, interrupt=blocker.interrupt)
+    assert blocker.interrupts
+
+
+async def _ctrl_c_when_blocked(started: trio.Event) -> None:
+    """A real Ctrl+C, sent from another thread once every task is blocked (as the main task
+    is, in the call): Trio delivers it to the main task there."""
+    await started.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.to_thread.run_sync(os.kill, os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.usefixtures("real_ctrl_c")
+def test_a_connection_threads_call_lands_a_ctrl_c_like_a_cancellation() -> None:
+    # The database connections run their calls in a thread of their own and wait with
+    # wait_call(): a Ctrl+C interrupts the statement there too before it propagates.
+    from trio_cancel._threads import ThreadCall, wait_call
+
+    box: list[Blocker] = []
+
+    async def main() -> None:
+        blocker = Blocker()
+        box.append(blocker)
+        call = ThreadCall(blocker, "statement")
+        threading.Thread(target=call.run_in_thread, daemon=True).start()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_ctrl_c_when_blocked, blocker.started)
+            await wait_call(
+                call,
+                interrupt=blocker.interrupt,
+                grace=5.0,
+                is_interruption=_is_interrupted,
+                what="test statement",
+            )
+
+    with pytest.RaisesGroup(KeyboardInterrupt, allow_unwrapped=True, flatten_subgroups=True):
+        trio.run(main)
+    (blocker,) = box
+    assert len(blocker.interrupts) == 1
+    assert blocker.finally_ran

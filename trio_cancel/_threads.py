@@ -6,20 +6,43 @@ A call that can be *interrupted* (SQLite's ``Connection.interrupt()``, psycopg's
 ``cancel_safe()``, closing a socket) allows a third: interrupt it, wait a bounded time for it to
 return, and only then give up on it.
 
+:func:`run_sync_interruptible` runs its call through ``trio.to_thread.run_sync(...,
+abandon_on_cancel=True)``: Trio's own thread start, limiter, context copy and
+``trio.from_thread`` plumbing, with nothing private. Trio hands the cancellation (or a
+``KeyboardInterrupt``) to the waiting task at once; this module then *lands* the call, while
+Trio's thread goes on running it. A database connection runs its calls in a thread of its own
+(``_dbapi``), and waits for them with :func:`wait_call`, which lands them the same way.
+
 One call (:class:`ThreadCall`) goes through these states, guarded by a lock shared with its
 thread: *pending* (submitted, the thread has not started ``fn``), *running*, *finished* (the
-outcome is stored), or *skipped* (cancelled while pending: ``fn`` never runs). The Trio side
-learns of the end through ``TrioToken.run_sync_soon``, which also releases the limiter token.
+outcome is stored), or *skipped* (cancelled while pending: ``fn`` never runs).
 
-Invariants:
+Invariants, and how each is kept:
 
-1. ``fn`` runs at most once, and never after the caller was told it will not run.
-2. ``interrupt()`` is called at most once per call, from the Trio thread, and only while the
-   call is running (never before it started, never after its outcome was stored): an
-   interrupt cannot hit the next statement of the same connection, which starts only after
-   this call has returned in Trio.
-3. The limiter token is released when the thread has finished ``fn`` (or skipped it), on every
-   path, abandonment included (then when the abandoned call ends).
+1. ``fn`` runs at most once, and never after the caller was told it will not run: the thread
+   moves *pending* to *running*, and the landing moves *pending* to *skipped*, each under the
+   lock, so exactly one of them happens.
+2. ``interrupt()`` is called only from the Trio thread (by the landing, in the task that awaits
+   the call), and only while the call is *running*: the lock is held around each
+   ``interrupt()`` call, and the thread must take it to store the outcome. So no interrupt
+   starts after ``fn``'s outcome was stored, and the awaiting task (and with it the next call
+   on the same resource) resumes only after that. It is called when the cancellation (or the
+   ``KeyboardInterrupt``) reaches the awaiting task, then again, while ``fn`` still runs and
+   ``grace`` has not run out, 0.1, 0.3, 0.7 and 1.5 s after that first call and every second
+   from then on (at most 8 calls with the default ``grace`` of 5 s); never again after one
+   raised a ``BaseException`` that is not an ``Exception``.
+3. A ``BaseException`` that reaches the landing is never swallowed: a ``KeyboardInterrupt``
+   delivered to the awaiting task, or a ``BaseException`` from ``interrupt()``, propagates
+   after the bounded wait, whatever the call's outcome (which becomes its ``__context__``).
+4. The limiter token is held from before ``fn`` starts until its thread is done with it, and
+   a call that ends in Trio (other than by abandonment) has given it back: the call is the
+   limiter Trio's ``to_thread`` sees, Trio gives the token back when its thread reported
+   back, and that release is what the landing waits for (a connection's thread reports
+   through ``run_sync_soon``). An abandoned call's token comes back when its thread ends, if
+   ``trio.run`` still runs then (Trio cannot give it back later).
+5. ``abandoned_running`` counts a call only while it runs: the landing marks the call
+   abandoned, and counts it, under the lock and only if it is still *running*; the thread
+   counts it down itself when it stores the outcome, so also after ``trio.run`` returned.
 """
 
 from __future__ import annotations
@@ -28,6 +51,7 @@ import contextlib
 import functools
 import inspect
 import threading
+import types
 import warnings
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, TypeVarTuple, final
 
@@ -54,10 +78,11 @@ class ThreadCallStatistics:
 
     Attributes:
         started: Calls whose function started in a worker thread.
-        interrupted: Calls whose caller was cancelled while the function ran (``interrupt()``
-            was called).
+        interrupted: Calls that were running when their caller was cancelled (or got a
+            ``KeyboardInterrupt``): ``interrupt()`` was called.
         abandoned: Interrupted calls that did not return within their grace period.
-        abandoned_running: Of those, how many are still running in their threads now.
+        abandoned_running: Of those, how many are still running in their threads now (a call
+            is counted down when its thread ends, also after its ``trio.run`` returned).
     """
 
     started: int
@@ -97,6 +122,10 @@ def _describe(fn: Callable[..., object]) -> str:
     return getattr(target, "__qualname__", None) or type(target).__qualname__
 
 
+class _SkippedError(Exception):
+    """Raised in the thread for a call skipped while pending (nobody receives it)."""
+
+
 @attrs.define(eq=False, repr=False)
 class ThreadCall(Generic[T]):
     """One blocking call, run by a worker thread (Trio's, or a connection's own)."""
@@ -110,25 +139,113 @@ class ThreadCall(Generic[T]):
     state: Literal["pending", "running", "finished", "skipped"] = attrs.field(
         default="pending", init=False
     )
-    result: outcome.Outcome[T] | None = attrs.field(default=None, init=False)
-    done: trio.Event = attrs.field(factory=trio.Event, init=False)
+    # The outcome, once ``state`` is "finished" (raw: an Outcome per call costs more than the
+    # rest of this class; ``result`` builds one).
+    _value: Any = attrs.field(default=None, init=False)
+    _error: BaseException | None = attrs.field(default=None, init=False)
+    _done: trio.Event | None = attrs.field(default=None, init=False)  # made when first needed
     abandoned: bool = attrs.field(default=False, init=False)
-    # Called in the Trio thread once the thread is done with this call (limiter release).
+    # Called in the Trio thread once the thread is done with this call.
     on_done: Callable[[], None] | None = attrs.field(default=None, init=False)
+    # Run by trio.to_thread.run_sync: this call is the limiter it is given, and passes the
+    # token on to the real one; Trio gives it back when its thread reported back, which is
+    # how the Trio side learns that the thread is done (the thread does not report itself).
+    _limiter: trio.CapacityLimiter | None = attrs.field(default=None, init=False)
+    _holds_token: bool = attrs.field(default=False, init=False)  # Trio side only
+    _reported: bool = attrs.field(default=False, init=False)  # Trio side only: done is due
+
+    @property
+    def result(self) -> outcome.Outcome[T] | None:
+        """``fn``'s outcome once the thread stored it, else None."""
+        if self.state != "finished":  # set after the outcome, under the lock
+            return None
+        if self._error is not None:
+            return outcome.Error(self._error)
+        return outcome.Value(self._value)
+
+    @property
+    def done(self) -> trio.Event:
+        """Set (in the Trio thread) when the thread is done with this call. Trio side only."""
+        if self._done is None:
+            self._done = trio.Event()
+            if self._reported:
+                self._done.set()
+        return self._done
+
+    def is_done(self) -> bool:
+        """Trio side: whether ``done`` is set (without making the event)."""
+        return self._reported
+
+    def _report(self) -> None:
+        self._reported = True
+        if self._done is not None:
+            self._done.set()
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """As a limiter for ``trio.to_thread.run_sync``: take a token of the real limiter."""
+        assert self._limiter is not None
+        await self._limiter.acquire_on_behalf_of(borrower)
+        self._holds_token = True
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """As a limiter: Trio gives the token back once its thread has reported back (so the
+        thread is done with ``fn``), or when the thread could not be started."""
+        assert self._limiter is not None
+        self._holds_token = False
+        try:
+            self._limiter.release_on_behalf_of(borrower)
+        finally:
+            self._report()
 
     def run_in_thread(self) -> None:
-        """The worker thread's side: run ``fn`` unless skipped, store the outcome, tell Trio."""
+        """A connection thread's side: run ``fn`` unless skipped, store the outcome, tell
+        Trio."""
+        if not self._begin():
+            self._tell_trio()
+            return
+        try:
+            value = self.fn()
+        except BaseException as exc:  # noqa: BLE001, ASYNC103 - stored: the Trio side raises it
+            self._finish(None, exc)
+        else:
+            self._finish(value, None)
+
+    def run_and_return(self) -> T:
+        """The side of a thread of ``trio.to_thread.run_sync``: as :meth:`run_in_thread`, and
+        return (or raise) what ``fn`` did."""
+        if not self._begin():
+            raise _SkippedError(self.name)
+        try:
+            value = self.fn()
+        except BaseException as exc:
+            self._finish(None, exc)
+            raise
+        self._finish(value, None)
+        return value
+
+    def _begin(self) -> bool:
         with self._lock:
             if self.state == "skipped":
-                self._tell_trio()
-                return
+                return False
             self.state = "running"
-        _count("started")
-        result: outcome.Outcome[T] = outcome.capture(self.fn)
+        with _COUNTERS_LOCK:
+            _COUNTERS.started += 1
+        return True
+
+    def _finish(self, value: T | None, error: BaseException | None) -> None:
         with self._lock:
-            self.result = result
+            self._value, self._error = value, error
             self.state = "finished"
-        self._tell_trio()
+            abandoned = self.abandoned
+        if abandoned:
+            _count("abandoned_running", -1)  # here, not in Trio: its run may be over
+        if self._limiter is None:
+            self._tell_trio()
+
+    def forget_outcome(self) -> None:
+        """Trio side, once the outcome was delivered: drop it (no reference cycle through an
+        error's traceback)."""
+        self._value = self._error = None
 
     def _tell_trio(self) -> None:
         # If the run is over, nobody is left to tell.
@@ -136,12 +253,12 @@ class ThreadCall(Generic[T]):
             self._trio_token.run_sync_soon(self._finished_in_trio)
 
     def _finished_in_trio(self) -> None:
-        if self.abandoned:
-            _count("abandoned_running", -1)
         on_done, self.on_done = self.on_done, None
-        if on_done is not None:
-            on_done()
-        self.done.set()
+        try:
+            if on_done is not None:
+                on_done()
+        finally:
+            self._report()
 
     def skip_if_pending(self) -> bool:
         """Trio side: if the thread has not started ``fn``, make sure it never will."""
@@ -150,6 +267,11 @@ class ThreadCall(Generic[T]):
                 self.state = "skipped"
                 return True
             return False
+
+    def holds_token(self) -> bool:
+        """Trio side: whether a thread of Trio's was given this call and still holds its
+        limiter token (it will give it back soon, even for a skipped call)."""
+        return self._holds_token
 
     def interrupt_if_running(self, interrupt: Callable[[], object]) -> bool:
         """Trio side: call ``interrupt()`` if (and only if) ``fn`` is running now. The lock is
@@ -160,7 +282,20 @@ class ThreadCall(Generic[T]):
             interrupt()
             return True
 
+    def abandon_if_running(self) -> bool:
+        """Trio side: if ``fn`` still runs, mark the call abandoned and count it (the thread
+        counts it down when it ends)."""
+        with self._lock:
+            if self.state != "running":
+                return False
+            self.abandoned = True
+            with _COUNTERS_LOCK:
+                _COUNTERS.abandoned += 1
+                _COUNTERS.abandoned_running += 1
+            return True
 
+
+@trio.lowlevel.enable_ki_protection
 async def wait_call(
     call: ThreadCall[T],
     *,
@@ -169,69 +304,124 @@ async def wait_call(
     is_interruption: Callable[[BaseException], bool] | None,
     what: str,
 ) -> T:
-    """Wait for a submitted ``call``; on cancellation, interrupt it and land it (module
-    docstring). Used by :func:`run_sync_interruptible` and the database connections."""
+    """Wait for a submitted ``call`` (run by :meth:`ThreadCall.run_in_thread`); on
+    cancellation, or a ``KeyboardInterrupt`` delivered to this task, interrupt it and land it
+    (module docstring). Used by the database connections."""
     try:
         await call.done.wait()
     # A completed call wins (returned although cancelled: the next checkpoint delivers it);
-    # otherwise _land re-raises this Cancelled. Its waits are shielded and bounded by grace.
-    except trio.Cancelled as cancelled:  # noqa: ASYNC103
-        return await _land(call, cancelled, interrupt, grace, is_interruption, what)  # noqa: ASYNC102, ASYNC104
+    # otherwise land() re-raises what stopped the wait. Its waits are shielded and bounded.
+    except BaseException as stopping:  # noqa: BLE001, ASYNC103 - re-raised by land()
+        return await land(call, stopping, interrupt, grace, is_interruption, what)  # noqa: ASYNC102, ASYNC104
     result = call.result
     assert result is not None
     return result.unwrap()
 
 
-async def _land(  # noqa: ASYNC910 - a Cancelled is being handled: no checkpoint is owed
+@attrs.define
+class _Interrupter:
+    """Calls ``interrupt()`` for one landing and keeps what it raised."""
+
+    call: ThreadCall[Any]
+    interrupt: Callable[[], object] | None
+    calls: int = 0
+    error: Exception | None = None  # the first Exception: chained onto what is raised
+    fatal: BaseException | None = None  # a BaseException: propagates; no more calls after it
+
+    def __call__(self) -> None:
+        if self.interrupt is None or self.fatal is not None:
+            return
+        try:
+            if not self.call.interrupt_if_running(self.interrupt):
+                return
+        except Exception as exc:  # noqa: BLE001 - chained onto what the landing raises
+            if self.error is None:
+                self.error = exc
+        except BaseException as exc:  # noqa: BLE001, ASYNC103 - the landing raises it after its wait
+            self.fatal = exc
+        self.calls += 1
+        if self.calls == 1:
+            _count("interrupted")
+
+
+@trio.lowlevel.enable_ki_protection
+async def land(  # noqa: ASYNC910 - what stopped the wait is being handled: no checkpoint owed
     call: ThreadCall[T],
-    cancelled: trio.Cancelled,
+    stopping: BaseException,
     interrupt: Callable[[], object] | None,
     grace: float,
     is_interruption: Callable[[BaseException], bool] | None,
     what: str,
 ) -> T:
+    """The awaiting task was stopped by ``stopping`` (a ``trio.Cancelled``, or a
+    ``KeyboardInterrupt`` or other ``BaseException`` delivered to it) while ``call`` was
+    pending or running: skip it, or interrupt it and wait for it, shielded, up to ``grace``,
+    then raise (or return the value of a call that won over a cancellation)."""
     if call.skip_if_pending():
-        raise cancelled  # fn will never run
-    interrupted = False
-    interrupt_error: BaseException | None = None
-    if call.result is None and interrupt is not None:
+        # fn will never run. A thread that was given it gives its limiter token back at
+        # once: wait for that, so the token is back before this call ends.
+        if call.holds_token():
+            with trio.move_on_after(grace, shield=True):
+                await call.done.wait()
+        raise stopping
+    interrupter = _Interrupter(call, interrupt)
+    interrupter()
+    late: BaseException | None = None  # delivered during the wait (a second Ctrl+C)
+    if not call.is_done():
         try:
-            interrupted = call.interrupt_if_running(interrupt)
-        except BaseException as exc:  # noqa: BLE001, ASYNC103 - chained onto what is raised below
-            interrupted = True
-            interrupt_error = exc
-        if interrupted:
-            _count("interrupted")
-    if call.result is None:
-        with trio.move_on_after(grace, shield=True):
-            await _wait_interrupting(call, interrupt if interrupted else None)
+            with trio.move_on_after(grace, shield=True):
+                await _wait_interrupting(call, interrupter)
+        except BaseException as exc:  # noqa: BLE001, ASYNC103 - raised below, after the bookkeeping
+            late = exc
     result = call.result
-    if result is None:
-        _abandon(call, grace, what)
-        raise cancelled from interrupt_error
+    if result is None and call.abandon_if_running():
+        _warn_abandoned(call, grace, what, late, interrupted=interrupter.calls > 0)
+    result = call.result  # a call that ended meanwhile has its outcome
+    error = result.error if isinstance(result, outcome.Error) else None
+    stopped_by = isinstance(error, trio.Cancelled) or (  # from from_thread.check_cancelled()
+        isinstance(error, Exception)  # a KeyboardInterrupt or SystemExit of fn's is its own
+        and interrupter.calls > 0
+        and (is_interruption is None or is_interruption(error))
+    )
+    # What propagates, first match: a BaseException delivered during the wait, one raised
+    # by interrupt(), what stopped the wait if it is not a cancellation, and then for a
+    # cancellation: fn's value (a completed call wins), fn's own error, or the cancellation.
+    if late is not None:
+        _set_context(late, stopping)
+        raise late
+    if interrupter.fatal is not None:
+        _set_context(interrupter.fatal, stopping)
+        raise interrupter.fatal
+    if not isinstance(stopping, trio.Cancelled) or result is None:
+        if error is not None:
+            _set_context(stopping, error)
+        raise stopping from interrupter.error
     if isinstance(result, outcome.Value):
-        value: T = result.value
-        if interrupt_error is not None:
+        if interrupter.error is not None:
             # The call won: its value is returned; the failed interrupt is not lost.
             warnings.warn(
-                f"{what}: interrupt() raised {interrupt_error!r}, and {call.name} returned "
+                f"{what}: interrupt() raised {interrupter.error!r}, and {call.name} returned "
                 "normally anyway",
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return value  # noqa: ASYNC910 - called with a Cancelled in hand; the call won
-    assert isinstance(result, outcome.Error)
-    error = result.error
-    if interrupted and (is_interruption is None or is_interruption(error)):
+        return result.value  # type: ignore[no-any-return]  # noqa: ASYNC910 - the call won
+    assert error is not None
+    if stopped_by:
         # The interrupt's own error: the call was stopped, which is the cancellation.
-        cancelled.__context__ = error
-        raise cancelled from interrupt_error
-    if interrupt_error is not None:
-        error.__context__ = interrupt_error
+        stopping.__context__ = error
+        raise stopping from interrupter.error
+    if interrupter.error is not None:
+        _set_context(error, interrupter.error)
     raise error
 
 
-async def _wait_interrupting(call: ThreadCall[Any], interrupt: Callable[[], object] | None) -> None:
+def _set_context(exc: BaseException, context: BaseException) -> None:
+    if exc.__context__ is None and exc is not context:
+        exc.__context__ = context
+
+
+async def _wait_interrupting(call: ThreadCall[Any], interrupter: _Interrupter) -> None:
     """Wait for ``call``; while it still runs, repeat ``interrupt()`` after 0.1 s, 0.2 s, ...
     (at most every second). A driver that had not yet begun the statement when the first
     interrupt came ignores it (SQLite's and PostgreSQL's do): the repeat stops it."""
@@ -240,27 +430,30 @@ async def _wait_interrupting(call: ThreadCall[Any], interrupt: Callable[[], obje
         with trio.move_on_after(pause):
             await call.done.wait()
             return
-        if interrupt is not None:
-            with contextlib.suppress(Exception):  # the first one's error is already reported
-                call.interrupt_if_running(interrupt)
+        interrupter()
         pause = min(2 * pause, 1.0)
 
 
-def _abandon(call: ThreadCall[Any], grace: float, what: str) -> None:
-    call.abandoned = True
-    _count("abandoned")
-    _count("abandoned_running")
+def _warn_abandoned(
+    call: ThreadCall[Any], grace: float, what: str, late: BaseException | None, *, interrupted: bool
+) -> None:
     handle = CURRENT_HANDLE.get()
     if handle is not None and handle._task is trio.lowlevel.current_task():
         handle._note_abandoned(call.name)
+    if late is not None:
+        why = f"was still running when {type(late).__name__} arrived during the wait for it"
+    else:
+        why = f"did not return within the grace period of {grace:g} s"
+        if interrupted:
+            why += " after its interrupt"
     warnings.warn(
-        f"{what}: {call.name} did not return within the grace period of {grace:g} s after "
-        "its interrupt; its thread was abandoned and may still be running",
+        f"{what}: {call.name} {why}; its thread was abandoned and may still be running",
         CleanupTimeoutWarning,
         stacklevel=4,
     )
 
 
+@trio.lowlevel.enable_ki_protection
 async def run_sync_interruptible(
     fn: Callable[[*PosArgsT], T],
     *args: *PosArgsT,
@@ -275,15 +468,35 @@ async def run_sync_interruptible(
     call can stop (``sqlite3.Connection.interrupt``, psycopg's ``Connection.cancel_safe``,
     ``socket.shutdown``...), and ``interrupt`` is that other call.
 
+    A drop-in for :func:`trio.to_thread.run_sync` in everything but cancellation (it runs
+    through it, with ``abandon_on_cancel=True``): ``fn`` runs in a copy of the caller's
+    context (contextvars), and :func:`trio.from_thread.run` and
+    :func:`trio.from_thread.run_sync` work inside it (as with ``abandon_on_cancel=True``, they
+    run in Trio's system nursery, so the caller's cancellation does not reach them).
+    :func:`trio.from_thread.check_cancelled` inside ``fn`` returns while the caller has not
+    been cancelled, and raises from the moment the cancellation reached the caller (the
+    moment ``interrupt()`` is first called) on: :exc:`trio.Cancelled`, or
+    :exc:`KeyboardInterrupt` if that is what reached it. A cancellation that does not reach
+    the caller (its scope is shielded) does not make it raise. ``fn`` that stops this way is
+    stopped by the cancellation, whatever ``is_interruption`` says.
+
     Args:
         fn: A synchronous function, run in a thread from Trio's thread cache.
-        interrupt: Called (once, from the Trio thread) when the caller is cancelled while
-            ``fn`` runs.
-        grace: Seconds to wait for ``fn`` to return after ``interrupt()``.
+        interrupt: Called from the Trio thread, only while ``fn`` runs, when the caller is
+            cancelled (or gets a ``KeyboardInterrupt``); then repeated while ``fn`` still
+            runs, 0.1, 0.3, 0.7 and 1.5 s after the first call and every second from then
+            on, until ``fn`` returns or ``grace`` runs out (at most 8 calls with the default
+            ``grace``), for a driver that had not yet begun its statement when the first call
+            came. Never called again after it raised a ``BaseException`` that is not an
+            ``Exception``. It must be quick (it runs on the Trio thread) and safe to repeat.
+        grace: Seconds to wait for ``fn`` to return after the first ``interrupt()``.
         limiter: As for :func:`trio.to_thread.run_sync` (default: Trio's default limiter).
         is_interruption: Tells the interrupt's own error (SQLite's
             ``OperationalError('interrupted')``) from any other error of ``fn``; by default
-            every error ``fn`` raises after the interrupt counts as the interrupt's.
+            every ``Exception`` ``fn`` raises after the interrupt counts as the interrupt's
+            (never a ``KeyboardInterrupt`` or ``SystemExit`` of its own, which propagates);
+            a :exc:`trio.Cancelled` from :func:`trio.from_thread.check_cancelled` always
+            does.
 
     Returns:
         What ``fn`` returned: also when it returned as the cancellation arrived (a completed
@@ -292,7 +505,15 @@ async def run_sync_interruptible(
     Raises:
         trio.Cancelled: The caller was cancelled and ``fn`` did not complete: it never started,
             it ended with the interrupt's error (which becomes the ``__context__``), or it was
-            abandoned. An exception from ``interrupt()`` is its ``__cause__``.
+            abandoned. An ``Exception`` from ``interrupt()`` is its ``__cause__``.
+        KeyboardInterrupt: Delivered to the caller (Ctrl+C in the main task) while ``fn`` was
+            pending or running: ``fn`` never ran, or it was interrupted and waited for as on a
+            cancellation; then the ``KeyboardInterrupt`` propagates, whatever ``fn`` returned
+            or raised (that error is its ``__context__``). A second one during that wait
+            abandons the call at once and propagates.
+        BaseException: Any ``BaseException`` that is not an ``Exception`` raised by
+            ``interrupt()`` (``KeyboardInterrupt``, ``SystemExit``): it propagates after the
+            wait, whatever ``fn`` did, with the cancellation as its ``__context__``.
         TypeError: ``fn`` is an async function ("await it directly") or not callable; or
             ``interrupt`` is not a synchronous callable.
         ValueError: ``grace`` is negative or NaN.
@@ -304,46 +525,74 @@ async def run_sync_interruptible(
         Always a checkpoint. Cancelled before ``fn`` starts (waiting for a limiter token, or
         before the thread picks it up): ``fn`` never runs. Cancelled while it runs:
         ``interrupt()`` is called, then the caller waits, shielded, up to ``grace`` seconds for
-        ``fn`` to return; while ``fn`` still runs, ``interrupt()`` is repeated after 0.1 s,
-        0.2 s, 0.4 s... (at most every second), for a driver that had not yet begun its
-        statement when the first one came. If ``fn`` does not return, the thread is abandoned: a
-        :class:`CleanupTimeoutWarning` names the call, :func:`thread_call_statistics` counts
-        it, and a task spawned by :class:`GracefulShutdown` lists it in its
-        :class:`TaskLanding`. The limiter token is held until the thread is done with ``fn``.
+        ``fn`` to return, repeating ``interrupt()`` as described above. If ``fn`` does not
+        return, the thread is abandoned: a :class:`CleanupTimeoutWarning` names the call,
+        :func:`thread_call_statistics` counts it (``abandoned_running`` until its thread
+        ends, also after ``trio.run`` returned), and a task spawned by
+        :class:`GracefulShutdown` lists it in its :class:`TaskLanding`. The limiter token is
+        held until the thread is done with ``fn`` (if ``trio.run`` ends first, it is never
+        given back, as with :func:`trio.to_thread.run_sync`). A ``KeyboardInterrupt``
+        delivered to the caller is handled the same way, then propagates.
     """
-    _check_blocking_callable(fn, "run_sync_interruptible()")
-    check_sync_callable(interrupt, "run_sync_interruptible(interrupt=)")
-    grace = check_grace(grace)
+    if not _known_sync(fn):
+        _check_blocking_callable(fn, "run_sync_interruptible()")
+    if not _known_sync(interrupt):
+        check_sync_callable(interrupt, "run_sync_interruptible(interrupt=)")
+    if grace != 5.0 or type(grace) is not float:  # the default needs no check
+        grace = check_grace(grace)
     if is_interruption is not None:
         check_sync_callable(is_interruption, "run_sync_interruptible(is_interruption=)")
-    if not trio.lowlevel.in_trio_run():
-        raise RuntimeError("run_sync_interruptible() must be awaited inside trio.run")
-    if limiter is None:
-        limiter = trio.to_thread.current_default_thread_limiter()
-    elif not callable(getattr(limiter, "acquire_on_behalf_of", None)):
+    if limiter is not None and not callable(getattr(limiter, "acquire_on_behalf_of", None)):
         raise TypeError(f"limiter must be a trio.CapacityLimiter, not {type(limiter).__name__}")
-
-    call: ThreadCall[T] = ThreadCall(functools.partial(fn, *args), _describe(fn))
-    await limiter.acquire_on_behalf_of(call)  # a checkpoint: cancelled here, nothing started
-    call.on_done = functools.partial(limiter.release_on_behalf_of, call)
     try:
-        trio.lowlevel.start_thread_soon(
-            call.run_in_thread, _ignore, name=f"trio_cancel {call.name}"
+        call: ThreadCall[T] = ThreadCall(functools.partial(fn, *args), _describe(fn))
+    except RuntimeError:  # no Trio token: not in trio.run
+        raise RuntimeError("run_sync_interruptible() must be awaited inside trio.run") from None
+    call._limiter = limiter or trio.to_thread.current_default_thread_limiter()
+    try:
+        return await trio.to_thread.run_sync(
+            call.run_and_return,
+            abandon_on_cancel=True,
+            limiter=call,  # type: ignore[arg-type] # a limiter-like object, as Trio allows
+            thread_name=f"trio_cancel {call.name}",
         )
-    except BaseException:
-        limiter.release_on_behalf_of(call)
-        raise
-    return await wait_call(
-        call,
-        interrupt=interrupt,
-        grace=grace,
-        is_interruption=is_interruption,
-        what="run_sync_interruptible()",
+    except BaseException as exc:  # noqa: ASYNC103 - re-raised, or by land()
+        result = call.result
+        if isinstance(exc, Exception | GeneratorExit) or (
+            isinstance(result, outcome.Error) and result.error is exc
+        ):
+            # fn's own error, Trio's (a limiter's, fn returning a coroutine), or the coroutine
+            # being closed: as it is.
+            call.forget_outcome()
+            raise
+        stopping = exc  # a Cancelled, or a KeyboardInterrupt delivered to this task
+        del exc
+        return await land(  # noqa: ASYNC102, ASYNC104 - shielded and bounded inside
+            call,
+            stopping,
+            interrupt,
+            grace,
+            is_interruption,
+            "run_sync_interruptible()",
+        )
+
+
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+
+
+def _known_sync(fn: object) -> bool:
+    """A fast yes for what is surely a synchronous callable (a plain function, a method of
+    one, a builtin); False means "run the full check"."""
+    if type(fn) is types.MethodType:
+        fn = fn.__func__
+    kind = type(fn)
+    if kind is types.BuiltinFunctionType:
+        return True
+    return (
+        kind is types.FunctionType
+        and not fn.__code__.co_flags & _ASYNC_CODE  # type: ignore[attr-defined]
+        and getattr(fn, "_is_coroutine_marker", None) is None  # inspect.markcoroutinefunction
     )
-
-
-def _ignore(_: outcome.Outcome[None]) -> None:
-    """``start_thread_soon``'s deliver: the call reports to Trio by itself."""
 
 
 def _check_blocking_callable(fn: object, what: str) -> None:
