@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import trio
 
-from ._checks import takes_token_keyword
+from ._checks import find_token_parameter
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
 
@@ -100,15 +100,19 @@ def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]:
     only builds a :class:`MayCancel`; nothing runs until it is awaited.
 
     Raises:
-        TypeError: ``fn`` is not callable or takes no keyword ``token`` (a parameter of that
-            name, or ``**kwargs``); passing ``token=`` to the call yourself.
+        TypeError: ``fn`` is not callable or declares no keyword ``token`` annotated as a
+            :class:`CancellationToken` (``**kwargs``, an unannotated ``token`` or a ``token:
+            str`` do not count); passing ``token=`` to the call yourself.
     """
     if not callable(fn):
         raise TypeError(f"may_cancel() decorates an async function, not {type(fn).__name__}")
-    if not takes_token_keyword(fn):
+    found = find_token_parameter(fn)
+    if found is None or not found.annotated:
+        name = getattr(fn, "__qualname__", fn)
         raise TypeError(
-            f"may_cancel(): {getattr(fn, '__qualname__', fn)!r} must take a keyword "
-            "argument 'token'"
+            f"may_cancel(): {name!r} must take a keyword argument 'token' annotated "
+            "'token: tc.CancellationToken' (the one rule for the word: an unannotated token, "
+            "a token of another type or **kwargs never receives one)"
         )
 
     @functools.wraps(fn)

@@ -208,8 +208,9 @@ class GracefulShutdown(NurseryOwner):
         *args: object,
         name: str | None = None,
     ) -> TaskHandle[T]:
-        """Start a tracked task. If ``async_fn`` takes a keyword ``token`` (a parameter named
-        ``token``, or ``**kwargs``), it is called with ``token=`` a child of :attr:`token`.
+        """Start a tracked task. If ``async_fn`` declares ``token: CancellationToken`` (the one
+        rule for the word, as for :func:`~trio_cancel.spawn`), it is called with ``token=`` a
+        child of :attr:`token`.
 
         A task spawned after the trigger gets an already-cancelled token and is still forced
         at the end of the same grace period; one spawned after phase 2 began is aborted at once

@@ -330,8 +330,10 @@ def spawn(
         name: The task's name (Trio's task name too); default the function's qualified name.
         token: If given, the task's scope is bound to it: cancelling the token aborts the task
             (``Aborted(token.reason)``), at once if it is already cancelled. And, the one rule
-            for the word everywhere: if ``async_fn`` accepts a keyword ``token`` (a parameter
-            of that name, or ``**kwargs``), it is called with ``token=token``.
+            for the word everywhere: if ``async_fn`` declares ``token: CancellationToken`` (or
+            ``CancellationToken | None``, or a string annotation naming it), it is called
+            with ``token=token``. Nothing is passed to an unannotated ``token``, a ``token``
+            of another type (an API key) or ``**kwargs``.
 
     Returns:
         The task's :class:`TaskHandle`.
@@ -339,7 +341,7 @@ def spawn(
     Raises:
         TypeError: ``async_fn`` is not an async function (as ``nursery.start_soon`` raises:
             a sync function has run by then and its result is discarded); or its ``token``
-            parameter is required and no ``token`` was given.
+            parameter is required and no ``token`` was given, or is required and unannotated.
 
     Not a checkpoint; never blocks (like ``nursery.start_soon``).
     """
