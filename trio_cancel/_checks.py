@@ -11,6 +11,7 @@ import functools
 import inspect
 import math
 import re
+import sys
 import types
 import typing
 from typing import TYPE_CHECKING, Any
@@ -112,6 +113,32 @@ def coroutine_or_error(
             "trio.to_thread.run_sync."
         )
     return coro
+
+
+_ANYIO_ON_ASYNCIO = "trio_cancel needs Trio; run anyio with backend='trio'"
+
+
+def check_nursery(nursery: object, what: str) -> None:
+    """A ``trio.Nursery``, or an anyio ``TaskGroup`` while running on Trio (anyio's Trio
+    backend, whose task groups wrap a Trio nursery: used only through their public
+    ``start_soon`` and ``start``). anyio is never imported here: if a task group exists,
+    anyio is already in ``sys.modules``.
+
+    Raises:
+        TypeError: Neither.
+        RuntimeError: An anyio task group outside Trio (anyio's asyncio backend).
+    """
+    if isinstance(nursery, trio.Nursery):
+        return
+    anyio = sys.modules.get("anyio")
+    if anyio is not None and isinstance(nursery, anyio.abc.TaskGroup):
+        if not trio.lowlevel.in_trio_run():
+            raise RuntimeError(f"{what}: {_ANYIO_ON_ASYNCIO}")
+        return
+    raise TypeError(
+        f"{what} needs a trio.Nursery (or an anyio TaskGroup on anyio's Trio backend), "
+        f"not {type(nursery).__name__}"
+    )
 
 
 def check_reason(reason: object) -> None:

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final, overl
 import attrs
 import trio
 
-from ._checks import check_reason, check_trio_thread
+from ._checks import check_reason, check_trio_thread, with_token
 from ._collector import GC_PAUSE_AT, DeferFullCollections
 from ._nursery import NurseryOwner, OwnedNursery
+from ._task import check_task_arguments, start_task
 from ._trio_internals import cancel_scopes
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class JoinSet(NurseryOwner):
         factory=collections.deque, init=False
     )
     _count: int = attrs.field(default=0, init=False)
+    # Tasks of start() calls that have not called started() yet: abort_all reaches them too.
+    _starting: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
     # Tasks waiting for the next outcome (join_next), and for every task to end (join_all,
     # shutdown): two lots, so that 100,000 tasks ending wake a shutdown once, not 100,000 times.
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
@@ -103,6 +106,51 @@ class JoinSet(NurseryOwner):
         self._count += 1
         return handle
 
+    async def start(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        *args: object,
+        name: str | None = None,
+        token: CancellationToken | None = None,
+    ) -> tuple[TaskHandle[T], Any]:
+        """As :func:`~trio_cancel.start`, into this set: returns ``(handle, value)`` once the
+        task has called ``task_status.started(value)``; only then does it join the set.
+
+        A task aborted (by :meth:`abort_all`, :meth:`shutdown` or the exit) or whose token
+        fires before ``started()`` makes this raise :exc:`~trio_cancel.OperationCancelledError`
+        and never joins the set; so does an error before ``started()`` (it propagates).
+
+        Raises:
+            RuntimeError: Outside the set's ``async with`` block; the task returned without
+                calling ``started()``.
+
+        Cancellation:
+            As :func:`~trio_cancel.start`: always a checkpoint; cancelled while waiting for
+            ``started()``, the task is cancelled and never joins the set.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        what = "JoinSet.start()"
+        nursery = self._tasks.require_open(what)
+        name = check_task_arguments(nursery, async_fn, name, token, what)
+        fn = with_token(async_fn, args, token, what)
+        return await start_task(
+            nursery,
+            fn,
+            args,
+            name,
+            token,
+            what,
+            injected=token,
+            on_started=self._task_started,
+            on_done=self._task_done,
+            starting=self._starting,
+        )
+
+    def _task_started(self, handle: TaskHandle[Any]) -> None:
+        self._starting.discard(handle)
+        self._running.add(handle)
+        self._count += 1
+
     def _task_done(self, handle: TaskHandle[Any]) -> None:
         self._running.discard(handle)
         self._finished.append(handle)
@@ -116,10 +164,10 @@ class JoinSet(NurseryOwner):
         """Abort every task still running. Not a checkpoint; never blocks;
         ``KeyboardInterrupt``-protected."""
         check_reason(reason)
-        if not self._running:
+        if not self._running and not self._starting:
             return
         check_trio_thread("JoinSet.abort_all()")
-        handles = list(self._running)
+        handles = [*self._running, *self._starting]
         for handle in handles:
             handle._note_abort(reason)
         cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all

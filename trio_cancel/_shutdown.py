@@ -8,6 +8,7 @@ aborted (its scope cancelled: ``trio.Cancelled`` at its next checkpoint). ``wait
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from typing import TYPE_CHECKING, Any, TypeVar, final
@@ -19,6 +20,7 @@ from ._checks import check_grace, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
 from ._outcome import Aborted, Completed, Failed, Outcome
 from ._process import ProcessExit, check_command, run_process_group
+from ._task import check_task_arguments, start_task
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
 
@@ -185,6 +187,8 @@ class GracefulShutdown(NurseryOwner):
     # on_cancel callbacks' errors from an implicit trigger, raised at the block's exit.
     _trigger_error: BaseException | None = attrs.field(default=None, init=False)
     _forced: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
+    # Tasks of start() calls that have not called started() yet: phase 2 aborts them too.
+    _starting: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
     _running: int = attrs.field(default=0, init=False)
     _all_exited: trio.Event = attrs.field(factory=trio.Event, init=False)
     _triggered_at: float | None = attrs.field(default=None, init=False)
@@ -249,6 +253,62 @@ class GracefulShutdown(NurseryOwner):
             self._forced.add(handle)
             handle.abort(self._phase_two_reason)
         return handle
+
+    async def start(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        *args: object,
+        name: str | None = None,
+    ) -> tuple[TaskHandle[T], Any]:
+        """As :func:`~trio_cancel.start`, tracked: returns ``(handle, value)`` once the task
+        has called ``task_status.started(value)``; only then is it tracked (and in the report).
+        As for :meth:`spawn`, a function declaring ``token: CancellationToken`` gets a child
+        of :attr:`token`.
+
+        A task aborted (phase 2) or whose token fires (the trigger) before ``started()``
+        makes this raise :exc:`~trio_cancel.OperationCancelledError`, and it is not in the
+        report; so does an error before ``started()`` (it propagates). Started after phase 2
+        began, it is aborted at once.
+
+        Raises:
+            RuntimeError: Outside the ``async with`` block, or once every task has landed;
+                the task returned without calling ``started()``.
+
+        Cancellation:
+            As :func:`~trio_cancel.start`: always a checkpoint; cancelled while waiting for
+            ``started()``, the task is cancelled and is not tracked.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        what = "GracefulShutdown.start()"
+        nursery = self._tasks.require_open(what)
+        if self._report is not None:
+            raise RuntimeError("every task has landed already; this GracefulShutdown is done")
+        name = check_task_arguments(nursery, async_fn, name, None, what)
+        fn = with_token(async_fn, args, None, what, make_token=self._token.child_token)
+        injected = fn.keywords["token"] if isinstance(fn, functools.partial) else None
+        return await start_task(
+            nursery,
+            fn,
+            args,
+            name,
+            None,
+            what,
+            injected=injected,
+            on_started=self._task_started,
+            on_done=self._task_done,
+            starting=self._starting,
+            abort_reason=self._phase_two_reason,
+        )
+
+    def _task_started(self, handle: TaskHandle[Any]) -> None:
+        self._starting.discard(handle)
+        self._tracked[handle] = None
+        self._running += 1
+        if self._all_exited.is_set():  # started after everything else had landed
+            self._all_exited = trio.Event()
+        if self._phase_two_reason is not None and not handle.is_finished():
+            self._forced.add(handle)
+            handle.abort(self._phase_two_reason)
 
     def spawn_process(
         self,
@@ -360,6 +420,8 @@ class GracefulShutdown(NurseryOwner):
                 if not handle.is_finished() and handle not in self._forced:
                     self._forced.add(handle)
                     handle.abort(reason)
+            for handle in list(self._starting):  # start() calls still waiting for started()
+                handle.abort(reason)
 
     def _start_helper(self, async_fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start a helper task (not tracked) whose scope exists before it first runs, so that
