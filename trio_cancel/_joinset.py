@@ -128,11 +128,11 @@ class JoinSet(NurseryOwner):
             As :func:`~trio_cancel.start`: always a checkpoint; cancelled while waiting for
             ``started()``, the task is cancelled and never joins the set.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
         what = "JoinSet.start()"
         nursery = self._tasks.require_open(what)
         name = check_task_arguments(nursery, async_fn, name, token, what)
         fn = with_token(async_fn, args, token, what)
+        await trio.lowlevel.checkpoint_if_cancelled()
         return await start_task(
             nursery,
             fn,

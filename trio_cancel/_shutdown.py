@@ -278,12 +278,12 @@ class GracefulShutdown(NurseryOwner):
             As :func:`~trio_cancel.start`: always a checkpoint; cancelled while waiting for
             ``started()``, the task is cancelled and is not tracked.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
         what = "GracefulShutdown.start()"
         nursery = self._tasks.require_open(what)
         if self._report is not None:
             raise RuntimeError("every task has landed already; this GracefulShutdown is done")
         name = check_task_arguments(nursery, async_fn, name, None, what)
+        await trio.lowlevel.checkpoint_if_cancelled()
         fn = with_token(async_fn, args, None, what, make_token=self._token.child_token)
         injected = fn.keywords["token"] if isinstance(fn, functools.partial) else None
         return await start_task(

@@ -541,9 +541,9 @@ async def start(
         then, as in Trio) and ``trio.Cancelled`` propagates; no handle is returned. Once
         ``started()`` has been called the task is independent of this call.
     """
-    await trio.lowlevel.checkpoint_if_cancelled()
     name = check_task_arguments(nursery, async_fn, name, token, "start()")
     fn = with_token(async_fn, args, token, "start()")
+    await trio.lowlevel.checkpoint_if_cancelled()
     return await start_task(nursery, fn, args, name, token, "start()", injected=token)
 
 
