@@ -205,7 +205,7 @@ async def test_task_exceptions_never_reach_the_nursery(
 
 
 async def test_outside_cancellation_aborts_tasks_and_propagates() -> None:
-    handles: list[tc.TaskHandle[None]] = []
+    handles: list[tc.TaskHandle[object]] = []
     with trio.CancelScope() as outer:
         async with tc.JoinSet() as js:
             handles.append(js.spawn(trio.sleep_forever))
@@ -221,7 +221,7 @@ async def test_task_keyboard_interrupt_propagates_from_exit() -> None:
         await trio.lowlevel.checkpoint()
         raise KeyboardInterrupt
 
-    handles: list[tc.TaskHandle[None]] = []
+    handles: list[tc.TaskHandle[object]] = []
     with pytest.RaisesGroup(KeyboardInterrupt):
         async with tc.JoinSet() as js:
             handles.append(js.spawn(interrupt))

@@ -229,7 +229,7 @@ async def test_bad_input_and_wrong_state() -> None:
         gs.trigger()
     async with gs:
         with pytest.raises(TypeError, match="async function"):
-            gs.spawn(42)  # type: ignore[arg-type]
+            gs.spawn(42)  # type: ignore[call-overload]
         with pytest.raises(TypeError, match="reason"):
             gs.trigger(3)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="entered only once"):

@@ -470,7 +470,7 @@ async def test_spawn_rejects_sync_function_at_the_call(nursery: trio.Nursery) ->
         assert len(js) == 0
     async with tc.GracefulShutdown(1.0) as gs:
         with pytest.raises(TypeError, match=r"GracefulShutdown\.spawn\(\)"):
-            gs.spawn(compute)  # type: ignore[arg-type]
+            gs.spawn(compute)  # type: ignore[arg-type, call-arg]
     assert gs.report is not None
     assert len(gs.report) == 0
 

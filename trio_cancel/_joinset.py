@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final, overload
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVarTuple, final, overload
 
 import attrs
 import trio
+from typing_extensions import TypeVar
 
 from ._checks import check_reason, check_trio_thread, with_token
 from ._collector import GC_PAUSE_AT, DeferFullCollections
@@ -21,13 +22,15 @@ if TYPE_CHECKING:
     from ._task import TaskHandle
     from ._token import CancellationToken
 
-T = TypeVar("T")
+# What the set's tasks return: `async with tc.JoinSet() as js:` is a JoinSet[object] (PEP 696
+# default), `tc.JoinSet[int]()` checks that every task returns an int.
+T = TypeVar("T", default=object)
 PosArgsT = TypeVarTuple("PosArgsT")
 
 
 @final
 @attrs.define(eq=False, repr=False)
-class JoinSet(NurseryOwner):
+class JoinSet(NurseryOwner, Generic[T]):
     """A set of tasks whose outcomes are collected in finishing order (tokio ``JoinSet``).
 
     Use as ``async with tc.JoinSet() as js:``; it owns a nursery. Lifecycle: *new* (spawning
@@ -50,13 +53,11 @@ class JoinSet(NurseryOwner):
     """
 
     _tasks: OwnedNursery = attrs.field(factory=lambda: OwnedNursery("JoinSet"), init=False)
-    _running: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
-    _finished: collections.deque[TaskHandle[Any]] = attrs.field(
-        factory=collections.deque, init=False
-    )
+    _running: set[TaskHandle[T]] = attrs.field(factory=set, init=False)
+    _finished: collections.deque[TaskHandle[T]] = attrs.field(factory=collections.deque, init=False)
     _count: int = attrs.field(default=0, init=False)
     # Tasks of start() calls that have not called started() yet: abort_all reaches them too.
-    _starting: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
+    _starting: set[TaskHandle[T]] = attrs.field(factory=set, init=False)
     # Tasks waiting for the next outcome (join_next), and for every task to end (join_all,
     # shutdown): two lots, so that 100,000 tasks ending wake a shutdown once, not 100,000 times.
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
@@ -146,12 +147,12 @@ class JoinSet(NurseryOwner):
             starting=self._starting,
         )
 
-    def _task_started(self, handle: TaskHandle[Any]) -> None:
+    def _task_started(self, handle: TaskHandle[T]) -> None:
         self._starting.discard(handle)
         self._running.add(handle)
         self._count += 1
 
-    def _task_done(self, handle: TaskHandle[Any]) -> None:
+    def _task_done(self, handle: TaskHandle[T]) -> None:
         self._running.discard(handle)
         self._finished.append(handle)
         if self._lot:
@@ -172,7 +173,7 @@ class JoinSet(NurseryOwner):
             handle._note_abort(reason)
         cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all
 
-    async def join_next(self) -> Outcome[Any] | None:
+    async def join_next(self) -> Outcome[T] | None:
         """The outcome of the next task to finish, in finishing order; ``None`` if empty.
 
         Cancellation:
@@ -181,7 +182,7 @@ class JoinSet(NurseryOwner):
         found = await self.join_next_with_handle()
         return None if found is None else found[1]
 
-    async def join_next_with_handle(self) -> tuple[TaskHandle[Any], Outcome[Any]] | None:
+    async def join_next_with_handle(self) -> tuple[TaskHandle[T], Outcome[T]] | None:
         """As :meth:`join_next`, with the handle of the task the outcome belongs to (tokio
         ``join_next_with_id``): ``handle.name`` and ``handle.id`` say which task it was.
 
@@ -200,19 +201,19 @@ class JoinSet(NurseryOwner):
         assert outcome is not None
         return handle, outcome
 
-    def _pop_handle(self) -> TaskHandle[Any]:
+    def _pop_handle(self) -> TaskHandle[T]:
         handle = self._finished.popleft()
         self._count -= 1
         if self._count == 0:
             self._lot.unpark_all()  # other waiters see the set is now empty
         return handle
 
-    def _pop(self) -> Outcome[Any]:
+    def _pop(self) -> Outcome[T]:
         outcome = self._pop_handle().outcome
         assert outcome is not None
         return outcome
 
-    async def join_all(self) -> list[Outcome[Any]]:
+    async def join_all(self) -> list[Outcome[T]]:
         """Wait for every task, then return all outcomes not yet returned, in finishing order.
 
         Cancellation:
@@ -252,7 +253,7 @@ class JoinSet(NurseryOwner):
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Outcome[Any]:
+    async def __anext__(self) -> Outcome[T]:
         outcome = await self.join_next()
         if outcome is None:
             raise StopAsyncIteration

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, final, overload
 
 import attrs
 import trio
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ._task import TaskHandle
 
 T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
 
 _log = logging.getLogger("trio_cancel")
 
@@ -205,6 +206,21 @@ class GracefulShutdown(NurseryOwner):
     def report(self) -> LandingReport | None:
         """The :class:`LandingReport` once every task has exited; ``None`` until then."""
         return self._report
+
+    @overload
+    def spawn(
+        self,
+        async_fn: Callable[[*PosArgsT], Awaitable[T]],
+        *args: *PosArgsT,
+        name: str | None = None,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def spawn(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        *args: object,
+        name: str | None = None,
+    ) -> TaskHandle[T]: ...  # async_fn takes the injected token= (no checker can say that)
 
     def spawn(
         self,
