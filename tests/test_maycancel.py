@@ -152,7 +152,7 @@ async def test_bad_input_is_refused_at_the_call() -> None:
     with pytest.raises(TypeError, match="keyword argument 'token'"):
         tc.may_cancel(no_token)
     with pytest.raises(TypeError, match="decorates an async function"):
-        tc.may_cancel(42)  # type: ignore[arg-type]
+        tc.may_cancel(42)  # type: ignore[call-overload]
     wrapped = tc.may_cancel(kwargs_ok)
     assert isinstance(await wrapped(), tc.CancellationToken)
     with pytest.raises(TypeError, match="may_cancel_with"):

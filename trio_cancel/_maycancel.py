@@ -11,7 +11,7 @@ runs it with a child of ``tok``.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overload
 
 import trio
 
@@ -23,6 +23,58 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+# The positional parameters of a decorated function (contravariant: they are inputs).
+A1 = TypeVar("A1", contravariant=True)
+A2 = TypeVar("A2", contravariant=True)
+A3 = TypeVar("A3", contravariant=True)
+
+
+# What may_cancel's signature can say precisely: a function of up to three positional
+# parameters and a keyword `token` keeps their types (a TypeVarTuple cannot be combined with
+# the keyword in a way mypy infers, and a ParamSpec cannot drop `token`); the decorated call
+# checks them, and takes any keyword arguments the function has (unchecked). Other shapes fall
+# back to Callable[..., MayCancel[T]].
+class _TakesToken0(Protocol[T_co]):
+    def __call__(self, *, token: CancellationToken) -> Awaitable[T_co]: ...
+
+
+class _TakesToken1(Protocol[A1, T_co]):
+    def __call__(self, a1: A1, /, *, token: CancellationToken) -> Awaitable[T_co]: ...
+
+
+class _TakesToken2(Protocol[A1, A2, T_co]):
+    def __call__(self, a1: A1, a2: A2, /, *, token: CancellationToken) -> Awaitable[T_co]: ...
+
+
+class _TakesToken3(Protocol[A1, A2, A3, T_co]):
+    def __call__(
+        self, a1: A1, a2: A2, a3: A3, /, *, token: CancellationToken
+    ) -> Awaitable[T_co]: ...
+
+
+class _Call0(Protocol[T]):
+    __name__: str
+
+    def __call__(self, **kwargs: object) -> MayCancel[T]: ...
+
+
+class _Call1(Protocol[A1, T]):
+    __name__: str
+
+    def __call__(self, a1: A1, /, **kwargs: object) -> MayCancel[T]: ...
+
+
+class _Call2(Protocol[A1, A2, T]):
+    __name__: str
+
+    def __call__(self, a1: A1, a2: A2, /, **kwargs: object) -> MayCancel[T]: ...
+
+
+class _Call3(Protocol[A1, A2, A3, T]):
+    __name__: str
+
+    def __call__(self, a1: A1, a2: A2, a3: A3, /, **kwargs: object) -> MayCancel[T]: ...
 
 
 @final
@@ -91,6 +143,18 @@ class MayCancel(Generic[T], metaclass=NoPublicConstructor):
         return f"<MayCancel {name} {state}>"
 
 
+@overload
+def may_cancel(fn: _TakesToken0[T]) -> _Call0[T]: ...
+@overload
+def may_cancel(fn: _TakesToken1[A1, T]) -> _Call1[A1, T]: ...
+@overload
+def may_cancel(fn: _TakesToken2[A1, A2, T]) -> _Call2[A1, A2, T]: ...
+@overload
+def may_cancel(fn: _TakesToken3[A1, A2, A3, T]) -> _Call3[A1, A2, A3, T]: ...
+@overload
+def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]: ...
+
+
 def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]:
     """Decorate ``async def f(..., *, token: CancellationToken)`` for both calling styles.
 
@@ -98,6 +162,10 @@ def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]:
     ``await f(...).may_cancel_with(tok)`` runs it with a child of ``tok``: ``f`` decides what
     it returns when its token fires (for a read: what it received so far). Calling ``f(...)``
     only builds a :class:`MayCancel`; nothing runs until it is awaited.
+
+    Typing: for a function of up to three positional parameters (and ``token``), the
+    decorated call keeps their types; its other keyword arguments are passed on unchecked.
+    Other shapes are typed ``Callable[..., MayCancel[T]]``.
 
     Raises:
         TypeError: ``fn`` is not callable or declares no keyword ``token`` annotated as a

@@ -104,3 +104,24 @@ def outcomes() -> None:
         if isinstance(outcome, tc.Completed):
             assert_type(outcome.value, int)
     tc.Completed[int]("one")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+@tc.may_cancel
+async def read_some(
+    stream: trio.abc.ReceiveStream, n: int, *, token: tc.CancellationToken
+) -> bytes:
+    return b""
+
+
+@tc.may_cancel
+async def four(a: int, b: int, c: int, d: int, *, token: tc.CancellationToken) -> int:
+    return a + b + c + d
+
+
+async def may_cancels(stream: trio.abc.ReceiveStream, token: tc.CancellationToken) -> None:
+    # Up to three positional parameters keep their types (keywords pass unchecked).
+    assert_type(read_some(stream, 10), tc.MayCancel[bytes])
+    assert_type(await read_some(stream, 10).may_cancel_with(token), bytes)
+    read_some(stream, "10")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    # Four or more: the fallback, Callable[..., MayCancel[T]] (the result stays precise).
+    assert_type(four(1, 2, 3, 4), tc.MayCancel[int])
