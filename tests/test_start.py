@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 from typing import TYPE_CHECKING
 
 import pytest
@@ -442,3 +443,102 @@ async def test_graceful_shutdown_start_cancelled_while_waiting(
         assert cs.cancelled_caught
     assert gs.report is not None
     assert len(gs.report) == 0
+
+
+# ---------------------------------------------------------------- adversarial
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_joinset_start_under_random_cancellation_schedules(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Random times for started(), for cancelling the start() call, for the token and for
+    abort_all: a start either returns a handle that is in the set, or raises (Cancelled
+    absorbed by its scope, or OperationCancelledError) and leaves nothing in the set."""
+    rng = random.Random(seed)
+    started_ok: list[tc.TaskHandle[object]] = []
+    refused: list[str] = []
+    token = tc.CancellationToken()
+    token.cancel_after(rng.choice([0.5, 1.5, 2.5, 100]), "token")
+
+    async def task(ready_at: float, *, task_status: trio.TaskStatus[float]) -> float:
+        await trio.sleep(ready_at)
+        task_status.started(ready_at)
+        await trio.sleep(rng.choice([0.1, 1, 10]))
+        return ready_at
+
+    async with tc.JoinSet() as js, trio.open_nursery() as callers:
+
+        async def caller(i: int) -> None:
+            bound = token if rng.random() < 0.5 else None
+            with trio.move_on_after(rng.choice([0.2, 1.2, 2.2, 100])) as cs:
+                try:
+                    handle, value = await js.start(task, rng.choice([0, 1, 2]), token=bound)
+                except tc.OperationCancelledError as exc:
+                    refused.append(f"{i}: {exc}")
+                    return
+                started_ok.append(handle)
+                assert value == handle.outcome.value if handle.outcome is not None else True
+            if cs.cancelled_caught:
+                refused.append(f"{i}: cancelled")
+
+        for i in range(6):
+            callers.start_soon(caller, i)
+        if rng.random() < 0.3:
+            await trio.sleep(rng.choice([0.5, 1.5]))
+            js.abort_all("abort_all")
+        await trio.sleep(3)
+        joined = await js.join_all()
+    assert len(started_ok) + len(refused) == 6
+    assert len(joined) == len(started_ok)  # exactly the started ones joined the set
+    assert len(js) == 0
+    assert all(h.is_finished() for h in started_ok)
+
+
+async def test_start_of_a_failing_task_leaves_the_handle_collectable(
+    nursery: trio.Nursery,
+) -> None:
+    """A start() whose task fails before started() leaves nothing behind that the collector
+    cannot free (Trio's own nursery.start() keeps the error in a cycle until a collection)."""
+    import weakref
+
+    refs: list[weakref.ref[BaseException]] = []
+
+    class BoomError(ValueError):
+        pass
+
+    async def fail(*, task_status: trio.TaskStatus[None]) -> None:
+        error = BoomError("boom")
+        refs.append(weakref.ref(error))
+        raise error
+
+    for _ in range(3):
+        with pytest.raises(ValueError, match="boom"):
+            await tc.start(nursery, fail)
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+
+
+async def test_started_task_that_failed_holds_no_reference_cycle(nursery: trio.Nursery) -> None:
+    """As for spawn: the handle of a started task whose error it stores is freed as soon as its
+    last reference goes, although the function's frames (in the error's traceback) hold its
+    task_status."""
+    import weakref
+
+    async def fail_later(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.lowlevel.checkpoint()
+        raise ValueError("after started")
+
+    gc.collect()
+    gc.disable()
+    try:
+        handle, _ = await tc.start(nursery, fail_later)
+        outcome = await handle.join()
+        assert isinstance(outcome, tc.Failed)
+        ref = weakref.ref(handle)
+        del handle, outcome
+        await trio.testing.wait_all_tasks_blocked()
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -227,6 +227,9 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             await self._run()
         except _ErrorBeforeStarted as marker:
             failure = marker.error  # propagates from start(), as in Trio
+            # The marker's traceback holds _run's frame, and so this handle: keep the error
+            # itself instead (no cycle through the handle).
+            self._outcome = Failed(failure)
             del marker
         except _ReturnedBeforeStarted:
             failure = None if status.called else status.ended_without_started(self)
@@ -235,6 +238,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             if not status.moved and not status.called:
                 # Aborted (or its token fired) before started(): the scope absorbed it.
                 failure = status.cancelled_error(self)
+        status.handle = None  # see _StartStatus.started
         if failure is not None:
             self._retrieved = True  # this handle is never handed out
             try:
@@ -407,7 +411,9 @@ class _StartStatus:
         """As ``trio.TaskStatus.started``: ``start()`` returns ``(handle, value)``."""
         real, handle = self.real, self.handle
         assert real is not None
-        assert handle is not None
+        if handle is None:  # started already: Trio's own error for a second call
+            real.started(value)
+            return
         task = handle._task
         before = None if task is None else task.parent_nursery
         real.started(value)  # a second call raises RuntimeError here, as in Trio
@@ -415,6 +421,9 @@ class _StartStatus:
         if task is not None and task.parent_nursery is before:
             return  # the start() call was cancelled: the task stays under it and is cancelled
         self.moved = True
+        # The function's frames hold this status, and a stored error's traceback holds those
+        # frames: from now on the status keeps no reference to the handle (no cycle).
+        self.handle = None
         handle._on_done = self._on_done
         if self._on_started is not None:
             self._on_started(handle)
@@ -438,15 +447,18 @@ class _StartStatus:
 async def _until_started(coro: Coroutine[Any, Any, T], status: _StartStatus) -> T:
     """The function of a started task, as :meth:`TaskHandle._run` sees it: before
     ``started()``, an ``Exception`` or a return must reach ``start()``, not the outcome."""
+    # A stored error's traceback reaches this frame: once it ends, its locals must not hold
+    # the status (status -> handle -> outcome -> error -> this frame would be a cycle).
     try:
         value = await coro
+        moved = status.moved
     except Exception as exc:
         if status.moved:
             raise
         raise _ErrorBeforeStarted(exc) from None
     finally:
-        del coro
-    if not status.moved:
+        del coro, status
+    if not moved:
         raise _ReturnedBeforeStarted
     return value
 
