@@ -542,3 +542,33 @@ async def test_started_task_that_failed_holds_no_reference_cycle(nursery: trio.N
         assert ref() is None
     finally:
         gc.enable()
+
+
+async def test_graceful_shutdown_exit_waits_for_a_pending_start_and_forces_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A start() still waiting for started() when the block exits counts as a running task:
+    the landing waits for it and phase 2 aborts it after the grace period (it never joins the
+    report)."""
+    errors: list[str] = []
+
+    async def slow(*, task_status: trio.TaskStatus[None]) -> None:
+        await trio.sleep(10)  # takes no token: only phase 2 stops it
+        task_status.started()  # pragma: no cover
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as callers:
+            async with tc.GracefulShutdown(grace=2) as gs:
+
+                async def caller() -> None:
+                    try:
+                        await gs.start(slow)
+                    except tc.OperationCancelledError as exc:
+                        errors.append(str(exc))
+
+                callers.start_soon(caller)
+                await trio.testing.wait_all_tasks_blocked()
+            assert trio.current_time() == pytest.approx(2)
+    assert errors == ["shutdown: forced after the grace period"]
+    assert gs.report is not None
+    assert len(gs.report) == 0

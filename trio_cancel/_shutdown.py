@@ -302,26 +302,40 @@ class GracefulShutdown(NurseryOwner):
         await trio.lowlevel.checkpoint_if_cancelled()
         fn = with_token(async_fn, args, None, what, make_token=self._token.child_token)
         injected = fn.keywords["token"] if isinstance(fn, functools.partial) else None
-        return await start_task(
-            nursery,
-            fn,
-            args,
-            name,
-            None,
-            what,
-            injected=injected,
-            on_started=self._task_started,
-            on_done=self._task_done,
-            starting=self._starting,
-            abort_reason=self._phase_two_reason,
-        )
+        # Running from now on: a landing waits for a pending start, and phase 2 aborts it.
+        started = False
+
+        def on_started(handle: TaskHandle[T]) -> None:
+            nonlocal started
+            started = True
+            self._task_started(handle)
+
+        self._running += 1
+        if self._all_exited.is_set():  # started after everything else had landed
+            self._all_exited = trio.Event()
+        try:
+            return await start_task(
+                nursery,
+                fn,
+                args,
+                name,
+                None,
+                what,
+                injected=injected,
+                on_started=on_started,
+                on_done=self._task_done,
+                starting=self._starting,
+                abort_reason=self._phase_two_reason,
+            )
+        finally:
+            if not started:  # ended (or never began) before started(): not a tracked task
+                self._running -= 1
+                if self._running == 0 and self._triggered_at is not None:
+                    self._all_exited.set()
 
     def _task_started(self, handle: TaskHandle[Any]) -> None:
         self._starting.discard(handle)
         self._tracked[handle] = None
-        self._running += 1
-        if self._all_exited.is_set():  # started after everything else had landed
-            self._all_exited = trio.Event()
         if self._phase_two_reason is not None and not handle.is_finished():
             self._forced.add(handle)
             handle.abort(self._phase_two_reason)
