@@ -572,3 +572,25 @@ async def test_graceful_shutdown_exit_waits_for_a_pending_start_and_forces_it(
     assert errors == ["shutdown: forced after the grace period"]
     assert gs.report is not None
     assert len(gs.report) == 0
+
+
+async def test_joinset_and_graceful_shutdown_start_cancelled_before_the_call() -> None:
+    ran: list[str] = []
+
+    async def record(*, task_status: trio.TaskStatus[None]) -> None:
+        ran.append("ran")  # pragma: no cover
+
+    async with tc.JoinSet() as js:
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await js.start(record)
+        assert cs.cancelled_caught
+        assert len(js) == 0
+    async with tc.GracefulShutdown(grace=1) as gs:
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await gs.start(record)
+        assert cs.cancelled_caught
+    assert ran == []
+    assert gs.report is not None
+    assert len(gs.report) == 0
