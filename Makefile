@@ -40,13 +40,16 @@ lint: $(STAMP)
 	$(BIN)/flake8-async --enable $(ASYNC_RULES),ASYNC910,ASYNC911 $$(find trio_cancel -name '*.py')
 
 # mypy --strict on everything; pyright's type completeness of the public API (100 % or fail),
-# run inside the virtual environment as Trio runs it on itself.
+# run inside the virtual environment as Trio runs it on itself; pyright on the typing tests.
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	PATH="$(CURDIR)/$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" \
 	  $(BIN)/pyright --verifytypes trio_cancel --ignoreexternal | tee .pyright.txt | tail -3
 	@grep -q "Type completeness score: 100%" .pyright.txt || \
 	  { cat .pyright.txt; echo "pyright: the public API is not 100% typed"; exit 1; }
+	@# The typing tests (tests/typing/): precise types and lines that must fail, under pyright too.
+	PATH="$(CURDIR)/$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" \
+	  $(BIN)/pyright -p tests/typing/pyrightconfig.json
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import trio
 
+import trio_cancel as tc
 from trio_cancel.asgi import CancelMiddleware
 from trio_cancel.deadlines import async_propagate_deadline
 
@@ -90,7 +91,7 @@ async def serve_one(name: str, next_url: str | None, work: float, log: str) -> N
         trio.open_nursery() as nursery,
     ):
         app = make_service(name, next_url, work, log, client)
-        binds = await nursery.start(lambda task_status: serve(app, config, task_status=task_status))
+        _server, binds = await tc.start(nursery, serve, app, config, name=name)
         print(binds[0], flush=True)  # tells the driver where this service listens
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+import trio_cancel as tc
 from trio_cancel.asgi import serve_until_shutdown
 
 
@@ -40,7 +41,8 @@ async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
 
 async def serve(grace: float) -> None:
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(lambda task_status: run(grace, task_status))
+        # Returns once the server listens, with its URL (and the server task's handle).
+        _server, url = await tc.start(nursery, run, grace, name="http server")
         print(url, flush=True)
 
 

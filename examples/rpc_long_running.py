@@ -111,8 +111,11 @@ async def main() -> None:
     config.errorlog = None
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            functools.partial(serve, make_app(jobs), config, shutdown_trigger=stop.wait)
+        # Returns once Hypercorn listens (no polling), with its addresses and a handle.
+        _server, binds = await tc.start(
+            nursery,
+            functools.partial(serve, make_app(jobs), config, shutdown_trigger=stop.wait),
+            name="hypercorn",
         )
         hooks: Any = {"request": [async_propagate_deadline]}
         async with httpx.AsyncClient(base_url=binds[0], timeout=10, event_hooks=hooks) as client:

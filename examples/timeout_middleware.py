@@ -25,6 +25,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+import trio_cancel as tc
 from trio_cancel.asgi import CancelMiddleware
 
 Scope = dict[str, Any]
@@ -71,10 +72,13 @@ async def main() -> None:
     config.errorlog = None
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
+        # Returns once Hypercorn listens (no polling), with its addresses and a handle.
+        _server, binds = await tc.start(
+            nursery,
             functools.partial(
                 serve, CancelMiddleware(app, timeout=0.2), config, shutdown_trigger=stop.wait
-            )
+            ),
+            name="hypercorn",
         )
         base = binds[0]
         async with httpx.AsyncClient(base_url=base) as client:

@@ -210,7 +210,7 @@ async def test_task_exceptions_never_reach_the_nursery(
 
 
 async def test_outside_cancellation_aborts_tasks_and_propagates() -> None:
-    handles: list[tc.TaskHandle[None]] = []
+    handles: list[tc.TaskHandle[object]] = []
     with trio.CancelScope() as outer:
         async with tc.JoinSet() as js:
             handles.append(js.spawn(trio.sleep_forever))
@@ -226,7 +226,7 @@ async def test_task_keyboard_interrupt_propagates_from_exit() -> None:
         await trio.lowlevel.checkpoint()
         raise KeyboardInterrupt
 
-    handles: list[tc.TaskHandle[None]] = []
+    handles: list[tc.TaskHandle[object]] = []
     with pytest.RaisesGroup(KeyboardInterrupt):
         async with tc.JoinSet() as js:
             handles.append(js.spawn(interrupt))
@@ -551,7 +551,7 @@ async def _random_schedule(rng: random.Random) -> None:
     token = tc.CancellationToken()
     with trio.CancelScope() as outer:
         try:
-            async with tc.JoinSet() as js:
+            async with tc.JoinSet[int | None]() as js:
                 for _ in range(rng.randint(1, 6)):
                     bound = token if rng.random() < 0.3 else None
                     handles.append(js.spawn(_random_task(rng), token=bound))

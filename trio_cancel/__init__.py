@@ -55,7 +55,12 @@ from ._shutdown import (
     TaskLanding as TaskLanding,
 )
 from ._streams import receive_into as receive_into, send_all_from as send_all_from
-from ._task import AbortHandle as AbortHandle, TaskHandle as TaskHandle, spawn as spawn
+from ._task import (
+    AbortHandle as AbortHandle,
+    TaskHandle as TaskHandle,
+    spawn as spawn,
+    start as start,
+)
 from ._tasktree import (
     TaskTree as TaskTree,
     TaskTreeNode as TaskTreeNode,
@@ -132,6 +137,7 @@ __all__ = [
     "select",
     "send_all_from",
     "spawn",
+    "start",
     "thread_call_statistics",
 ]
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import re
+import sys
 import types
+import typing
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 if TYPE_CHECKING:
@@ -111,57 +115,130 @@ def coroutine_or_error(
     return coro
 
 
+_ANYIO_ON_ASYNCIO = "trio_cancel needs Trio; run anyio with backend='trio'"
+
+
+def check_nursery(nursery: object, what: str) -> None:
+    """A ``trio.Nursery``, or an anyio ``TaskGroup`` while running on Trio (anyio's Trio
+    backend, whose task groups wrap a Trio nursery: used only through their public
+    ``start_soon`` and ``start``). anyio is never imported here: if a task group exists,
+    anyio is already in ``sys.modules``.
+
+    Raises:
+        TypeError: Neither.
+        RuntimeError: An anyio task group outside Trio (anyio's asyncio backend).
+    """
+    if isinstance(nursery, trio.Nursery):
+        return
+    anyio = sys.modules.get("anyio")
+    if anyio is not None and isinstance(nursery, anyio.abc.TaskGroup):
+        if not trio.lowlevel.in_trio_run():
+            raise RuntimeError(f"{what}: {_ANYIO_ON_ASYNCIO}")
+        return
+    raise TypeError(
+        f"{what} needs a trio.Nursery (or an anyio TaskGroup on anyio's Trio backend), "
+        f"not {type(nursery).__name__}"
+    )
+
+
 def check_reason(reason: object) -> None:
     """A cancel reason is a ``str`` or ``None`` (Trio's ``CancelScope.cancel`` takes only those)."""
     if reason is not None and not isinstance(reason, str):
         raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
 
 
-def takes_token_keyword(fn: Callable[..., object]) -> bool:
-    """Whether ``fn`` can be called with ``token=``: a parameter of that name that is not
-    positional-only, or ``**kwargs``. False for a callable without a signature."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin or other callable without a signature
-        return False
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD
-        or (p.name == "token" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
-        for p in params
-    )
+_TOKEN_NAME = re.compile(r"\bCancellationToken\b")
+_UNANNOTATED_HELP = "annotate it 'token: tc.CancellationToken' to receive the task's token"
 
 
-@functools.lru_cache(maxsize=512)
-def _token_parameter(
-    async_fn: Callable[..., Any],
-) -> tuple[inspect.Signature, inspect.Parameter | None] | None:
-    """``async_fn``'s signature and its ``token`` parameter (``None`` if it takes ``token``
-    only through ``**kwargs``), or ``None`` if it accepts no keyword ``token``. Cached: a
-    server spawns the same function again and again, and a signature costs microseconds."""
-    try:
-        signature = inspect.signature(async_fn)
-    except (TypeError, ValueError):  # a builtin or other callable without a signature
-        return None
-    params = signature.parameters
-    named = params.get("token")
-    if named is not None and named.kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.VAR_POSITIONAL,
-    ):
-        named = None
-    if named is None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return signature, named
+def _names_cancellation_token(annotation: object) -> bool:
+    """Whether a parameter annotation names ``CancellationToken``, read without evaluating it:
+    the class itself, a union containing it (``X | None``, ``Optional[X]``), or a string (or
+    forward reference) in which the identifier ``CancellationToken`` appears. Aliases do not
+    count."""
+    from ._token import CancellationToken  # here: _token imports this module
+
+    if annotation is CancellationToken:
+        return True
+    if isinstance(annotation, str):
+        return _TOKEN_NAME.search(annotation) is not None
+    if isinstance(annotation, typing.ForwardRef):
+        return _TOKEN_NAME.search(annotation.__forward_arg__) is not None
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_names_cancellation_token(arg) for arg in typing.get_args(annotation))
+    return False
 
 
-def _cached_token_parameter(
-    async_fn: Callable[..., Any],
-) -> tuple[inspect.Signature, inspect.Parameter | None] | None:
+@attrs.frozen
+class TokenParameter:
+    """What the token rule found in a function's signature.
+
+    Attributes:
+        signature: The function's signature (to see whether ``args`` fill ``token``).
+        annotated: The ``token`` parameter is annotated as a cancellation token: it receives
+            one. False: it is unannotated and required (a ``TypeError`` unless ``args`` fill
+            it positionally).
+        required: The parameter has no default.
+    """
+
+    signature: inspect.Signature
+    annotated: bool
+    required: bool
+
+
+def find_token_parameter(fn: Callable[..., object]) -> TokenParameter | None:
+    """The one rule for the word ``token``: a keyword-passable parameter named ``token`` whose
+    annotation names ``CancellationToken`` receives the task's token. ``None`` when nothing is
+    ever passed: no such parameter, ``token`` only through ``**kwargs``, an unannotated
+    ``token`` with a default, or a ``token`` of another type (an API key). An unannotated
+    required ``token`` is returned with ``annotated=False`` (the caller refuses it)."""
+    if type(fn) is types.FunctionType:
+        return _cached_token_parameter(fn)
     # Only plain functions are cached: a bound method or a partial is a new object on every
     # spawn (caching it would only keep its instance alive).
-    if type(async_fn) is types.FunctionType:
-        return _token_parameter(async_fn)
-    return _token_parameter.__wrapped__(async_fn)
+    if isinstance(fn, functools.partial) and "token" in fn.keywords:
+        return None  # the partial already gives a token: leave it alone
+    return _token_parameter(fn)
+
+
+def _token_parameter(fn: Callable[..., object]) -> TokenParameter | None:
+    try:
+        signature = inspect.signature(fn, eval_str=False)
+    except (TypeError, ValueError):  # a builtin or other callable without a signature
+        return None
+    param = signature.parameters.get("token")
+    if param is None or param.kind not in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    ):
+        return None
+    required = param.default is inspect.Parameter.empty
+    if param.annotation is inspect.Parameter.empty:
+        return TokenParameter(signature, annotated=False, required=True) if required else None
+    if not _names_cancellation_token(param.annotation):
+        return None  # token: str = "my-api-key" is the caller's own business
+    return TokenParameter(signature, annotated=True, required=required)
+
+
+# A server spawns the same function again and again, and a signature costs microseconds.
+_cached_token_parameter = functools.lru_cache(maxsize=512)(_token_parameter)
+
+
+def takes_cancellation_token(fn: Callable[..., object]) -> bool:
+    """Whether ``fn`` declares a keyword-passable ``token`` annotated as a cancellation token
+    (the rule of :func:`find_token_parameter`)."""
+    found = find_token_parameter(fn)
+    return found is not None and found.annotated
+
+
+def fills_token_positionally(found: TokenParameter, args: tuple[object, ...]) -> bool | None:
+    """Whether ``args`` fill the ``token`` parameter positionally; ``None`` if ``args`` do not
+    fit the signature at all (the call itself will say so)."""
+    try:
+        return "token" in found.signature.bind_partial(*args).arguments
+    except TypeError:
+        return None
 
 
 def with_token(
@@ -172,29 +249,36 @@ def with_token(
     *,
     make_token: Callable[[], object] | None = None,
 ) -> Callable[..., Any]:
-    """The one rule for the word ``token``: a function that accepts a keyword ``token`` (a
-    parameter of that name, or ``**kwargs``) is called with the token its task runs under.
+    """The one rule for the word ``token`` (see :func:`find_token_parameter`): a function
+    declaring ``token: CancellationToken`` (or a union or string annotation naming it) is
+    called with the token its task runs under.
 
-    Returns ``async_fn`` with ``token=token`` bound when it accepts it (and ``args`` do not
-    already fill a ``token`` parameter positionally); ``async_fn`` itself otherwise. With
-    ``make_token``, the token is made only if it is passed. A function whose ``token``
-    parameter is required, given no token, is a ``TypeError`` naming ``what``.
+    Returns ``async_fn`` with ``token=token`` bound when it takes one (and ``args`` do not
+    already fill ``token`` positionally); ``async_fn`` itself otherwise. With ``make_token``,
+    the token is made only if it is passed.
+
+    Raises:
+        TypeError: The ``token`` parameter is required and annotated, and there is no token
+            to give; or it is required and unannotated (the message says how to annotate it).
     """
-    found = _cached_token_parameter(async_fn)
+    found = find_token_parameter(async_fn)
     if found is None:
         return async_fn
-    signature, named = found
-    try:
-        if "token" in signature.bind_partial(*args).arguments:
-            return async_fn  # the caller passed it positionally
-    except TypeError:
-        return async_fn  # wrong arguments: the call itself reports them
+    positional = fills_token_positionally(found, args)
+    if positional is None or positional:
+        return async_fn  # passed positionally (left alone), or wrong arguments
+    name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
+    if not found.annotated:
+        raise TypeError(
+            f"{name}() has a required parameter 'token' without an annotation, so {what} "
+            f"does not know whether it wants a cancellation token: {_UNANNOTATED_HELP} (or "
+            "give it a default, or pass it positionally, if it is something else)"
+        )
     if token is None and make_token is not None:
         token = make_token()
     if token is not None:
         return functools.partial(async_fn, token=token)
-    if named is not None and named.default is inspect.Parameter.empty:
-        name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
+    if found.required:
         raise TypeError(
             f"{name}() requires a keyword argument 'token', and {what} was given no token to "
             f"pass it: call {what[:-2]}(..., token=a_token)"

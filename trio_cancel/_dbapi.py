@@ -45,8 +45,12 @@ from ._threads import ThreadCall, wait_call
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
+
+    # A statement's parameters: positional (a sequence) or named (a mapping), of any value
+    # the driver can adapt (each driver checks its own values at the call).
+    Parameters = Sequence[object] | Mapping[str, object]
 
 T = TypeVar("T")
 RawT = TypeVar("RawT")
@@ -101,9 +105,9 @@ class Backend(Generic[RawT]):
     interrupt: Callable[[RawT, Interruption], object]
     is_interruption: Callable[[BaseException], bool]
     in_transaction: Callable[[RawT], bool]
-    execute: Callable[[RawT, str, Any], int]
-    fetchone: Callable[[RawT, str, Any], tuple[Any, ...] | None]
-    fetchall: Callable[[RawT, str, Any], list[tuple[Any, ...]]]
+    execute: Callable[[RawT, str, Parameters], int]
+    fetchone: Callable[[RawT, str, Parameters], tuple[Any, ...] | None]
+    fetchall: Callable[[RawT, str, Parameters], list[tuple[Any, ...]]]
     close: Callable[[RawT], object]
     # Seconds the driver may wait for a lock during a COMMIT (None: ask lock_wait()).
     lock_wait: Callable[[RawT], float] = lambda raw: 0.0
@@ -174,7 +178,9 @@ class DatabaseConnection(Generic[RawT]):
         """Whether :meth:`aclose` was called (or connecting failed)."""
         return self._closed
 
-    async def execute(self, sql: str, parameters: Any = ()) -> int:  # noqa: ANN401 - driver's
+    async def execute(
+        self, sql: str, parameters: Sequence[object] | Mapping[str, object] = ()
+    ) -> int:
         """Run one statement; returns the driver's ``rowcount``.
 
         Raises:
@@ -198,7 +204,9 @@ class DatabaseConnection(Generic[RawT]):
         backend = self._backend
         return await self._call(lambda raw: backend.execute(raw, sql, parameters), sql)
 
-    async def fetchone(self, sql: str, parameters: Any = ()) -> tuple[Any, ...] | None:  # noqa: ANN401
+    async def fetchone(
+        self, sql: str, parameters: Sequence[object] | Mapping[str, object] = ()
+    ) -> tuple[Any, ...] | None:
         """Run a query and return its first row (``None`` if none). As :meth:`execute`.
 
         Cancellation:
@@ -207,7 +215,9 @@ class DatabaseConnection(Generic[RawT]):
         backend = self._backend
         return await self._call(lambda raw: backend.fetchone(raw, sql, parameters), sql)
 
-    async def fetchall(self, sql: str, parameters: Any = ()) -> list[tuple[Any, ...]]:  # noqa: ANN401
+    async def fetchall(
+        self, sql: str, parameters: Sequence[object] | Mapping[str, object] = ()
+    ) -> list[tuple[Any, ...]]:
         """Run a query and return all its rows. As :meth:`execute`.
 
         Cancellation:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final, overload
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVarTuple, final, overload
 
 import attrs
 import trio
+from typing_extensions import TypeVar
 
-from ._checks import check_reason, check_trio_thread
+from ._checks import check_reason, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
+from ._task import check_task_arguments, start_task
 from ._trio_internals import cancel_scopes
 
 if TYPE_CHECKING:
@@ -19,13 +21,15 @@ if TYPE_CHECKING:
     from ._task import TaskHandle
     from ._token import CancellationToken
 
-T = TypeVar("T")
+# What the set's tasks return: `async with tc.JoinSet() as js:` is a JoinSet[object] (PEP 696
+# default), `tc.JoinSet[int]()` checks that every task returns an int.
+T = TypeVar("T", default=object)
 PosArgsT = TypeVarTuple("PosArgsT")
 
 
 @final
 @attrs.define(eq=False, repr=False)
-class JoinSet(NurseryOwner):
+class JoinSet(NurseryOwner, Generic[T]):
     """A set of tasks whose outcomes are collected in finishing order (tokio ``JoinSet``).
 
     Use as ``async with tc.JoinSet() as js:``; it owns a nursery. Lifecycle: *new* (spawning
@@ -47,11 +51,11 @@ class JoinSet(NurseryOwner):
     """
 
     _tasks: OwnedNursery = attrs.field(factory=lambda: OwnedNursery("JoinSet"), init=False)
-    _running: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
-    _finished: collections.deque[TaskHandle[Any]] = attrs.field(
-        factory=collections.deque, init=False
-    )
+    _running: set[TaskHandle[T]] = attrs.field(factory=set, init=False)
+    _finished: collections.deque[TaskHandle[T]] = attrs.field(factory=collections.deque, init=False)
     _count: int = attrs.field(default=0, init=False)
+    # Tasks of start() calls that have not called started() yet: abort_all reaches them too.
+    _starting: set[TaskHandle[T]] = attrs.field(factory=set, init=False)
     # Tasks waiting for the next outcome (join_next), and for every task to end (join_all,
     # shutdown): two lots, so that 100,000 tasks ending wake a shutdown once, not 100,000 times.
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
@@ -101,7 +105,52 @@ class JoinSet(NurseryOwner):
         self._count += 1
         return handle
 
-    def _task_done(self, handle: TaskHandle[Any]) -> None:
+    async def start(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        *args: object,
+        name: str | None = None,
+        token: CancellationToken | None = None,
+    ) -> tuple[TaskHandle[T], Any]:
+        """As :func:`~trio_cancel.start`, into this set: returns ``(handle, value)`` once the
+        task has called ``task_status.started(value)``; only then does it join the set.
+
+        A task aborted (by :meth:`abort_all`, :meth:`shutdown` or the exit) or whose token
+        fires before ``started()`` makes this raise :exc:`~trio_cancel.OperationCancelledError`
+        and never joins the set; so does an error before ``started()`` (it propagates).
+
+        Raises:
+            RuntimeError: Outside the set's ``async with`` block; the task returned without
+                calling ``started()``.
+
+        Cancellation:
+            As :func:`~trio_cancel.start`: always a checkpoint; cancelled while waiting for
+            ``started()``, the task is cancelled and never joins the set.
+        """
+        what = "JoinSet.start()"
+        nursery = self._tasks.require_open(what)
+        name = check_task_arguments(nursery, async_fn, name, token, what)
+        fn = with_token(async_fn, args, token, what)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return await start_task(
+            nursery,
+            fn,
+            args,
+            name,
+            token,
+            what,
+            injected=token,
+            on_started=self._task_started,
+            on_done=self._task_done,
+            starting=self._starting,
+        )
+
+    def _task_started(self, handle: TaskHandle[T]) -> None:
+        self._starting.discard(handle)
+        self._running.add(handle)
+        self._count += 1
+
+    def _task_done(self, handle: TaskHandle[T]) -> None:
         self._running.discard(handle)
         self._finished.append(handle)
         if self._lot:
@@ -114,15 +163,15 @@ class JoinSet(NurseryOwner):
         """Abort every task still running. Not a checkpoint; never blocks;
         ``KeyboardInterrupt``-protected."""
         check_reason(reason)
-        if not self._running:
+        if not self._running and not self._starting:
             return
         check_trio_thread("JoinSet.abort_all()")
-        handles = list(self._running)
+        handles = [*self._running, *self._starting]
         for handle in handles:
             handle._note_abort(reason)
         cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all
 
-    async def join_next(self) -> Outcome[Any] | None:
+    async def join_next(self) -> Outcome[T] | None:
         """The outcome of the next task to finish, in finishing order; ``None`` if empty.
 
         Cancellation:
@@ -131,7 +180,7 @@ class JoinSet(NurseryOwner):
         found = await self.join_next_with_handle()
         return None if found is None else found[1]
 
-    async def join_next_with_handle(self) -> tuple[TaskHandle[Any], Outcome[Any]] | None:
+    async def join_next_with_handle(self) -> tuple[TaskHandle[T], Outcome[T]] | None:
         """As :meth:`join_next`, with the handle of the task the outcome belongs to (tokio
         ``join_next_with_id``): ``handle.name`` and ``handle.id`` say which task it was.
 
@@ -150,19 +199,19 @@ class JoinSet(NurseryOwner):
         assert outcome is not None
         return handle, outcome
 
-    def _pop_handle(self) -> TaskHandle[Any]:
+    def _pop_handle(self) -> TaskHandle[T]:
         handle = self._finished.popleft()
         self._count -= 1
         if self._count == 0:
             self._lot.unpark_all()  # other waiters see the set is now empty
         return handle
 
-    def _pop(self) -> Outcome[Any]:
+    def _pop(self) -> Outcome[T]:
         outcome = self._pop_handle().outcome
         assert outcome is not None
         return outcome
 
-    async def join_all(self) -> list[Outcome[Any]]:
+    async def join_all(self) -> list[Outcome[T]]:
         """Wait for every task, then return all outcomes not yet returned, in finishing order.
 
         Cancellation:
@@ -196,7 +245,7 @@ class JoinSet(NurseryOwner):
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Outcome[Any]:
+    async def __anext__(self) -> Outcome[T]:
         outcome = await self.join_next()
         if outcome is None:
             raise StopAsyncIteration

@@ -11,11 +11,11 @@ runs it with a child of ``tok``.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overload
 
 import trio
 
-from ._checks import takes_token_keyword
+from ._checks import find_token_parameter
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
 
@@ -23,6 +23,58 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+# The positional parameters of a decorated function (contravariant: they are inputs).
+A1 = TypeVar("A1", contravariant=True)
+A2 = TypeVar("A2", contravariant=True)
+A3 = TypeVar("A3", contravariant=True)
+
+
+# What may_cancel's signature can say precisely: a function of up to three positional
+# parameters and a keyword `token` keeps their types (a TypeVarTuple cannot be combined with
+# the keyword in a way mypy infers, and a ParamSpec cannot drop `token`); the decorated call
+# checks them, and takes any keyword arguments the function has (unchecked). Other shapes fall
+# back to Callable[..., MayCancel[T]].
+class _TakesToken0(Protocol[T_co]):
+    def __call__(self, *, token: CancellationToken) -> Awaitable[T_co]: ...
+
+
+class _TakesToken1(Protocol[A1, T_co]):
+    def __call__(self, a1: A1, /, *, token: CancellationToken) -> Awaitable[T_co]: ...
+
+
+class _TakesToken2(Protocol[A1, A2, T_co]):
+    def __call__(self, a1: A1, a2: A2, /, *, token: CancellationToken) -> Awaitable[T_co]: ...
+
+
+class _TakesToken3(Protocol[A1, A2, A3, T_co]):
+    def __call__(
+        self, a1: A1, a2: A2, a3: A3, /, *, token: CancellationToken
+    ) -> Awaitable[T_co]: ...
+
+
+class _Call0(Protocol[T]):
+    __name__: str
+
+    def __call__(self, **kwargs: object) -> MayCancel[T]: ...
+
+
+class _Call1(Protocol[A1, T]):
+    __name__: str
+
+    def __call__(self, a1: A1, /, **kwargs: object) -> MayCancel[T]: ...
+
+
+class _Call2(Protocol[A1, A2, T]):
+    __name__: str
+
+    def __call__(self, a1: A1, a2: A2, /, **kwargs: object) -> MayCancel[T]: ...
+
+
+class _Call3(Protocol[A1, A2, A3, T]):
+    __name__: str
+
+    def __call__(self, a1: A1, a2: A2, a3: A3, /, **kwargs: object) -> MayCancel[T]: ...
 
 
 @final
@@ -91,6 +143,18 @@ class MayCancel(Generic[T], metaclass=NoPublicConstructor):
         return f"<MayCancel {name} {state}>"
 
 
+@overload
+def may_cancel(fn: _TakesToken0[T]) -> _Call0[T]: ...
+@overload
+def may_cancel(fn: _TakesToken1[A1, T]) -> _Call1[A1, T]: ...
+@overload
+def may_cancel(fn: _TakesToken2[A1, A2, T]) -> _Call2[A1, A2, T]: ...
+@overload
+def may_cancel(fn: _TakesToken3[A1, A2, A3, T]) -> _Call3[A1, A2, A3, T]: ...
+@overload
+def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]: ...
+
+
 def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]:
     """Decorate ``async def f(..., *, token: CancellationToken)`` for both calling styles.
 
@@ -99,16 +163,24 @@ def may_cancel(fn: Callable[..., Awaitable[T]]) -> Callable[..., MayCancel[T]]:
     it returns when its token fires (for a read: what it received so far). Calling ``f(...)``
     only builds a :class:`MayCancel`; nothing runs until it is awaited.
 
+    Typing: for a function of up to three positional parameters (and ``token``), the
+    decorated call keeps their types; its other keyword arguments are passed on unchecked.
+    Other shapes are typed ``Callable[..., MayCancel[T]]``.
+
     Raises:
-        TypeError: ``fn`` is not callable or takes no keyword ``token`` (a parameter of that
-            name, or ``**kwargs``); passing ``token=`` to the call yourself.
+        TypeError: ``fn`` is not callable or declares no keyword ``token`` annotated as a
+            :class:`CancellationToken` (``**kwargs``, an unannotated ``token`` or a ``token:
+            str`` do not count); passing ``token=`` to the call yourself.
     """
     if not callable(fn):
         raise TypeError(f"may_cancel() decorates an async function, not {type(fn).__name__}")
-    if not takes_token_keyword(fn):
+    found = find_token_parameter(fn)
+    if found is None or not found.annotated:
+        name = getattr(fn, "__qualname__", fn)
         raise TypeError(
-            f"may_cancel(): {getattr(fn, '__qualname__', fn)!r} must take a keyword "
-            "argument 'token'"
+            f"may_cancel(): {name!r} must take a keyword argument 'token' annotated "
+            "'token: tc.CancellationToken' (the one rule for the word: an unannotated token, "
+            "a token of another type or **kwargs never receives one)"
         )
 
     @functools.wraps(fn)

@@ -8,10 +8,11 @@ aborted (its scope cancelled: ``trio.Cancelled`` at its next checkpoint). ``wait
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import unicodedata
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, final, overload
 
 import attrs
 import trio
@@ -20,6 +21,7 @@ from ._checks import check_grace, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
 from ._outcome import Aborted, Completed, Failed, Outcome
 from ._process import ProcessExit, check_command, run_process_group
+from ._task import check_task_arguments, start_task
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from ._task import TaskHandle
 
 T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
 
 _log = logging.getLogger("trio_cancel")
 
@@ -249,6 +252,8 @@ class GracefulShutdown(NurseryOwner):
     # on_cancel callbacks' errors from an implicit trigger, raised at the block's exit.
     _trigger_error: BaseException | None = attrs.field(default=None, init=False)
     _forced: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
+    # Tasks of start() calls that have not called started() yet: phase 2 aborts them too.
+    _starting: set[TaskHandle[Any]] = attrs.field(factory=set, init=False)
     _running: int = attrs.field(default=0, init=False)
     _all_exited: trio.Event = attrs.field(factory=trio.Event, init=False)
     _triggered_at: float | None = attrs.field(default=None, init=False)
@@ -266,14 +271,30 @@ class GracefulShutdown(NurseryOwner):
         """The :class:`LandingReport` once every task has exited; ``None`` until then."""
         return self._report
 
+    @overload
+    def spawn(
+        self,
+        async_fn: Callable[[*PosArgsT], Awaitable[T]],
+        *args: *PosArgsT,
+        name: str | None = None,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def spawn(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        *args: object,
+        name: str | None = None,
+    ) -> TaskHandle[T]: ...  # async_fn takes the injected token= (no checker can say that)
+
     def spawn(
         self,
         async_fn: Callable[..., Awaitable[T]],
         *args: object,
         name: str | None = None,
     ) -> TaskHandle[T]:
-        """Start a tracked task. If ``async_fn`` takes a keyword ``token`` (a parameter named
-        ``token``, or ``**kwargs``), it is called with ``token=`` a child of :attr:`token`.
+        """Start a tracked task. If ``async_fn`` declares ``token: CancellationToken`` (the one
+        rule for the word, as for :func:`~trio_cancel.spawn`), it is called with ``token=`` a
+        child of :attr:`token`.
 
         A task spawned after the trigger gets an already-cancelled token and is still forced
         at the end of the same grace period; one spawned after phase 2 began is aborted at once
@@ -312,6 +333,76 @@ class GracefulShutdown(NurseryOwner):
             self._forced.add(handle)
             handle.abort(self._phase_two_reason)
         return handle
+
+    async def start(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        *args: object,
+        name: str | None = None,
+    ) -> tuple[TaskHandle[T], Any]:
+        """As :func:`~trio_cancel.start`, tracked: returns ``(handle, value)`` once the task
+        has called ``task_status.started(value)``; only then is it tracked (and in the report).
+        As for :meth:`spawn`, a function declaring ``token: CancellationToken`` gets a child
+        of :attr:`token`.
+
+        A task aborted (phase 2) or whose token fires (the trigger) before ``started()``
+        makes this raise :exc:`~trio_cancel.OperationCancelledError`, and it is not in the
+        report; so does an error before ``started()`` (it propagates). Started after phase 2
+        began, it is aborted at once.
+
+        Raises:
+            RuntimeError: Outside the ``async with`` block, or once every task has landed;
+                the task returned without calling ``started()``.
+
+        Cancellation:
+            As :func:`~trio_cancel.start`: always a checkpoint; cancelled while waiting for
+            ``started()``, the task is cancelled and is not tracked.
+        """
+        what = "GracefulShutdown.start()"
+        nursery = self._tasks.require_open(what)
+        if self._report is not None:
+            raise RuntimeError("every task has landed already; this GracefulShutdown is done")
+        name = check_task_arguments(nursery, async_fn, name, None, what)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fn = with_token(async_fn, args, None, what, make_token=self._token.child_token)
+        injected = fn.keywords["token"] if isinstance(fn, functools.partial) else None
+        # Running from now on: a landing waits for a pending start, and phase 2 aborts it.
+        started = False
+
+        def on_started(handle: TaskHandle[T]) -> None:
+            nonlocal started
+            started = True
+            self._task_started(handle)
+
+        self._running += 1
+        if self._all_exited.is_set():  # started after everything else had landed
+            self._all_exited = trio.Event()
+        try:
+            return await start_task(
+                nursery,
+                fn,
+                args,
+                name,
+                None,
+                what,
+                injected=injected,
+                on_started=on_started,
+                on_done=self._task_done,
+                starting=self._starting,
+                abort_reason=self._phase_two_reason,
+            )
+        finally:
+            if not started:  # ended (or never began) before started(): not a tracked task
+                self._running -= 1
+                if self._running == 0 and self._triggered_at is not None:
+                    self._all_exited.set()
+
+    def _task_started(self, handle: TaskHandle[Any]) -> None:
+        self._starting.discard(handle)
+        self._tracked[handle] = None
+        if self._phase_two_reason is not None and not handle.is_finished():
+            self._forced.add(handle)
+            handle.abort(self._phase_two_reason)
 
     def spawn_process(
         self,
@@ -423,6 +514,8 @@ class GracefulShutdown(NurseryOwner):
                 if not handle.is_finished() and handle not in self._forced:
                     self._forced.add(handle)
                     handle.abort(reason)
+            for handle in list(self._starting):  # start() calls still waiting for started()
+                handle.abort(reason)
 
     def _start_helper(self, async_fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start a helper task (not tracked) whose scope exists before it first runs, so that

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import itertools
 import logging
@@ -32,13 +33,25 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final, ov
 import attrs
 import trio
 
-from ._checks import check_reason, check_trio_thread, coroutine_or_error, with_token
+from ._checks import (
+    check_nursery,
+    check_reason,
+    check_trio_thread,
+    coroutine_or_error,
+    with_token,
+)
+from ._exceptions import OperationCancelledError
 from ._outcome import Aborted, Completed, Failed, Outcome, outcome_of_base_exception
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
+
+    import anyio.abc
+
+    # Where a task can run: a Trio nursery, or an anyio task group on anyio's Trio backend.
+    Nursery = trio.Nursery | anyio.abc.TaskGroup
 
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
@@ -275,6 +288,37 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         # the handle nor its outcome here, or handle -> error -> frame -> handle is a cycle.
         del self, outcome
 
+    async def _run_start(  # noqa: ASYNC910 - the task's root: nothing awaits it
+        self, status: _StartStatus, *, task_status: trio.TaskStatus[Any]
+    ) -> None:
+        """The root of a task started by :func:`start`: :meth:`_run` around the function
+        (wrapped by :func:`_until_started`), turning what happened before ``started()`` into
+        what ``nursery.start()`` should raise."""
+        status.real = task_status
+        failure: BaseException | None = None
+        try:
+            await self._run()
+        except _ErrorBeforeStarted as marker:
+            failure = marker.error  # propagates from start(), as in Trio
+            # The marker's traceback holds _run's frame, and so this handle: keep the error
+            # itself instead (no cycle through the handle).
+            self._outcome = Failed(failure)
+            del marker
+        except _ReturnedBeforeStarted:
+            failure = None if status.called else status.ended_without_started(self)
+        else:
+            status.close_function()  # aborted before it first ran: never awaited
+            if not status.moved and not status.called:
+                # Aborted (or its token fired) before started(): the scope absorbed it.
+                failure = status.cancelled_error(self)
+        status.handle = None  # see _StartStatus.started
+        if failure is not None:
+            self._retrieved = True  # this handle is never handed out
+            try:
+                raise failure
+            finally:
+                del failure, self, status
+
     def _finish(self, outcome: Outcome[T]) -> None:
         self._outcome = outcome
         self._task = None  # the task's context holds this handle: no cycle through it
@@ -336,8 +380,26 @@ class AbortHandle(metaclass=NoPublicConstructor):
         return f"<AbortHandle of {self._handle!r}>"
 
 
+def check_task_arguments(
+    nursery: object,
+    async_fn: Callable[..., object],
+    name: str | None,
+    token: CancellationToken | None,
+    what: str,
+) -> str:
+    """Check the arguments every spawn and start share; return the task's name."""
+    check_nursery(nursery, what)
+    if token is not None and not isinstance(token, CancellationToken):
+        raise TypeError(f"token must be a CancellationToken or None, not {type(token).__name__}")
+    if name is None:
+        return getattr(async_fn, "__qualname__", None) or repr(async_fn)
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+    return name
+
+
 def make_handle(
-    nursery: trio.Nursery,
+    nursery: Nursery,
     async_fn: Callable[..., Awaitable[T]],
     args: tuple[object, ...],
     name: str | None,
@@ -345,14 +407,7 @@ def make_handle(
     on_done: Callable[[TaskHandle[T]], None] | None,
     what: str = "spawn()",
 ) -> TaskHandle[T]:
-    if not isinstance(nursery, trio.Nursery):
-        raise TypeError(f"{what} needs a trio.Nursery, not {type(nursery).__name__}")
-    if token is not None and not isinstance(token, CancellationToken):
-        raise TypeError(f"token must be a CancellationToken or None, not {type(token).__name__}")
-    if name is None:
-        name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
-    elif not isinstance(name, str):
-        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+    name = check_task_arguments(nursery, async_fn, name, token, what)
     fn = with_token(async_fn, args, token, what)
     coro = coroutine_or_error(fn, args, what)  # a sync function fails here, as in Trio
     handle: TaskHandle[T] = TaskHandle[T]._create(coro, name, token, on_done)
@@ -366,9 +421,220 @@ def make_handle(
     return handle
 
 
+# ------------------------------------------------------------------ start
+
+
+class _ErrorBeforeStarted(BaseException):
+    """Carries an ``Exception`` raised before ``started()`` past :meth:`TaskHandle._run` (which
+    would record it as ``Failed``), so that it propagates from ``start()`` as in Trio."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__("raised before task_status.started()")
+        self.error = error
+
+
+class _ReturnedBeforeStarted(BaseException):
+    """The function returned without calling ``task_status.started()``."""
+
+
+@final
+class _StartStatus:
+    """The ``task_status`` a started function receives: forwards ``started(value)`` to the
+    nursery's, and tells the owner (a ``JoinSet``, a ``GracefulShutdown``) once the task has
+    really moved into the nursery (not when the ``start()`` call was cancelled meanwhile, as
+    Trio then leaves the task under the caller)."""
+
+    __slots__ = (
+        "_on_done",
+        "_on_started",
+        "called",
+        "coro",
+        "handle",
+        "injected",
+        "moved",
+        "real",
+        "what",
+    )
+
+    def __init__(
+        self,
+        what: str,
+        injected: CancellationToken | None,
+        on_started: Callable[[TaskHandle[Any]], None] | None,
+        on_done: Callable[[TaskHandle[Any]], None] | None,
+    ) -> None:
+        self.what = what
+        self.injected = injected  # the token the function was called with, if any
+        self._on_started = on_started
+        self._on_done = on_done
+        self.real: trio.TaskStatus[Any] | None = None
+        self.handle: TaskHandle[Any] | None = None
+        self.called = False
+        self.moved = False
+        self.coro: Coroutine[Any, Any, Any] | None = None  # the function's
+
+    def close_function(self) -> None:
+        """Close the function's coroutine: a no-op once it has run, and no "never awaited"
+        warning when the task was aborted before it first ran."""
+        coro, self.coro = self.coro, None
+        if coro is not None:
+            coro.close()
+
+    def started(self, value: object = None) -> None:
+        """As ``trio.TaskStatus.started``: ``start()`` returns ``(handle, value)``."""
+        real, handle = self.real, self.handle
+        assert real is not None
+        if handle is None:  # started already: Trio's own error for a second call
+            real.started(value)
+            return
+        task = handle._task
+        before = None if task is None else task.parent_nursery
+        real.started(value)  # a second call raises RuntimeError here, as in Trio
+        self.called = True
+        if task is not None and task.parent_nursery is before:
+            return  # the start() call was cancelled: the task stays under it and is cancelled
+        self.moved = True
+        # The function's frames hold this status, and a stored error's traceback holds those
+        # frames: from now on the status keeps no reference to the handle (no cycle).
+        self.handle = None
+        handle._on_done = self._on_done
+        if self._on_started is not None:
+            self._on_started(handle)
+
+    def cancelled_error(self, handle: TaskHandle[Any]) -> OperationCancelledError:
+        token = handle._token
+        cause = token.cause if token is not None and not handle._aborted_first else None
+        return OperationCancelledError(handle._aborted_reason(), cause)
+
+    def ended_without_started(self, handle: TaskHandle[Any]) -> Exception:
+        if handle._scope.cancel_called:
+            return self.cancelled_error(handle)
+        for token in (handle._token, self.injected):
+            if token is not None and token.is_cancelled():
+                return OperationCancelledError(token.reason, token.cause)
+        return RuntimeError(
+            f"{self.what}: {handle.name!r} returned without calling task_status.started()"
+        )
+
+
+async def _until_started(coro: Coroutine[Any, Any, T], status: _StartStatus) -> T:
+    """The function of a started task, as :meth:`TaskHandle._run` sees it: before
+    ``started()``, an ``Exception`` or a return must reach ``start()``, not the outcome."""
+    # A stored error's traceback reaches this frame: once it ends, its locals must not hold
+    # the status (status -> handle -> outcome -> error -> this frame would be a cycle).
+    try:
+        value = await coro
+        moved = status.moved
+    except Exception as exc:
+        if status.moved:
+            raise
+        raise _ErrorBeforeStarted(exc) from None
+    finally:
+        del coro, status
+    if not moved:
+        raise _ReturnedBeforeStarted
+    return value
+
+
+async def start_task(
+    nursery: Nursery,
+    fn: Callable[..., Awaitable[T]],
+    args: tuple[object, ...],
+    name: str,
+    token: CancellationToken | None,
+    what: str,
+    *,
+    injected: CancellationToken | None = None,
+    on_started: Callable[[TaskHandle[T]], None] | None = None,
+    on_done: Callable[[TaskHandle[T]], None] | None = None,
+    starting: set[TaskHandle[Any]] | None = None,
+    abort_reason: str | None = None,
+) -> tuple[TaskHandle[T], Any]:
+    """Start ``fn(*args, task_status=...)`` (``fn`` already has the token rule applied) with a
+    handle, and wait until it calls ``started()``. ``token`` binds the task's scope;
+    ``injected`` is the token ``fn`` receives (for the error when it fires first);
+    ``starting`` holds the handle until it has started or ended (so that the owner can abort
+    it); a non-``None`` ``abort_reason`` aborts it at once."""
+    status = _StartStatus(what, injected, on_started, on_done)
+    coro = coroutine_or_error(functools.partial(fn, task_status=status), args, what)
+    handle: TaskHandle[T] = TaskHandle[T]._create(_until_started(coro, status), name, token, None)
+    status.handle, status.coro = handle, coro
+    if token is not None:
+        token._add_scope(handle._scope)  # the task cannot run before nursery.start below
+    if starting is not None:
+        starting.add(handle)
+    try:
+        if abort_reason is not None:
+            handle.abort(abort_reason)
+        value = await nursery.start(handle._run_start, status, name=name)
+    except BaseException:
+        if handle._coro is not None:  # nursery.start failed before the task ran
+            handle._coro.close()
+            coro.close()
+            if token is not None:
+                token._discard_scope(handle._scope)
+        raise
+    finally:
+        if starting is not None:
+            starting.discard(handle)
+        del coro
+    if not status.moved:  # started() was called as the start() call was being cancelled
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError(f"{what}: the task did not move into the nursery")  # pragma: no cover
+    return handle, value
+
+
+async def start(
+    nursery: trio.Nursery | anyio.abc.TaskGroup,
+    async_fn: Callable[..., Awaitable[T]],
+    *args: object,
+    name: str | None = None,
+    token: CancellationToken | None = None,
+) -> tuple[TaskHandle[T], Any]:
+    """Start ``async_fn(*args, task_status=...)`` in ``nursery`` with a handle, as
+    :meth:`trio.Nursery.start` does: return once the task has called
+    ``task_status.started(value)``, with the task's :class:`TaskHandle` and that value
+    ("start a server and wait until it listens").
+
+    Before ``started()`` the task runs under the caller, as in Trio: an error it raises then
+    propagates from here (and there is no handle); after it, the task lives in ``nursery``
+    and its outcome is recorded as for :func:`spawn` (an ``Exception`` becomes ``Failed``).
+    ``async_fn`` takes ``task_status`` as a keyword (annotate it ``trio.TaskStatus[X]``, with
+    ``trio.TASK_STATUS_IGNORED`` as the default so that it can be awaited directly too).
+    ``token`` and the word ``token`` follow :func:`spawn`'s rule. tokio has no counterpart.
+
+    Args:
+        nursery: Where the task runs once started: a Trio nursery, or an anyio task group
+            on anyio's Trio backend.
+        async_fn: The async function; ``args`` are passed positionally.
+        name: The task's name; default the function's qualified name.
+        token: Binds the task's scope, as for :func:`spawn`.
+
+    Returns:
+        ``(handle, value)``: the task's handle and the value it passed to ``started()``.
+
+    Raises:
+        OperationCancelledError: The task was aborted, or its token fired, before it called
+            ``started()`` (``.reason`` and ``.cause`` say why).
+        RuntimeError: The task returned without calling ``started()``; or ``nursery`` is an
+            anyio task group outside Trio (anyio's asyncio backend).
+        TypeError: As :func:`spawn` (also when ``async_fn`` takes no ``task_status``).
+
+    Cancellation:
+        Always a checkpoint. Cancelled before the call, nothing starts. Cancelled while
+        waiting for ``started()``, the task is cancelled (it runs under this call until
+        then, as in Trio) and ``trio.Cancelled`` propagates; no handle is returned. Once
+        ``started()`` has been called the task is independent of this call.
+    """
+    name = check_task_arguments(nursery, async_fn, name, token, "start()")
+    fn = with_token(async_fn, args, token, "start()")
+    await trio.lowlevel.checkpoint_if_cancelled()
+    return await start_task(nursery, fn, args, name, token, "start()", injected=token)
+
+
 @overload
 def spawn(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery | anyio.abc.TaskGroup,
     async_fn: Callable[[*PosArgsT], Awaitable[T]],
     *args: *PosArgsT,
     name: str | None = None,
@@ -376,7 +642,7 @@ def spawn(
 ) -> TaskHandle[T]: ...
 @overload
 def spawn(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery | anyio.abc.TaskGroup,
     async_fn: Callable[..., Awaitable[T]],
     *args: object,
     name: str | None = None,
@@ -385,7 +651,7 @@ def spawn(
 
 
 def spawn(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery | anyio.abc.TaskGroup,
     async_fn: Callable[..., Awaitable[T]],
     *args: object,
     name: str | None = None,
@@ -403,8 +669,10 @@ def spawn(
         name: The task's name (Trio's task name too); default the function's qualified name.
         token: If given, the task's scope is bound to it: cancelling the token aborts the task
             (``Aborted(token.reason)``), at once if it is already cancelled. And, the one rule
-            for the word everywhere: if ``async_fn`` accepts a keyword ``token`` (a parameter
-            of that name, or ``**kwargs``), it is called with ``token=token``.
+            for the word everywhere: if ``async_fn`` declares ``token: CancellationToken`` (or
+            ``CancellationToken | None``, or a string annotation naming it), it is called
+            with ``token=token``. Nothing is passed to an unannotated ``token``, a ``token``
+            of another type (an API key) or ``**kwargs``.
 
     Returns:
         The task's :class:`TaskHandle`.
@@ -412,7 +680,7 @@ def spawn(
     Raises:
         TypeError: ``async_fn`` is not an async function (as ``nursery.start_soon`` raises:
             a sync function has run by then and its result is discarded); or its ``token``
-            parameter is required and no ``token`` was given.
+            parameter is required and no ``token`` was given, or is required and unannotated.
 
     Not a checkpoint; never blocks (like ``nursery.start_soon``).
     """

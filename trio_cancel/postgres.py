@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
@@ -43,6 +43,9 @@ except ImportError as _missing:  # pragma: no cover - depends on the installatio
 
 from ._dbapi import Backend, DatabaseConnection, Interruption, TransactionBlock
 from ._util import NoPublicConstructor
+
+if TYPE_CHECKING:
+    from ._dbapi import Parameters
 
 __all__ = ["Connection", "TransactionBlock", "connect"]
 
@@ -105,16 +108,20 @@ def _in_transaction(raw: psycopg.Connection[Any]) -> bool:
     return raw.info.transaction_status != TransactionStatus.IDLE
 
 
-def _execute(raw: psycopg.Connection[Any], sql: str, parameters: Any) -> int:  # noqa: ANN401
+def _execute(raw: psycopg.Connection[Any], sql: str, parameters: Parameters) -> int:
     return raw.execute(sql, parameters or None).rowcount
 
 
-def _fetchone(raw: psycopg.Connection[Any], sql: str, parameters: Any) -> tuple[Any, ...] | None:  # noqa: ANN401
+def _fetchone(
+    raw: psycopg.Connection[Any], sql: str, parameters: Parameters
+) -> tuple[Any, ...] | None:
     row = raw.execute(sql, parameters or None).fetchone()
     return None if row is None else tuple(row)
 
 
-def _fetchall(raw: psycopg.Connection[Any], sql: str, parameters: Any) -> list[tuple[Any, ...]]:  # noqa: ANN401
+def _fetchall(
+    raw: psycopg.Connection[Any], sql: str, parameters: Parameters
+) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in raw.execute(sql, parameters or None).fetchall()]
 
 

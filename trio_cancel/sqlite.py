@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from ._dbapi import Backend, DatabaseConnection, Interruption, TransactionBlock
 from ._util import NoPublicConstructor
+
+if TYPE_CHECKING:
+    from ._dbapi import Parameters
 
 __all__ = ["Connection", "TransactionBlock", "connect"]
 
@@ -37,16 +40,16 @@ def _is_interruption(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted"
 
 
-def _execute(raw: sqlite3.Connection, sql: str, parameters: Any) -> int:  # noqa: ANN401
+def _execute(raw: sqlite3.Connection, sql: str, parameters: Parameters) -> int:
     return raw.execute(sql, parameters).rowcount
 
 
-def _fetchone(raw: sqlite3.Connection, sql: str, parameters: Any) -> tuple[Any, ...] | None:  # noqa: ANN401
+def _fetchone(raw: sqlite3.Connection, sql: str, parameters: Parameters) -> tuple[Any, ...] | None:
     row = raw.execute(sql, parameters).fetchone()
     return None if row is None else tuple(row)
 
 
-def _fetchall(raw: sqlite3.Connection, sql: str, parameters: Any) -> list[tuple[Any, ...]]:  # noqa: ANN401
+def _fetchall(raw: sqlite3.Connection, sql: str, parameters: Parameters) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in raw.execute(sql, parameters).fetchall()]
 
 
