@@ -546,3 +546,31 @@ def test_a_huge_grace_is_refused_with_a_short_message() -> None:
         tc.async_guard(cleanup, grace=10**400)
     assert len(str(info.value)) < 120
     assert "0" * 50 not in str(info.value)
+
+
+async def test_a_task_spawned_inside_a_guard_does_not_inherit_its_bound(tmp_path: Path) -> None:
+    """The guard's bound applies to the guard's own task: a task it spawns (which inherits its
+    context) commits later with its connection's bound, not the guard's expired one."""
+    import trio_cancel.sqlite as tc_sqlite
+
+    outcomes: list[object] = []
+    async with await tc_sqlite.connect(tmp_path / "spawned.db") as conn:
+        await conn.execute("CREATE TABLE t (v INTEGER)")
+        async with trio.open_nursery() as nursery:
+            go = trio.Event()
+
+            async def later() -> None:
+                await go.wait()
+                tx = conn.transaction()
+                async with tx:
+                    await conn.execute("INSERT INTO t VALUES (1)")
+                outcomes.append(tx.outcome)
+
+            async def cleanup() -> None:
+                nursery.start_soon(later)
+
+            async with tc.async_guard(cleanup, grace=0):
+                pass
+            go.set()
+        assert outcomes == ["committed"]
+        assert await conn.fetchall("SELECT v FROM t") == [(1,)]

@@ -739,13 +739,19 @@ class TransactionBlock(metaclass=NoPublicConstructor):
         try:
             conn._check_open()
             await conn._run(begin, "BEGIN")
-        except BaseException:
+        except BaseException as begin_error:
             # Undo only this block's own BEGIN, if it ran (the job checks the flag in order).
+            interrupted: BaseException | None = None
             with trio.CancelScope(shield=True):
                 if not conn._closed:
-                    await conn._run_to_end(self._rollback_job, "ROLLBACK", conn._grace)
+                    _, interrupted = await conn._run_to_end(
+                        self._rollback_job, "ROLLBACK", conn._grace
+                    )
             conn._owner = None
             conn._lock.release()
+            if interrupted is not None:
+                # A KeyboardInterrupt during the rollback.
+                raise interrupted from begin_error  # noqa: ASYNC104
             raise
         self._state = "open"
         conn._block = self

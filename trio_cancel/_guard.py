@@ -71,22 +71,25 @@ class Transaction(Protocol):
 
 
 # The deadline (Trio clock) of the guard's shielded, bounded scope that the current code runs
-# in: a commit or rollback that shields itself again (a database transaction block) does not
-# wait past it, so the guard's grace period bounds the whole exit (the smaller bound wins).
-_OUTER_BOUND: contextvars.ContextVar[float] = contextvars.ContextVar(
-    "trio_cancel_outer_bound", default=math.inf
+# in, and the task running it: a commit or rollback that shields itself again (a database
+# transaction block) does not wait past it, so the guard's grace period bounds the whole exit
+# (the smaller bound wins). Only for that task: a task spawned from inside the scope inherits
+# the context but not the bound.
+_OUTER_BOUND: contextvars.ContextVar[tuple[float, trio.lowlevel.Task | None]] = (
+    contextvars.ContextVar("trio_cancel_outer_bound", default=(math.inf, None))
 )
 
 
 def outer_bound() -> float:
-    """The deadline of the enclosing guard's bounded scope (``inf`` outside any)."""
-    return _OUTER_BOUND.get()
+    """The deadline of the enclosing guard's bounded scope in this task (``inf`` if none)."""
+    deadline, task = _OUTER_BOUND.get()
+    return deadline if task is trio.lowlevel.current_task() else math.inf
 
 
 @contextlib.contextmanager
 def _bounded_scope(grace: float) -> Iterator[trio.CancelScope]:
-    deadline = min(trio.current_time() + grace, _OUTER_BOUND.get())
-    reset = _OUTER_BOUND.set(deadline)
+    deadline = min(trio.current_time() + grace, outer_bound())
+    reset = _OUTER_BOUND.set((deadline, trio.lowlevel.current_task()))
     try:
         with trio.CancelScope(shield=True, deadline=deadline) as scope:
             yield scope
