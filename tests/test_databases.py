@@ -1141,3 +1141,47 @@ async def test_block_exit_after_commit_or_rollback_inside_is_a_checkpoint(
             await tx.__aenter__()
             with trio.testing.assert_checkpoints():
                 await tx.__aexit__(None, None, None)
+
+
+async def test_a_block_whose_entry_was_cancelled_after_its_begin_ran_has_an_outcome(
+    tmp_path: Path,
+) -> None:
+    """The entry's BEGIN does not stop within grace (abandoned): the block never runs, its
+    undo stays queued, and outcome says so ("rollback timed out"), never None; once the BEGIN
+    ended, the queued ROLLBACK ends it before anything else."""
+    import trio_cancel as tc
+
+    gate, in_begin = threading.Event(), threading.Event()
+
+    def hold_begin() -> int:
+        in_begin.set()
+        gate.wait(30)
+        return 0
+
+    try:
+        async with await tc_sqlite.connect(tmp_path / "begin.db", grace=0.05) as conn:
+            await conn.execute("CREATE TABLE t (v INTEGER)")
+            await _on_thread(conn, lambda raw: raw.set_progress_handler(hold_begin, 1))
+            tx = conn.transaction()
+            ran = False
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_in_begin() -> None:
+                        await trio.to_thread.run_sync(in_begin.wait)
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_in_begin)
+                    with pytest.warns(tc.CleanupTimeoutWarning):
+                        async with tx:
+                            ran = True
+            assert not ran
+            assert tx.outcome == "rollback timed out"
+            gate.set()
+            await _on_thread(conn, lambda raw: raw.set_progress_handler(None, 1))
+            assert not conn.in_transaction
+            await conn.execute("INSERT INTO t VALUES (1)")  # autocommit: kept
+        async with await tc_sqlite.connect(tmp_path / "begin.db") as check:
+            assert await check.fetchall("SELECT v FROM t") == [(1,)]
+    finally:
+        gate.set()

@@ -488,7 +488,10 @@ class TransactionBlock(metaclass=NoPublicConstructor):
     Built by ``Connection.transaction()``.
 
     Attributes:
-        outcome: ``None`` while the block runs; then ``"committed"``, ``"rolled back"``,
+        outcome: ``None`` while the block runs (and for a block whose entry raised before
+            its ``BEGIN`` took effect: it never started); then ``"committed"``,
+            ``"rolled back"`` (also when the entry raised after its ``BEGIN`` ran: that
+            ``BEGIN`` was undone),
             ``"rollback timed out"`` (the rollback is still queued behind a statement that
             did not stop: it runs before any later statement on the connection), or
             ``"unknown"`` (the commit did not end within its bound:
@@ -744,9 +747,15 @@ class TransactionBlock(metaclass=NoPublicConstructor):
             interrupted: BaseException | None = None
             with trio.CancelScope(shield=True):
                 if not conn._closed:
-                    _, interrupted = await conn._run_to_end(
+                    undone, interrupted = await conn._run_to_end(
                         self._rollback_job, "ROLLBACK", conn._grace
                     )
+                    # Only once this block's own BEGIN took effect is there an outcome to
+                    # tell; otherwise the block never started (outcome None).
+                    if undone is None:
+                        self._state, self.outcome = "done", "rollback timed out"
+                    elif self._began:
+                        self._state, self.outcome = "done", "rolled back"
             conn._owner = None
             conn._lock.release()
             if interrupted is not None:
