@@ -936,3 +936,252 @@ async def test_postgres_connection_lost_during_commit_is_unknown_not_failed() ->
         assert conn.closed
         with pytest.raises(trio.ClosedResourceError, match="lost during a COMMIT"):
             await conn.execute("SELECT 1")
+
+
+# ---------------------------------------------------------------- issue 21: the adversary's cases
+
+
+@pytest.mark.parametrize("mode", ["on_exit", "explicit"])
+@pytest.mark.parametrize("failure", ["caught SQL error", "statement cut by move_on_after"])
+async def test_postgres_failed_transaction_is_reported_rolled_back_not_committed(
+    mode: Literal["on_exit", "explicit"], failure: str
+) -> None:
+    """PostgreSQL turns the COMMIT of a failed transaction into ROLLBACK: the exit must say
+    so (InFailedSqlTransaction, "rolled back"), never "committed"."""
+    import psycopg
+
+    import trio_cancel.postgres as tc_postgres
+
+    async with (
+        _pg_schema() as (dsn, options),
+        await tc_postgres.connect(dsn, options=options) as conn,
+    ):
+        await conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+        tx = conn.transaction(commit=mode)
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction, match="rolled it back"):
+            async with tx:
+                await conn.execute("INSERT INTO t VALUES (1)")
+                if failure == "caught SQL error":
+                    with pytest.raises(psycopg.errors.UniqueViolation):
+                        await conn.execute("INSERT INTO t VALUES (1)")
+                else:
+                    with trio.move_on_after(0.1) as scope:
+                        await conn.execute("SELECT pg_sleep(10)")
+                    assert scope.cancelled_caught
+                if mode == "explicit":
+                    await tx.commit()
+        assert tx.outcome == "rolled back"
+        assert not conn.in_transaction
+        assert await conn.fetchall("SELECT v FROM t") == []
+        async with conn.transaction():  # the connection goes on working
+            await conn.execute("INSERT INTO t VALUES (2)")
+        assert await conn.fetchall("SELECT v FROM t") == [(2,)]
+
+
+_ENDLESS_WRITE = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000000) "
+    "INSERT INTO big SELECT x FROM c"
+)
+
+
+@pytest.mark.parametrize("catch_refusal", [False, True])
+@pytest.mark.parametrize("how", ["interrupted write", "INSERT OR ROLLBACK"])
+async def test_sqlite_transaction_ended_by_sqlite_refuses_the_blocks_later_statements(
+    tmp_path: Path, how: str, catch_refusal: bool
+) -> None:
+    """SQLite ends the block's transaction by itself: the block's later statements must not
+    autocommit; they are refused, and the exit says "rolled back" truthfully."""
+    import sqlite3
+
+    running = threading.Event()
+    async with await tc_sqlite.connect(tmp_path / "escaped.db") as conn:
+        await conn.execute("CREATE TABLE t (v TEXT)")
+        await conn.execute("CREATE TABLE big (x INTEGER)")
+        await conn.execute("CREATE TABLE u (id INTEGER PRIMARY KEY)")
+        await conn.execute("INSERT INTO u VALUES (1)")
+        tx = conn.transaction()
+
+        async def end_it() -> None:
+            if how == "INSERT OR ROLLBACK":
+                with pytest.raises(sqlite3.IntegrityError):
+                    await conn.execute("INSERT OR ROLLBACK INTO u VALUES (1)")
+                return
+
+            def progress() -> int:
+                running.set()
+                return 0
+
+            await _on_thread(conn, lambda raw: raw.set_progress_handler(progress, 1000))
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_when_running() -> None:
+                        await trio.to_thread.run_sync(running.wait)
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_when_running)
+                    await conn.execute(_ENDLESS_WRITE)
+            assert scope.cancelled_caught
+            await _on_thread(conn, lambda raw: raw.set_progress_handler(None, 1000))
+
+        with pytest.raises(sqlite3.OperationalError, match="refused"):
+            async with tx:
+                await conn.execute("INSERT INTO t VALUES ('before')")
+                await end_it()
+                assert not conn.in_transaction  # SQLite ended it
+                if catch_refusal:
+                    with pytest.raises(sqlite3.OperationalError, match="refused"):
+                        await conn.execute("INSERT INTO t VALUES ('after')")
+                else:
+                    await conn.execute("INSERT INTO t VALUES ('after')")
+        assert tx.outcome == "rolled back"
+        assert await conn.fetchall("SELECT v FROM t") == []  # nothing autocommitted
+        assert await conn.fetchall("SELECT count(*) FROM big") == [(0,)]
+        async with conn.transaction():  # the next block works as usual
+            await conn.execute("INSERT INTO t VALUES ('next')")
+        assert await conn.fetchall("SELECT v FROM t") == [("next",)]
+
+
+def _holds_keyboard_interrupt(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_holds_keyboard_interrupt(e) for e in exc.exceptions)
+    return exc.__cause__ is not None and _holds_keyboard_interrupt(exc.__cause__)
+
+
+@pytest.mark.parametrize("commit_ends", ["within grace", "after grace"])
+def test_keyboard_interrupt_during_a_commit_leaves_a_documented_outcome(
+    tmp_path: Path, commit_ends: str
+) -> None:
+    """Ctrl+C while the COMMIT runs: the block waits for it (bounded by grace) and records its
+    true outcome before the KeyboardInterrupt propagates; "unknown" if it still runs."""
+    import signal
+
+    gate = threading.Event()
+    in_commit = threading.Event()
+    path = tmp_path / "ki.db"
+    grace = 30.0 if commit_ends == "within grace" else 0.2
+    blocks: list[tc_sqlite.TransactionBlock] = []
+
+    @trio.lowlevel.enable_ki_protection
+    def ctrl_c() -> None:  # delivered to the main task, as Trio does for a real Ctrl+C
+        signal.raise_signal(signal.SIGINT)
+
+    async def main() -> None:
+        async with await tc_sqlite.connect(path, grace=grace, busy_timeout=0) as conn:
+            await conn.execute("CREATE TABLE t (v INTEGER)")
+
+            def hold_commit() -> int:
+                in_commit.set()
+                gate.wait(30)
+                return 0
+
+            async def press_ctrl_c() -> None:
+                await trio.to_thread.run_sync(in_commit.wait)
+                ctrl_c()
+                await trio.testing.wait_all_tasks_blocked()  # the main task got it
+                if commit_ends == "within grace":
+                    gate.set()
+
+            async with trio.open_nursery() as nursery:
+                tx = conn.transaction()
+                blocks.append(tx)
+                async with tx:
+                    await conn.execute("INSERT INTO t VALUES (1)")
+                    await _on_thread(conn, lambda raw: raw.set_progress_handler(hold_commit, 1))
+                    nursery.start_soon(press_ctrl_c)
+
+    try:
+        with pytest.raises(BaseException) as info:  # noqa: PT011 - checked below
+            trio.run(main)
+        assert _holds_keyboard_interrupt(info.value), info.value
+    finally:
+        gate.set()
+    (tx,) = blocks
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as check:
+        rows = check.execute("SELECT v FROM t").fetchall()
+    if commit_ends == "within grace":
+        assert tx.outcome == "committed"
+        assert rows == [(1,)]
+    else:
+        assert tx.outcome == "unknown"
+
+
+async def test_aclose_while_the_exit_commits_never_reports_a_false_outcome(db: Db) -> None:
+    """aclose() from another task as the block's exit starts its commit: the COMMIT is sent
+    before aclose() can slip in (nothing suspends between), so it ends and says what it did."""
+    async with await db.connect() as setup:
+        await setup.execute("CREATE TABLE t (v INTEGER)")
+    conn = await db.connect()
+    tx = conn.transaction()
+    async with trio.open_nursery() as nursery, tx:
+        await conn.execute("INSERT INTO t VALUES (1)")
+        nursery.start_soon(conn.aclose)  # runs once the exit waits
+    assert tx.outcome == "committed"
+    assert conn.closed
+    async with await db.connect() as fresh:
+        assert await fresh.fetchall("SELECT v FROM t") == [(1,)]
+
+
+@pytest.mark.parametrize("inside", ["commit", "rollback"])
+async def test_block_exit_after_commit_or_rollback_inside_is_a_checkpoint(
+    db: Db, inside: str
+) -> None:
+    async with await db.connect() as conn:
+        tx = conn.transaction()
+        await tx.__aenter__()
+        await (tx.commit() if inside == "commit" else tx.rollback())
+        with trio.testing.assert_checkpoints():
+            await tx.__aexit__(None, None, None)
+        for mode in ("on_exit", "explicit"):
+            tx = conn.transaction(commit=mode)
+            await tx.__aenter__()
+            with trio.testing.assert_checkpoints():
+                await tx.__aexit__(None, None, None)
+
+
+async def test_a_block_whose_entry_was_cancelled_after_its_begin_ran_has_an_outcome(
+    tmp_path: Path,
+) -> None:
+    """The entry's BEGIN does not stop within grace (abandoned): the block never runs, its
+    undo stays queued, and outcome says so ("rollback timed out"), never None; once the BEGIN
+    ended, the queued ROLLBACK ends it before anything else."""
+    import trio_cancel as tc
+
+    gate, in_begin = threading.Event(), threading.Event()
+
+    def hold_begin() -> int:
+        in_begin.set()
+        gate.wait(30)
+        return 0
+
+    try:
+        async with await tc_sqlite.connect(tmp_path / "begin.db", grace=0.05) as conn:
+            await conn.execute("CREATE TABLE t (v INTEGER)")
+            await _on_thread(conn, lambda raw: raw.set_progress_handler(hold_begin, 1))
+            tx = conn.transaction()
+            ran = False
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_in_begin() -> None:
+                        await trio.to_thread.run_sync(in_begin.wait)
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_in_begin)
+                    with pytest.warns(tc.CleanupTimeoutWarning):
+                        async with tx:
+                            ran = True
+            assert not ran
+            assert tx.outcome == "rollback timed out"
+            gate.set()
+            await _on_thread(conn, lambda raw: raw.set_progress_handler(None, 1))
+            assert not conn.in_transaction
+            await conn.execute("INSERT INTO t VALUES (1)")  # autocommit: kept
+        async with await tc_sqlite.connect(tmp_path / "begin.db") as check:
+            assert await check.fetchall("SELECT v FROM t") == [(1,)]
+    finally:
+        gate.set()

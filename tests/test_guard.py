@@ -17,7 +17,11 @@ import trio_cancel as tc
 from trio_cancel.testing import cancel_at_each_checkpoint
 
 if TYPE_CHECKING:
+    import threading
+    from collections.abc import Awaitable
     from pathlib import Path
+
+    import trio_cancel.sqlite as tc_sqlite
 
 # ---------------------------------------------------------------- async_guard
 
@@ -458,3 +462,115 @@ def test_async_guard_rejects_sync_cleanup_and_huge_grace() -> None:
         tc.async_guard(cleanup)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="too large"):
         tc.async_guard(async_cleanup, grace=10**400)
+
+
+# ---------------------------------------------------------------- around a database block
+
+
+def _held_commit(
+    conn: tc_sqlite.Connection, in_commit: threading.Event, gate: threading.Event
+) -> Awaitable[object]:
+    """Make the next COMMIT on the SQLite ``conn`` wait for ``gate`` (a progress handler)."""
+
+    def hold() -> int:
+        in_commit.set()
+        gate.wait(60)
+        return 0
+
+    return conn._call(lambda raw: raw.set_progress_handler(hold, 1), "test setup")
+
+
+@pytest.mark.parametrize("which_grace", ["the connection's", "the guard's"])
+async def test_commit_or_rollback_over_a_block_whose_commit_is_unknown(
+    tmp_path: Path, which_grace: str
+) -> None:
+    """The block's commit overran a bound (its own grace, or the guard's smaller one): the
+    guard reports "unknown", rolls nothing back, raises CommitOutcomeUnknownError alone, and
+    returns within the smaller bound."""
+    import threading
+
+    import trio_cancel.sqlite as tc_sqlite
+
+    gate, in_commit = threading.Event(), threading.Event()
+    conn_grace, guard_grace = (0.05, 60.0) if which_grace == "the connection's" else (20.0, 0.05)
+    try:
+        async with await tc_sqlite.connect(
+            tmp_path / "g.db", grace=conn_grace, busy_timeout=0
+        ) as conn:
+            await conn.execute("CREATE TABLE t (v INTEGER)")
+            tx = conn.transaction(commit="explicit")
+            guard = tc.commit_or_rollback(tx, grace=guard_grace)
+            # The smaller bound is a fraction of a second; 10 s is a wide margin below the
+            # larger one (the checkpoint after the block raises TooSlowError if it won).
+            with trio.fail_after(10):
+                with pytest.raises(tc.CommitOutcomeUnknownError, match="may have committed"):
+                    async with tx, guard:
+                        await conn.execute("INSERT INTO t VALUES (1)")
+                        await _held_commit(conn, in_commit, gate)
+                await trio.lowlevel.checkpoint()
+            assert guard.outcome == "unknown"
+            assert tx.outcome == "unknown"
+            assert not gate.is_set()
+            gate.set()
+            assert await conn.fetchall("SELECT v FROM t") == [(1,)]  # it did commit
+    finally:
+        gate.set()
+
+
+async def test_commit_or_rollback_over_a_block_whose_commit_failed(tmp_path: Path) -> None:
+    """The block's commit failed (its transaction already ended): the guard's rollback does not
+    add a RuntimeError; the driver's error propagates alone, "rolled back"."""
+    import trio_cancel.sqlite as tc_sqlite
+
+    async with await tc_sqlite.connect(tmp_path / "fk.db") as conn:
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        await conn.execute(
+            "CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        tx = conn.transaction(commit="explicit")
+        guard = tc.commit_or_rollback(tx)
+        with pytest.raises(sqlite3.IntegrityError):
+            async with tx, guard:
+                await conn.execute("INSERT INTO child VALUES (42)")  # fails at COMMIT
+        assert guard.outcome == "rolled back"
+        assert tx.outcome == "rolled back"
+        assert await conn.fetchall("SELECT * FROM child") == []
+
+
+def test_a_huge_grace_is_refused_with_a_short_message() -> None:
+    async def cleanup() -> None:
+        pass
+
+    with pytest.raises(ValueError, match="too large") as info:
+        tc.async_guard(cleanup, grace=10**400)
+    assert len(str(info.value)) < 120
+    assert "0" * 50 not in str(info.value)
+
+
+async def test_a_task_spawned_inside_a_guard_does_not_inherit_its_bound(tmp_path: Path) -> None:
+    """The guard's bound applies to the guard's own task: a task it spawns (which inherits its
+    context) commits later with its connection's bound, not the guard's expired one."""
+    import trio_cancel.sqlite as tc_sqlite
+
+    outcomes: list[object] = []
+    async with await tc_sqlite.connect(tmp_path / "spawned.db") as conn:
+        await conn.execute("CREATE TABLE t (v INTEGER)")
+        async with trio.open_nursery() as nursery:
+            go = trio.Event()
+
+            async def later() -> None:
+                await go.wait()
+                tx = conn.transaction()
+                async with tx:
+                    await conn.execute("INSERT INTO t VALUES (1)")
+                outcomes.append(tx.outcome)
+
+            async def cleanup() -> None:
+                nursery.start_soon(later)
+
+            async with tc.async_guard(cleanup, grace=0):
+                pass
+            go.set()
+        assert outcomes == ["committed"]
+        assert await conn.fetchall("SELECT v FROM t") == [(1,)]

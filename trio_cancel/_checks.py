@@ -33,10 +33,20 @@ def check_seconds(value: object, name: str) -> float:
     try:
         seconds = float(value)
     except OverflowError:
-        raise ValueError(f"{name} is too large to be a number of seconds: {value!r}") from None
+        raise ValueError(
+            f"{name} is too large to be a number of seconds: {_shorten(value)}"
+        ) from None
     if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
     return seconds
+
+
+def _shorten(value: object) -> str:
+    """``repr(value)`` cut to at most 40 characters (a huge int is not printed in full)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_grace(grace: float) -> float:

@@ -24,6 +24,14 @@ Invariants:
    request) runs in a thread of its own; the connection's next call starts only after that
    thread ended (the worker waits for it), and a connection whose cancel thread outlives
    ``grace``, or whose socket had to be shut, is discarded (closed with a reason).
+5. A block's statements run only inside its transaction: if the transaction ends under the
+   block (SQLite rolls it back by itself when a write is interrupted or an ``OR ROLLBACK``
+   conflict fires; a ``COMMIT`` run by hand), the statement's job notes it in the
+   connection's thread, and the block's later statements and its commit are refused there,
+   before they run, so nothing autocommits. The block reports what really happened.
+6. Nothing between the exit's check that the connection is open and the submission of its
+   ``COMMIT`` or ``ROLLBACK`` suspends (PostgreSQL's ``lock_timeout`` is read in the
+   ``COMMIT``'s own job), so ``aclose()`` cannot slip in between.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import trio
 
 from ._checks import check_grace
 from ._exceptions import CommitOutcomeUnknownError
-from ._guard import CleanupTimeoutWarning, combine, pending_cancel
+from ._guard import CleanupTimeoutWarning, combine, outer_bound, pending_cancel
 from ._threads import ThreadCall, wait_call
 from ._util import NoPublicConstructor
 
@@ -115,6 +123,10 @@ class Backend(Generic[RawT]):
     is_broken: Callable[[RawT], bool] = lambda raw: False
     # Shut the connection's socket (non-blocking), so a worker stuck on it returns.
     shut_socket: Callable[[RawT], object] = lambda raw: None
+    # COMMIT; raises the driver's error when the database did not commit (None: execute it).
+    commit: Callable[[RawT], object] | None = None
+    # The driver's error for a statement refused because its block's transaction ended.
+    refused: Callable[[str], Exception] = RuntimeError
 
 
 class DatabaseConnection(Generic[RawT]):
@@ -140,6 +152,7 @@ class DatabaseConnection(Generic[RawT]):
         self._closed_reason: str | None = None
         self._running: tuple[ThreadCall[Any], Callable[[], object]] | None = None
         self._in_transaction = False
+        self._block: TransactionBlock | None = None  # the open block (its owner is _owner)
         # The worker waits for the last cancel thread before its next call (invariant 4).
         self._cancel_ended: threading.Event | None = None
 
@@ -332,6 +345,7 @@ class DatabaseConnection(Generic[RawT]):
             )
 
     def _submit(self, fn: Callable[[RawT], T], what: str) -> ThreadCall[T]:
+        self._check_open()  # never queue a call behind the thread's end
         raw = self._raw
         assert raw is not None
         backend = self._backend
@@ -351,15 +365,47 @@ class DatabaseConnection(Generic[RawT]):
         return call
 
     async def _run_to_end(
-        self, fn: Callable[[RawT], T], what: str, limit: float
-    ) -> outcome.Outcome[T] | None:
+        self,
+        fn: Callable[[RawT], T],
+        what: str,
+        limit: float,
+        extra: Callable[[], float] = lambda: 0.0,
+    ) -> tuple[outcome.Outcome[T] | None, BaseException | None]:
         """Submit a call that is never skipped nor interrupted (a COMMIT, a ROLLBACK), and wait
-        for it, shielded, up to ``limit`` seconds. ``None``: it has not ended yet (it still
-        runs, in order, before anything submitted later). Never raises."""
+        for it, shielded, up to ``limit`` seconds plus ``extra()`` (read when ``limit`` ran
+        out: a lock wait the call itself learned in the thread), never past the bound of an
+        enclosing guard (:func:`~trio_cancel._guard.outer_bound`).
+
+        Returns the call's outcome (``None``: it has not ended yet; it still runs, in order,
+        before anything submitted later) and the ``KeyboardInterrupt`` (or other
+        ``BaseException`` delivered to the task) that arrived meanwhile, if any: after that,
+        the wait goes on for at most ``grace`` more, so the caller can record what really
+        happened before it raises it. Raises only :exc:`trio.ClosedResourceError`, before
+        submitting, if the connection is closed."""
         call = self._submit(fn, what)
-        with trio.move_on_after(limit, shield=True):
-            await call.done.wait()
-        return call.result  # noqa: ASYNC910 - helper; callers checkpoint
+        start = trio.current_time()
+        cap = outer_bound()
+        deadline = min(start + limit, cap)
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                with trio.CancelScope(deadline=deadline, shield=True):
+                    await call.done.wait()
+            # Shielded: no Cancelled from outside reaches here (the scope absorbs its own);
+            # what does is a KeyboardInterrupt, handed to the caller to raise.
+            except BaseException as exc:  # noqa: BLE001, ASYNC103
+                if interrupted is not None:
+                    break  # noqa: ASYNC104 - a second one: stop waiting (the first is raised)
+                interrupted = exc
+                deadline = min(deadline, trio.current_time() + self._grace)
+                continue  # noqa: ASYNC104 - raised by the caller after the wait
+            if call.done.is_set() or interrupted is not None:
+                break
+            later = min(start + limit + extra(), cap)
+            if later <= deadline:
+                break
+            deadline = later
+        return call.result, interrupted  # noqa: ASYNC910 - helper; callers checkpoint
 
     async def _call(self, fn: Callable[[RawT], T], what: str) -> T:
         self._check_open()
@@ -374,10 +420,13 @@ class DatabaseConnection(Generic[RawT]):
         assert raw is not None
         backend = self._backend
         intr = Interruption(self._grace)
+        block = self._block if self._owner is trio.lowlevel.current_task() else None
 
         def statement(raw: RawT) -> T:
             try:
-                return fn(raw)
+                if block is None:
+                    return fn(raw)
+                return block._statement(raw, fn)
             finally:
                 intr.ended.set()
 
@@ -449,7 +498,10 @@ class TransactionBlock(metaclass=NoPublicConstructor):
     Built by ``Connection.transaction()``.
 
     Attributes:
-        outcome: ``None`` while the block runs; then ``"committed"``, ``"rolled back"``,
+        outcome: ``None`` while the block runs (and for a block whose entry raised before
+            its ``BEGIN`` took effect: it never started); then ``"committed"``,
+            ``"rolled back"`` (also when the entry raised after its ``BEGIN`` ran: that
+            ``BEGIN`` was undone),
             ``"rollback timed out"`` (the rollback is still queued behind a statement that
             did not stop: it runs before any later statement on the connection), or
             ``"unknown"`` (the commit did not end within its bound:
@@ -465,7 +517,12 @@ class TransactionBlock(metaclass=NoPublicConstructor):
     _state: Literal["new", "open", "done"] = attrs.field(default="new", init=False)
     # Set in the connection's thread by this block's own successful BEGIN (invariant 3).
     _began: bool = attrs.field(default=False, init=False)
+    # Set in the connection's thread when the transaction ended under the block (SQLite
+    # rolled it back when a statement failed: "failed"; a COMMIT or ROLLBACK run by hand:
+    # "by hand"). Later statements of the block are refused (invariant 5).
+    _ended: Literal["failed", "by hand"] | None = attrs.field(default=None, init=False)
 
+    @trio.lowlevel.enable_ki_protection
     async def commit(self) -> None:
         """Commit now, inside the block (the explicit mode's only way to commit; allowed in
         the default mode too). The block's exit then does nothing more.
@@ -478,29 +535,44 @@ class TransactionBlock(metaclass=NoPublicConstructor):
             trio_cancel.CommitOutcomeUnknownError: The commit did not end within ``grace``
                 plus the driver's lock wait; it may have committed (``outcome`` is
                 ``"unknown"``). Nothing was rolled back.
-            Exception: The driver's error if the commit failed; the transaction was then
-                rolled back.
+            Exception: The driver's error if the commit failed, or if the transaction had
+                failed before it (PostgreSQL: ``psycopg.errors.InFailedSqlTransaction``, after
+                a statement of the block raised; SQLite: ``sqlite3.OperationalError``, when
+                SQLite ended the transaction itself); the transaction was then rolled back.
 
         Cancellation:
             Always a checkpoint. The commit runs shielded, bounded by ``grace`` plus the
             driver's lock wait (SQLite's ``busy_timeout``; PostgreSQL's ``lock_timeout`` when
             set): it is never torn. A cancellation that arrives meanwhile is raised after it
-            (``outcome`` is then ``"committed"``).
+            (``outcome`` is then ``"committed"``). A ``KeyboardInterrupt`` that arrives
+            meanwhile is raised after the commit ended (waiting at most ``grace`` more), with
+            ``outcome`` set; if the commit still runs then, ``outcome`` is ``"unknown"``.
         """
         self._check_in_block("commit()")
         await self._commit_now()
 
+    @trio.lowlevel.enable_ki_protection
     async def rollback(self) -> None:
-        """Roll back now, inside the block; its exit then does nothing more.
+        """Roll back now, inside the block; its exit then does nothing more. Inside the block
+        after its transaction already ended uncommitted (a commit that failed), it does nothing
+        (so a guard may call it after a failed commit).
 
         Raises:
-            RuntimeError: Outside the block, from another task, or after it ended.
+            RuntimeError: Outside the block, from another task, or after the transaction
+                committed (or its commit's outcome is unknown).
             trio.ClosedResourceError: The connection was closed meanwhile.
 
         Cancellation:
             Always a checkpoint; the rollback runs shielded, bounded by ``grace``, and a
             cancellation that arrives meanwhile is raised after it.
         """
+        if (
+            self._state == "done"
+            and self.outcome in ("rolled back", "rollback timed out")
+            and self._conn._owner is trio.lowlevel.current_task()
+        ):
+            await trio.lowlevel.checkpoint()
+            return
         self._check_in_block("rollback()")
         await self._rollback_now(None)
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -512,25 +584,70 @@ class TransactionBlock(metaclass=NoPublicConstructor):
             raise RuntimeError(f"{what} must be called by the task that opened the block")
         self._conn._check_open()
 
-    async def _lock_wait(self) -> float:
-        """Seconds the driver may wait for a lock during the commit."""
+    def _statement(self, raw: Any, fn: Callable[[Any], T]) -> T:  # noqa: ANN401 - the driver's
+        """In the connection's thread: run a statement of this block, unless its transaction
+        ended under it; note if the statement ends it."""
+        if self._ended is not None:
+            raise self._ended_error()
+        backend = self._conn._backend
+        failed = True
+        try:
+            result = fn(raw)
+            failed = False
+            return result
+        finally:
+            if self._began and self._state == "open" and not backend.in_transaction(raw):
+                self._ended = "failed" if failed else "by hand"
+
+    def _ended_error(self) -> Exception:
+        backend = self._conn._backend
+        if self._ended == "failed":
+            return backend.refused(
+                f"the {backend.name} transaction of this block ended when a statement of the "
+                "block failed (the database rolled it back), so nothing of the block is "
+                "committed and its later statements are refused (none ran outside the "
+                "transaction)"
+            )
+        return backend.refused(
+            f"a statement of this block ended its {backend.name} transaction (a COMMIT or "
+            "ROLLBACK run by hand?); use tx.commit() or tx.rollback(). Later statements of "
+            "the block are refused (none ran outside the transaction)"
+        )
+
+    def _closed_error(self) -> trio.ClosedResourceError:
         conn = self._conn
-        if conn._lock_wait is not None:
-            return conn._lock_wait  # noqa: ASYNC910 - helper; the commit checkpoints
-        result = await conn._run_to_end(conn._backend.lock_wait, "lock wait", conn._grace)
-        if isinstance(result, outcome.Value):
-            return float(result.value)
-        return 0.0  # unreadable (a failed transaction): grace alone
+        reason = conn._closed_reason or "aclose() was called"
+        return trio.ClosedResourceError(
+            f"the {conn._backend.name} connection was closed while this transaction block was "
+            f"open ({reason}); nothing was committed"
+        )
 
     async def _commit_now(self) -> None:
         conn = self._conn
         backend = conn._backend
         self._state = "done"
-        bound = await self._lock_wait() + conn._grace
+        if conn._closed:  # closing the driver connection ended the transaction uncommitted
+            self.outcome = "rolled back"
+            raise self._closed_error()
+        fixed_wait = conn._lock_wait
+        lock_wait: list[float] = []  # learned in the thread, first thing of the COMMIT's job
 
         def commit(raw: Any) -> None:  # noqa: ANN401 - the driver's connection
+            # The lock wait is read in the same job as the COMMIT: no round trip before it.
+            if fixed_wait is not None:
+                lock_wait.append(fixed_wait)
+            else:
+                try:
+                    lock_wait.append(float(backend.lock_wait(raw)))
+                except Exception:  # noqa: BLE001 - unreadable: grace alone bounds the commit
+                    lock_wait.append(0.0)
+            if self._ended is not None:
+                raise self._ended_error()
             try:
-                backend.execute(raw, "COMMIT", ())
+                if backend.commit is None:
+                    backend.execute(raw, "COMMIT", ())
+                else:
+                    backend.commit(raw)
             except BaseException as error:
                 # SQLite keeps the transaction open after a failed COMMIT (a lock): end it
                 # here, in the same call, so nothing else runs inside it.
@@ -543,35 +660,46 @@ class TransactionBlock(metaclass=NoPublicConstructor):
                         ) from None
                 raise
 
-        result = await conn._run_to_end(commit, "COMMIT", bound)
-        if result is None:
-            self.outcome = "unknown"
-            raise CommitOutcomeUnknownError(
-                f"the {backend.name} COMMIT did not end within {bound:g} s (the grace period "
-                "plus the driver's lock wait): the transaction may have committed. The "
-                "connection runs nothing else until that commit has ended; check whether it "
-                "committed before retrying"
-            )
-        if isinstance(result, outcome.Error):
-            raw = conn._raw
-            if raw is not None and backend.is_broken(raw):
-                # The connection was lost during the COMMIT: the server may have applied it.
+        result, interrupted = await conn._run_to_end(
+            commit, "COMMIT", conn._grace, lambda: lock_wait[0] if lock_wait else 0.0
+        )
+        try:
+            if result is None:
                 self.outcome = "unknown"
-                conn._discard("the connection to the server was lost during a COMMIT")
                 raise CommitOutcomeUnknownError(
-                    f"the connection to the {backend.name} server was lost during the COMMIT: "
-                    "the transaction may have committed; check whether it did before retrying"
-                ) from result.error
-            self.outcome = "rolled back"
-            result.unwrap()
-        self.outcome = "committed"
+                    f"the {backend.name} COMMIT did not end within its bound (the grace "
+                    f"period of {conn._grace:g} s plus the driver's lock wait, or an "
+                    "enclosing guard's grace period): the transaction may have committed. The "
+                    "connection runs nothing else until that commit has ended; check whether "
+                    "it committed before retrying"
+                )
+            if isinstance(result, outcome.Error):
+                raw = conn._raw
+                if raw is not None and backend.is_broken(raw):
+                    # The connection was lost during the COMMIT: the server may have applied it.
+                    self.outcome = "unknown"
+                    conn._discard("the connection to the server was lost during a COMMIT")
+                    raise CommitOutcomeUnknownError(
+                        f"the connection to the {backend.name} server was lost during the "
+                        "COMMIT: the transaction may have committed; check whether it did "
+                        "before retrying"
+                    ) from result.error
+                self.outcome = "unknown" if self._ended == "by hand" else "rolled back"
+                result.unwrap()
+            self.outcome = "committed"
+        except BaseException as exc:
+            if interrupted is not None:
+                raise interrupted from exc  # noqa: ASYNC104 - the KeyboardInterrupt wins
+            raise
+        if interrupted is not None:
+            raise interrupted
         await trio.lowlevel.checkpoint_if_cancelled()
 
     def _rollback_job(self, raw: Any) -> None:  # noqa: ANN401 - the driver's connection
         """In the connection's thread: end this block's transaction, if it opened one."""
         backend = self._conn._backend
         # SQLite ends the transaction itself when it interrupts a write inside it.
-        if self._began and backend.in_transaction(raw):
+        if self._began and self._ended is None and backend.in_transaction(raw):
             backend.execute(raw, "ROLLBACK", ())
 
     async def _rollback_now(self, block_error: BaseException | None) -> None:
@@ -580,9 +708,11 @@ class TransactionBlock(metaclass=NoPublicConstructor):
         if conn._closed:  # closing the driver connection ends the transaction uncommitted
             self.outcome = "rolled back"
             return  # noqa: ASYNC910 - helper; callers checkpoint
-        result = await conn._run_to_end(self._rollback_job, "ROLLBACK", conn._grace)
+        result, interrupted = await conn._run_to_end(self._rollback_job, "ROLLBACK", conn._grace)
         if result is None:
             self.outcome = "rollback timed out"
+            if interrupted is not None:
+                raise interrupted
             warnings.warn(
                 CleanupTimeoutWarning(
                     f"rollback of {conn!r} did not run within the grace period of "
@@ -592,10 +722,13 @@ class TransactionBlock(metaclass=NoPublicConstructor):
                 stacklevel=4,
             )
             return
-        self.outcome = "rolled back"
+        self.outcome = "unknown" if self._ended == "by hand" else "rolled back"
+        if interrupted is not None:
+            raise interrupted
         if isinstance(result, outcome.Error):
             combine(block_error, result.error, "rollback")
 
+    @trio.lowlevel.enable_ki_protection
     async def __aenter__(self) -> Self:
         """Cancellation: a checkpoint. Cancelled while waiting for the connection or during
         ``BEGIN``: no transaction is left open and the block does not run. A ``BEGIN`` that
@@ -619,17 +752,31 @@ class TransactionBlock(metaclass=NoPublicConstructor):
         try:
             conn._check_open()
             await conn._run(begin, "BEGIN")
-        except BaseException:
+        except BaseException as begin_error:
             # Undo only this block's own BEGIN, if it ran (the job checks the flag in order).
+            interrupted: BaseException | None = None
             with trio.CancelScope(shield=True):
                 if not conn._closed:
-                    await conn._run_to_end(self._rollback_job, "ROLLBACK", conn._grace)
+                    undone, interrupted = await conn._run_to_end(
+                        self._rollback_job, "ROLLBACK", conn._grace
+                    )
+                    # Only once this block's own BEGIN took effect is there an outcome to
+                    # tell; otherwise the block never started (outcome None).
+                    if undone is None:
+                        self._state, self.outcome = "done", "rollback timed out"
+                    elif self._began:
+                        self._state, self.outcome = "done", "rolled back"
             conn._owner = None
             conn._lock.release()
+            if interrupted is not None:
+                # A KeyboardInterrupt during the rollback.
+                raise interrupted from begin_error  # noqa: ASYNC104
             raise
         self._state = "open"
+        conn._block = self
         return self
 
+    @trio.lowlevel.enable_ki_protection
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -640,22 +787,20 @@ class TransactionBlock(metaclass=NoPublicConstructor):
         (delivered or not) is rolled back, never committed, and the cancellation propagates.
         The commit or rollback runs shielded, bounded by ``grace`` (a commit also by the
         driver's lock wait). If the connection was closed meanwhile, a clean exit raises
-        :exc:`trio.ClosedResourceError` at once (nothing was committed)."""
+        :exc:`trio.ClosedResourceError` at once (nothing was committed). A
+        ``KeyboardInterrupt`` during the commit or rollback is raised after it (waiting at most
+        ``grace`` more), with ``outcome`` set (``"unknown"`` if the commit still runs)."""
         conn = self._conn
         try:
             if self._state == "done":  # committed or rolled back inside the block
                 if exc is None:
-                    await trio.lowlevel.checkpoint_if_cancelled()  # noqa: ASYNC102
+                    await trio.lowlevel.checkpoint()  # noqa: ASYNC102 - not blocking
                 return  # noqa: ASYNC910 - the body raised: no checkpoint owed
             if conn._closed:
                 self._state = "done"
                 self.outcome = "rolled back"
                 if exc is None:
-                    reason = conn._closed_reason or "aclose() was called"
-                    raise trio.ClosedResourceError(  # noqa: ASYNC910 - raises at once
-                        f"the {conn._backend.name} connection was closed while this "
-                        f"transaction block was open ({reason}); nothing was committed"
-                    )
+                    raise self._closed_error()  # noqa: ASYNC910 - raises at once
                 return  # noqa: ASYNC910 - the body raised: no checkpoint owed
             if exc is not None or pending_cancel() or self.mode == "explicit":
                 await self._rollback_now(exc)  # noqa: ASYNC102 - shielded and bounded
@@ -664,6 +809,10 @@ class TransactionBlock(metaclass=NoPublicConstructor):
                 return
             await self._commit_now()  # noqa: ASYNC102 - shielded and bounded inside
         finally:
+            if self.outcome is None:  # never left undocumented (an interrupt before the result)
+                self._state = "done"
+                self.outcome = "unknown"
+            conn._block = None
             conn._owner = None
             conn._lock.release()
 

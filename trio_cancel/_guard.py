@@ -12,6 +12,8 @@ would make the cancellation hang forever).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
 from typing import TYPE_CHECKING, Literal, Protocol, Self, TypeVarTuple, final
@@ -24,7 +26,7 @@ from ._exceptions import CommitOutcomeUnknownError
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
     from types import TracebackType
 
     from ._token import CancellationToken
@@ -68,6 +70,33 @@ class Transaction(Protocol):
         """
 
 
+# The deadline (Trio clock) of the guard's shielded, bounded scope that the current code runs
+# in, and the task running it: a commit or rollback that shields itself again (a database
+# transaction block) does not wait past it, so the guard's grace period bounds the whole exit
+# (the smaller bound wins). Only for that task: a task spawned from inside the scope inherits
+# the context but not the bound.
+_OUTER_BOUND: contextvars.ContextVar[tuple[float, trio.lowlevel.Task | None]] = (
+    contextvars.ContextVar("trio_cancel_outer_bound", default=(math.inf, None))
+)
+
+
+def outer_bound() -> float:
+    """The deadline of the enclosing guard's bounded scope in this task (``inf`` if none)."""
+    deadline, task = _OUTER_BOUND.get()
+    return deadline if task is trio.lowlevel.current_task() else math.inf
+
+
+@contextlib.contextmanager
+def _bounded_scope(grace: float) -> Iterator[trio.CancelScope]:
+    deadline = min(trio.current_time() + grace, outer_bound())
+    reset = _OUTER_BOUND.set((deadline, trio.lowlevel.current_task()))
+    try:
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
+            yield scope
+    finally:
+        _OUTER_BOUND.reset(reset)
+
+
 async def bounded(
     grace: float, async_fn: Callable[[*PosArgsT], Awaitable[object]], *args: *PosArgsT
 ) -> tuple[BaseException | None, bool]:
@@ -77,7 +106,7 @@ async def bounded(
     """
     error: BaseException | None = None
     try:
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + grace) as scope:
+        with _bounded_scope(grace) as scope:
             await async_fn(*args)
     # Shielded: no outer Cancelled can reach here, and the scope absorbs its own. So this
     # never swallows a cancellation that is not ours.
@@ -112,17 +141,25 @@ async def commit_bounded(
 
     Done: ``committed()``, then a cancellation that arrived meanwhile is raised (the commit
     stands). Still running when ``grace`` ran out: ``unknown()``, then
-    :exc:`CommitOutcomeUnknownError` (no rollback: the commit may have happened). Raised:
-    ``roll_back()`` (which returns its own error, if any), then the commit's error, together
-    with the rollback's in a group (the commit's first) if the rollback raised too.
+    :exc:`CommitOutcomeUnknownError` (no rollback: the commit may have happened); the same if
+    ``commit()`` itself raised :exc:`CommitOutcomeUnknownError`. A ``BaseException`` that is
+    not an ``Exception`` (a ``KeyboardInterrupt``) from ``commit()``: ``unknown()`` and no
+    rollback either (``commit()`` may have committed before it came), then it propagates.
+    Raised: ``roll_back()`` (which returns its own error, if any), then the commit's error,
+    together with the rollback's in a group (the commit's first) if the rollback raised too.
     """
     error: BaseException | None = None
     try:
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + grace) as scope:
+        with _bounded_scope(grace) as scope:
             await commit()
     # Shielded: no outer Cancelled reaches here, and the scope absorbs its own.
     except BaseException as exc:  # noqa: BLE001, ASYNC103 - raised below, or reported unknown
         error = exc
+    if isinstance(error, CommitOutcomeUnknownError) or (
+        error is not None and not isinstance(error, Exception)
+    ):
+        unknown()
+        raise error
     if scope.cancel_called and (error is not None or scope.cancelled_caught):
         unknown()
         raise CommitOutcomeUnknownError(
@@ -336,7 +373,10 @@ class TransactionGuard(_EnterOnce, metaclass=NoPublicConstructor):
         self.outcome = "committed"
 
     def _unknown(self) -> None:
-        self.outcome = "unknown"
+        # A KeyboardInterrupt from a commit() that records its own outcome (a database
+        # transaction block): take that; otherwise nobody knows.
+        seen = getattr(self._tx, "outcome", None)
+        self.outcome = seen if seen in ("committed", "rolled back") else "unknown"
 
     def __repr__(self) -> str:
         return f"<TransactionGuard {self.outcome or 'open'} for {self._tx!r}>"

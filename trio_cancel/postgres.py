@@ -99,9 +99,28 @@ def _shut_socket(raw: psycopg.Connection[Any]) -> None:
 
 
 def _lock_wait(raw: psycopg.Connection[Any]) -> float:
-    """The session's ``lock_timeout`` in seconds (0: not set)."""
+    """The session's ``lock_timeout`` in seconds (0: not set, or a failed transaction)."""
+    if raw.info.transaction_status == TransactionStatus.INERROR:
+        return 0.0  # no query runs in a failed transaction: the COMMIT ends it at once
     row = raw.execute("SELECT setting FROM pg_settings WHERE name = 'lock_timeout'").fetchone()
     return 0.0 if row is None else float(row[0]) / 1000.0
+
+
+_FAILED = (
+    "the PostgreSQL transaction of this block had failed (a statement of the block raised, "
+    "or was cancelled, and the error was caught inside the block), so the server rolled it "
+    "back instead of committing it: nothing of the block was committed"
+)
+
+
+def _commit(raw: psycopg.Connection[Any]) -> None:
+    """COMMIT, or raise ``InFailedSqlTransaction`` if the server rolled back instead."""
+    if raw.info.transaction_status == TransactionStatus.INERROR:
+        raw.execute("ROLLBACK")
+        raise psycopg.errors.InFailedSqlTransaction(_FAILED)
+    cursor = raw.execute("COMMIT")
+    if cursor.statusmessage == "ROLLBACK":  # what the server did with a failed transaction
+        raise psycopg.errors.InFailedSqlTransaction(_FAILED)
 
 
 def _in_transaction(raw: psycopg.Connection[Any]) -> bool:
@@ -137,6 +156,8 @@ _BACKEND: Backend[psycopg.Connection[Any]] = Backend(
     lock_wait=_lock_wait,
     is_broken=lambda raw: raw.broken,
     shut_socket=_shut_socket,
+    commit=_commit,
+    refused=psycopg.errors.InFailedSqlTransaction,
 )
 
 

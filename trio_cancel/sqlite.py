@@ -66,6 +66,7 @@ _BACKEND: Backend[sqlite3.Connection] = Backend(
     fetchone=_fetchone,
     fetchall=_fetchall,
     close=sqlite3.Connection.close,
+    refused=sqlite3.OperationalError,
 )
 
 
