@@ -201,6 +201,18 @@ async def test_bus_calls_reject_bad_job_ids_and_outcomes(names: Names) -> None:
             bus.token("x" * 1001)
         with pytest.raises(ValueError, match="NUL"):
             bus.token("a\x00b")
+        # A lone surrogate is a str that the server cannot take: refused at every call.
+        with pytest.raises(ValueError, match="UTF-8"):
+            bus.token("job-\udc80")
+        with pytest.raises(ValueError, match="UTF-8"):
+            await bus.cancel("job-\udc80")
+        with pytest.raises(ValueError, match="UTF-8"):
+            await bus.landed("job-\udc80", tc.Completed(None))
+        with pytest.raises(ValueError, match="UTF-8"):
+            await bus.wait_landed("job-\udc80")
+        with pytest.raises(ValueError, match="UTF-8"):
+            await bus.cancel("job", "reason \udc80")
+        assert not bus._runs
         with pytest.raises(TypeError, match="reason"):
             await bus.cancel("job", reason=5)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="outcome"):
@@ -588,10 +600,23 @@ async def test_opening_cancelled_at_random_points_leaves_no_connection_open(
 
 
 async def test_cancelled_from_outside_while_open_the_bus_closes_everything(names: Names) -> None:
-    with trio.move_on_after(0.2) as scope:
-        async with names.open() as bus:
-            await trio.sleep_forever()
+    # The bus is open and its body running when the cancellation comes from outside (the
+    # cancellations that land while it opens are the test above's).
+    in_body = trio.Event()
+    bus: CancelBus | None = None
+
+    async def cancel_when_in_body(scope: trio.CancelScope) -> None:
+        await in_body.wait()
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(cancel_when_in_body, scope)
+            async with names.open() as bus:
+                in_body.set()
+                await trio.sleep_forever()
     assert scope.cancelled_caught
+    assert bus is not None
     assert not bus.connected
     assert bus._listen is None
     with trio.fail_after(WAIT):
@@ -924,3 +949,54 @@ async def test_calls_survive_the_loss_of_their_connection(names: Names) -> None:
             await token.wait_cancelled()
         assert controller._link._conn is not conn
         await worker.landed("after-loss", tc.Aborted("x"))
+
+
+async def test_one_refused_landing_in_a_batch_fails_only_its_own_call(names: Names) -> None:
+    import psycopg
+
+    async with names.open() as bus:
+        # A rule of the application's own refuses the landings of one job (as a policy or a
+        # constraint of the server may): only that caller may fail.
+        await _sql(
+            names.dsn,
+            f"""CREATE FUNCTION "{names.table}_refuse"() RETURNS trigger LANGUAGE plpgsql AS
+            $fn$ BEGIN
+                IF NEW.kind = 'landed' AND NEW.job_id = 'poison' THEN
+                    RAISE EXCEPTION 'landings of poison are refused';
+                END IF;
+                RETURN NEW;
+            END $fn$""",
+        )
+        await _sql(
+            names.dsn,
+            f'CREATE TRIGGER "{names.table}_refuse" BEFORE INSERT ON "{names.table}" '
+            f'FOR EACH ROW EXECUTE FUNCTION "{names.table}_refuse"()',
+        )
+        jobs = ["poison"] + [f"good-{i}" for i in range(5)]
+        tokens = {job: bus.token(job) for job in jobs}
+        for job in jobs:
+            await bus.cancel(job, "stop")
+        with trio.fail_after(WAIT):
+            for token in tokens.values():
+                await token.wait_cancelled()
+        errors: dict[str, BaseException | None] = {}
+
+        async def land(job: str) -> None:
+            try:
+                await bus.landed(job, tc.Aborted("stop"))
+            except psycopg.Error as exc:
+                errors[job] = exc
+            else:
+                errors[job] = None
+
+        async with trio.open_nursery() as nursery:  # all in one batch of the writer
+            for job in jobs:
+                nursery.start_soon(land, job)
+        assert isinstance(errors.pop("poison"), psycopg.Error)
+        assert errors == {f"good-{i}": None for i in range(5)}
+        # Only the refused job's request is left; the others were consumed and landed.
+        rows = await _sql(names.dsn, f'SELECT job_id, kind FROM "{names.table}" ORDER BY id')
+        assert sorted(rows) == sorted(
+            [("poison", "cancel")] + [(f"good-{i}", "landed") for i in range(5)]
+        )
+        await _sql(names.dsn, f'DROP FUNCTION "{names.table}_refuse"() CASCADE')

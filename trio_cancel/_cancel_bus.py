@@ -174,7 +174,8 @@ def _check_identifier(value: object, name: str, max_length: int) -> str:
 
 
 def check_job_id(job_id: object) -> str:
-    """A job id: a non-empty ``str`` of at most 1,000 characters without NUL."""
+    """A job id: a non-empty ``str`` of at most 1,000 characters, without NUL, that UTF-8 can
+    encode (no lone surrogate)."""
     if not isinstance(job_id, str):
         raise TypeError(f"job_id must be a str, not {type(job_id).__name__}")
     if not job_id:
@@ -183,6 +184,12 @@ def check_job_id(job_id: object) -> str:
         raise ValueError(f"job_id must be at most {MAX_JOB_ID_LENGTH} characters long")
     if "\x00" in job_id:
         raise ValueError("job_id must not contain NUL characters")
+    try:
+        job_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"job_id must be encodable as UTF-8 (no lone surrogates), not {job_id!r}"
+        ) from None
     return job_id
 
 
@@ -532,7 +539,8 @@ class CancelBus(metaclass=NoPublicConstructor):
 
         Raises:
             TypeError: ``job_id`` is not a ``str``.
-            ValueError: ``job_id`` is empty, longer than 1,000 characters, or contains NUL.
+            ValueError: ``job_id`` is empty, longer than 1,000 characters, contains NUL, or
+                cannot be encoded as UTF-8 (a lone surrogate).
             RuntimeError: The bus is closed, or this bus already has a run of ``job_id``.
 
         Not a checkpoint; never blocks: it reads the notifications that have already arrived
@@ -565,7 +573,8 @@ class CancelBus(metaclass=NoPublicConstructor):
         Raises:
             TypeError: ``job_id`` is not a ``str``, or ``reason`` is neither ``None`` nor a
                 ``str``.
-            ValueError: A bad ``job_id`` (see :meth:`token`), or a ``reason`` with NUL.
+            ValueError: A bad ``job_id`` (see :meth:`token`), or a ``reason`` with NUL or
+                that UTF-8 cannot encode.
             RuntimeError: The bus is closed.
             psycopg.Error: The server refused the request (no ``INSERT`` privilege, say).
 
@@ -579,6 +588,11 @@ class CancelBus(metaclass=NoPublicConstructor):
             raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
         if reason is not None and "\x00" in reason:
             raise ValueError("reason must not contain NUL characters")
+        if reason is not None:
+            try:
+                reason.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("reason must be encodable as UTF-8 (no lone surrogates)") from None
         self._check_open()
         statement, ttl = self._sql.cancel(), self._ttl
 
@@ -1015,10 +1029,21 @@ class CancelBus(metaclass=NoPublicConstructor):
 
         try:
             rows = await self._link.run(write)
-        except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
-            for item in batch:
-                item.error = exc
-                item.done.set()
+        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) of the batch
+            if len(batch) > 1:
+                # One bad item must not fail the others: write them one by one, so that only
+                # the statement of the bad one fails.
+                try:
+                    for item in batch:
+                        await self._write_landings(statement, [item])
+                finally:
+                    for item in batch:
+                        if not item.done.is_set():  # the bus closed meanwhile
+                            item.error = trio.ClosedResourceError("the cancellation bus was closed")
+                            item.done.set()
+                return  # noqa: ASYNC910 - the failed call was a checkpoint
+            batch[0].error = exc
+            batch[0].done.set()
             return  # noqa: ASYNC910 - the failed call was a checkpoint
         except BaseException:
             for item in batch:
