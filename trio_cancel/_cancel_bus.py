@@ -538,8 +538,12 @@ class CancelBus(metaclass=NoPublicConstructor):
         """Start a run of ``job_id`` in this process, and return its token.
 
         The token is cancelled when any process calls :meth:`cancel` for ``job_id`` during the
-        run, and at once if a request for ``job_id`` is pending from before the run (a request
-        sent before this worker got to the job). Its ``reason`` is the remote reason (or
+        run, and, one read of the server after this call, if a request for ``job_id`` is
+        pending from before the run (a request sent before this worker got to the job; use
+        :meth:`start_run` for a token born cancelled then). A request that a run which had
+        landed before this call consumed never cancels it, in whatever process that run
+        was: only a read of the server begun after this call can cancel the run (the bus's
+        copy of the pending requests may be behind). Its ``reason`` is the remote reason (or
         ``str(cause)`` when the request gave none), its ``cause`` a :class:`RemoteCancel`.
         The run ends with :meth:`landed`, which every run must reach (call it in a
         ``finally``).
@@ -551,7 +555,8 @@ class CancelBus(metaclass=NoPublicConstructor):
             RuntimeError: The bus is closed, or this bus already has a run of ``job_id``.
 
         Not a checkpoint; never blocks: it reads the notifications that have already arrived
-        (without waiting) and consults the bus's copy of the pending requests.
+        (without waiting) and, when the bus's copy of the pending requests holds one for
+        ``job_id``, has the bus read the job's requests from the server.
         """
         check_job_id(job_id)
         self._check_open()
@@ -902,7 +907,7 @@ class CancelBus(metaclass=NoPublicConstructor):
         if jobs is None:
             kept = {job: reqs for job, reqs in self._pending.items() if not fresh(job)}
             self._pending = {job: reqs for job, reqs in found.items() if fresh(job)} | kept
-            touched: list[str] = list(self._runs)
+            touched: list[str] = [job for job in self._runs if fresh(job)]
         else:
             touched = [job for job in jobs if fresh(job)]
             for job in touched:
