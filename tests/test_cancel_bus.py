@@ -201,6 +201,18 @@ async def test_bus_calls_reject_bad_job_ids_and_outcomes(names: Names) -> None:
             bus.token("x" * 1001)
         with pytest.raises(ValueError, match="NUL"):
             bus.token("a\x00b")
+        # A lone surrogate is a str that the server cannot take: refused at every call.
+        with pytest.raises(ValueError, match="UTF-8"):
+            bus.token("job-\udc80")
+        with pytest.raises(ValueError, match="UTF-8"):
+            await bus.cancel("job-\udc80")
+        with pytest.raises(ValueError, match="UTF-8"):
+            await bus.landed("job-\udc80", tc.Completed(None))
+        with pytest.raises(ValueError, match="UTF-8"):
+            await bus.wait_landed("job-\udc80")
+        with pytest.raises(ValueError, match="UTF-8"):
+            await bus.cancel("job", "reason \udc80")
+        assert not bus._runs
         with pytest.raises(TypeError, match="reason"):
             await bus.cancel("job", reason=5)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="outcome"):
@@ -268,9 +280,10 @@ async def test_token_reason_without_a_remote_reason_names_the_sender(names: Name
 async def test_request_sent_before_the_run_cancels_the_token_at_once(names: Names) -> None:
     async with names.open() as controller:
         await controller.cancel("early", "before it started")
-        # A worker that starts afterwards finds the request in the table.
+        # A worker that starts afterwards finds the request in the table: start_run() returns
+        # the token born cancelled.
         async with names.open() as worker:
-            token = worker.token("early")
+            token = await worker.start_run("early")
             assert token.is_cancelled()
             assert token.reason == "before it started"
             await worker.landed("early", tc.Aborted(token.reason))
@@ -279,13 +292,45 @@ async def test_request_sent_before_the_run_cancels_the_token_at_once(names: Name
         assert landing.outcome == "aborted"
 
 
+async def test_request_sent_before_the_run_cancels_a_token_after_one_read(names: Names) -> None:
+    async with names.open() as controller, names.open() as worker:
+        await controller.cancel("early", "before it started")
+        await _barrier(controller, worker)
+        assert worker._pending.get("early")  # in the copy: token() has the server confirm it
+        token = worker.token("early")
+        with trio.fail_after(WAIT):
+            await token.wait_cancelled()
+        assert token.reason == "before it started"
+        await worker.landed("early", tc.Aborted(token.reason))
+
+
+async def test_start_run_cancelled_starts_no_run(names: Names) -> None:
+    async with names.open() as bus:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await bus.start_run("job")
+        assert scope.cancelled_caught
+        assert not bus._runs
+        for delay in (0.0, 0.0005, 0.001, 0.005):  # at the read, wherever it is
+            with trio.move_on_after(delay) as scope:
+                await bus.start_run("job")
+            if scope.cancelled_caught:
+                assert not bus._runs
+            else:
+                await bus.landed("job", tc.Completed(None))
+        with pytest.raises(ValueError, match="job_id"):
+            await bus.start_run("")
+    with pytest.raises(RuntimeError, match="closed"):
+        await bus.start_run("job")
+
+
 async def test_request_for_a_job_nobody_runs_stays_pending(names: Names) -> None:
     async with names.open() as controller, names.open() as worker:
         await controller.cancel("idle", "nobody runs it yet")
         await _barrier(controller, worker)
         await worker._purge()  # a purge keeps it: it has not expired
         assert await _count(names, "kind = 'cancel'") == 1
-        token = worker.token("idle")  # in the bus's copy: at once
+        token = await worker.start_run("idle")
         assert token.is_cancelled()
         assert token.reason == "nobody runs it yet"
         await worker.landed("idle", tc.Aborted(token.reason))
@@ -338,7 +383,7 @@ async def test_request_sent_after_the_landing_applies_to_the_next_run(names: Nam
         assert await _count(names) == 0  # no request consumed: no landing recorded
         await controller.cancel("late", "too late for the first run")
         await _barrier(controller, worker)
-        token = worker.token("late")
+        token = await worker.start_run("late")
         assert token.is_cancelled()
         assert token.reason == "too late for the first run"
         await worker.landed("late", tc.Aborted(token.reason))
@@ -588,10 +633,23 @@ async def test_opening_cancelled_at_random_points_leaves_no_connection_open(
 
 
 async def test_cancelled_from_outside_while_open_the_bus_closes_everything(names: Names) -> None:
-    with trio.move_on_after(0.2) as scope:
-        async with names.open() as bus:
-            await trio.sleep_forever()
+    # The bus is open and its body running when the cancellation comes from outside (the
+    # cancellations that land while it opens are the test above's).
+    in_body = trio.Event()
+    bus: CancelBus | None = None
+
+    async def cancel_when_in_body(scope: trio.CancelScope) -> None:
+        await in_body.wait()
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(cancel_when_in_body, scope)
+            async with names.open() as bus:
+                in_body.set()
+                await trio.sleep_forever()
     assert scope.cancelled_caught
+    assert bus is not None
     assert not bus.connected
     assert bus._listen is None
     with trio.fail_after(WAIT):
@@ -924,3 +982,146 @@ async def test_calls_survive_the_loss_of_their_connection(names: Names) -> None:
             await token.wait_cancelled()
         assert controller._link._conn is not conn
         await worker.landed("after-loss", tc.Aborted("x"))
+
+
+async def test_one_refused_landing_in_a_batch_fails_only_its_own_call(names: Names) -> None:
+    import psycopg
+
+    async with names.open() as bus:
+        # A rule of the application's own refuses the landings of one job (as a policy or a
+        # constraint of the server may): only that caller may fail.
+        await _sql(
+            names.dsn,
+            f"""CREATE FUNCTION "{names.table}_refuse"() RETURNS trigger LANGUAGE plpgsql AS
+            $fn$ BEGIN
+                IF NEW.kind = 'landed' AND NEW.job_id = 'poison' THEN
+                    RAISE EXCEPTION 'landings of poison are refused';
+                END IF;
+                RETURN NEW;
+            END $fn$""",
+        )
+        await _sql(
+            names.dsn,
+            f'CREATE TRIGGER "{names.table}_refuse" BEFORE INSERT ON "{names.table}" '
+            f'FOR EACH ROW EXECUTE FUNCTION "{names.table}_refuse"()',
+        )
+        jobs = ["poison"] + [f"good-{i}" for i in range(5)]
+        tokens = {job: bus.token(job) for job in jobs}
+        for job in jobs:
+            await bus.cancel(job, "stop")
+        with trio.fail_after(WAIT):
+            for token in tokens.values():
+                await token.wait_cancelled()
+        errors: dict[str, BaseException | None] = {}
+
+        async def land(job: str) -> None:
+            try:
+                await bus.landed(job, tc.Aborted("stop"))
+            except psycopg.Error as exc:
+                errors[job] = exc
+            else:
+                errors[job] = None
+
+        async with trio.open_nursery() as nursery:  # all in one batch of the writer
+            for job in jobs:
+                nursery.start_soon(land, job)
+        assert isinstance(errors.pop("poison"), psycopg.Error)
+        assert errors == {f"good-{i}": None for i in range(5)}
+        # Only the refused job's request is left; the others were consumed and landed.
+        rows = await _sql(names.dsn, f'SELECT job_id, kind FROM "{names.table}" ORDER BY id')
+        assert sorted(rows) == sorted(
+            [("poison", "cancel")] + [(f"good-{i}", "landed") for i in range(5)]
+        )
+        await _sql(names.dsn, f'DROP FUNCTION "{names.table}_refuse"() CASCADE')
+
+
+async def _wait_confirmed(bus: CancelBus, job: str) -> None:
+    """Return once a read of ``job`` begun now has been applied (the bus's own confirmation
+    read, or this one)."""
+    await bus._read_requests([job])
+
+
+async def test_a_request_consumed_elsewhere_never_touches_the_next_run_while_its_landing_is_on_its_way(  # noqa: E501
+    names: Names,
+) -> None:
+    async with names.open() as first, names.open() as second, names.open() as controller:
+        token = first.token("handed-on")
+        await controller.cancel("handed-on", "for run 1")
+        with trio.fail_after(WAIT):
+            await token.wait_cancelled()
+        await _barrier(controller, second)
+        assert second._pending.get("handed-on")  # the second worker's copy holds the request
+        # The server holds notifications back from a session inside a transaction: the second
+        # worker will not hear of the landing until it ends (a slow notification).
+        second._listen.execute("BEGIN")
+        try:
+            await first.landed("handed-on", tc.Aborted("for run 1"))  # run 1 consumed it
+            # Run 2 of the same job, handed to the second worker after the landing.
+            again = second.token("handed-on")
+            assert not again.is_cancelled()
+            with trio.fail_after(WAIT):
+                await _wait_confirmed(second, "handed-on")
+            assert not again.is_cancelled()
+            assert "handed-on" not in second._pending
+            born = await second.start_run("handed-on-2")  # and start_run() agrees
+            assert not born.is_cancelled()
+            await second.landed("handed-on-2", tc.Completed(None))
+        finally:
+            second._listen.execute("COMMIT")
+        await _barrier(controller, second)
+        assert not again.is_cancelled()
+        await second.landed("handed-on", tc.Completed(None))
+
+
+async def test_a_read_older_than_the_run_does_not_cancel_it_with_a_consumed_request(
+    names: Names,
+) -> None:
+    async with names.open() as first, names.open() as second, names.open() as controller:
+        token = first.token("old-read")
+        await controller.cancel("old-read", "for run 1")
+        with trio.fail_after(WAIT):
+            await token.wait_cancelled()
+        await _barrier(controller, second)
+        second._listen.execute("BEGIN")
+        try:
+            # A read of the job's requests made before the landing, applied after run 2
+            # began: what it found was consumed in between.
+            rows = await second._fetch_link.run(
+                lambda conn: conn.fetchall(second._sql.requests(some=True), (["old-read"],))
+            )
+            seq, landing_seq = second._read_seq, second._landing_seq
+            await first.landed("old-read", tc.Aborted("for run 1"))
+            again = second.token("old-read")
+            second._apply(["old-read"], rows, landing_seq, seq)
+            assert not again.is_cancelled()
+            with trio.fail_after(WAIT):
+                await _wait_confirmed(second, "old-read")
+            assert not again.is_cancelled()
+        finally:
+            second._listen.execute("COMMIT")
+        await second.landed("old-read", tc.Completed(None))
+
+
+async def test_a_request_never_cancels_a_run_begun_after_its_ttl_on_the_server(
+    names: Names, mock_clock: trio.testing.MockClock
+) -> None:
+    # Trio's clock stands still (the mock clock), so the bus's copy keeps the request past
+    # its expiry: only the server's clock may decide.
+    async with names.open() as worker, names.open(ttl=0.2) as controller:
+        await controller.cancel("brief", "short-lived")
+        await _barrier(controller, worker)
+        assert worker._pending.get("brief")
+        # Wait, on the server, until the request has expired there.
+        await _sql(
+            names.dsn,
+            "SELECT pg_sleep(greatest(0, extract(epoch FROM expires_at - clock_timestamp())) "
+            f"+ 0.01) FROM \"{names.table}\" WHERE job_id = 'brief'",
+        )
+        token = worker.token("brief")
+        assert not token.is_cancelled()
+        await _wait_confirmed(worker, "brief")
+        assert not token.is_cancelled()
+        born = await worker.start_run("brief-2")
+        assert not born.is_cancelled()
+        await worker.landed("brief", tc.Completed(None))
+        await worker.landed("brief-2", tc.Completed(None))

@@ -506,3 +506,110 @@ async def test_spawn_process_a_trigger_after_the_leader_exited_does_not_resend_s
     assert [line for line in await child.lines() if line == "got SIGTERM"] == ["got SIGTERM"]
     assert not report.tasks[0].forced
     assert handle.outcome == tc.Completed(tc.ProcessExit(0, None, "SIGTERM"))
+
+
+# A fork chain: the leader writes its group id to argv[1], starts a process and exits at
+# once; that process, and each of its successors, forks the next one and exits at once (a
+# respawning worker, a tool that daemonizes without setsid). The chain ends by itself after
+# argv[2] seconds, so that a missed one does not run on for long.
+CHAIN = r"""
+import os, sys, time
+end = time.monotonic() + float(sys.argv[2])
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(os.getpgid(0)))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+if os.fork() == 0:
+    while time.monotonic() < end:
+        if os.fork() != 0:
+            os._exit(0)
+os._exit(0)
+"""
+
+
+def _members(pgid: int) -> list[int]:
+    """The live processes of group ``pgid`` other than its leader, by one listing of /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pgid:
+            state = _state(int(entry))
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    group = int(f.read().rsplit(")", 1)[1].split()[2])
+            except (OSError, ValueError, IndexError):
+                continue
+            if group == pgid and state not in (None, "Z", "X"):
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("round_", range(5))
+async def test_spawn_process_a_member_that_keeps_reforking_is_not_missed(
+    tmp_path: Path, round_: int
+) -> None:
+    pgid_file = tmp_path / f"pgid{round_}"
+    script = tmp_path / "chain.py"
+    script.write_text(CHAIN)
+    async with tc.GracefulShutdown(grace=EVENT_BOUND) as gs:
+        handle = gs.spawn_process(
+            [sys.executable, str(script), str(pgid_file), str(EVENT_BOUND)],
+            kill_grace=EVENT_BOUND,
+        )
+        with trio.fail_after(EVENT_BOUND):
+            outcome = await handle.join()
+        with trio.fail_after(EVENT_BOUND):
+            while not pgid_file.exists():  # noqa: ASYNC110 - a file another process writes
+                await trio.sleep(0.01)
+        pgid = int(pgid_file.read_text())
+        left = _members(pgid)
+        if left:  # the group was left behind: stop it here (it still has members, so its
+            os.killpg(pgid, signal.SIGKILL)  # id cannot have been reused)
+        # The leader exited 0, and what it left got the group's SIGTERM (which stops a link
+        # even in the middle of a fork); nothing of the group is alive once it is reaped.
+        assert outcome == tc.Completed(tc.ProcessExit(0, None, "SIGTERM"))
+        assert left == []
+
+
+def test_census_answers_with_two_scans_during_which_no_process_was_created(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The system keeps creating processes: the census gives up and takes it that members
+    # remain; once a window without creation comes, it answers with both scans.
+    counter = iter(range(1000))
+    monkeypatch.setattr(_process, "_last_pid", lambda: next(counter))
+    monkeypatch.setattr(_process, "_SETTLE_BOUND", 0.05)
+    assert _process._groups_with_members() is None
+    values = iter([7, 7, 7, 7, 7])
+    scans = iter([{1}, {2}])
+    monkeypatch.setattr(_process, "_last_pid", lambda: next(values))
+    monkeypatch.setattr(_process, "_scan_groups", lambda: next(scans))
+    assert _process._groups_with_members() == frozenset({1, 2})
+
+
+async def test_spawn_process_sigkill_is_not_held_up_by_a_slow_census(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The leader dies of the trigger's SIGTERM; its child ignores it. The census of /proc
+    # never answers (a system under load): the SIGKILL still comes at its deadline.
+    import threading
+
+    release = threading.Event()
+
+    def stuck() -> frozenset[int] | None:
+        release.wait(EVENT_BOUND)
+        return None
+
+    monkeypatch.setattr(_process, "_groups_with_members", stuck)
+    monkeypatch.setattr(_process, "_SCAN_BOUND", 3600.0)
+    child = Child(tmp_path, "ignore")
+    try:
+        async with tc.GracefulShutdown(grace=EVENT_BOUND) as gs:
+            handle = gs.spawn_process(["sh", "-c", f"{child.shell()}; echo done"], kill_grace=0.2)
+            pid, _ = await child.ready()
+            gs.trigger()
+            await _wait_gone(pid)  # the SIGKILL came while the census was still stuck
+            assert not release.is_set()
+            with trio.fail_after(EVENT_BOUND):
+                outcome = await handle.join()
+        assert outcome == tc.Completed(tc.ProcessExit(-signal.SIGTERM, "SIGTERM", "SIGKILL"))
+    finally:
+        release.set()

@@ -21,10 +21,15 @@ Invariants:
    that job arrived, and no full read started, after the read began (``_last_landing``,
    ``_epoch``): a consumed request is never put back.
 2. ``_runs`` holds this bus's live runs, one per job id, from ``token()`` to ``landed()``.
-   Whenever a live request for a job with a live run is known (at ``token()``, or when a read
-   brings it), the run's token is cancelled with that request (the first one wins).
-3. ``token()`` first reads what the listener's socket already holds (without blocking), so a
-   landing announced before the call is never mistaken for a pending request.
+   Every read is numbered when it begins (``_read_seq``), and a run notes the number at
+   ``token()`` (``since``). A run is cancelled only by a request that a read begun *after* its
+   ``token()`` found live on the server (the first one wins): that read's statement saw every
+   landing committed before the run began, so a request consumed by an earlier run (in any
+   process, whose ``l:`` notification may still be on its way here) can never reach it. A
+   request in the copy, or one that an older read brings, only schedules such a read of the
+   job (one round trip).
+3. ``token()`` first reads what the listener's socket already holds (without blocking), so
+   the copy is as current as it can be when deciding whether a read is needed.
 4. The listener's socket is closed only by the listener task, or after
    :func:`trio.lowlevel.notify_closing` in the same synchronous step (libpq closes it itself
    when it finds the connection lost).
@@ -135,6 +140,7 @@ class _Request:
 @attrs.define(eq=False)
 class _Run:
     token: CancellationToken
+    since: int  # the bus's read sequence number at token(): later reads may cancel the run
     cause: RemoteCancel | None = None
 
 
@@ -174,7 +180,8 @@ def _check_identifier(value: object, name: str, max_length: int) -> str:
 
 
 def check_job_id(job_id: object) -> str:
-    """A job id: a non-empty ``str`` of at most 1,000 characters without NUL."""
+    """A job id: a non-empty ``str`` of at most 1,000 characters, without NUL, that UTF-8 can
+    encode (no lone surrogate)."""
     if not isinstance(job_id, str):
         raise TypeError(f"job_id must be a str, not {type(job_id).__name__}")
     if not job_id:
@@ -183,6 +190,12 @@ def check_job_id(job_id: object) -> str:
         raise ValueError(f"job_id must be at most {MAX_JOB_ID_LENGTH} characters long")
     if "\x00" in job_id:
         raise ValueError("job_id must not contain NUL characters")
+    try:
+        job_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"job_id must be encodable as UTF-8 (no lone surrogates), not {job_id!r}"
+        ) from None
     return job_id
 
 
@@ -487,6 +500,7 @@ class CancelBus(metaclass=NoPublicConstructor):
     _landing_seq: int = attrs.field(default=0, init=False)
     _last_landing: dict[str, int] = attrs.field(factory=dict, init=False)
     _reads_in_flight: int = attrs.field(default=0, init=False)
+    _read_seq: int = attrs.field(default=0, init=False)
     _epoch: int = attrs.field(default=0, init=False)
     _listen: Any = attrs.field(default=None, init=False)
     _listen_fd: int = attrs.field(default=-1, init=False)
@@ -524,19 +538,25 @@ class CancelBus(metaclass=NoPublicConstructor):
         """Start a run of ``job_id`` in this process, and return its token.
 
         The token is cancelled when any process calls :meth:`cancel` for ``job_id`` during the
-        run, and at once if a request for ``job_id`` is pending from before the run (a request
-        sent before this worker got to the job). Its ``reason`` is the remote reason (or
+        run, and, one read of the server after this call, if a request for ``job_id`` is
+        pending from before the run (a request sent before this worker got to the job; use
+        :meth:`start_run` for a token born cancelled then). A request that a run which had
+        landed before this call consumed never cancels it, in whatever process that run
+        was: only a read of the server begun after this call can cancel the run (the bus's
+        copy of the pending requests may be behind). Its ``reason`` is the remote reason (or
         ``str(cause)`` when the request gave none), its ``cause`` a :class:`RemoteCancel`.
         The run ends with :meth:`landed`, which every run must reach (call it in a
         ``finally``).
 
         Raises:
             TypeError: ``job_id`` is not a ``str``.
-            ValueError: ``job_id`` is empty, longer than 1,000 characters, or contains NUL.
+            ValueError: ``job_id`` is empty, longer than 1,000 characters, contains NUL, or
+                cannot be encoded as UTF-8 (a lone surrogate).
             RuntimeError: The bus is closed, or this bus already has a run of ``job_id``.
 
         Not a checkpoint; never blocks: it reads the notifications that have already arrived
-        (without waiting) and consults the bus's copy of the pending requests.
+        (without waiting) and, when the bus's copy of the pending requests holds one for
+        ``job_id``, has the bus read the job's requests from the server.
         """
         check_job_id(job_id)
         self._check_open()
@@ -547,11 +567,42 @@ class CancelBus(metaclass=NoPublicConstructor):
         if self._listen is not None:
             self._drain()
         token = CancellationToken()
-        run = _Run(token)
-        self._runs[job_id] = run
-        request = self._first_live(job_id)
-        if request is not None:
-            self._cancel_run(job_id, run, request.cause)
+        self._runs[job_id] = _Run(token, self._read_seq)
+        if self._first_live(job_id) is not None:
+            # The copy may be stale (a landing in another process not announced here yet):
+            # only a read begun now can say whether the request is still pending.
+            self._want(job_id)
+        return token
+
+    async def start_run(self, job_id: str) -> CancellationToken:
+        """Start a run of ``job_id`` as :meth:`token` does, and return its token once the
+        server has said whether a request is pending: the token is then already cancelled
+        if one is.
+
+        Use it where the work must not begin at all when a request came first (a durable
+        request): :meth:`token` returns at once and cancels the token one round trip later.
+
+        Raises:
+            TypeError, ValueError, RuntimeError: As :meth:`token`.
+            psycopg.Error: The server refused the read (no ``SELECT`` privilege, say).
+
+        Cancellation:
+            Always a checkpoint. Cancelled (or failed) before it returns: no run was started
+            (there is nothing to land). While the server is unreachable, the read retries
+            with back-off.
+        """
+        check_job_id(job_id)
+        self._check_open()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        token = self.token(job_id)
+        try:
+            while not await self._read_requests([job_id]):
+                pass  # superseded by a full read: read again, after it
+        except BaseException:
+            run = self._runs.get(job_id)
+            if run is not None and run.token is token:
+                del self._runs[job_id]
+            raise
         return token
 
     async def cancel(self, job_id: str, reason: str | None = None) -> None:
@@ -565,7 +616,8 @@ class CancelBus(metaclass=NoPublicConstructor):
         Raises:
             TypeError: ``job_id`` is not a ``str``, or ``reason`` is neither ``None`` nor a
                 ``str``.
-            ValueError: A bad ``job_id`` (see :meth:`token`), or a ``reason`` with NUL.
+            ValueError: A bad ``job_id`` (see :meth:`token`), or a ``reason`` with NUL or
+                that UTF-8 cannot encode.
             RuntimeError: The bus is closed.
             psycopg.Error: The server refused the request (no ``INSERT`` privilege, say).
 
@@ -579,6 +631,11 @@ class CancelBus(metaclass=NoPublicConstructor):
             raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
         if reason is not None and "\x00" in reason:
             raise ValueError("reason must not contain NUL characters")
+        if reason is not None:
+            try:
+                reason.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("reason must be encodable as UTF-8 (no lone surrogates)") from None
         self._check_open()
         statement, ttl = self._sql.cancel(), self._ttl
 
@@ -798,12 +855,14 @@ class CancelBus(metaclass=NoPublicConstructor):
         elif kind == "c":
             self._want(job_id)
 
-    async def _read_requests(self, jobs: list[str] | None) -> None:
-        """Read the live requests of ``jobs`` (all when ``None``) and apply them (invariant 1).
+    async def _read_requests(self, jobs: list[str] | None) -> bool:
+        """Read the live requests of ``jobs`` (all when ``None``) and apply them (invariants 1
+        and 2); False if a full read began meanwhile (the jobs are read again after it).
 
         Cancellation: a checkpoint; cancelled, nothing is applied.
         """
-        start_seq, epoch = self._landing_seq, self._epoch
+        self._read_seq += 1
+        seq, start_seq, epoch = self._read_seq, self._landing_seq, self._epoch
         if jobs is None:
             self._epoch += 1
             epoch = self._epoch
@@ -820,16 +879,22 @@ class CancelBus(metaclass=NoPublicConstructor):
                 if jobs is not None:
                     for job in jobs:
                         self._want(job)
-                return
-            self._apply(jobs, rows, start_seq)
+                return False
+            self._apply(jobs, rows, start_seq, seq)
+            return True
         finally:
             self._reads_in_flight -= 1
             if self._reads_in_flight == 0:
                 self._last_landing.clear()
 
     @trio.lowlevel.enable_ki_protection
-    def _apply(self, jobs: list[str] | None, rows: list[tuple[Any, ...]], start_seq: int) -> None:
-        """Install a read's result (invariant 1) and cancel the runs it reaches (invariant 2)."""
+    def _apply(
+        self, jobs: list[str] | None, rows: list[tuple[Any, ...]], start_seq: int, seq: int
+    ) -> None:
+        """Install a read's result (invariant 1) and cancel the runs it reaches (invariant 2).
+
+        ``start_seq`` is the landing sequence number and ``seq`` the read's own number, both
+        taken when the read began."""
         now = trio.current_time()
         found: dict[str, list[_Request]] = {}
         for rid, job, reason, sender, sent_at, remaining in rows:
@@ -842,7 +907,7 @@ class CancelBus(metaclass=NoPublicConstructor):
         if jobs is None:
             kept = {job: reqs for job, reqs in self._pending.items() if not fresh(job)}
             self._pending = {job: reqs for job, reqs in found.items() if fresh(job)} | kept
-            touched: list[str] = list(self._runs)
+            touched: list[str] = [job for job in self._runs if fresh(job)]
         else:
             touched = [job for job in jobs if fresh(job)]
             for job in touched:
@@ -852,10 +917,12 @@ class CancelBus(metaclass=NoPublicConstructor):
                     self._pending.pop(job, None)
         for job in touched:
             run = self._runs.get(job)
-            if run is not None and run.cause is None:
-                request = self._first_live(job)
-                if request is not None:
-                    self._cancel_run(job, run, request.cause)
+            if run is None or run.cause is not None or job not in found:
+                continue
+            if seq > run.since:  # the read began after the run: the requests it found stand
+                self._cancel_run(job, run, found[job][0].cause)
+            else:  # the read is older than the run: confirm with a read begun now
+                self._want(job)
 
     async def _ensure_schema(self) -> None:
         """Create the table, its functions and its trigger if missing (under an advisory
@@ -1015,10 +1082,21 @@ class CancelBus(metaclass=NoPublicConstructor):
 
         try:
             rows = await self._link.run(write)
-        except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
-            for item in batch:
-                item.error = exc
-                item.done.set()
+        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) of the batch
+            if len(batch) > 1:
+                # One bad item must not fail the others: write them one by one, so that only
+                # the statement of the bad one fails.
+                try:
+                    for item in batch:
+                        await self._write_landings(statement, [item])
+                finally:
+                    for item in batch:
+                        if not item.done.is_set():  # the bus closed meanwhile
+                            item.error = trio.ClosedResourceError("the cancellation bus was closed")
+                            item.done.set()
+                return  # noqa: ASYNC910 - the failed call was a checkpoint
+            batch[0].error = exc
+            batch[0].done.set()
             return  # noqa: ASYNC910 - the failed call was a checkpoint
         except BaseException:
             for item in batch:

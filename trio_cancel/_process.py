@@ -35,6 +35,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -45,6 +46,8 @@ from ._task import CURRENT_HANDLE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    import outcome
 
     from ._token import CancellationToken
 
@@ -59,9 +62,12 @@ _POLL_FIRST = 0.005
 _POLL_MAX = 0.1
 # Where the processes of the system are listed (Linux); a test may point it elsewhere.
 _PROC = "/proc"
-# The bound of one scan of /proc (a thread reading small files): if it runs out, the groups
-# are taken to have members left.
+# The bound of a wait for a census of /proc (a thread reading small files): if it runs out,
+# the group is taken to have members left. It never delays a SIGKILL that is due.
 _SCAN_BOUND = 5.0
+# How long a census may keep scanning while new processes keep appearing on the system before
+# it gives up (then every group is taken to have members left).
+_SETTLE_BOUND = 0.5
 # Threads blocked in waitid() (the fallback without pidfd), one per process: not limited,
 # as Trio does for its own waitid() threads, so that they never hold up other thread work.
 _WAITERS = trio.CapacityLimiter(math.inf)
@@ -119,13 +125,52 @@ def _wait_exited(pid: int) -> None:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
+def _last_pid() -> int | None:
+    """The process id the system handed out last (``/proc/loadavg``), or ``None``."""
+    try:
+        with open(f"{_PROC}/loadavg", "rb") as f:
+            return int(f.read().split()[4])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _groups_with_members() -> frozenset[int] | None:
     """The process groups that have a live member other than their leader (run in a thread);
     ``None`` if the system does not say.
 
+    One listing of ``/proc`` can miss a member that keeps forking (each process starts its
+    successor and exits: the successor is born after the listing, its parent gone before its
+    turn). So the census scans repeatedly and answers with two consecutive scans during
+    which the system handed out no process id at all (``/proc/loadavg`` names the last one):
+    a member alive after them either existed throughout the second scan (it was seen), or
+    was being forked by a member that existed throughout the first (that one was seen). If
+    processes keep being created for ``_SETTLE_BOUND`` seconds, or without ``/proc``, the
+    members cannot be seen (``None``: every group is taken to have some, so that none is
+    left behind).
+    """
+    deadline = time.monotonic() + _SETTLE_BOUND
+    before = _last_pid()
+    previous = _scan_groups()
+    if before is None or previous is None:
+        return None
+    while True:
+        middle = _last_pid()
+        current = _scan_groups()
+        after = _last_pid()
+        if current is None or middle is None or after is None:
+            return None
+        if after == before:  # no process was created during either scan
+            return frozenset(previous | current)
+        if time.monotonic() > deadline:
+            return None
+        before, previous = middle, current
+
+
+def _scan_groups() -> set[int] | None:
+    """One listing of ``/proc``: the groups with a live member other than their leader.
+
     Reads ``/proc/<pid>/stat`` (after the command's closing parenthesis come the state, the
-    parent's pid and the group id). Without ``/proc`` the members cannot be seen (``None``:
-    every group is taken to have some, so that none is left behind).
+    parent's pid and the group id); ``None`` without ``/proc``.
     """
     try:
         entries = os.listdir(_PROC)
@@ -143,7 +188,7 @@ def _groups_with_members() -> frozenset[int] | None:
             continue
         if pgid != int(entry) and fields[0] not in (b"Z", b"X"):
             found.add(pgid)
-    return frozenset(found)
+    return found
 
 
 @attrs.define(eq=False)
@@ -156,39 +201,56 @@ class _Scan:
 @attrs.define(eq=False)
 class _Census:
     """Answers "are there members left in this group?" for every process of a run, with one
-    scan of ``/proc`` for all the questions asked while the previous scan ran (200 processes
-    stopped by one trigger cost a few scans, not 200)."""
+    census of ``/proc`` for all the questions asked while the previous one ran (200 processes
+    stopped by one trigger cost a few censuses, not 200).
+
+    A census runs in a thread of its own, not in any asking task: a task waits for the answer
+    only as long as it likes (never past its SIGKILL deadline), and leaving the wait holds up
+    nobody else."""
 
     next: _Scan = attrs.field(factory=_Scan)
     scanning: bool = False
 
-    async def others_in_group(self, pgid: int) -> bool:
-        """Whether group ``pgid`` has a live member besides its leader, seen by a scan that
-        began after this call. Always a checkpoint."""
+    async def others_in_group(self, pgid: int, deadline: float = math.inf) -> bool | None:
+        """Whether group ``pgid`` has a live member besides its leader, seen by a census that
+        began after this call; ``None`` if ``deadline`` (Trio's clock) came first. Always a
+        checkpoint."""
         scan = self.next
         scan.waiting += 1
-        if self.scanning:
-            await scan.done.wait()
-        else:
-            # This task scans, for itself and for whoever asks meanwhile (each scan is short,
-            # shielded and bounded, so that nobody waits on a scan that never comes).
-            self.scanning = True
-            try:
-                while self.next.waiting:
-                    current, self.next = self.next, _Scan()
-                    try:
-                        with trio.CancelScope(
-                            shield=True, deadline=trio.current_time() + _SCAN_BOUND
-                        ):
-                            current.found = await trio.to_thread.run_sync(
-                                _groups_with_members, abandon_on_cancel=True, limiter=_WAITERS
-                            )
-                    finally:
-                        current.done.set()
-            finally:
-                self.scanning = False
-            await trio.lowlevel.checkpoint()  # the scans were shielded: a cancellation lands here
+        if not self.scanning:
+            self._start()
+        try:
+            with trio.move_on_at(min(deadline, trio.current_time() + _SCAN_BOUND)):
+                await scan.done.wait()
+        finally:
+            scan.waiting -= 1
+        if not scan.done.is_set():
+            if trio.current_time() >= deadline:
+                return None
+            return True  # the census did not answer in time: take it that members remain
         return scan.found is None or pgid in scan.found
+
+    def _start(self) -> None:
+        self.scanning = True
+        current, self.next = self.next, _Scan()
+        trio_token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[frozenset[int] | None]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio_token.run_sync_soon(self._finish, current, result)
+
+        trio.lowlevel.start_thread_soon(_groups_with_members, deliver)
+
+    def _finish(self, scan: _Scan, result: outcome.Outcome[frozenset[int] | None]) -> None:
+        try:
+            scan.found = result.unwrap()
+        except Exception:  # noqa: BLE001 - an unexpected failure: members are assumed
+            _log.exception("spawn_process: the census of process groups failed")
+            scan.found = None
+        scan.done.set()
+        self.scanning = False
+        if self.next.waiting:  # questions asked while this census ran
+            self._start()
 
 
 _CENSUS: trio.lowlevel.RunVar[_Census] = trio.lowlevel.RunVar("trio_cancel._process.census")
@@ -254,8 +316,14 @@ class _Group:
             if self._wake.is_set():
                 self._wake = trio.Event()
             if self.exited:
-                if self.sent == "SIGKILL" or not await _census().others_in_group(self.pid):
+                if self.sent == "SIGKILL":
                     return  # noqa: ASYNC910 - run inside the caller's nursery, a checkpoint
+                # A SIGKILL that is due never waits for the census.
+                members = await _census().others_in_group(
+                    self.pid, kill_at if self.sent == "SIGTERM" else math.inf
+                )
+                if members is False:
+                    return
                 if self.sent is None:  # the leader exited on its own, leaving members
                     self.signal(signal.SIGTERM)
                     kill_at = trio.current_time() + self.kill_grace
