@@ -181,8 +181,8 @@ CHECKS: dict[str, Expect] = {
     "task_outcomes.py": Expect(
         lines=(
             r"^compute: Completed\(42\)$",
-            r"^crash: Error\(ValueError\('disk on fire'\)\)$",
-            r"^long_job: Canceled\('user pressed stop'\)$",
+            r"^crash: Failed\(ValueError\('disk on fire'\)\)$",
+            r"^long_job: Aborted\('user pressed stop'\)$",
         ),
     ),
     "async_guard.py": Expect(
@@ -266,7 +266,7 @@ CHECKS: dict[str, Expect] = {
     "timeout_middleware.py": Expect(
         lines=(
             r'^GET /fast -> 200 \{"path": "/fast", "took": 0\.01\}$',
-            r'^GET /slow -> 504 \{"code": "deadline_exceeded", "message": "request timeout"\}$',
+            r'^GET /slow -> 408 \{"code": "deadline_exceeded", "message": "request timeout"\}$',
             r"^/fast: handler finished$",
             r"^/slow: handler cancelled after 0\.2 s \(request timeout\)$",
         ),
@@ -391,10 +391,21 @@ CHECKS: dict[str, Expect] = {
     ),
     "merge_streams.py": Expect(
         lines=(
-            r"^naive select loop: received \d+ of 40 items, [1-9]\d* lost$",
-            r"^tc\.merge:\s+received 40 of 40 items, 0 lost$",
-            r"^tc\.merge kept each source's order",
+            r"^select loop, local-buffer reader: 5 of 5 channel messages, 0 of 5 socket lines "
+            r"intact$",
+            r"^  the socket lines it got: \['0', '1', '2', '3', '4'\] \(each line's first bytes",
+            r"^select loop, LineChannel: 5 of 5 channel messages, 5 of 5 socket lines intact$",
+            r"^tc\.merge: 5 of 5 channel messages, 5 of 5 socket lines intact$",
+            r"^  in order: chan-0, sock-0, chan-1, sock-1, chan-2, sock-2, chan-3, sock-3, chan-4, "
+            r"sock-4$",
+            r"^cancel_at_each_checkpoint\(read_line_naive\): NOT cancel-safe at checkpoint \d+$",
+            r"^  cancelled at merge_streams\.py:\d+ in read_line_naive: "
+            r"byte = await stream\.receive_some\(1\)  # a cancellation here drops `line`$",
+            r"^  check: b'sock-0\\n' sent, only b'ock-0\\n' left: the rest was lost$",
+            r"^cancel_at_each_checkpoint\(LineChannel\.receive\): cancel-safe at all \d+ "
+            r"checkpoints$",
         ),
+        never=(r"Traceback",),
     ),
     "token_tree.py": Expect(
         lines=(
