@@ -669,7 +669,11 @@ def test_database_examples_against_postgresql(script: str, lines: tuple[str, ...
     if PG_DSN is None:
         if os.environ.get("TRIO_CANCEL_REQUIRE_PG") == "1":
             pytest.fail("TRIO_CANCEL_REQUIRE_PG=1 but no TRIO_CANCEL_PG_DSN")
-        pytest.skip("no PostgreSQL server (run the tests through make test)")
+        pytest.skip(
+            "no PostgreSQL server: run the tests through make test or .ci/with-postgres "
+            "(e.g. .ci/with-postgres .venv/bin/pytest tests/test_examples.py), which starts a "
+            "throwaway server; to install PostgreSQL: sudo apt-get install -y postgresql"
+        )
     _run_and_check(
         script, Expect(lines=(r"^database: PostgreSQL$", *lines), args=("--postgres", PG_DSN))
     )
