@@ -61,9 +61,8 @@ DOCS = Path(__file__).resolve().parent
 EXAMPLES = DOCS.parent / "examples"
 
 
-def _example_sections() -> str:
-    """One section per script in examples/, from its docstring (the single source): the title,
-    the prose, the script, and its recorded output (checked by tests/test_examples.py)."""
+def _example_entries() -> list[tuple[str, Path, str, str]]:
+    """(sort key, script, title, body) of each script in examples/, from its docstring."""
     entries = []
     for path in sorted(EXAMPLES.glob("*.py")):
         if path.name.startswith("_"):
@@ -74,38 +73,62 @@ def _example_sections() -> str:
         number, title = (match.group(1), match.group(2)) if match else ("", first)
         title = title.rstrip(".")
         title = title[0].upper() + title[1:]
-        entries.append((number or "E99", path, title, number, body.strip()))
-    parts = []
-    for _, path, title, number, body in sorted(entries, key=lambda e: (e[0], e[1].name)):
         heading = f"{title} ({number})" if number else title
-        parts += [f".. _example-{path.stem}:", "", heading, "-" * len(heading), "", body, ""]
-        parts += [
-            f"Script ``examples/{path.name}``:",
-            "",
-            f".. literalinclude:: /../examples/{path.name}",
-        ]
-        parts += [
-            "   :language: python",
-            "   :start-at: from __future__ import annotations",
-            "",
-            "",
-        ]
-        output = DOCS / "example_output" / f"{path.stem}.txt"
-        if output.exists():
-            parts += ["What it printed:", "", f".. literalinclude:: /example_output/{output.name}"]
-            parts += ["   :language: text", "", ""]
+        entries.append((number or "E99", path, heading, body.strip()))
+    return sorted(entries, key=lambda e: (e[0], e[1].name))
+
+
+def _example_page(path: Path, heading: str, body: str) -> str:
+    """One page per script (the single source is its docstring): the title, the prose, the
+    script, and its recorded output (checked by tests/test_examples.py)."""
+    parts = [f".. _example-{path.stem}:", "", heading, "=" * len(heading), "", body, ""]
+    parts += [
+        f"Script ``examples/{path.name}``:",
+        "",
+        f".. literalinclude:: /../examples/{path.name}",
+    ]
+    parts += ["   :language: python", "   :start-at: from __future__ import annotations", "", ""]
+    output = DOCS / "example_output" / f"{path.stem}.txt"
+    if output.exists():
+        parts += ["What it printed:", "", f".. literalinclude:: /example_output/{output.name}"]
+        parts += ["   :language: text", "", ""]
     return "\n".join(parts)
 
 
-def _write_generated(app):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
-    generated = DOCS / "_generated"
-    generated.mkdir(exist_ok=True)
-    target = generated / "examples.rst"
-    text = _example_sections()
+def _example_index(entries: list[tuple[str, Path, str, str]]) -> str:
+    """The examples page's table (number, example, script) and its hidden toctree."""
+    parts = [".. list-table::", "   :header-rows: 1", "   :widths: 10 60 30", ""]
+    parts += ["   * - #", "     - Example", "     - Script"]
+    for key, path, _, _ in entries:
+        number = key if key != "E99" else ""
+        parts += [f"   * - {number}", f"     - :ref:`example-{path.stem}`"]
+        parts += [f"     - ``{path.name}``"]
+    parts += ["", ".. toctree::", "   :hidden:", ""]
+    parts += [f"   examples/{path.stem}" for _, path, _, _ in entries]
+    return "\n".join(parts) + "\n"
+
+
+def _write(target: Path, text: str) -> None:
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
 
 
+def _write_generated(app, config):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    entries = _example_entries()
+    generated = DOCS / "_generated"
+    generated.mkdir(exist_ok=True)
+    _write(generated / "examples_index.rst", _example_index(entries))
+    pages = DOCS / "examples"
+    pages.mkdir(exist_ok=True)
+    wanted = set()
+    for _, path, heading, body in entries:
+        wanted.add(f"{path.stem}.rst")
+        _write(pages / f"{path.stem}.rst", _example_page(path, heading, body))
+    for stale in pages.glob("*.rst"):
+        if stale.name not in wanted:
+            stale.unlink()
+
+
 def setup(app):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
     app.connect("missing-reference", _resolve_private_paths)
-    app.connect("builder-inited", _write_generated)
+    app.connect("config-inited", _write_generated)

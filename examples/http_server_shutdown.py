@@ -42,6 +42,11 @@ async def serve(grace: float) -> None:
     async with trio.open_nursery() as nursery:
         url = await nursery.start(lambda task_status: run(grace, task_status))
         print(url, flush=True)
+        print(
+            "serving: press Ctrl+C (or send SIGTERM) to stop it gracefully; "
+            "a second Ctrl+C forces the shutdown",
+            flush=True,
+        )
 
 
 async def run(grace: float, task_status: trio.TaskStatus[str]) -> None:

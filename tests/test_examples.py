@@ -297,15 +297,18 @@ CHECKS: dict[str, Expect] = {
             r"^trio-nursery\s+10,000\s.*\s1\.00$",
             r"^trio-event\s+10,000\s",
             r"^asyncio\s+10,000\s",
-            r"^  token-scope\s+gc on [\d.]+s, off [\d.]+s \(GC share -?\d+%\), gc\.freeze\(\)"
+            r"^  token-scope\s+gc on [\d.]+s, off [\d.]+s "
+            r"\(GC share (\d+%|~0%: within the noise)\), gc\.freeze\(\)"
             r".*gc\.set_threshold\(100_000, 50, 100\) [\d.]+s",
             r"^  the cancel\(\) call alone \(token\): [\d.]+s with the collector on",
             r"^Cancel latency, token variant at 10,000 tasks .*\(10,000 landed\)$",
             r"^Memory: \d+ bytes per child token; a root that created and dropped 2,000 children",
-            r"^  seed shape \(token\) <= 0\.35x trio-nursery\s",
-            r"^  JoinSet\.shutdown\(\) <= 1\.1x trio-nursery\s",
+            r"^Targets \(set for 100,000 tasks; at 10,000 the ratios are shown, not judged\):$",
+            r"^  seed shape \(token\) <= 0\.35x trio-nursery\s+[\d.]+  n/a at this size$",
+            r"^  JoinSet\.shutdown\(\) <= 1\.1x trio-nursery\s+[\d.]+  n/a at this size$",
             r"^  joinset\s+[+-]\d+$",
         ),
+        never=(r"NOT met", r"GC share -"),
         args=("--quick", "--churn", "2000", "--results", "/dev/null"),
     ),
     "bench_channels.py": Expect(
@@ -722,7 +725,9 @@ def _start_server(grace: float) -> tuple[subprocess.Popen[str], int]:
         text=True,
     )
     assert proc.stdout is not None
-    return proc, int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+    port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+    assert "press Ctrl+C" in proc.stdout.readline()  # says how to stop it
+    return proc, port
 
 
 def _get(port: int, path: str, results: dict[str, str]) -> None:
