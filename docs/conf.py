@@ -14,12 +14,28 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinxcontrib_trio",
+    "sphinx.ext.intersphinx",
 ]
+
+# Links to other projects' docs, from small inventories kept in the repository (the build
+# machines have no network for the projects' own objects.inv): _inventories/make_inventories.py
+# lists the names the docs refer to and writes them.
+intersphinx_mapping = {
+    name: (url, f"_inventories/{name}.inv")
+    for name, url in {
+        "python": "https://docs.python.org/3/",
+        "trio": "https://trio.readthedocs.io/en/stable/",
+        "trio_util": "https://trio-util.readthedocs.io/en/latest/",
+        "httpx": "https://www.python-httpx.org/",
+        "hypercorn": "https://hypercorn.readthedocs.io/en/latest/",
+        "psycopg": "https://www.psycopg.org/psycopg3/docs/",
+    }.items()
+}
 
 html_theme = "furo"
 html_static_path = ["_static"]
 html_css_files = ["tables.css"]
-exclude_patterns = ["_build", "_generated"]
+exclude_patterns = ["_build", "_generated", "snippets", "_inventories"]
 
 # Keep "--full" and "..." as typed (smart quotes turn "--" into a dash, also in titles).
 smartquotes = False
@@ -28,9 +44,9 @@ autodoc_typehints = "signature"
 napoleon_google_docstring = True
 napoleon_custom_sections = [("Cancellation", "notes_style")]
 
-# Every cross-reference into trio_cancel must resolve (nitpicky, and -W makes a miss an error).
-# Intersphinx would need the network, which the build machines do not have, so references to
-# Python's and Trio's own objects stay plain text instead of links.
+# Every cross-reference into trio_cancel must resolve (nitpicky, and -W makes a miss an error);
+# other projects' names link through intersphinx when the inventories list them, and stay
+# plain text otherwise.
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"^(?!trio_cancel\b).*"),
@@ -129,6 +145,15 @@ def _write_generated(app, config):  # type: ignore[no-untyped-def]  # noqa: ANN0
             stale.unlink()
 
 
+def _hide_catch_all_signature(app, what, name, obj, options, signature, return_annotation):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """A class that users do not construct (its ``__init__`` takes ``*args, **kwargs`` only to
+    refuse them) renders without parameters, not as ``(*args: object, **kwargs: object)``."""
+    if what == "class" and signature == "(*args: object, **kwargs: object)":
+        return "", return_annotation
+    return None
+
+
 def setup(app):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
     app.connect("missing-reference", _resolve_private_paths)
+    app.connect("autodoc-process-signature", _hide_catch_all_signature)
     app.connect("config-inited", _write_generated)
