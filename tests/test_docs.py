@@ -47,10 +47,13 @@ def test_snippet_runs(snippet: str) -> None:
         argv, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT, env=_env()
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    expected = path.with_suffix(".out")
+    expected = path.with_suffix(".out")  # lines the run must print
+    recorded = path.with_suffix(".txt")  # a recorded run, shown on a page
     if expected.exists():
         for line in expected.read_text().splitlines():
             assert line in proc.stdout, f"{snippet}: {line!r} not printed:\n{proc.stdout}"
+            if recorded.exists():
+                assert line in recorded.read_text(), f"{recorded.name} is stale: re-record it"
 
 
 def test_every_snippet_is_shown_in_the_docs() -> None:
