@@ -2,7 +2,7 @@
 
     python examples/_demo.py SCRIPT[:ARG,ARG...] ...
 
-Most examples spend their time waiting (timeouts, grace periods), so four run at once; each
+Most examples spend their time waiting (timeouts, grace periods), so six run at once; each
 script's output is printed whole, under a ``[i/N]`` header, as soon as it and the ones before
 it have finished. Exits with the first failing script's status, after printing its output.
 """
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent
-AT_ONCE = 4
+AT_ONCE = 6
 
 
 def run(spec: str) -> tuple[list[str], int, str, float]:
