@@ -11,6 +11,7 @@ and sets ``TRIO_CANCEL_REQUIRE_WRK=1``.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import itertools
 import json
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -897,3 +899,37 @@ def test_bench_cancel_saves_each_result_as_it_is_measured(tmp_path: Path) -> Non
         ("trio-nursery", "off"),
     }
     assert "token-scope" not in proc.stdout
+
+
+def _demo_scripts() -> list[str]:
+    makefile = (EXAMPLES.parent / "Makefile").read_text()
+    match = re.search(r"^DEMOS := ((?:.*\\\n)*.*)$", makefile, re.MULTILINE)
+    assert match is not None
+    return [spec.split(":")[0] for spec in match.group(1).replace("\\\n", " ").split()]
+
+
+def test_demo_scripts_import_only_what_the_examples_extra_installs() -> None:
+    """`make demo` installs the library and its `examples` extras only (.venv-demo): every
+    module a demo imports at its top level must come from those (or the standard library)."""
+    requirements = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())
+    extras = requirements["project"]["optional-dependencies"]["examples"]
+    dists = {re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0].replace("-", "_") for req in extras}
+    # The library, its own dependencies, and what the extras' packages install under another
+    # top-level name (connectrpc's generated messages).
+    allowed = dists | {"trio_cancel", "trio", "attrs", "outcome", "protobuf"}
+    scripts = _demo_scripts()
+    assert "merge_streams" in scripts
+    for name in scripts:
+        tree = ast.parse((EXAMPLES / f"{name}.py").read_text())
+        for node in tree.body:  # top-level imports: what runs when the demo starts
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top == "__future__" or top in sys.stdlib_module_names:
+                    continue
+                assert top in allowed, f"{name}.py imports {module}, not in the examples extra"
