@@ -102,8 +102,17 @@ def main() -> None:
         _child(args.child, args.tasks)
         return
     results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+    runs = args.repeat * len(VARIANTS)
+    done = 0
     for _ in range(args.repeat):
         for variant in VARIANTS:
+            done += 1
+            # Progress on stderr (the table on stdout stays clean): each run takes a while.
+            print(
+                f"[{done}/{runs}] {variant}: {args.tasks} tasks in a fresh process...",
+                file=sys.stderr,
+                flush=True,
+            )
             out = subprocess.run(
                 [sys.executable, __file__, "--child", variant, "--tasks", str(args.tasks)],
                 capture_output=True,

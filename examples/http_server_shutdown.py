@@ -44,6 +44,11 @@ async def serve(grace: float) -> None:
         # Returns once the server listens, with its URL (and the server task's handle).
         _server, url = await tc.start(nursery, run, grace, name="http server")
         print(url, flush=True)
+        print(
+            "serving: press Ctrl+C (or send SIGTERM) to stop it gracefully; "
+            "a second Ctrl+C forces the shutdown",
+            flush=True,
+        )
 
 
 async def run(grace: float, task_status: trio.TaskStatus[str]) -> None:

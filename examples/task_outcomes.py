@@ -8,7 +8,9 @@ cancellation, and ``task.join().await`` reports how it ended: ``Completed(return
 
 Trio version: ``tc.spawn`` and ``TaskHandle.abort(reason)`` / ``join()``; the three outcomes
 are ``tc.Completed(value)``, ``tc.Failed(error)`` and ``tc.Aborted(reason)``, matched with
-``match``. A failing task does not take its siblings down: its exception is its outcome.
+``match`` and printed under the library's names (the article's ``Error`` is ``Failed``, its
+``Canceled`` is ``Aborted``). A failing task does not take its siblings down: its exception
+is its outcome.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ def describe(name: str, outcome: tc.Outcome[int]) -> str:
         case tc.Completed(value):
             return f"{name}: Completed({value})"
         case tc.Failed(error):
-            return f"{name}: Error({error!r})"
+            return f"{name}: Failed({error!r})"
         case tc.Aborted(reason):
-            return f"{name}: Canceled({reason!r})"
+            return f"{name}: Aborted({reason!r})"
 
 
 async def main() -> None:
