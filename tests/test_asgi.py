@@ -69,9 +69,12 @@ def make_app(rec: Recorder) -> Any:  # noqa: ANN401 - an ASGI app
         try:
             if path == "/stream":
                 await send({"type": "http.response.start", "status": 200, "headers": []})
-                for _ in range(100):
-                    await send({"type": "http.response.body", "body": b"x", "more_body": True})
-                    await trio.sleep(0.05)
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                # Then wait under no scope of its own: a scope with a deadline (trio.sleep)
+                # that expires in the same scheduling round as the token's cancellation would
+                # raise its own Cancelled (reason None) past itself, as Trio delivers the
+                # innermost cancelled scope's reason (the token's reason stays exact).
+                await trio.sleep_forever()
             await trio.sleep(seconds)
         except trio.Cancelled as exc:
             rec.end(path, "cancelled", exc.reason)
@@ -946,3 +949,43 @@ async def test_the_wait_for_an_aborted_handler_is_bounded_by_the_grace_period(
     assert "still running its cleanup after the grace period" in caplog.text
     (row,) = report.tasks
     assert row.outcome == tc.Aborted("the server cancelled the request")
+
+
+async def test_the_tokens_reason_is_exact_when_an_inner_deadline_expires_with_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Why the streaming test above waits under no scope of its own: a handler sleeping until
+    the very moment of its request's deadline may get the sleep's own ``Cancelled`` (reason
+    ``None``: Trio reports the innermost cancelled scope), in the same scheduling round. The
+    token's reason, and the answer, are exact whichever way the round goes."""
+    seen: list[tuple[str | None, str | None]] = []
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        token = scope["extensions"]["trio_cancel"]["token"]
+        try:
+            await trio.sleep(0.2)  # ends exactly at the request's deadline
+            await trio.sleep_forever()
+        except trio.Cancelled as exc:
+            seen.append((exc.reason, token.reason))
+            raise
+
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await trio.sleep_forever()  # then the client stays
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()
+        sent.append(message)
+
+    mw = CancelMiddleware(app, timeout=0.2)
+    for _ in range(20):
+        messages.append({"type": "http.request", "body": b"", "more_body": False})
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        await mw(scope, receive, send)
+    assert [token_reason for _, token_reason in seen] == ["request timeout"] * 20
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [504] * 20
