@@ -21,6 +21,14 @@ is cancelled (its ``trio.Cancelled`` carries the reason) when:
   that 503 at once; requests in flight at the trigger may finish within the grace period, and
   each is a row of the shutdown's :class:`~trio_cancel.LandingReport` (``"GET /path"``).
 
+The token's ``reason`` is always exact; the ``trio.Cancelled`` carries it too, except when a
+scope of the handler's own with a deadline (a ``trio.sleep``) expires in the same scheduling
+round: Trio then reports that innermost scope's cancellation (reason ``None``).
+
+A response head the app sent is never lost half-way in the server's send, and a complete
+response sent as the request's time runs out is delivered whole (the caller gets it, not an
+empty 500).
+
 "Client disconnected" means before the response was complete: once the app has sent the
 last body message, it runs on to its end (a Starlette ``BackgroundTask`` runs), and only the
 middleware's token and the shutdown's phase 2 can cancel it.
@@ -197,6 +205,7 @@ class _Request:
         self.body_complete = False  # the last http.request message arrived
         self.disconnected = False
         self.deadline = math.inf
+        self.why = "request timeout"  # the reason the request's time limit cancels with
         self.cell: RequestDeadline | None = None  # the deadline outgoing calls see
         self.token: CancellationToken | None = None
         self.inbox: collections.deque[Message] = collections.deque()
@@ -224,6 +233,7 @@ class _Request:
         if limit <= 0:
             await self._answer(mw._timeout_status, "deadline_exceeded", f"{why}: no time left")
             return
+        self.why = why
         token = self.token = mw.token.child_token()
         deadline = self.deadline = trio.current_time() + limit
         if limit < math.inf:
@@ -333,13 +343,33 @@ class _Request:
 
     async def _app_send(self, message: Message) -> None:
         kind = message.get("type")
+        shield = False
         if kind == "http.response.body" and not message.get("more_body", False):
             # The response is complete once this is sent: from now on only the middleware's
             # token (and the shutdown's phase 2) may cancel the app (a BackgroundTask runs).
+            # A request timeout that fired before the app got here (without a checkpoint in
+            # between) does not cut the response whose head is out: it is delivered.
+            shield = self._timed_out()
             self._complete()
         elif kind == "http.response.start":
-            self.started = True
-        await self.send(message)
+            # The head goes out whole: a cancellation inside the server's send (waiting for
+            # the connection's send lock) would leave it given to the protocol but not to the
+            # wire, and the caller with an empty 500 instead of any answer.
+            self.started = shield = True
+        with trio.CancelScope(shield=shield):
+            await self.send(message)
+
+    def _timed_out(self) -> bool:
+        """Whether the request's token was cancelled by its time limit (not by the
+        middleware's token, a disconnect or the shutdown)."""
+        token = self.token
+        return (
+            token is not None
+            and token.is_cancelled()
+            and token.reason == self.why
+            and not self.mw.token.is_cancelled()
+            and not self.disconnected
+        )
 
     def _complete(self) -> None:
         self.finished = True
