@@ -48,7 +48,8 @@ import functools
 import json
 import logging
 import math
-from typing import Any, final
+import types
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
@@ -63,6 +64,9 @@ from .deadlines import (
     RequestDeadline,
     parse_deadline_headers,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "CancelMiddleware",
@@ -125,6 +129,10 @@ class CancelMiddleware:
         shutdown_status: The status for a request refused or forced by the shutdown (503).
         retry_after: Seconds for the ``Retry-After`` header of ``shutdown_status`` answers
             (whole seconds: a fraction is rounded up).
+        report_query: Whether a request's row in the shutdown's report shows its query
+            string (off by default: a query may hold secrets). Each row's
+            :attr:`~trio_cancel.TaskLanding.detail` gives the method, the path, the request id
+            (``X-Request-Id``) and the status sent.
 
     Raises:
         ValueError: ``timeout``, ``max_timeout`` or ``retry_after`` is not a finite number
@@ -144,6 +152,7 @@ class CancelMiddleware:
         timeout_status: int = 504,
         shutdown_status: int = 503,
         retry_after: float = 5,
+        report_query: bool = False,
     ) -> None:
         if not callable(app):
             raise TypeError(f"CancelMiddleware needs an ASGI app, not {type(app).__name__}")
@@ -160,6 +169,9 @@ class CancelMiddleware:
         self._shutdown_status = _check_status(shutdown_status, "shutdown_status")
         # Retry-After holds whole seconds: a fraction is rounded up (never invites a retry early).
         self._retry_after = math.ceil(_check_positive(retry_after, "retry_after"))
+        if not isinstance(report_query, bool):
+            raise TypeError(f"report_query must be a bool, not {type(report_query).__name__}")
+        self._report_query = report_query
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
         """Handle one ASGI call.
@@ -204,6 +216,8 @@ class _Request:
         self.finished = False  # the app sent (is sending) the last body message
         self.body_complete = False  # the last http.request message arrived
         self.disconnected = False
+        self.status: int | None = None  # the status sent (or decided as the handler ended)
+        self.request_id = _header(scope, b"x-request-id")
         self.deadline = math.inf
         self.why = "request timeout"  # the reason the request's time limit cancels with
         self.cell: RequestDeadline | None = None  # the deadline outgoing calls see
@@ -279,6 +293,10 @@ class _Request:
         this task is cancelled, abort the handler and wait for it, shielded, at most the
         shutdown's grace period: the handler never outlives the server's request task."""
         handle = shutdown.spawn(self._handle, token, name=self.name)
+        shutdown._describe(handle, self._detail)
+        # The request's token ends the task as an abort with the token's reason (a timed-out
+        # request is Aborted("request timeout") in the report, not Completed(None)).
+        registration = token.on_cancel(lambda: handle.abort(token.reason or "cancelled"))
         try:
             return await handle.join()
         except trio.Cancelled:
@@ -292,15 +310,56 @@ class _Request:
                     self.name,
                 )
             raise
+        finally:
+            registration.unregister()
+
+    def _detail(self) -> Mapping[str, object]:
+        """The request's row detail in the shutdown's report (asked for once it ended)."""
+        path = self.scope.get("path", "?")
+        query = self.scope.get("query_string", b"")
+        if self.mw._report_query and query:
+            path = f"{path}?{query.decode('latin-1')}"
+        return types.MappingProxyType(
+            {
+                "method": self.scope.get("method", "?"),
+                "path": path,
+                "request_id": self.request_id,
+                "status": self.status,
+            }
+        )
+
+    def _decide_status(self, error: BaseException | None) -> None:
+        """In the handler's task, as it ends: the status the client gets (``None``: none),
+        known before the report can be made."""
+        if self.status is not None:
+            return  # the app's own (or the middleware's answer) went out
+        mw = self.mw
+        token = self.token
+        if self.disconnected and not self.finished:
+            return
+        if error is not None and not isinstance(error, trio.Cancelled):
+            self.status = 500
+        elif token is not None and token.is_cancelled():
+            if token.reason == self.why:
+                self.status = mw._timeout_status if self.body_complete else 408
+            else:
+                self.status = mw._shutdown_status
+        elif error is not None:
+            self.status = mw._shutdown_status  # aborted by the shutdown's phase 2
 
     async def _handle(self, token: CancellationToken) -> None:
         # The request's deadline, for outgoing calls (deadlines' hooks), set only while the
         # app runs: the app may run in the caller's own task (httpx.ASGITransport).
         reset = REQUEST_DEADLINE.set(self.cell) if self.cell is not None else None
+        error: BaseException | None = None
         try:
             with token.cancel_scope():
                 await self.mw._app(self.scope, self._app_receive, self._app_send)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            self._decide_status(error)
             if reset is not None:
                 REQUEST_DEADLINE.reset(reset)
 
@@ -352,6 +411,7 @@ class _Request:
             shield = self._timed_out()
             self._complete()
         elif kind == "http.response.start":
+            self.status = message.get("status")
             # The head goes out whole: a cancellation inside the server's send (waiting for
             # the connection's send lock) would leave it given to the protocol but not to the
             # wire, and the caller with an empty 500 instead of any answer.
@@ -396,6 +456,7 @@ class _Request:
         await self._answer(status, code, why, retry=status == self.mw._shutdown_status)
 
     async def _answer(self, status: int, code: str, message: str, *, retry: bool = False) -> None:
+        self.status = status
         body = json.dumps({"code": code, "message": message}).encode()
         headers = [
             (b"content-type", b"application/json"),
@@ -407,15 +468,22 @@ class _Request:
         await self.send({"type": "http.response.body", "body": body})
 
 
+def _header(scope: Any, name: bytes) -> str | None:  # noqa: ANN401 - an ASGI scope
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
 def shutdown_grace(shutdown: GracefulShutdown) -> float:
     """The shutdown's grace period (the bound of a shielded wait for a handler's cleanup)."""
-    return shutdown._grace  # a sibling module's field, read only (no accessor yet)
+    return shutdown.grace
 
 
 def shutdown_forcing(shutdown: GracefulShutdown) -> bool:
     """Whether the shutdown's phase 2 has begun (by its grace period, ``force()`` or a second
     signal)."""
-    return shutdown._phase_two_reason is not None  # read only (no accessor yet)
+    return shutdown.forcing
 
 
 class _ResponseCutShortError(Exception):
@@ -469,8 +537,6 @@ async def serve_until_shutdown(
 # still open are closed.
 _PHASE_TWO_ANSWER_TIME = 0.3
 
-_PHASE_TWO_POLL = 0.05  # seconds between two looks for phase 2
-
 
 async def _serve(
     app: Any,  # noqa: ANN401 - any ASGI app
@@ -517,9 +583,7 @@ async def _land(shutdown: GracefulShutdown, connections: Connections) -> Landing
 
 
 async def _close_in_phase_two(shutdown: GracefulShutdown, connections: Connections) -> None:
-    # GracefulShutdown has no event for phase 2 (yet): look for it every 50 ms.
-    while not shutdown_forcing(shutdown):  # noqa: ASYNC110 - no event to wait for
-        await trio.sleep(_PHASE_TWO_POLL)
+    await shutdown.wait_forcing()
     await trio.sleep(_PHASE_TWO_ANSWER_TIME)  # the forced requests answer 503 meanwhile
     if len(connections):
         _log.warning(
