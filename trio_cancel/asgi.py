@@ -44,19 +44,23 @@ propagates (the server answers 500).
 from __future__ import annotations
 
 import collections
+import contextlib
+import copy
 import functools
 import json
 import logging
 import math
+import signal
 import types
 from typing import TYPE_CHECKING, Any, final
 
 import trio
 
+from ._checks import check_grace
 from ._excgroups import raise_errors_of
 from ._hypercorn_internals import Connections, serve_owning_connections
 from ._outcome import Aborted, Failed, Outcome
-from ._shutdown import GracefulShutdown, LandingReport
+from ._shutdown import PHASES, GracefulShutdown, LandingReport
 from ._token import CancellationToken, release_timer
 from .deadlines import (
     REQUEST_DEADLINE,
@@ -129,6 +133,10 @@ class CancelMiddleware:
         shutdown_status: The status for a request refused or forced by the shutdown (503).
         retry_after: Seconds for the ``Retry-After`` header of ``shutdown_status`` answers
             (whole seconds: a fraction is rounded up).
+        readiness_path: A path (``"/ready"``) the middleware answers itself, for an
+            orchestrator's readiness probe: 200 ``{"status": "ready"}``, then 503
+            ``{"status": "draining"}`` once :meth:`drain` was called or the shutdown triggered.
+            Not passed to the app, not a row of the report.
         report_query: Whether a request's row in the shutdown's report shows its query
             string (off by default: a query may hold secrets). Each row's
             :attr:`~trio_cancel.TaskLanding.detail` gives the method, the path, the request id
@@ -136,7 +144,8 @@ class CancelMiddleware:
 
     Raises:
         ValueError: ``timeout``, ``max_timeout`` or ``retry_after`` is not a finite number
-            > 0 (zero, negative, NaN, ``inf``, ``10**400``); a status is not from 400 to 599.
+            > 0 (zero, negative, NaN, ``inf``, ``10**400``); a status is not from 400 to 599;
+            ``readiness_path`` does not start with ``/``.
         TypeError: ``timeout``, ``max_timeout`` or ``retry_after`` is not a number (``None``
             means no limit for the first two), ``token`` or ``shutdown`` is of the wrong type.
     """
@@ -153,6 +162,7 @@ class CancelMiddleware:
         shutdown_status: int = 503,
         retry_after: float = 5,
         report_query: bool = False,
+        readiness_path: str | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"CancelMiddleware needs an ASGI app, not {type(app).__name__}")
@@ -172,6 +182,29 @@ class CancelMiddleware:
         if not isinstance(report_query, bool):
             raise TypeError(f"report_query must be a bool, not {type(report_query).__name__}")
         self._report_query = report_query
+        if readiness_path is not None and (
+            not isinstance(readiness_path, str) or not readiness_path.startswith("/")
+        ):
+            raise ValueError(
+                f"readiness_path must be a path such as '/ready', not {readiness_path!r}"
+            )
+        self._readiness_path = readiness_path
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        """Whether the readiness path answers 503: after :meth:`drain`, or once the shutdown
+        has triggered."""
+        return self._draining or (
+            self._shutdown is not None and self._shutdown.token.is_cancelled()
+        )
+
+    @trio.lowlevel.enable_ki_protection
+    def drain(self) -> None:
+        """Start a drain: the readiness path answers 503 from now on (an orchestrator stops
+        sending new traffic); every other request is served as before, no token is cancelled.
+        Idempotent. Not a checkpoint; never blocks."""
+        self._draining = True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
         """Handle one ASGI call.
@@ -182,6 +215,18 @@ class CancelMiddleware:
         """
         if scope.get("type") != "http":
             await self._app(scope, receive, send)  # lifespan, websocket: untouched
+            return
+        if self._readiness_path is not None and scope.get("path") == self._readiness_path:
+            draining = self.draining
+            body = json.dumps({"status": "draining" if draining else "ready"}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ]
+            status = 503 if draining else 200
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         await _Request(self, scope, receive, send).run()
 
@@ -493,31 +538,68 @@ class _ResponseCutShortError(Exception):
 async def serve_until_shutdown(
     app: Any,  # noqa: ANN401 - any ASGI app
     *,
-    bind: str = "127.0.0.1:8000",
+    bind: str | None = None,
+    config: Any = None,  # noqa: ANN401 - a hypercorn.config.Config
     grace: float = 10.0,
-    request_timeout: float | None = None,
+    drain_delay: float = 0.0,
+    readiness_path: str | None = None,
+    termination_budget: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - the middleware's request timeout
+    max_timeout: float | None = None,
+    timeout_status: int = 504,
+    shutdown_status: int = 503,
+    retry_after: float = 5,
+    report_query: bool = False,
     install_signal_handlers: bool = True,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> LandingReport:
     """Serve ``app`` with Hypercorn's Trio worker until a shutdown, and land every request.
 
     The ready way to run a server under :class:`~trio_cancel.GracefulShutdown`: the app is
-    wrapped in :class:`CancelMiddleware` (``request_timeout`` is its ``timeout``); SIGINT/SIGTERM
-    trigger the shutdown (a second one forces it). At the trigger, new requests get 503 at
-    once while requests in flight have ``grace`` seconds to finish; then the server stops
-    listening and the report is returned. ``task_status.started()`` is called with the
-    server's URL (``nursery.start`` returns it). Needs Hypercorn (``pip install
-    hypercorn[trio]``).
+    wrapped in :class:`CancelMiddleware` (``timeout``, ``max_timeout``, ``timeout_status``,
+    ``shutdown_status``, ``retry_after``, ``report_query`` and ``readiness_path`` are its
+    options). ``task_status.started()`` is called with the server's URL (``nursery.start``
+    returns it). Needs Hypercorn (``pip install hypercorn[trio]``).
 
-    It returns within ``grace`` plus 1 s after the trigger (within 1 s after a signal that
-    forces phase 2), whatever the clients do: it owns its listening sockets and the
-    connections it accepted, and in phase 2, once the forced requests have had 0.3 s to
-    send their 503, it closes the connections still open (a client that stops reading a
-    large response holds Hypercorn's send, which no cancellation reaches).
+    The shutdown, in the order an orchestrator needs:
+
+    * SIGTERM starts a *drain* when ``drain_delay`` > 0: ``readiness_path`` answers 503 from
+      then on; every other request is served normally, and no token is cancelled.
+    * The *trigger* comes at the end of ``drain_delay`` (at once without a drain, on SIGINT, or
+      on a second signal during the drain): the listening sockets close (new connections are
+      refused), the shutdown's token is cancelled, requests in flight get ``grace`` seconds,
+      then phase 2 aborts the rest (answered 503).
+    * A signal after the trigger forces phase 2 at once.
+
+    The report's :attr:`~trio_cancel.LandingReport.phases` give when each phase began, in
+    seconds from the trigger. It returns within ``grace`` plus 1 s after the trigger (within
+    1 s after a signal that forces phase 2), whatever the clients do: it owns its listening
+    sockets and the connections it accepted, and in phase 2, once the forced requests have had
+    0.3 s to send their 503, it closes the connections still open (a client that stops reading
+    a large response holds Hypercorn's send, which no cancellation reaches).
+
+    Args:
+        app: The ASGI app.
+        bind: Where to listen (``"127.0.0.1:8000"`` when neither this nor ``config`` says).
+        config: A Hypercorn ``Config`` (TLS, access log, keep-alive, HTTP/2 settings, ...).
+            It is copied, not changed; the copy's ``graceful_timeout`` is raised so that
+            Hypercorn never cuts ``grace`` short.
+        grace: Seconds the requests in flight at the trigger get before phase 2.
+        drain_delay: Seconds between SIGTERM and the trigger (0: none).
+        termination_budget: The seconds the orchestrator allows from SIGTERM to SIGKILL
+            (Kubernetes' ``terminationGracePeriodSeconds``), to check the others against.
+        install_signal_handlers: Whether SIGINT and SIGTERM drive the shutdown (call it from
+            the main thread then); without them, cancel it from outside.
 
     Returns:
         The shutdown's :class:`~trio_cancel.LandingReport`: one row per request that was in
-        flight at the trigger (``"GET /path"``).
+        flight at the trigger, with its :attr:`~trio_cancel.TaskLanding.detail`.
+
+    Raises:
+        ValueError: ``bind`` and a ``config`` with its own bind are both given;
+            ``drain_delay + grace + 1`` exceeds ``termination_budget``; ``drain_delay`` is
+            negative or not finite; and as :class:`CancelMiddleware` for its options.
+        TypeError: ``config`` is not a Hypercorn ``Config``.
 
     Cancellation:
         A cancellation from outside stops the server and cancels every request at once, as
@@ -525,51 +607,160 @@ async def serve_until_shutdown(
     """
     from hypercorn.config import Config
 
-    config = Config()
-    config.bind = [bind]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 0.1  # every request has landed by the time the server stops
-    return await _serve(app, config, grace, request_timeout, install_signal_handlers, task_status)
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config must be a hypercorn.config.Config, not {type(config).__name__}")
+    grace = check_grace(grace)
+    if isinstance(drain_delay, bool) or not isinstance(drain_delay, int | float):
+        raise TypeError(
+            f"drain_delay must be a number of seconds, not {type(drain_delay).__name__}"
+        )
+    if not math.isfinite(drain_delay) or drain_delay < 0:
+        raise ValueError(
+            f"drain_delay must be a finite number of seconds >= 0, not {drain_delay!r}"
+        )
+    if termination_budget is not None:
+        budget = _check_positive(termination_budget, "termination_budget")
+        if drain_delay + grace + 1 > budget:
+            raise ValueError(
+                f"drain_delay + grace + 1 s = {drain_delay + grace + 1:g} s does not fit the "
+                f"termination budget of {budget:g} s: the orchestrator would kill the process "
+                "before its requests landed"
+            )
+    default_bind = Config().bind
+    if config is None:
+        server_config = Config()
+        server_config.accesslog = None
+        server_config.errorlog = None
+    else:
+        if bind is not None and list(config.bind) != list(default_bind):
+            raise ValueError("give bind= or a config with its own bind, not both")
+        server_config = copy.copy(config)
+    server_config.bind = [bind] if bind is not None else list(server_config.bind)
+    # Hypercorn's own graceful timeout must never cut the grace period short: phase 2 and
+    # the closing of the connections still open end the landing, not Hypercorn.
+    server_config.graceful_timeout = max(
+        float(server_config.graceful_timeout), grace + _PHASE_TWO_ANSWER_TIME + 1.0
+    )
+    middleware_options: dict[str, Any] = {
+        "timeout": timeout,
+        "max_timeout": max_timeout,
+        "timeout_status": timeout_status,
+        "shutdown_status": shutdown_status,
+        "retry_after": retry_after,
+        "report_query": report_query,
+        "readiness_path": readiness_path,
+    }
+    CancelMiddleware(app, **middleware_options)  # bad options: an error here, before serving
+    return await _serve(
+        app,
+        server_config,
+        grace,
+        drain_delay,
+        middleware_options,
+        install_signal_handlers,
+        task_status,
+    )
 
 
 # Seconds that the requests forced by phase 2 get to send their 503 before the connections
 # still open are closed.
 _PHASE_TWO_ANSWER_TIME = 0.3
 
+# Seconds that the last answers get to go out once every request has landed.
+_FLUSH_TIME = 0.1
+
 
 async def _serve(
     app: Any,  # noqa: ANN401 - any ASGI app
     config: Any,  # noqa: ANN401 - a hypercorn.config.Config
     grace: float,
-    request_timeout: float | None,
+    drain_delay: float,
+    middleware_options: dict[str, Any],
     install_signal_handlers: bool,
     task_status: trio.TaskStatus[str],
 ) -> LandingReport:
     """The body of :func:`serve_until_shutdown`: serve, wait for the trigger, land, stop."""
     connections = Connections()
     stop = trio.Event()
-    async with trio.open_nursery() as server_nursery:
-        try:
-            async with GracefulShutdown(grace) as shutdown:
-                if install_signal_handlers:
-                    shutdown.install_signal_handlers()
-                wrapped = CancelMiddleware(app, timeout=request_timeout, shutdown=shutdown)
-                binds = await server_nursery.start(
-                    functools.partial(
-                        serve_owning_connections,
-                        wrapped,
-                        config,
-                        connections,
-                        shutdown_trigger=stop.wait,
+    with contextlib.ExitStack() as stack:
+        receiver = None
+        if install_signal_handlers:
+            receiver = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+        async with trio.open_nursery() as server_nursery:
+            try:
+                async with GracefulShutdown(grace) as shutdown:
+                    wrapped = CancelMiddleware(app, shutdown=shutdown, **middleware_options)
+                    if receiver is not None:
+                        server_nursery.start_soon(
+                            _watch_signals, receiver, shutdown, wrapped, drain_delay
+                        )
+                    binds = await server_nursery.start(
+                        functools.partial(
+                            serve_owning_connections,
+                            wrapped,
+                            config,
+                            connections,
+                            shutdown_trigger=stop.wait,
+                            on_listeners_closed=functools.partial(
+                                shutdown._mark_phase, "listener_closed"
+                            ),
+                        )
                     )
-                )
-                task_status.started(binds[0])
-                await shutdown.token.wait_cancelled()
-                report = await _land(shutdown, connections)
-        finally:
-            stop.set()
-    return report
+                    task_status.started(binds[0])
+                    await shutdown.token.wait_cancelled()
+                    stop.set()  # the listeners close: new connections are refused
+                    report = await _land(shutdown, connections)
+            finally:
+                stop.set()
+            # Every request has landed: the last answers go out, then what is open closes.
+            with trio.move_on_after(_FLUSH_TIME):
+                await connections.wait_empty()
+            await connections.close_all()
+            server_nursery.cancel_scope.cancel()  # the signal watcher
+    return _with_exit_time(report, shutdown)
+
+
+def _with_exit_time(report: LandingReport, shutdown: GracefulShutdown) -> LandingReport:
+    """The report, with the phases the server recorded after it was made and its exit."""
+    shutdown._mark_phase("exit_server")
+    times = shutdown._phase_times
+    trigger = times["trigger"]
+    phases = {name: None if name not in times else times[name] - trigger for name in PHASES}
+    phases["exit"] = times["exit_server"] - trigger
+    return LandingReport._create(
+        report.tasks, report.reason, report.grace, report.ended_before, phases
+    )
+
+
+async def _watch_signals(
+    receiver: Any,  # noqa: ANN401 - Trio's signal receiver
+    shutdown: GracefulShutdown,
+    middleware: CancelMiddleware,
+    drain_delay: float,
+) -> None:
+    """SIGTERM: drain for ``drain_delay``, then trigger; SIGINT, or a second signal during the
+    drain: trigger at once; a signal after the trigger: phase 2 at once."""
+    drain_ends = math.inf
+    first = ""
+    while True:
+        with trio.move_on_at(drain_ends) as timer:
+            signum = await receiver.__anext__()
+        if timer.cancelled_caught:  # the drain is over
+            drain_ends = math.inf
+            shutdown.trigger(f"signal {first}")
+            continue
+        name = signal.Signals(signum).name
+        if shutdown.token.is_cancelled():
+            shutdown._force(f"forced by a second signal ({name})")
+        elif drain_ends < math.inf or signum == signal.SIGINT or drain_delay == 0:
+            drain_ends = math.inf
+            shutdown.trigger(f"signal {first or name}")
+        else:
+            first = name
+            drain_ends = trio.current_time() + drain_delay
+            shutdown._mark_phase("drain")
+            middleware.drain()
+            _log.info("%s: draining for %g s (readiness answers 503)", name, drain_delay)
 
 
 async def _land(shutdown: GracefulShutdown, connections: Connections) -> LandingReport:
