@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,9 +20,6 @@ import trio.testing
 
 import trio_cancel as tc
 from trio_cancel.asgi import CancelMiddleware, serve_until_shutdown
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def _request(path: str, query: bytes = b"", request_id: str | None = None) -> dict[str, Any]:
@@ -329,3 +327,52 @@ async def _fast_app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN40
         raise RuntimeError("no lifespan support")
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+# ---------------------------------------------------------------- the documentation's programs
+
+SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
+
+
+async def test_services_middleware_snippet_wraps_its_handler() -> None:
+    namespace: dict[str, Any] = {}
+    code = compile((SNIPPETS / "services_middleware.py").read_text(), "snippet", "exec")
+    exec(code, namespace)
+    assert isinstance(namespace["app"], CancelMiddleware)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            functools.partial(
+                serve_until_shutdown,
+                namespace["app"],
+                bind="127.0.0.1:0",
+                grace=1.0,
+                install_signal_handlers=False,
+            )
+        )
+        async with httpx.AsyncClient(base_url=url) as client:
+            response = await client.get("/")
+        nursery.cancel_scope.cancel()
+    assert response.json() == {"cancelled": False}
+
+
+@pytest.mark.parametrize("snippet", ["services_by_hand.py", "services_serve.py"])
+def test_services_server_snippet_serves_then_exits_after_its_report(snippet: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(SNIPPETS / snippet), "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        assert "stop with Ctrl+C or kill -TERM" in line, line
+        port = int(line.split()[2].rstrip(":").rsplit(":", 1)[1])
+        assert _get(port, "/") == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)  # it exits: Hypercorn does not keep listening
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "shutdown 'signal SIGTERM'" in out or '"reason": "signal SIGTERM"' in err
