@@ -9,9 +9,12 @@ with an httpx client whose ``trio_cancel.deadlines.async_propagate_deadline`` ho
 remaining budget. C has 2 s of work.
 
 1. The client gives A 0.5 s: each hop receives a smaller budget than the one before (the time
-   already spent is subtracted, and each hop keeps back 20 ms so that its callee gives up
+   already spent is subtracted, and each hop keeps back a margin so that its callee gives up
    first; never an absolute time: no clock skew). C's handler is cancelled before 0.5 s with
-   the reason "caller deadline", and its 504 travels back up to the client.
+   the reason "caller deadline", and its 504 travels back up to the client. The margin is
+   ``HOP_MARGIN_MS``: 20 ms by default, 100 ms here, so that each callee's answer reaches its
+   caller before the caller's own deadline even on a loaded machine (if it does not, the
+   caller's middleware answers the same 504 itself: the client gets 504 either way).
 2. The client gives no deadline, and goes away after 0.2 s: A notices the disconnect and is
    cancelled, which cancels its call to B, which B notices as a disconnect, and so on to C.
 """
@@ -33,8 +36,13 @@ import httpx
 import trio
 
 import trio_cancel as tc
+from trio_cancel import deadlines
 from trio_cancel.asgi import CancelMiddleware
 from trio_cancel.deadlines import async_propagate_deadline
+
+# What each hop keeps back from the budget it sends on (20 ms by default): the time the
+# callee's answer has to travel back before the caller's own deadline.
+deadlines.HOP_MARGIN_MS = 100
 
 
 def log_event(path: str, **event: object) -> None:
@@ -105,7 +113,19 @@ def start_service(name: str, next_url: str | None, work: float, log: str) -> tup
 
 
 def read_log(log: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(log).read_text().splitlines()]
+    complete = Path(log).read_text().rpartition("\n")[0]  # a line being written is left out
+    return [json.loads(line) for line in complete.splitlines()]
+
+
+async def wait_for_landing(log: str) -> list[dict[str, Any]]:
+    """The services' events once each of A, B and C has logged how its handler ended."""
+    with trio.fail_after(30):  # a hang guard, not a speed requirement
+        while True:
+            events = read_log(log)
+            ended = {e["svc"] for e in events if e["event"] in ("cancelled", "passed on")}
+            if ended >= {"A", "B", "C"}:
+                return events
+            await trio.sleep(0.02)  # the services write to the file: look again
 
 
 async def scenario(
@@ -117,8 +137,7 @@ async def scenario(
     with trio.move_on_after(leave_after):  # how long the client is willing to wait
         response = await client.get(url + "/work", headers=headers)
         print(f"  the client got {response.status_code} {response.text}")
-    await trio.sleep(0.3)  # let the services write their logs
-    events = read_log(log)
+    events = await wait_for_landing(log)
     budgets = [f"{e['svc']} {e['budget_ms']} ms" for e in events if e["event"] == "start"]
     if budget_ms is not None:
         print("  budgets received: " + " > ".join(budgets))

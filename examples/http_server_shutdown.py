@@ -1,9 +1,15 @@
 """An HTTP server that shuts down gracefully on SIGTERM and says who landed.
 
 ``trio_cancel.asgi.serve_until_shutdown`` runs an ASGI app on Hypercorn's Trio worker under a
-``GracefulShutdown``: on SIGTERM (or Ctrl+C) new requests get 503 at once, requests in flight
-get ``--grace`` seconds to finish, the rest are aborted and answered 503; a second signal
-forces that at once. The landing report goes to stderr as JSON and the process exits 0.
+``GracefulShutdown``: on SIGTERM (or Ctrl+C) the listener closes (new connections are
+refused), requests in flight get ``--grace`` seconds to finish, the rest are aborted and
+answered 503; a second signal forces that at once. The landing report goes to stderr as JSON
+(and as a table) and the process exits 0.
+
+Under an orchestrator (Kubernetes), ``--drain-delay 5 --readiness-path /ready``: SIGTERM first
+starts a drain, where ``/ready`` answers 503 while every other request is served normally;
+the shutdown above begins 5 s later (at once on Ctrl+C or a second SIGTERM). The report says
+when each phase began.
 
 The app: ``/sleep/SECONDS`` answers after that many seconds.
 
@@ -39,22 +45,35 @@ async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
     await send({"type": "http.response.body", "body": f"slept {seconds:g} s".encode()})
 
 
-async def serve(grace: float) -> None:
+async def serve(grace: float, drain_delay: float, readiness_path: str | None) -> None:
     async with trio.open_nursery() as nursery:
         # Returns once the server listens, with its URL (and the server task's handle).
-        _server, url = await tc.start(nursery, run, grace, name="http server")
+        _server, url = await tc.start(
+            nursery, run, grace, drain_delay, readiness_path, name="http server"
+        )
         print(url, flush=True)
         print(
-            "serving: press Ctrl+C (or send SIGTERM) to stop it gracefully; "
-            "a second Ctrl+C forces the shutdown",
+            f"stop with Ctrl+C, or kill -TERM {os.getpid()} (a second signal forces the shutdown)",
             flush=True,
         )
 
 
-async def run(grace: float, task_status: trio.TaskStatus[str]) -> None:
+async def run(
+    grace: float,
+    drain_delay: float,
+    readiness_path: str | None,
+    *,
+    task_status: trio.TaskStatus[str],
+) -> None:
     report = await serve_until_shutdown(
-        app, bind="127.0.0.1:0", grace=grace, task_status=task_status
+        app,
+        bind="127.0.0.1:0",
+        grace=grace,
+        drain_delay=drain_delay,
+        readiness_path=readiness_path,
+        task_status=task_status,
     )
+    print(report, file=sys.stderr, flush=True)
     print(json.dumps(report.to_dict()), file=sys.stderr, flush=True)
 
 
@@ -91,9 +110,11 @@ async def measure(n: int, grace: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grace", type=float, default=2.0)
+    parser.add_argument("--drain-delay", type=float, default=0.0, help="seconds to drain first")
+    parser.add_argument("--readiness-path", help="a path answering 503 from SIGTERM on")
     parser.add_argument("--measure", type=int, metavar="N", help="drive N slow requests")
     args = parser.parse_args()
     if args.measure:
         trio.run(measure, args.measure, args.grace)
     else:
-        trio.run(serve, args.grace)
+        trio.run(serve, args.grace, args.drain_delay, args.readiness_path)

@@ -69,9 +69,12 @@ def make_app(rec: Recorder) -> Any:  # noqa: ANN401 - an ASGI app
         try:
             if path == "/stream":
                 await send({"type": "http.response.start", "status": 200, "headers": []})
-                for _ in range(100):
-                    await send({"type": "http.response.body", "body": b"x", "more_body": True})
-                    await trio.sleep(0.05)
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                # Then wait under no scope of its own: a scope with a deadline (trio.sleep)
+                # that expires in the same scheduling round as the token's cancellation would
+                # raise its own Cancelled (reason None) past itself, as Trio delivers the
+                # innermost cancelled scope's reason (the token's reason stays exact).
+                await trio.sleep_forever()
             await trio.sleep(seconds)
         except trio.Cancelled as exc:
             rec.end(path, "cancelled", exc.reason)
@@ -851,9 +854,12 @@ def _status_of_small_request(port: int) -> bytes:
 
 
 def _wait_for_the_trigger(port: int) -> None:
-    """The trigger's own sign: a new request is refused with 503."""
-    while not _status_of_small_request(port).startswith(b"HTTP/1.1 503"):
-        pass
+    """The trigger's own sign: the listener is closed, a new connection is refused."""
+    while True:
+        try:
+            _status_of_small_request(port)
+        except ConnectionRefusedError:
+            return
 
 
 @pytest.mark.parametrize("force", ["grace period", "second signal"])
@@ -946,3 +952,118 @@ async def test_the_wait_for_an_aborted_handler_is_bounded_by_the_grace_period(
     assert "still running its cleanup after the grace period" in caplog.text
     (row,) = report.tasks
     assert row.outcome == tc.Aborted("the server cancelled the request")
+
+
+async def test_the_tokens_reason_is_exact_when_an_inner_deadline_expires_with_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Why the streaming test above waits under no scope of its own: a handler sleeping until
+    the very moment of its request's deadline may get the sleep's own ``Cancelled`` (reason
+    ``None``: Trio reports the innermost cancelled scope), in the same scheduling round. The
+    token's reason, and the answer, are exact whichever way the round goes."""
+    seen: list[tuple[str | None, str | None]] = []
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        token = scope["extensions"]["trio_cancel"]["token"]
+        try:
+            await trio.sleep(0.2)  # ends exactly at the request's deadline
+            await trio.sleep_forever()
+        except trio.Cancelled as exc:
+            seen.append((exc.reason, token.reason))
+            raise
+
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await trio.sleep_forever()  # then the client stays
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()
+        sent.append(message)
+
+    mw = CancelMiddleware(app, timeout=0.2)
+    for _ in range(20):
+        messages.append({"type": "http.request", "body": b"", "more_body": False})
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        await mw(scope, receive, send)
+    assert [token_reason for _, token_reason in seen] == ["request timeout"] * 20
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [504] * 20
+
+
+# ------------------------------------------------ a response and the deadline, at once
+
+
+def _one_request() -> tuple[Any, list[dict[str, Any]]]:
+    """A request with an empty body, already arrived, whose client stays."""
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return receive, messages
+
+
+async def test_a_response_head_at_the_deadline_is_not_lost_in_the_servers_send(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """deadline_chain's race: B's 504 reaches A as A's own deadline passes, and A's
+    ``send(http.response.start)`` waits in the server (Hypercorn's per-connection send lock)
+    when the deadline cancels the request. The head went to the protocol but not the wire:
+    the caller got an empty 500. The caller gets the response A was passing on."""
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        await send({"type": "http.response.start", "status": 504, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"code": "deadline_exceeded"}'})
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            await trio.sleep(0.3)  # the connection's send lock is busy past the deadline
+        else:
+            await trio.lowlevel.checkpoint()
+        sent.append(message)
+
+    receive, _ = _one_request()
+    mw = CancelMiddleware(app, timeout=0.2)
+    await mw({"type": "http", "method": "GET", "path": "/work", "headers": []}, receive, send)
+    assert [(m["type"], m.get("status")) for m in sent] == [
+        ("http.response.start", 504),
+        ("http.response.body", None),
+    ]
+
+
+async def test_a_complete_response_sent_as_the_deadline_passes_is_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The app finished its work (shielded) after its deadline and sends its whole response
+    without a checkpoint in between: the deadline fired meanwhile, but the response is not cut
+    (the head is out; a cut would close the connection mid-response)."""
+    sent: list[dict[str, Any]] = []
+    token_reasons: list[str | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        with trio.CancelScope(shield=True):
+            await trio.sleep(0.3)  # past the 0.2 s deadline
+        token_reasons.append(scope["extensions"]["trio_cancel"]["token"].reason)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async def send(message: dict[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()  # as Hypercorn's send: a checkpoint before the write
+        sent.append(message)
+
+    receive, _ = _one_request()
+    mw = CancelMiddleware(app, timeout=0.2)
+    await mw({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
+    assert token_reasons == ["request timeout"]
+    assert [(m["type"], m.get("status"), m.get("body")) for m in sent] == [
+        ("http.response.start", 200, None),
+        ("http.response.body", None, b"done"),
+    ]

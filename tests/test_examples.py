@@ -104,11 +104,15 @@ CHECKS: dict[str, Expect] = {
         lines=(
             r"^1\. the client gives A a 0\.5 s budget; C has 2 s of work:$",
             r'^  the client got 504 \{"code": "deadline_exceeded", "message": "caller deadline"\}$',
-            r"^  budgets received: A 500 ms > B 4\d\d ms > C 4\d\d ms$",
+            r"^  budgets received: A 500 ms > B [34]\d\d ms > C [23]\d\d ms$",
             r"^  each hop saw a smaller budget than the one before: True$",
-            r"^  C: handler cancelled at 0\.(4\d|5[0-5]) s: caller deadline$",
-            r"^  B: passed its callee's 504 on",
-            r"^  A: passed its callee's 504 on",
+            r"^  C: handler cancelled at 0\.[2-4]\d s: caller deadline$",
+            # Each caller passes its callee's 504 on; on a loaded machine its own deadline
+            # may come first, and its middleware answers the same 504 itself.
+            r"^  B: (?:passed its callee's 504 on at \S+ s"
+            r"|handler cancelled at \S+ s: caller deadline)$",
+            r"^  A: (?:passed its callee's 504 on at \S+ s"
+            r"|handler cancelled at \S+ s: caller deadline)$",
             r"^2\. no deadline; the client goes away after 0\.2 s:$",
             r"^  A: handler cancelled at 0\.2\d s: client disconnected$",
             r"^  B: handler cancelled at 0\.2\d s: client disconnected$",
@@ -276,9 +280,9 @@ CHECKS: dict[str, Expect] = {
     ),
     "rpc_long_running.py": Expect(
         lines=(
-            r"^a call given 0\.35 s by its client \(Connect-Timeout-Ms from the deadline hook\):$",
-            # connectrpc answers within the budget sent (330 ms) + 50 ms
-            r"^   2\.0 s of work -> 504 deadline_exceeded after 0\.3[3-8] s$",
+            r"^a call given 0\.35 s by its client \(Connect-Timeout-Ms: 350\):$",
+            # connectrpc answers at the budget sent (350 ms), a little after it
+            r"^   2\.0 s of work -> 504 deadline_exceeded after 0\.(3[5-9]|4\d) s$",
             r"^three calls in flight; the service token is cancelled after 0\.3 s:$",
             r"^  0\.05 s of work -> 200 ok +after 0\.\d\d s: worked 0\.05 s$",
             r"^ +[12]\.0 s of work -> 499 canceled +after 0\.\d\d s$",
@@ -733,14 +737,18 @@ def _start_server(grace: float) -> tuple[subprocess.Popen[str], int]:
 
 
 def _get(port: int, path: str, results: dict[str, str]) -> None:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except (ConnectionRefusedError, ConnectionResetError):
+        results[path] = "refused"  # the listener had closed (the trigger closes it)
+        return
     results[path] = data.split(b"\r\n", 1)[0].decode()
 
 
@@ -765,7 +773,8 @@ def test_server_lands_in_flight_requests_on_sigterm_and_reports_json() -> None:
     assert proc.returncode == 0
     assert results["/sleep/0.5"].startswith("HTTP/1.1 200")  # finished within the grace
     assert results["/sleep/10"].startswith("HTTP/1.1 503")  # forced
-    assert results["/sleep/0"].startswith("HTTP/1.1 503")  # refused at once
+    # Arrives after the trigger: answered 503 at once, or refused when the listener has closed.
+    assert results["/sleep/0"].startswith("HTTP/1.1 503") or results["/sleep/0"] == "refused"
     report = json.loads(err.strip().splitlines()[-1])
     assert report["reason"] == "signal SIGTERM"
     rows = {row["name"]: row for row in report["tasks"]}

@@ -436,6 +436,14 @@ async def test_report_to_dict_is_plain_data(autojump_clock: trio.testing.MockClo
         "seconds": 1.0,
         "forced": True,
         "abandoned": [],
+        "detail": None,
+    }
+    assert data["phases"] == {
+        "drain": None,
+        "trigger": 0.0,
+        "listener_closed": None,
+        "phase_two": 1.0,
+        "exit": 1.0,
     }
 
 

@@ -146,13 +146,15 @@ async def serve_owning_connections(
     connections: Connections,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    on_listeners_closed: Callable[[], object] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` as ``hypercorn.trio.serve`` does, on listeners owned here, with every
     accepted stream in ``connections`` while it is open; after ``shutdown_trigger`` returns and
     ``config.graceful_timeout`` has passed, the connections still open are closed (a shielded
-    send cannot hold the server). Falls back to ``hypercorn.trio.serve`` when
-    :func:`owning_usable` is false.
+    send cannot hold the server). The listening sockets close as soon as ``shutdown_trigger``
+    returns (new connections are refused), then ``on_listeners_closed()`` is called. Falls
+    back to ``hypercorn.trio.serve`` when :func:`owning_usable` is false.
 
     Cancellation:
         As ``hypercorn.trio.serve``: a cancellation stops the server; the listeners and the
@@ -228,6 +230,11 @@ async def serve_owning_connections(
                         )
                         await shutdown_trigger()  # (no max_requests: no stop of its own)
                         accept_nursery.cancel_scope.cancel()
+                    with trio.CancelScope(shield=True):  # new connections are refused now
+                        for listener in listeners:
+                            await trio.aclose_forcefully(listener)
+                    if on_listeners_closed is not None:
+                        on_listeners_closed()
                 finally:
                     await context.terminated.set()  # noqa: ASYNC102 - sets an event, never blocks
                     grace = config.graceful_timeout

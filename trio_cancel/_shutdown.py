@@ -37,6 +37,16 @@ PosArgsT = TypeVarTuple("PosArgsT")
 _log = logging.getLogger("trio_cancel")
 
 
+PHASES = ("drain", "trigger", "listener_closed", "phase_two", "exit")
+"""The phases a :class:`LandingReport` records, in their order."""
+
+
+def _detail_text(detail: str | Mapping[str, object]) -> str:
+    if isinstance(detail, str):
+        return detail
+    return " ".join(f"{key}={value}" for key, value in detail.items() if value is not None)
+
+
 def _kind(outcome: Outcome[Any]) -> str:
     if isinstance(outcome, Completed):
         return "completed"
@@ -59,6 +69,9 @@ class TaskLanding:
         abandoned: Blocking calls of the task (:func:`run_sync_interruptible`, database
             statements) that did not return within their grace period after being
             interrupted, and whose threads were abandoned, by name.
+        detail: What the task's owner tells about it, or ``None``: for a request of
+            ``trio_cancel.asgi``, a read-only mapping of its ``method``, ``path``,
+            ``request_id`` and the ``status`` sent.
     """
 
     name: str
@@ -66,6 +79,7 @@ class TaskLanding:
     seconds: float | None
     forced: bool
     abandoned: tuple[str, ...] = ()
+    detail: str | Mapping[str, object] | None = None
 
 
 @final
@@ -87,6 +101,10 @@ class LandingReport(metaclass=NoPublicConstructor):
         grace: The grace period, in seconds.
         ended_before: How many tasks ended before the trigger, by outcome kind:
             ``{"completed": n, "failed": n, "aborted": n}``.
+        phases: When each phase began, in seconds from the trigger (negative before it):
+            ``"drain"``, ``"trigger"``, ``"listener_closed"``, ``"phase_two"``, ``"exit"``;
+            ``None`` for a phase that did not happen (a drain and a listener belong to a
+            server: ``trio_cancel.asgi.serve_until_shutdown`` records them).
     """
 
     tasks: tuple[TaskLanding, ...]
@@ -95,6 +113,7 @@ class LandingReport(metaclass=NoPublicConstructor):
     ended_before: Mapping[str, int] = attrs.field(
         factory=lambda: {"completed": 0, "failed": 0, "aborted": 0}
     )
+    phases: Mapping[str, float | None] = attrs.field(factory=lambda: dict.fromkeys(PHASES))
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain, JSON-serialisable data: the reason, the grace period, the
@@ -112,6 +131,9 @@ class LandingReport(metaclass=NoPublicConstructor):
                     "seconds": t.seconds,
                     "forced": t.forced,
                     "abandoned": list(t.abandoned),
+                    "detail": t.detail
+                    if t.detail is None or isinstance(t.detail, str)
+                    else dict(t.detail),
                 }
             )
         return {
@@ -120,6 +142,7 @@ class LandingReport(metaclass=NoPublicConstructor):
             "landed": len(self.tasks) - len(self.forced),
             "forced": len(self.forced),
             "ended_before": dict(self.ended_before),
+            "phases": dict(self.phases),
             "tasks": tasks,
         }
 
@@ -164,6 +187,17 @@ class LandingReport(metaclass=NoPublicConstructor):
             lines.extend(
                 f"  {'':<{width}}  abandoned thread: {_one_line(call, _OUTCOME_COLUMNS)[0]}"
                 for call in t.abandoned
+            )
+            if t.detail:
+                detail = _one_line(_detail_text(t.detail), _OUTCOME_COLUMNS)[0]
+                lines.append(f"  {'':<{width}}  {detail}")
+        if any(self.phases.get(name) is not None for name in ("drain", "listener_closed")):
+            lines.append(
+                "  phases (s from the trigger): "
+                + ", ".join(
+                    f"{name} {'-' if at is None else f'{at:.3f}'}"
+                    for name, at in self.phases.items()
+                )
             )
         return "\n".join(lines)
 
@@ -260,11 +294,51 @@ class GracefulShutdown(NurseryOwner):
     _reason: str | None = attrs.field(default=None, init=False)
     _report: LandingReport | None = attrs.field(default=None, init=False)
     _signals: AbstractContextManager[Any] | None = attrs.field(default=None, init=False)
+    # Set when phase 2 begins (wait_forcing()).
+    _forcing: trio.Event = attrs.field(factory=trio.Event, init=False)
+    # When each phase began (Trio's clock), for the report; a server adds its own phases.
+    _phase_times: dict[str, float] = attrs.field(factory=dict, init=False)
+    # Per task, what its owner tells about it (TaskLanding.detail), asked at the report.
+    _details: dict[TaskHandle[Any], Callable[[], str | Mapping[str, object] | None]] = attrs.field(
+        factory=dict, init=False
+    )
 
     @property
     def token(self) -> CancellationToken:
         """The root token; phase 1 cancels it. Tasks that take ``token`` get a child of it."""
         return self._token
+
+    @property
+    def grace(self) -> float:
+        """The grace period: seconds from the trigger to phase 2."""
+        return self._grace
+
+    @property
+    def forcing(self) -> bool:
+        """Whether phase 2 has begun (by the grace period, :meth:`force` or a second
+        signal)."""
+        return self._phase_two_reason is not None
+
+    async def wait_forcing(self) -> None:
+        """Wait until phase 2 begins (at once if it has).
+
+        Cancellation:
+            A checkpoint; cancelling the wait changes nothing else.
+        """
+        await self._forcing.wait()
+
+    def _mark_phase(self, name: str) -> None:
+        """Record when the phase ``name`` (one of :data:`PHASES`) began; the first time stays."""
+        self._phase_times.setdefault(name, trio.current_time())
+
+    def _describe(
+        self,
+        handle: TaskHandle[Any],
+        detail: Callable[[], str | Mapping[str, object] | None],
+    ) -> None:
+        """Give the task's :attr:`TaskLanding.detail`, asked for when the report is made."""
+        if handle in self._tracked:
+            self._details[handle] = detail
 
     @property
     def report(self) -> LandingReport | None:
@@ -443,6 +517,7 @@ class GracefulShutdown(NurseryOwner):
         if self._triggered_at is None:
             # Ended before the trigger: counted, not kept (flat memory for a long-lived server).
             del self._tracked[handle]
+            self._details.pop(handle, None)
             outcome = handle._outcome
             assert outcome is not None
             self._ended_before[_kind(outcome)] += 1
@@ -486,6 +561,7 @@ class GracefulShutdown(NurseryOwner):
         check_trio_thread("GracefulShutdown.trigger()")  # before any change
         self._state = "triggered"
         self._triggered_at = trio.current_time()
+        self._mark_phase("trigger")
         self._reason = reason
         if self._running == 0:
             self._all_exited.set()
@@ -509,6 +585,8 @@ class GracefulShutdown(NurseryOwner):
         finally:
             if self._phase_two_reason is None:
                 self._phase_two_reason = f"{self._reason}: {why}"
+                self._mark_phase("phase_two")
+                self._forcing.set()
             reason = self._phase_two_reason
             for handle in list(self._tracked):
                 if not handle.is_finished() and handle not in self._forced:
@@ -553,12 +631,19 @@ class GracefulShutdown(NurseryOwner):
             if self._running == 0:
                 break
         if self._report is None:
-            assert self._triggered_at is not None
+            triggered_at = self._triggered_at
+            assert triggered_at is not None
+            self._mark_phase("exit")
+            times = self._phase_times
             self._report = LandingReport._create(
                 tuple(self._landing(h) for h in self._tracked),
                 self._reason,
                 self._grace,
                 dict(self._ended_before),
+                {
+                    name: None if name not in times else times[name] - triggered_at
+                    for name in PHASES
+                },
             )
         return self._report
 
@@ -580,7 +665,9 @@ class GracefulShutdown(NurseryOwner):
         # not run): forced, even if it then ended on its own.
         forced = handle in self._forced or exited > triggered_at + self._grace
         abandoned = tuple(handle._abandoned or ())
-        return TaskLanding(handle.name, outcome, exited - triggered_at, forced, abandoned)
+        describe = self._details.get(handle)
+        detail = None if describe is None else describe()
+        return TaskLanding(handle.name, outcome, exited - triggered_at, forced, abandoned, detail)
 
     def install_signal_handlers(self, *signals: int) -> None:
         """Trigger on a signal (default SIGINT and SIGTERM); a second signal forces phase 2.

@@ -21,6 +21,14 @@ is cancelled (its ``trio.Cancelled`` carries the reason) when:
   that 503 at once; requests in flight at the trigger may finish within the grace period, and
   each is a row of the shutdown's :class:`~trio_cancel.LandingReport` (``"GET /path"``).
 
+The token's ``reason`` is always exact; the ``trio.Cancelled`` carries it too, except when a
+scope of the handler's own with a deadline (a ``trio.sleep``) expires in the same scheduling
+round: Trio then reports that innermost scope's cancellation (reason ``None``).
+
+A response head the app sent is never lost half-way in the server's send, and a complete
+response sent as the request's time runs out is delivered whole (the caller gets it, not an
+empty 500).
+
 "Client disconnected" means before the response was complete: once the app has sent the
 last body message, it runs on to its end (a Starlette ``BackgroundTask`` runs), and only the
 middleware's token and the shutdown's phase 2 can cancel it.
@@ -36,18 +44,23 @@ propagates (the server answers 500).
 from __future__ import annotations
 
 import collections
+import contextlib
+import copy
 import functools
 import json
 import logging
 import math
-from typing import Any, final
+import signal
+import types
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
+from ._checks import check_grace
 from ._excgroups import raise_errors_of
 from ._hypercorn_internals import Connections, serve_owning_connections
 from ._outcome import Aborted, Failed, Outcome
-from ._shutdown import GracefulShutdown, LandingReport
+from ._shutdown import PHASES, GracefulShutdown, LandingReport
 from ._token import CancellationToken, release_timer
 from .deadlines import (
     REQUEST_DEADLINE,
@@ -55,6 +68,9 @@ from .deadlines import (
     RequestDeadline,
     parse_deadline_headers,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "CancelMiddleware",
@@ -117,10 +133,19 @@ class CancelMiddleware:
         shutdown_status: The status for a request refused or forced by the shutdown (503).
         retry_after: Seconds for the ``Retry-After`` header of ``shutdown_status`` answers
             (whole seconds: a fraction is rounded up).
+        readiness_path: A path (``"/ready"``) the middleware answers itself, for an
+            orchestrator's readiness probe: 200 ``{"status": "ready"}``, then 503
+            ``{"status": "draining"}`` once :meth:`drain` was called or the shutdown triggered.
+            Not passed to the app, not a row of the report.
+        report_query: Whether a request's row in the shutdown's report shows its query
+            string (off by default: a query may hold secrets). Each row's
+            :attr:`~trio_cancel.TaskLanding.detail` gives the method, the path, the request id
+            (``X-Request-Id``) and the status sent.
 
     Raises:
         ValueError: ``timeout``, ``max_timeout`` or ``retry_after`` is not a finite number
-            > 0 (zero, negative, NaN, ``inf``, ``10**400``); a status is not from 400 to 599.
+            > 0 (zero, negative, NaN, ``inf``, ``10**400``); a status is not from 400 to 599;
+            ``readiness_path`` does not start with ``/``.
         TypeError: ``timeout``, ``max_timeout`` or ``retry_after`` is not a number (``None``
             means no limit for the first two), ``token`` or ``shutdown`` is of the wrong type.
     """
@@ -136,6 +161,8 @@ class CancelMiddleware:
         timeout_status: int = 504,
         shutdown_status: int = 503,
         retry_after: float = 5,
+        report_query: bool = False,
+        readiness_path: str | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"CancelMiddleware needs an ASGI app, not {type(app).__name__}")
@@ -152,6 +179,32 @@ class CancelMiddleware:
         self._shutdown_status = _check_status(shutdown_status, "shutdown_status")
         # Retry-After holds whole seconds: a fraction is rounded up (never invites a retry early).
         self._retry_after = math.ceil(_check_positive(retry_after, "retry_after"))
+        if not isinstance(report_query, bool):
+            raise TypeError(f"report_query must be a bool, not {type(report_query).__name__}")
+        self._report_query = report_query
+        if readiness_path is not None and (
+            not isinstance(readiness_path, str) or not readiness_path.startswith("/")
+        ):
+            raise ValueError(
+                f"readiness_path must be a path such as '/ready', not {readiness_path!r}"
+            )
+        self._readiness_path = readiness_path
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        """Whether the readiness path answers 503: after :meth:`drain`, or once the shutdown
+        has triggered."""
+        return self._draining or (
+            self._shutdown is not None and self._shutdown.token.is_cancelled()
+        )
+
+    @trio.lowlevel.enable_ki_protection
+    def drain(self) -> None:
+        """Start a drain: the readiness path answers 503 from now on (an orchestrator stops
+        sending new traffic); every other request is served as before, no token is cancelled.
+        Idempotent. Not a checkpoint; never blocks."""
+        self._draining = True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
         """Handle one ASGI call.
@@ -162,6 +215,18 @@ class CancelMiddleware:
         """
         if scope.get("type") != "http":
             await self._app(scope, receive, send)  # lifespan, websocket: untouched
+            return
+        if self._readiness_path is not None and scope.get("path") == self._readiness_path:
+            draining = self.draining
+            body = json.dumps({"status": "draining" if draining else "ready"}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ]
+            status = 503 if draining else 200
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         await _Request(self, scope, receive, send).run()
 
@@ -196,7 +261,10 @@ class _Request:
         self.finished = False  # the app sent (is sending) the last body message
         self.body_complete = False  # the last http.request message arrived
         self.disconnected = False
+        self.status: int | None = None  # the status sent (or decided as the handler ended)
+        self.request_id = _header(scope, b"x-request-id")
         self.deadline = math.inf
+        self.why = "request timeout"  # the reason the request's time limit cancels with
         self.cell: RequestDeadline | None = None  # the deadline outgoing calls see
         self.token: CancellationToken | None = None
         self.inbox: collections.deque[Message] = collections.deque()
@@ -224,6 +292,7 @@ class _Request:
         if limit <= 0:
             await self._answer(mw._timeout_status, "deadline_exceeded", f"{why}: no time left")
             return
+        self.why = why
         token = self.token = mw.token.child_token()
         deadline = self.deadline = trio.current_time() + limit
         if limit < math.inf:
@@ -269,6 +338,10 @@ class _Request:
         this task is cancelled, abort the handler and wait for it, shielded, at most the
         shutdown's grace period: the handler never outlives the server's request task."""
         handle = shutdown.spawn(self._handle, token, name=self.name)
+        shutdown._describe(handle, self._detail)
+        # The request's token ends the task as an abort with the token's reason (a timed-out
+        # request is Aborted("request timeout") in the report, not Completed(None)).
+        registration = token.on_cancel(lambda: handle.abort(token.reason or "cancelled"))
         try:
             return await handle.join()
         except trio.Cancelled:
@@ -282,15 +355,56 @@ class _Request:
                     self.name,
                 )
             raise
+        finally:
+            registration.unregister()
+
+    def _detail(self) -> Mapping[str, object]:
+        """The request's row detail in the shutdown's report (asked for once it ended)."""
+        path = self.scope.get("path", "?")
+        query = self.scope.get("query_string", b"")
+        if self.mw._report_query and query:
+            path = f"{path}?{query.decode('latin-1')}"
+        return types.MappingProxyType(
+            {
+                "method": self.scope.get("method", "?"),
+                "path": path,
+                "request_id": self.request_id,
+                "status": self.status,
+            }
+        )
+
+    def _decide_status(self, error: BaseException | None) -> None:
+        """In the handler's task, as it ends: the status the client gets (``None``: none),
+        known before the report can be made."""
+        if self.status is not None:
+            return  # the app's own (or the middleware's answer) went out
+        mw = self.mw
+        token = self.token
+        if self.disconnected and not self.finished:
+            return
+        if error is not None and not isinstance(error, trio.Cancelled):
+            self.status = 500
+        elif token is not None and token.is_cancelled():
+            if token.reason == self.why:
+                self.status = mw._timeout_status if self.body_complete else 408
+            else:
+                self.status = mw._shutdown_status
+        elif error is not None:
+            self.status = mw._shutdown_status  # aborted by the shutdown's phase 2
 
     async def _handle(self, token: CancellationToken) -> None:
         # The request's deadline, for outgoing calls (deadlines' hooks), set only while the
         # app runs: the app may run in the caller's own task (httpx.ASGITransport).
         reset = REQUEST_DEADLINE.set(self.cell) if self.cell is not None else None
+        error: BaseException | None = None
         try:
             with token.cancel_scope():
                 await self.mw._app(self.scope, self._app_receive, self._app_send)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            self._decide_status(error)
             if reset is not None:
                 REQUEST_DEADLINE.reset(reset)
 
@@ -333,13 +447,34 @@ class _Request:
 
     async def _app_send(self, message: Message) -> None:
         kind = message.get("type")
+        shield = False
         if kind == "http.response.body" and not message.get("more_body", False):
             # The response is complete once this is sent: from now on only the middleware's
             # token (and the shutdown's phase 2) may cancel the app (a BackgroundTask runs).
+            # A request timeout that fired before the app got here (without a checkpoint in
+            # between) does not cut the response whose head is out: it is delivered.
+            shield = self._timed_out()
             self._complete()
         elif kind == "http.response.start":
-            self.started = True
-        await self.send(message)
+            self.status = message.get("status")
+            # The head goes out whole: a cancellation inside the server's send (waiting for
+            # the connection's send lock) would leave it given to the protocol but not to the
+            # wire, and the caller with an empty 500 instead of any answer.
+            self.started = shield = True
+        with trio.CancelScope(shield=shield):
+            await self.send(message)
+
+    def _timed_out(self) -> bool:
+        """Whether the request's token was cancelled by its time limit (not by the
+        middleware's token, a disconnect or the shutdown)."""
+        token = self.token
+        return (
+            token is not None
+            and token.is_cancelled()
+            and token.reason == self.why
+            and not self.mw.token.is_cancelled()
+            and not self.disconnected
+        )
 
     def _complete(self) -> None:
         self.finished = True
@@ -366,6 +501,7 @@ class _Request:
         await self._answer(status, code, why, retry=status == self.mw._shutdown_status)
 
     async def _answer(self, status: int, code: str, message: str, *, retry: bool = False) -> None:
+        self.status = status
         body = json.dumps({"code": code, "message": message}).encode()
         headers = [
             (b"content-type", b"application/json"),
@@ -377,15 +513,22 @@ class _Request:
         await self.send({"type": "http.response.body", "body": body})
 
 
+def _header(scope: Any, name: bytes) -> str | None:  # noqa: ANN401 - an ASGI scope
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
 def shutdown_grace(shutdown: GracefulShutdown) -> float:
     """The shutdown's grace period (the bound of a shielded wait for a handler's cleanup)."""
-    return shutdown._grace  # a sibling module's field, read only (no accessor yet)
+    return shutdown.grace
 
 
 def shutdown_forcing(shutdown: GracefulShutdown) -> bool:
     """Whether the shutdown's phase 2 has begun (by its grace period, ``force()`` or a second
     signal)."""
-    return shutdown._phase_two_reason is not None  # read only (no accessor yet)
+    return shutdown.forcing
 
 
 class _ResponseCutShortError(Exception):
@@ -395,31 +538,68 @@ class _ResponseCutShortError(Exception):
 async def serve_until_shutdown(
     app: Any,  # noqa: ANN401 - any ASGI app
     *,
-    bind: str = "127.0.0.1:8000",
+    bind: str | None = None,
+    config: Any = None,  # noqa: ANN401 - a hypercorn.config.Config
     grace: float = 10.0,
-    request_timeout: float | None = None,
+    drain_delay: float = 0.0,
+    readiness_path: str | None = None,
+    termination_budget: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - the middleware's request timeout
+    max_timeout: float | None = None,
+    timeout_status: int = 504,
+    shutdown_status: int = 503,
+    retry_after: float = 5,
+    report_query: bool = False,
     install_signal_handlers: bool = True,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> LandingReport:
     """Serve ``app`` with Hypercorn's Trio worker until a shutdown, and land every request.
 
     The ready way to run a server under :class:`~trio_cancel.GracefulShutdown`: the app is
-    wrapped in :class:`CancelMiddleware` (``request_timeout`` is its ``timeout``); SIGINT/SIGTERM
-    trigger the shutdown (a second one forces it). At the trigger, new requests get 503 at
-    once while requests in flight have ``grace`` seconds to finish; then the server stops
-    listening and the report is returned. ``task_status.started()`` is called with the
-    server's URL (``nursery.start`` returns it). Needs Hypercorn (``pip install
-    hypercorn[trio]``).
+    wrapped in :class:`CancelMiddleware` (``timeout``, ``max_timeout``, ``timeout_status``,
+    ``shutdown_status``, ``retry_after``, ``report_query`` and ``readiness_path`` are its
+    options). ``task_status.started()`` is called with the server's URL (``nursery.start``
+    returns it). Needs Hypercorn (``pip install hypercorn[trio]``).
 
-    It returns within ``grace`` plus 1 s after the trigger (within 1 s after a signal that
-    forces phase 2), whatever the clients do: it owns its listening sockets and the
-    connections it accepted, and in phase 2, once the forced requests have had 0.3 s to
-    send their 503, it closes the connections still open (a client that stops reading a
-    large response holds Hypercorn's send, which no cancellation reaches).
+    The shutdown, in the order an orchestrator needs:
+
+    * SIGTERM starts a *drain* when ``drain_delay`` > 0: ``readiness_path`` answers 503 from
+      then on; every other request is served normally, and no token is cancelled.
+    * The *trigger* comes at the end of ``drain_delay`` (at once without a drain, on SIGINT, or
+      on a second signal during the drain): the listening sockets close (new connections are
+      refused), the shutdown's token is cancelled, requests in flight get ``grace`` seconds,
+      then phase 2 aborts the rest (answered 503).
+    * A signal after the trigger forces phase 2 at once.
+
+    The report's :attr:`~trio_cancel.LandingReport.phases` give when each phase began, in
+    seconds from the trigger. It returns within ``grace`` plus 1 s after the trigger (within
+    1 s after a signal that forces phase 2), whatever the clients do: it owns its listening
+    sockets and the connections it accepted, and in phase 2, once the forced requests have had
+    0.3 s to send their 503, it closes the connections still open (a client that stops reading
+    a large response holds Hypercorn's send, which no cancellation reaches).
+
+    Args:
+        app: The ASGI app.
+        bind: Where to listen (``"127.0.0.1:8000"`` when neither this nor ``config`` says).
+        config: A Hypercorn ``Config`` (TLS, access log, keep-alive, HTTP/2 settings, ...).
+            It is copied, not changed; the copy's ``graceful_timeout`` is raised so that
+            Hypercorn never cuts ``grace`` short.
+        grace: Seconds the requests in flight at the trigger get before phase 2.
+        drain_delay: Seconds between SIGTERM and the trigger (0: none).
+        termination_budget: The seconds the orchestrator allows from SIGTERM to SIGKILL
+            (Kubernetes' ``terminationGracePeriodSeconds``), to check the others against.
+        install_signal_handlers: Whether SIGINT and SIGTERM drive the shutdown (call it from
+            the main thread then); without them, cancel it from outside.
 
     Returns:
         The shutdown's :class:`~trio_cancel.LandingReport`: one row per request that was in
-        flight at the trigger (``"GET /path"``).
+        flight at the trigger, with its :attr:`~trio_cancel.TaskLanding.detail`.
+
+    Raises:
+        ValueError: ``bind`` and a ``config`` with its own bind are both given;
+            ``drain_delay + grace + 1`` exceeds ``termination_budget``; ``drain_delay`` is
+            negative or not finite; and as :class:`CancelMiddleware` for its options.
+        TypeError: ``config`` is not a Hypercorn ``Config``.
 
     Cancellation:
         A cancellation from outside stops the server and cancels every request at once, as
@@ -427,53 +607,160 @@ async def serve_until_shutdown(
     """
     from hypercorn.config import Config
 
-    config = Config()
-    config.bind = [bind]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 0.1  # every request has landed by the time the server stops
-    return await _serve(app, config, grace, request_timeout, install_signal_handlers, task_status)
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config must be a hypercorn.config.Config, not {type(config).__name__}")
+    grace = check_grace(grace)
+    if isinstance(drain_delay, bool) or not isinstance(drain_delay, int | float):
+        raise TypeError(
+            f"drain_delay must be a number of seconds, not {type(drain_delay).__name__}"
+        )
+    if not math.isfinite(drain_delay) or drain_delay < 0:
+        raise ValueError(
+            f"drain_delay must be a finite number of seconds >= 0, not {drain_delay!r}"
+        )
+    if termination_budget is not None:
+        budget = _check_positive(termination_budget, "termination_budget")
+        if drain_delay + grace + 1 > budget:
+            raise ValueError(
+                f"drain_delay + grace + 1 s = {drain_delay + grace + 1:g} s does not fit the "
+                f"termination budget of {budget:g} s: the orchestrator would kill the process "
+                "before its requests landed"
+            )
+    default_bind = Config().bind
+    if config is None:
+        server_config = Config()
+        server_config.accesslog = None
+        server_config.errorlog = None
+    else:
+        if bind is not None and list(config.bind) != list(default_bind):
+            raise ValueError("give bind= or a config with its own bind, not both")
+        server_config = copy.copy(config)
+    server_config.bind = [bind] if bind is not None else list(server_config.bind)
+    # Hypercorn's own graceful timeout must never cut the grace period short: phase 2 and
+    # the closing of the connections still open end the landing, not Hypercorn.
+    server_config.graceful_timeout = max(
+        float(server_config.graceful_timeout), grace + _PHASE_TWO_ANSWER_TIME + 1.0
+    )
+    middleware_options: dict[str, Any] = {
+        "timeout": timeout,
+        "max_timeout": max_timeout,
+        "timeout_status": timeout_status,
+        "shutdown_status": shutdown_status,
+        "retry_after": retry_after,
+        "report_query": report_query,
+        "readiness_path": readiness_path,
+    }
+    CancelMiddleware(app, **middleware_options)  # bad options: an error here, before serving
+    return await _serve(
+        app,
+        server_config,
+        grace,
+        drain_delay,
+        middleware_options,
+        install_signal_handlers,
+        task_status,
+    )
 
 
 # Seconds that the requests forced by phase 2 get to send their 503 before the connections
 # still open are closed.
 _PHASE_TWO_ANSWER_TIME = 0.3
 
-_PHASE_TWO_POLL = 0.05  # seconds between two looks for phase 2
+# Seconds that the last answers get to go out once every request has landed.
+_FLUSH_TIME = 0.1
 
 
 async def _serve(
     app: Any,  # noqa: ANN401 - any ASGI app
     config: Any,  # noqa: ANN401 - a hypercorn.config.Config
     grace: float,
-    request_timeout: float | None,
+    drain_delay: float,
+    middleware_options: dict[str, Any],
     install_signal_handlers: bool,
     task_status: trio.TaskStatus[str],
 ) -> LandingReport:
     """The body of :func:`serve_until_shutdown`: serve, wait for the trigger, land, stop."""
     connections = Connections()
     stop = trio.Event()
-    async with trio.open_nursery() as server_nursery:
-        try:
-            async with GracefulShutdown(grace) as shutdown:
-                if install_signal_handlers:
-                    shutdown.install_signal_handlers()
-                wrapped = CancelMiddleware(app, timeout=request_timeout, shutdown=shutdown)
-                binds = await server_nursery.start(
-                    functools.partial(
-                        serve_owning_connections,
-                        wrapped,
-                        config,
-                        connections,
-                        shutdown_trigger=stop.wait,
+    with contextlib.ExitStack() as stack:
+        receiver = None
+        if install_signal_handlers:
+            receiver = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+        async with trio.open_nursery() as server_nursery:
+            try:
+                async with GracefulShutdown(grace) as shutdown:
+                    wrapped = CancelMiddleware(app, shutdown=shutdown, **middleware_options)
+                    if receiver is not None:
+                        server_nursery.start_soon(
+                            _watch_signals, receiver, shutdown, wrapped, drain_delay
+                        )
+                    binds = await server_nursery.start(
+                        functools.partial(
+                            serve_owning_connections,
+                            wrapped,
+                            config,
+                            connections,
+                            shutdown_trigger=stop.wait,
+                            on_listeners_closed=functools.partial(
+                                shutdown._mark_phase, "listener_closed"
+                            ),
+                        )
                     )
-                )
-                task_status.started(binds[0])
-                await shutdown.token.wait_cancelled()
-                report = await _land(shutdown, connections)
-        finally:
-            stop.set()
-    return report
+                    task_status.started(binds[0])
+                    await shutdown.token.wait_cancelled()
+                    stop.set()  # the listeners close: new connections are refused
+                    report = await _land(shutdown, connections)
+            finally:
+                stop.set()
+            # Every request has landed: the last answers go out, then what is open closes.
+            with trio.move_on_after(_FLUSH_TIME):
+                await connections.wait_empty()
+            await connections.close_all()
+            server_nursery.cancel_scope.cancel()  # the signal watcher
+    return _with_exit_time(report, shutdown)
+
+
+def _with_exit_time(report: LandingReport, shutdown: GracefulShutdown) -> LandingReport:
+    """The report, with the phases the server recorded after it was made and its exit."""
+    shutdown._mark_phase("exit_server")
+    times = shutdown._phase_times
+    trigger = times["trigger"]
+    phases = {name: None if name not in times else times[name] - trigger for name in PHASES}
+    phases["exit"] = times["exit_server"] - trigger
+    return LandingReport._create(
+        report.tasks, report.reason, report.grace, report.ended_before, phases
+    )
+
+
+async def _watch_signals(
+    receiver: Any,  # noqa: ANN401 - Trio's signal receiver
+    shutdown: GracefulShutdown,
+    middleware: CancelMiddleware,
+    drain_delay: float,
+) -> None:
+    """SIGTERM: drain for ``drain_delay``, then trigger; SIGINT, or a second signal during the
+    drain: trigger at once; a signal after the trigger: phase 2 at once."""
+    drain_ends = math.inf
+    first = ""
+    while True:
+        with trio.move_on_at(drain_ends) as timer:
+            signum = await receiver.__anext__()
+        if timer.cancelled_caught:  # the drain is over
+            drain_ends = math.inf
+            shutdown.trigger(f"signal {first}")
+            continue
+        name = signal.Signals(signum).name
+        if shutdown.token.is_cancelled():
+            shutdown._force(f"forced by a second signal ({name})")
+        elif drain_ends < math.inf or signum == signal.SIGINT or drain_delay == 0:
+            drain_ends = math.inf
+            shutdown.trigger(f"signal {first or name}")
+        else:
+            first = name
+            drain_ends = trio.current_time() + drain_delay
+            shutdown._mark_phase("drain")
+            middleware.drain()
+            _log.info("%s: draining for %g s (readiness answers 503)", name, drain_delay)
 
 
 async def _land(shutdown: GracefulShutdown, connections: Connections) -> LandingReport:
@@ -487,9 +774,7 @@ async def _land(shutdown: GracefulShutdown, connections: Connections) -> Landing
 
 
 async def _close_in_phase_two(shutdown: GracefulShutdown, connections: Connections) -> None:
-    # GracefulShutdown has no event for phase 2 (yet): look for it every 50 ms.
-    while not shutdown_forcing(shutdown):  # noqa: ASYNC110 - no event to wait for
-        await trio.sleep(_PHASE_TWO_POLL)
+    await shutdown.wait_forcing()
     await trio.sleep(_PHASE_TWO_ANSWER_TIME)  # the forced requests answer 503 meanwhile
     if len(connections):
         _log.warning(
