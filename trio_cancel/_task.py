@@ -343,6 +343,9 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             )
 
     def __del__(self) -> None:
+        # Runs for every handle: a plain check first (no context manager object per handle).
+        if self._retrieved or type(self._outcome) is not Failed:
+            return
         with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
             self._report_unretrieved("TaskHandle discarded")
 
@@ -355,6 +358,11 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self._name!r} {self._state()}>"
+
+
+# Builds a TaskHandle without the metaclass's refusal (NoPublicConstructor): the package's own
+# constructor, one call fewer than ``_create`` on the path every spawned task takes.
+_construct: Any = type.__call__
 
 
 @final
@@ -410,7 +418,9 @@ def make_handle(
     name = check_task_arguments(nursery, async_fn, name, token, what)
     fn = with_token(async_fn, args, token, what)
     coro = coroutine_or_error(fn, args, what)  # a sync function fails here, as in Trio
-    handle: TaskHandle[T] = TaskHandle[T]._create(coro, name, token, on_done)
+    # The class itself, not ``TaskHandle[T]`` (a generic alias made on every call) nor its
+    # ``_create`` (one more frame): this runs once per task.
+    handle: TaskHandle[T] = _construct(TaskHandle, coro, name, token, on_done)
     try:
         nursery.start_soon(handle._run, name=name)  # raises if the nursery is closed
     except BaseException:
