@@ -59,6 +59,8 @@ PosArgsT = TypeVarTuple("PosArgsT")
 _log = logging.getLogger("trio_cancel")
 _TRIO_DIR = os.path.dirname(inspect.getfile(trio)) + os.sep  # where Trio's frames come from
 _ids = itertools.count(1)
+# What a finished handle holds instead of its task's scope: never entered, never cancelled.
+_ENDED_SCOPE = trio.CancelScope()
 
 # The handle of the task running in this context (each Trio task has its own context copy, so a
 # plain child task inherits its parent's value: compare ``handle._task`` before trusting it).
@@ -324,6 +326,10 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         self._task = None  # the task's context holds this handle: no cycle through it
         if self._token is not None:
             self._token._discard_scope(self._scope)
+        # The task's scope is exited and nothing reads it once the outcome is set (abort()
+        # returns first): a kept handle then holds one object fewer for the collector to
+        # traverse, and about 150 bytes less.
+        self._scope = _ENDED_SCOPE
         if self._done is not None:
             self._done.set()
         on_done, self._on_done = self._on_done, None
