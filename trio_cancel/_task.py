@@ -281,7 +281,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             self._finish(outcome_of_base_exception(exc))
             raise
         finally:
-            del coro
+            del coro, scope  # a stored error's traceback keeps this frame: not these
         outcome = Aborted(self._aborted_reason()) if result is None else result
         del result
         self._finish(outcome)
