@@ -767,7 +767,7 @@ async def test_finished_handle_keeps_no_cancel_scope(ending: str) -> None:
     async def body() -> int:
         if ending == "raises":
             raise ValueError("boom")
-        await trio.sleep_forever()
+        await trio.sleep(3600)
         return 1  # pragma: no cover
 
     async def quick() -> int:
