@@ -756,3 +756,36 @@ async def test_handle_failed_by_an_inner_group_is_freed_without_the_cycle_collec
         assert ref() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("ending", ["returns", "aborted", "raises"])
+async def test_finished_handle_keeps_no_cancel_scope(ending: str) -> None:
+    """A kept handle of a finished task holds its outcome, not its task's exited scope (one
+    object fewer per handle for memory and for the collector); it still behaves as finished:
+    abort() does nothing, repr and is_finished say so."""
+
+    async def body() -> int:
+        if ending == "raises":
+            raise ValueError("boom")
+        await trio.sleep(3600)
+        return 1  # pragma: no cover
+
+    async def quick() -> int:
+        await trio.lowlevel.checkpoint()
+        return 1
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, quick if ending == "returns" else body)
+        scope = weakref.ref(handle._scope)
+        await trio.testing.wait_all_tasks_blocked()
+        if ending == "aborted":
+            handle.abort("stop")
+    outcome = await handle.join()
+    gc.collect()
+    assert scope() is None
+    handle.abort("again")  # no effect once finished
+    assert handle.is_finished()
+    assert "finished" in repr(handle)
+    assert (await handle.join()) is outcome
+    expected = {"returns": tc.Completed, "aborted": tc.Aborted, "raises": tc.Failed}[ending]
+    assert type(outcome) is expected

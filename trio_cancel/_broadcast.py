@@ -32,7 +32,8 @@ class _BroadcastState(SharedEnds, Generic[T]):
 
     @property
     def oldest(self) -> int:
-        return max(0, self.head - self.capacity)
+        oldest = self.head - self.capacity
+        return oldest if oldest > 0 else 0
 
 
 @final
@@ -65,10 +66,13 @@ class BroadcastSender(FanoutSender, SyncClosable, Generic[T], metaclass=NoPublic
         state = self._state
         if state.receivers == 0:
             raise trio.BrokenResourceError("no broadcast receiver is open")
-        check_trio_thread("BroadcastSender.send()", wakes=state.wakes())
+        lot = state.lot
+        if lot:  # a receiver is parked: it must be woken, from the Trio thread
+            check_trio_thread("BroadcastSender.send()")
         state.ring[state.head % state.capacity] = value
         state.head += 1
-        state.lot.unpark_all()
+        if lot:  # an empty lot needs no call (a send that wakes nobody is the common case)
+            lot.unpark_all()
         return state.receivers
 
     @trio.lowlevel.enable_ki_protection

@@ -99,6 +99,9 @@ def check_async_callable(fn: object, what: str) -> None:
         )
 
 
+_COROUTINE_FLAG = inspect.CO_COROUTINE
+
+
 def coroutine_or_error(
     async_fn: Callable[..., object], args: tuple[object, ...], what: str
 ) -> Coroutine[Any, Any, Any]:
@@ -107,6 +110,8 @@ def coroutine_or_error(
     failure later inside the task. (Like Trio, a sync function has run by then.)"""
     if not callable(async_fn):
         raise TypeError(f"{what} needs an async function, not {type(async_fn).__name__}")
+    if type(async_fn) is types.FunctionType and async_fn.__code__.co_flags & _COROUTINE_FLAG:
+        return async_fn(*args)  # type: ignore[no-any-return]  # an async def: the common case
     if inspect.isasyncgenfunction(async_fn):
         raise TypeError(
             f"{what} needs an async function; {async_fn!r} is an async generator function"
@@ -138,7 +143,7 @@ def check_nursery(nursery: object, what: str) -> None:
         TypeError: Neither.
         RuntimeError: An anyio task group outside Trio (anyio's asyncio backend).
     """
-    if isinstance(nursery, trio.Nursery):
+    if type(nursery) is trio.Nursery or isinstance(nursery, trio.Nursery):
         return
     anyio = sys.modules.get("anyio")
     if anyio is not None and isinstance(nursery, anyio.abc.TaskGroup):

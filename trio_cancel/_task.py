@@ -59,6 +59,8 @@ PosArgsT = TypeVarTuple("PosArgsT")
 _log = logging.getLogger("trio_cancel")
 _TRIO_DIR = os.path.dirname(inspect.getfile(trio)) + os.sep  # where Trio's frames come from
 _ids = itertools.count(1)
+# What a finished handle holds instead of its task's scope: never entered, never cancelled.
+_ENDED_SCOPE = trio.CancelScope()
 
 # The handle of the task running in this context (each Trio task has its own context copy, so a
 # plain child task inherits its parent's value: compare ``handle._task`` before trusting it).
@@ -279,7 +281,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             self._finish(outcome_of_base_exception(exc))
             raise
         finally:
-            del coro
+            del coro, scope  # a stored error's traceback keeps this frame: not these
         outcome = Aborted(self._aborted_reason()) if result is None else result
         del result
         self._finish(outcome)
@@ -324,6 +326,10 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         self._task = None  # the task's context holds this handle: no cycle through it
         if self._token is not None:
             self._token._discard_scope(self._scope)
+        # The task's scope is exited and nothing reads it once the outcome is set (abort()
+        # returns first): a kept handle then holds one object fewer for the collector to
+        # traverse, and about 150 bytes less.
+        self._scope = _ENDED_SCOPE
         if self._done is not None:
             self._done.set()
         on_done, self._on_done = self._on_done, None
@@ -343,6 +349,9 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             )
 
     def __del__(self) -> None:
+        # Runs for every handle: a plain check first (no context manager object per handle).
+        if self._retrieved or type(self._outcome) is not Failed:
+            return
         with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
             self._report_unretrieved("TaskHandle discarded")
 
@@ -355,6 +364,11 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self._name!r} {self._state()}>"
+
+
+# Builds a TaskHandle without the metaclass's refusal (NoPublicConstructor): the package's own
+# constructor, one call fewer than ``_create`` on the path every spawned task takes.
+_construct: Any = type.__call__
 
 
 @final
@@ -410,7 +424,9 @@ def make_handle(
     name = check_task_arguments(nursery, async_fn, name, token, what)
     fn = with_token(async_fn, args, token, what)
     coro = coroutine_or_error(fn, args, what)  # a sync function fails here, as in Trio
-    handle: TaskHandle[T] = TaskHandle[T]._create(coro, name, token, on_done)
+    # The class itself, not ``TaskHandle[T]`` (a generic alias made on every call) nor its
+    # ``_create`` (one more frame): this runs once per task.
+    handle: TaskHandle[T] = _construct(TaskHandle, coro, name, token, on_done)
     try:
         nursery.start_soon(handle._run, name=name)  # raises if the nursery is closed
     except BaseException:

@@ -40,7 +40,8 @@ class _WatchState(SharedEnds, Generic[T]):
 
     def changed(self) -> None:
         self.version += 1
-        self.lot.unpark_all()
+        if self.lot:  # an empty lot needs no call
+            self.lot.unpark_all()
 
 
 @final
