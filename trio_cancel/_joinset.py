@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final, overl
 import attrs
 import trio
 
+from . import _hooks
 from ._checks import check_reason, check_trio_thread
 from ._nursery import NurseryOwner, OwnedNursery
 from ._trio_internals import cancel_scopes
@@ -121,6 +122,8 @@ class JoinSet(NurseryOwner):
         for handle in handles:
             handle._note_abort(reason)
         cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all
+        if _hooks.active:  # trio_cancel.otel: the source
+            _hooks.record_scopes([handle._scope for handle in handles], "abort")
 
     async def join_next(self) -> Outcome[Any] | None:
         """The outcome of the next task to finish, in finishing order; ``None`` if empty.
