@@ -362,7 +362,7 @@ async def test_server_spans_say_why_each_request_was_cut() -> None:
     statuses: dict[str, int] = {}
     async with tc.GracefulShutdown(grace=0.2) as gs:
         mw = CancelMiddleware(app, timeout=0.3, shutdown=gs)
-        wrapped = OpenTelemetryMiddleware(mw)
+        wrapped: Any = OpenTelemetryMiddleware(mw)
         async with trio.open_nursery() as server:
             binds = await server.start(
                 lambda task_status: serve(
