@@ -412,3 +412,32 @@ async def test_server_spans_say_why_each_request_was_cut() -> None:
         assert "s3cr3t" not in repr(ours)  # no request data in the library's attributes
     left = next(s for p, s in server_spans.items() if p.startswith("/left"))
     assert "error.type" not in attrs_of(left)  # the caller cancelled: intentional
+
+
+async def test_scope_bound_to_an_already_cancelled_token() -> None:
+    token = tc.CancellationToken()
+    token.cancel("early")
+    with token.cancel_scope(), tc_otel.span("late", TRACER):
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("late"), "token", "early", error=False)
+
+
+async def test_remote_source_is_recorded_by_the_bus_call_site() -> None:
+    # The bus itself needs PostgreSQL (tests/test_cancel_bus.py); its call site announces the
+    # source exactly as here.
+    token = tc.CancellationToken()
+    with token.cancel_scope(), tc_otel.span("rpc", TRACER):
+        _hooks.will_cancel(token, "remote")
+        token.cancel("cancelled by the caller")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("rpc"), "remote", "cancelled by the caller", error=False)
+
+
+async def test_an_announced_source_for_another_token_is_ignored() -> None:
+    a, b = tc.CancellationToken(), tc.CancellationToken()
+    a.cancel()
+    _hooks.will_cancel(a, "remote")  # a is already cancelled: this cancel() never records
+    with b.cancel_scope(), tc_otel.span("b", TRACER):
+        b.cancel("plain")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("b"), "token", "plain", error=False)

@@ -97,6 +97,13 @@ def token_cancelled(token: CancellationToken, scopes: list[trio.CancelScope]) ->
     record_scopes(scopes, source)
 
 
+def bound_late(token: CancellationToken, scope: trio.CancelScope) -> None:
+    """``scope`` was bound to ``token`` after it had been cancelled (and so was cancelled at
+    once): the source of the token's own cancel() if known, else ``token``."""
+    if active:
+        record_scopes((scope,), token_sources.get(token, "token"))
+
+
 def record_scopes(scopes: Iterable[trio.CancelScope], source: str) -> None:
     """Record ``source`` for the reasons the library just gave ``scopes``. Reasons already
     recorded keep their first source (the scope was cancelled before, by someone else)."""

@@ -408,6 +408,7 @@ class CancellationToken:
         """Bind an existing (possibly not yet entered) scope: O(1)."""
         if self._cancelled:
             cs.cancel(reason=self._reason)
+            _hooks.bound_late(self, cs)  # trio_cancel.otel: the source
             return
         self._mark_used()
         scopes = self._scopes
