@@ -75,7 +75,9 @@ async def main() -> None:
     config.graceful_timeout = 0.1
     stop = trio.Event()
     async with tc.GracefulShutdown(grace=0.3) as shutdown:
-        service = OpenTelemetryMiddleware(CancelMiddleware(app, timeout=0.5, shutdown=shutdown))
+        service: Any = OpenTelemetryMiddleware(
+            CancelMiddleware(app, timeout=0.5, shutdown=shutdown)
+        )
         async with trio.open_nursery() as server:
             binds = await server.start(
                 lambda task_status: serve(
