@@ -441,3 +441,38 @@ async def test_an_announced_source_for_another_token_is_ignored() -> None:
         b.cancel("plain")
         await trio.lowlevel.checkpoint()
     assert_marked(one("b"), "token", "plain", error=False)
+
+
+async def test_a_failing_exporter_side_never_breaks_the_task(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tc_otel.instrument()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("telemetry down")
+
+    monkeypatch.setattr(tc_otel._tracer, "start_span", broken)
+
+    async def quick() -> int:
+        await trio.lowlevel.checkpoint()
+        return 7
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, quick)
+    assert handle.outcome == tc.Completed(7)
+    assert "telemetry down" in caplog.text
+
+
+async def test_aborted_tasks_are_counted_without_a_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tc_otel.instrument()
+    monkeypatch.setattr(tc_otel, "_tracer", trace.NoOpTracer())
+    before = _counts().get("abort", 0)
+    async with tc.JoinSet() as js:
+        for _ in range(3):
+            js.spawn(trio.sleep_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        js.abort_all("enough")
+    assert spans() == []
+    assert _counts()["abort"] - before == 3

@@ -18,8 +18,10 @@ SDK every call here is a cheap no-op (OpenTelemetry's own non-recording spans an
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import weakref
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, ParamSpec
 
 import trio
 from opentelemetry import context as otel_context, metrics, trace
@@ -30,7 +32,7 @@ from ._outcome import Aborted, Failed
 from ._threads import thread_call_statistics
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -73,6 +75,8 @@ ATTR_CANCELLED: Final = "trio_cancel.cancelled"
 ATTR_REASON: Final = "trio_cancel.reason"
 ATTR_SOURCE: Final = "trio_cancel.source"
 
+_P = ParamSpec("_P")
+_log = logging.getLogger("trio_cancel.otel")
 _tracer = trace.get_tracer("trio_cancel")
 _meter = metrics.get_meter("trio_cancel")
 _error_sources: frozenset[str] = DEFAULT_ERROR_SOURCES
@@ -255,6 +259,20 @@ _task_spans: dict[TaskHandle[Any], tuple[trace.Span, object]] = {}
 _shutdown_spans: weakref.WeakKeyDictionary[Any, trace.Span] = weakref.WeakKeyDictionary()
 
 
+def _guarded(hook: Callable[_P, None]) -> Callable[_P, None]:
+    """A hook never breaks the library's own work: an error of the telemetry is logged."""
+
+    @functools.wraps(hook)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            hook(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - telemetry must not break the work it observes
+            _log.exception("trio_cancel.otel: %s failed", hook.__name__)
+
+    return guarded
+
+
+@_guarded
 def _task_start(handle: TaskHandle[Any]) -> None:
     sp = _tracer.start_span(f"task {handle.name}", attributes={"trio_cancel.task": handle.name})
     if not sp.is_recording():
@@ -263,11 +281,9 @@ def _task_start(handle: TaskHandle[Any]) -> None:
     _task_spans[handle] = (sp, token)
 
 
+@_guarded
 def _task_end(handle: TaskHandle[Any]) -> None:
     entry = _task_spans.pop(handle, None)
-    if entry is None:
-        return
-    sp, token = entry
     outcome = handle._outcome
     if isinstance(outcome, Aborted):
         reason_obj = _hooks.scope_reason(handle._scope)
@@ -277,18 +293,24 @@ def _task_end(handle: TaskHandle[Any]) -> None:
         else:
             trio_source = getattr(reason_obj, "source", "explicit")
         source = _source(trio_source, reason_obj)
-        _mark(sp, source, outcome.reason, None)
         known = _hooks.lookup(reason_obj)
         if known is not None and known[1] is not None:
             _landing.record(trio.current_time() - known[1], {ATTR_SOURCE: source})
-    elif isinstance(outcome, Failed):
-        sp.record_exception(outcome.error)
-        sp.set_status(Status(StatusCode.ERROR, f"{type(outcome.error).__name__}"))
-    with contextlib.suppress(Exception):
-        otel_context.detach(token)  # type: ignore[arg-type]
-    sp.end()
+        if entry is None:
+            _cancellations.add(1, {ATTR_SOURCE: source})
+        else:
+            _mark(entry[0], source, outcome.reason, None)
+    elif isinstance(outcome, Failed) and entry is not None:
+        entry[0].record_exception(outcome.error)
+        entry[0].set_status(Status(StatusCode.ERROR, f"{type(outcome.error).__name__}"))
+    if entry is not None:
+        sp, token = entry
+        with contextlib.suppress(Exception):
+            otel_context.detach(token)  # type: ignore[arg-type]
+        sp.end()
 
 
+@_guarded
 def _shutdown_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 - GracefulShutdown
     if kind == "open":
         new = _tracer.start_span("GracefulShutdown")
@@ -318,6 +340,7 @@ def _shutdown_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 - Gra
         sp.end()
 
 
+@_guarded
 def _request_cut(run: Any, outcome: object) -> None:  # noqa: ANN401 - the middleware's run
     token = run.token
     forced = isinstance(outcome, Aborted)
