@@ -476,3 +476,47 @@ async def test_aborted_tasks_are_counted_without_a_span(
         js.abort_all("enough")
     assert spans() == []
     assert _counts()["abort"] - before == 3
+
+
+def _metric(name: str) -> list[Any]:
+    data = _READER.get_metrics_data()
+    found: list[Any] = []
+    if data is None:
+        return found
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == name:
+                    found.extend(m.data.data_points)
+    return found
+
+
+async def test_shutdown_metrics(autojump_clock: trio.testing.MockClock) -> None:
+    tc_otel.instrument()
+
+    async def polite(token: tc.CancellationToken) -> None:
+        with token.cancel_scope():
+            await trio.sleep_forever()
+        await trio.sleep(1)  # lands 1 s after the trigger
+
+    async with tc.GracefulShutdown(5) as sd:
+        sd.spawn(polite)
+        sd.spawn(trio.sleep_forever, name="stuck")
+        await trio.testing.wait_all_tasks_blocked()
+        sd.trigger("deploy")
+        await trio.sleep(0.5)
+        (in_flight,) = _metric("trio_cancel.shutdown.in_flight")
+        assert in_flight.value == 2
+    (in_flight,) = _metric("trio_cancel.shutdown.in_flight")
+    assert in_flight.value == 0
+    landing = {p.attributes["trio_cancel.source"]: p for p in _metric("trio_cancel.landing_time")}
+    assert landing["shutdown"].max == pytest.approx(1)
+    assert landing["shutdown_forced"].max == pytest.approx(0)  # forced: exits at once
+
+
+def test_abandoned_thread_calls_are_observed() -> None:
+    tc_otel.instrument()
+    (point,) = _metric("trio_cancel.threads.abandoned")
+    assert point.value == tc.thread_call_statistics().abandoned
+    tc_otel.uninstrument()
+    assert _metric("trio_cancel.threads.abandoned") in ([], [point])
