@@ -494,6 +494,14 @@ def _metric(name: str) -> list[Any]:
 async def test_shutdown_metrics(autojump_clock: trio.testing.MockClock) -> None:
     tc_otel.instrument()
 
+    def landing() -> dict[str, tuple[int, float]]:
+        return {
+            p.attributes["trio_cancel.source"]: (p.count, p.sum)
+            for p in _metric("trio_cancel.landing_time")
+        }
+
+    before = landing()
+
     async def polite(token: tc.CancellationToken) -> None:
         with token.cancel_scope():
             await trio.sleep_forever()
@@ -509,9 +517,11 @@ async def test_shutdown_metrics(autojump_clock: trio.testing.MockClock) -> None:
         assert in_flight.value == 2
     (in_flight,) = _metric("trio_cancel.shutdown.in_flight")
     assert in_flight.value == 0
-    landing = {p.attributes["trio_cancel.source"]: p for p in _metric("trio_cancel.landing_time")}
-    assert landing["shutdown"].max == pytest.approx(1)
-    assert landing["shutdown_forced"].max == pytest.approx(0)  # forced: exits at once
+    after = landing()
+    for source, (count, total) in [("shutdown", (1, 1.0)), ("shutdown_forced", (1, 0.0))]:
+        count0, total0 = before.get(source, (0, 0.0))
+        assert after[source][0] - count0 == count
+        assert after[source][1] - total0 == pytest.approx(total)  # forced: exits at once
 
 
 def test_abandoned_thread_calls_are_observed() -> None:
