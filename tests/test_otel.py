@@ -530,3 +530,35 @@ def test_abandoned_thread_calls_are_observed() -> None:
     assert point.value == tc.thread_call_statistics().abandoned
     tc_otel.uninstrument()
     assert _metric("trio_cancel.threads.abandoned") in ([], [point])
+
+
+async def test_remote_source_through_the_real_cancel_bus() -> None:
+    """A job cancelled by another process's bus (PostgreSQL): its span says ``remote``."""
+    import os
+    import uuid
+
+    dsn = os.environ.get("TRIO_CANCEL_PG_DSN")
+    if dsn is None:
+        if os.environ.get("TRIO_CANCEL_REQUIRE_PG") == "1":
+            pytest.fail("TRIO_CANCEL_REQUIRE_PG=1 but no TRIO_CANCEL_PG_DSN")
+        pytest.skip("no PostgreSQL server (run through .ci/with-postgres)")
+    import trio_cancel.postgres as tc_postgres
+
+    name = f"tcb_{uuid.uuid4().hex[:12]}"
+    try:
+        async with (
+            tc_postgres.open_cancel_bus(dsn, table=name, channel=name) as worker,
+            tc_postgres.open_cancel_bus(dsn, table=name, channel=name) as controller,
+        ):
+            token = worker.token("job-1")
+            with trio.fail_after(30), token.cancel_scope(), tc_otel.span("job", TRACER):
+                await controller.cancel("job-1", "the user pressed stop")
+                await trio.sleep_forever()
+            await worker.landed("job-1", tc.Aborted(token.reason))
+    finally:
+        with trio.CancelScope(shield=True):
+            async with await tc_postgres.connect(dsn) as conn:
+                await conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+                await conn.execute(f'DROP FUNCTION IF EXISTS "{name}_announce"()')
+                await conn.execute(f'DROP FUNCTION IF EXISTS "{name}_cancel"(text, text, interval)')
+    assert_marked(one("job"), "remote", "the user pressed stop", error=False)
