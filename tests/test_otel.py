@@ -562,3 +562,72 @@ async def test_remote_source_through_the_real_cancel_bus() -> None:
                 await conn.execute(f'DROP FUNCTION IF EXISTS "{name}_announce"()')
                 await conn.execute(f'DROP FUNCTION IF EXISTS "{name}_cancel"(text, text, interval)')
     assert_marked(one("job"), "remote", "the user pressed stop", error=False)
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_seeded_schedules_each_span_names_what_cut_it(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Random mixes of token cancels, aborts, deadlines and completions, fired in random
+    order: every span names the cancellation that reached it first, or none."""
+    import random
+
+    rng = random.Random(seed)
+    token = tc.CancellationToken()
+    kinds = [rng.choice(["token", "abort", "both", "deadline", "done"]) for _ in range(12)]
+    deadlines = [rng.uniform(0.5, 1.5) for _ in kinds]
+    fire_at = rng.uniform(0.1, 2.5)
+
+    async def work(i: int) -> None:
+        kind = kinds[i]
+        with trio.CancelScope() as cs:
+            if kind == "deadline":
+                cs.deadline = trio.current_time() + deadlines[i]
+            with tc_otel.span(f"w{i}", TRACER):
+                await trio.sleep(0.05 if kind == "done" else 10)
+
+    async with trio.open_nursery() as nursery:
+        handles = []
+        for i, kind in enumerate(kinds):
+            bound = token if kind in ("token", "both", "deadline") else None
+            handles.append(tc.spawn(nursery, work, i, token=bound))
+        await trio.sleep(fire_at)
+        events = ["token"] + [i for i, k in enumerate(kinds) if k in ("abort", "both")]
+        rng.shuffle(events)
+        first: dict[int, str] = {}
+        for ev in events:
+            if ev == "token":
+                token.cancel("stop")
+                for i, k in enumerate(kinds):
+                    if k in ("token", "both"):
+                        first.setdefault(i, "token")
+            else:
+                assert isinstance(ev, int)
+                handles[ev].abort("hedge")
+                first.setdefault(ev, "abort")
+    for i, kind in enumerate(kinds):
+        got = attrs_of(one(f"w{i}")).get("trio_cancel.source")
+        if kind == "done":
+            want = None
+        elif kind == "deadline":
+            want = "trio.deadline" if deadlines[i] < fire_at else "token"
+        else:
+            want = first[i]
+        assert got == want, (seed, i, kind)
+
+
+async def test_the_record_holds_nothing_once_the_scopes_are_gone() -> None:
+    import gc
+
+    for _ in range(200):
+        token = tc.CancellationToken()
+        with token.cancel_scope():
+            token.cancel("x")
+            await trio.lowlevel.checkpoint()
+        handle_scope = trio.CancelScope()
+        handle_scope.cancel()
+        _hooks.record_scope(handle_scope, "abort")
+    del token, handle_scope
+    gc.collect()
+    assert len(_hooks._sources) < 5
+    assert _hooks._pending is None
