@@ -117,7 +117,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         print("bench_middleware.py: skipped (wrk is not installed: apt-get install wrk)")
         return
-    results = {mode: [] for mode in MODES}
+    results: dict[str, list[float]] = {mode: [] for mode in MODES}
     for _ in range(args.runs):
         for mode in MODES:
             results[mode].append(requests_per_second(mode, args.seconds))
