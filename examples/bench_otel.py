@@ -99,9 +99,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="per HTTP run")
     parser.add_argument("--no-http", action="store_true", help="skip the middleware benchmark")
+    parser.add_argument(
+        "--variants", nargs="+", default=["token-scope", "joinset"], help="bench_cancel variants"
+    )
     args = parser.parse_args()
 
-    for variant in ("token-scope", "joinset"):
+    for variant in args.variants:
         wall: dict[str, list[float]] = {mode: [] for mode in MODES}
         cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
         for _ in range(args.runs):

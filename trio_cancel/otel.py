@@ -272,8 +272,25 @@ def _guarded(hook: Callable[_P, None]) -> Callable[_P, None]:
     return guarded
 
 
+_tracing_seen = False
+
+
+def _tracing() -> bool:
+    """Whether a real tracer provider (an SDK's) is set: until one is, a task costs no span.
+    A provider is set once per process, so once seen it stays."""
+    global _tracing_seen
+    if not _tracing_seen:
+        provider = trace.get_tracer_provider()
+        _tracing_seen = not isinstance(
+            provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        )
+    return _tracing_seen
+
+
 @_guarded
 def _task_start(handle: TaskHandle[Any]) -> None:
+    if not _tracing():
+        return
     sp = _tracer.start_span(f"task {handle.name}", attributes={"trio_cancel.task": handle.name})
     if not sp.is_recording():
         return
