@@ -84,6 +84,33 @@ CHECKS: dict[str, Expect] = {
         ),
         args=("--measure", "20", "--grace", "0.5"),
     ),
+    "observe_cancellation.py": Expect(
+        lines=(
+            r"^Server spans exported \(one per request\):$",
+            r"^  request +HTTP +trio_cancel\.source +status +trio_cancel\.reason$",
+            r"^  /ok +200 +- +UNSET +-$",
+            r"^  /slow +504 +request_timeout +ERROR +request timeout$",
+            r"^  /hurried +504 +caller_deadline +ERROR +caller deadline$",
+            r"^  /left +- +client_disconnect +UNSET +client disconnected$",
+            r"^  /stuck +503 +shutdown_forced +ERROR +deploy: forced after the grace period$",
+            r"^The app's own spans \(tc_otel\.span\):$",
+            r"^  work /hurried: trio_cancel\.source = caller_deadline$",
+            r"^  work /left: trio_cancel\.source = client_disconnect$",
+            r"^  work /slow: trio_cancel\.source = request_timeout$",
+            r"^  work /stuck: trio_cancel\.source = shutdown_forced$",
+        ),
+        never=(r"secret", r"Traceback"),
+    ),
+    "bench_otel.py": Expect(
+        lines=(
+            r"^bench_cancel\.py token-scope, 2,000 tasks: cancel to last join \(median of 1\)$",
+            r"^  off +[\d.e+-]+ s +[+-]\d+\.\d % cost$",
+            r"^  instrumented +[\d.e+-]+ s ",
+            r"^  sdk +[\d.e+-]+ s ",
+            r"^bench_cancel\.py joinset, 2,000 tasks: cancel to last join \(median of 1\)$",
+        ),
+        args=("--tasks", "2000", "--runs", "1", "--no-http"),
+    ),
     "cancel_bus.py": Expect(
         lines=(
             r"^(cancel_bus\.py needs a PostgreSQL server|20 jobs: 5 of 5 cancelled jobs landed "

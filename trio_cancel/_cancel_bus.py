@@ -50,6 +50,7 @@ import attrs
 import psycopg
 import trio
 
+from . import _hooks
 from ._outcome import Aborted, Completed, Failed
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
@@ -812,6 +813,7 @@ class CancelBus(metaclass=NoPublicConstructor):
             return
         run.cause = cause
         try:
+            _hooks.will_cancel(run.token, "remote")  # trio_cancel.otel: the source
             run.token.cancel(cause.reason, cause=cause)
         except Exception:  # noqa: BLE001 - callbacks of the user's own: they must not stop the bus
             _log.exception("an on_cancel callback of job %r's token raised", job_id)

@@ -9,6 +9,7 @@ import attrs
 import trio
 from typing_extensions import TypeVar
 
+from . import _hooks
 from ._checks import check_reason, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
 from ._task import check_task_arguments, start_task
@@ -170,6 +171,8 @@ class JoinSet(NurseryOwner, Generic[T]):
         for handle in handles:
             handle._note_abort(reason)
         cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all
+        if _hooks.active:  # trio_cancel.otel: the source
+            _hooks.record_scopes([handle._scope for handle in handles], "abort")
 
     async def join_next(self) -> Outcome[T] | None:
         """The outcome of the next task to finish, in finishing order; ``None`` if empty.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, final, overload
 import attrs
 import trio
 
+from . import _hooks
 from ._checks import check_grace, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
 from ._outcome import Aborted, Completed, Failed, Outcome
@@ -531,6 +532,7 @@ class GracefulShutdown(NurseryOwner):
                 )
             return
         self._exited_at[handle] = trio.current_time()
+        _hooks.shutdown(self, "exit", handle)  # trio_cancel.otel.instrument()
         if self._running == 0 and self._triggered_at is not None:
             self._all_exited.set()
 
@@ -566,7 +568,9 @@ class GracefulShutdown(NurseryOwner):
         if self._running == 0:
             self._all_exited.set()
         self._start_helper(self._phase_two)
+        _hooks.will_cancel(self._token, "shutdown")  # trio_cancel.otel: the source
         self._token.cancel(reason)
+        _hooks.shutdown(self, "trigger", reason)  # trio_cancel.otel.instrument()
 
     @trio.lowlevel.enable_ki_protection
     def force(self) -> None:
@@ -587,11 +591,13 @@ class GracefulShutdown(NurseryOwner):
                 self._phase_two_reason = f"{self._reason}: {why}"
                 self._mark_phase("phase_two")
                 self._forcing.set()
+                _hooks.shutdown(self, "phase 2", why)  # trio_cancel.otel.instrument()
             reason = self._phase_two_reason
             for handle in list(self._tracked):
                 if not handle.is_finished() and handle not in self._forced:
                     self._forced.add(handle)
                     handle.abort(reason)
+                    _hooks.forced(self, handle)  # trio_cancel.otel: the source
             for handle in list(self._starting):  # start() calls still waiting for started()
                 handle.abort(reason)
 
@@ -706,6 +712,7 @@ class GracefulShutdown(NurseryOwner):
 
     def _opened(self) -> None:
         self._state = "open"
+        _hooks.shutdown(self, "open", None)  # trio_cancel.otel.instrument()
 
     async def _leave(self, exc: BaseException | None) -> bool:
         """Leaving the ``async with``: trigger if needed, land every task, close the nursery."""
@@ -718,6 +725,7 @@ class GracefulShutdown(NurseryOwner):
             for scope in self._helpers:
                 scope.cancel()
             self._state = "landed"
+            _hooks.shutdown(self, "landed", None)  # trio_cancel.otel.instrument()
             try:
                 result = await self._tasks.exit(exc)  # noqa: ASYNC102
             except BaseException as error:

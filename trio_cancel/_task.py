@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final, ov
 import attrs
 import trio
 
+from . import _hooks
 from ._checks import (
     check_nursery,
     check_reason,
@@ -188,6 +189,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         check_trio_thread("TaskHandle.abort()")
         self._note_abort(reason)
         self._scope.cancel(reason=reason)
+        _hooks.record_scope(self._scope, "abort")  # trio_cancel.otel: the source
 
     def _note_abort(self, reason: str | None) -> None:
         if not self._scope.cancel_called:
@@ -234,6 +236,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     async def _run(self) -> None:  # noqa: ASYNC910 - the task's root: nothing awaits it
         self._task = trio.lowlevel.current_task()
         CURRENT_HANDLE.set(self)
+        if _hooks.task_start is not None:  # trio_cancel.otel.instrument(): the task's span
+            _hooks.task_start(self)
         coro, scope = self._coro, self._scope
         self._coro = None
         assert coro is not None
@@ -323,6 +327,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
 
     def _finish(self, outcome: Outcome[T]) -> None:
         self._outcome = outcome
+        if _hooks.task_end is not None:  # trio_cancel.otel.instrument(): end the task's span
+            _hooks.task_end(self)
         self._task = None  # the task's context holds this handle: no cycle through it
         if self._token is not None:
             self._token._discard_scope(self._scope)

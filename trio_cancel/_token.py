@@ -65,6 +65,7 @@ import attrs
 import outcome
 import trio
 
+from . import _hooks
 from ._checks import check_reason, check_seconds, check_sync_callable
 from ._collector import GC_PAUSE_AT, pause_collector, resume_collector
 from ._debug import track_registration
@@ -366,6 +367,8 @@ class CancellationToken:
 
             if scopes_to_cancel:
                 cancel_scopes(scopes_to_cancel, reason)
+            if _hooks.active:  # trio_cancel.otel: why these scopes were cancelled
+                _hooks.token_cancelled(self, scopes_to_cancel)
         finally:
             if paused:
                 resume_collector()
@@ -405,6 +408,7 @@ class CancellationToken:
         """Bind an existing (possibly not yet entered) scope: O(1)."""
         if self._cancelled:
             cs.cancel(reason=self._reason)
+            _hooks.bound_late(self, cs)  # trio_cancel.otel: the source
             return
         self._mark_used()
         scopes = self._scopes

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
+from . import _hooks
 from ._checks import check_grace
 from ._excgroups import raise_errors_of
 from ._hypercorn_internals import Connections, serve_owning_connections
@@ -298,6 +299,7 @@ class _Request:
         if limit < math.inf:
             self.cell = RequestDeadline(deadline)
             token.cancel_after(limit, why)  # the handler's Cancelled carries the reason
+            _hooks.timer_source(token, why)  # trio_cancel.otel: the source
         extensions = self.scope.setdefault("extensions", {})
         extensions["trio_cancel"] = {
             "token": token,
@@ -320,6 +322,8 @@ class _Request:
             raise
         finally:
             release_timer(token)  # ended before its deadline: no timer keeps the token alive
+        if _hooks.request_cut is not None:  # trio_cancel.otel.instrument(): the server span
+            _hooks.request_cut(self, outcome)
         if isinstance(outcome, Failed):
             raise outcome.error  # the app raised: the server answers 500
         if token.is_cancelled():
@@ -431,6 +435,7 @@ class _Request:
                 self.disconnected = True
                 if not self.finished:
                     _log.info("%s: client disconnected; cancelling the handler", self.name)
+                    _hooks.will_cancel(token, "client_disconnect")  # trio_cancel.otel
                     token.cancel("client disconnected")
                 return
 

@@ -1,0 +1,633 @@
+"""trio_cancel.otel with the real OpenTelemetry SDK (in-memory span exporter, metric reader)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+import trio_cancel as tc
+from trio_cancel import _hooks
+
+otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
+
+from opentelemetry import metrics, trace  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import StatusCode  # noqa: E402
+
+import trio_cancel.otel as tc_otel  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from opentelemetry.sdk.trace import ReadableSpan
+
+_EXPORTER = InMemorySpanExporter()
+_PROVIDER = TracerProvider()
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+_READER = InMemoryMetricReader()
+trace.set_tracer_provider(_PROVIDER)
+metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
+TRACER = _PROVIDER.get_tracer("tests")
+
+
+@pytest.fixture(autouse=True)
+def exporter() -> Iterator[InMemorySpanExporter]:
+    _EXPORTER.clear()
+    yield _EXPORTER
+    tc_otel.uninstrument()
+    tc_otel.configure()
+
+
+def spans(name: str | None = None) -> list[ReadableSpan]:
+    found = list(_EXPORTER.get_finished_spans())
+    return [s for s in found if name is None or s.name == name]
+
+
+def one(name: str) -> ReadableSpan:
+    (found,) = spans(name)
+    return found
+
+
+def attrs_of(s: ReadableSpan) -> dict[str, Any]:
+    return dict(s.attributes or {})
+
+
+def assert_marked(s: ReadableSpan, source: str, reason: str | None, *, error: bool) -> None:
+    a = attrs_of(s)
+    assert a["trio_cancel.cancelled"] is True
+    assert a["trio_cancel.source"] == source
+    assert a.get("trio_cancel.reason") == reason
+    if error:
+        assert s.status.status_code is StatusCode.ERROR
+        assert a["error.type"] == source
+    else:
+        assert s.status.status_code is StatusCode.UNSET
+        assert "error.type" not in a
+
+
+async def test_token_source_leaves_status_unset() -> None:
+    token = tc.CancellationToken()
+
+    async def work() -> None:
+        with token.cancel_scope(), tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work)
+        await trio.testing.wait_all_tasks_blocked()
+        token.cancel("user asked")
+    assert_marked(one("work"), "token", "user asked", error=False)
+
+
+async def test_abort_source() -> None:
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, work)
+        await trio.testing.wait_all_tasks_blocked()
+        handle.abort("losing hedge")
+    assert isinstance(handle.outcome, tc.Aborted)
+    assert_marked(one("work"), "abort", "losing hedge", error=False)
+
+
+async def test_joinset_abort_all_source() -> None:
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    async with tc.JoinSet() as js:
+        for _ in range(3):
+            js.spawn(work)
+        await trio.testing.wait_all_tasks_blocked()
+        js.abort_all("enough")
+    assert len(spans("work")) == 3
+    for s in spans("work"):
+        assert_marked(s, "abort", "enough", error=False)
+
+
+async def test_deadline_sets_error(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.move_on_after(1):
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+    assert_marked(one("work"), "trio.deadline", None, error=True)
+
+
+async def test_nursery_sibling_failure() -> None:
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    async def fail() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        raise ValueError("boom")
+
+    with pytest.RaisesGroup(ValueError):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work)
+            nursery.start_soon(fail)
+    assert_marked(
+        one("work"), "trio.nursery", "child task raised exception ValueError('boom')", error=False
+    )
+
+
+async def test_plain_scope_cancel_is_trio_explicit() -> None:
+    with trio.CancelScope() as cs, tc_otel.span("work", TRACER):
+        cs.cancel("mine")
+        await trio.sleep_forever()
+    assert_marked(one("work"), "trio.explicit", "mine", error=False)
+
+
+async def test_completed_span_untouched() -> None:
+    with tc_otel.span("work", TRACER, attributes={"k": 1}) as s:
+        await trio.lowlevel.checkpoint()
+        s.set_attribute("done", True)
+    got = one("work")
+    assert attrs_of(got) == {"k": 1, "done": True}
+    assert got.status.status_code is StatusCode.UNSET
+
+
+async def test_other_exception_is_opentelemetrys() -> None:
+    with pytest.raises(KeyError), tc_otel.span("work", TRACER):
+        raise KeyError("x")
+    got = one("work")
+    assert "trio_cancel.cancelled" not in attrs_of(got)
+    assert got.status.status_code is StatusCode.ERROR
+
+
+async def test_nesting_and_nursery_children_keep_parents() -> None:
+    token = tc.CancellationToken()
+
+    async def child() -> None:
+        with tc_otel.span("child", TRACER):
+            await trio.sleep_forever()
+
+    with token.cancel_scope(), tc_otel.span("parent", TRACER):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child)
+            await trio.testing.wait_all_tasks_blocked()
+            token.cancel("stop")
+    parent, child_span = one("parent"), one("child")
+    assert child_span.parent is not None
+    assert parent.context is not None
+    assert child_span.parent.span_id == parent.context.span_id
+    assert_marked(child_span, "token", "stop", error=False)
+    assert_marked(parent, "token", "stop", error=False)
+
+
+async def test_status_policy_configurable() -> None:
+    tc_otel.configure(error_sources={"token"})
+    token = tc.CancellationToken()
+    with token.cancel_scope(), tc_otel.span("a", TRACER):
+        token.cancel("r")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("a"), "token", "r", error=True)
+    tc_otel.configure()
+    with trio.move_on_after(0):
+        with tc_otel.span("b", TRACER, error_sources=()):
+            await trio.lowlevel.checkpoint()
+    assert_marked(one("b"), "trio.deadline", None, error=False)
+    with pytest.raises(TypeError):
+        tc_otel.configure(error_sources="token")
+
+
+async def test_shutdown_sources_and_span(autojump_clock: trio.testing.MockClock) -> None:
+    tc_otel.instrument()
+
+    async def polite(token: tc.CancellationToken) -> None:
+        with token.cancel_scope(), tc_otel.span("polite", TRACER):
+            await trio.sleep_forever()
+
+    async def stubborn() -> None:
+        with tc_otel.span("stubborn", TRACER):
+            await trio.sleep_forever()
+
+    async with tc.GracefulShutdown(5) as sd:
+        sd.spawn(polite, name="polite")
+        sd.spawn(stubborn, name="stubborn")
+        await trio.testing.wait_all_tasks_blocked()
+        sd.trigger("deploy")
+    assert_marked(one("polite"), "shutdown", "deploy", error=False)
+    assert_marked(
+        one("stubborn"), "shutdown_forced", "deploy: forced after the grace period", error=True
+    )
+    task_span = one("task stubborn")
+    assert_marked(task_span, "shutdown_forced", "deploy: forced after the grace period", error=True)
+    assert one("stubborn").parent.span_id == task_span.context.span_id  # type: ignore[union-attr]
+    sd_span = one("GracefulShutdown")
+    assert [e.name for e in sd_span.events] == ["trigger", "phase 2", "forced"]
+    assert sd_span.events[2].attributes == {"trio_cancel.task": "stubborn"}
+    assert sd_span.status.status_code is StatusCode.ERROR
+
+
+async def test_task_spans_with_instrument() -> None:
+    tc_otel.instrument()
+
+    async def quick() -> int:
+        await trio.lowlevel.checkpoint()
+        return 1
+
+    async def bad() -> None:
+        await trio.lowlevel.checkpoint()
+        raise ValueError("x")
+
+    async with trio.open_nursery() as nursery:
+        tc.spawn(nursery, quick, name="quick")
+        failed = tc.spawn(nursery, bad, name="bad")
+        never = tc.spawn(nursery, quick, name="never")
+        never.abort("before start")
+    assert isinstance(failed.outcome, tc.Failed)
+    assert attrs_of(one("task quick")) == {"trio_cancel.task": "quick"}
+    assert one("task bad").status.status_code is StatusCode.ERROR
+    assert_marked(one("task never"), "abort", "before start", error=False)
+
+
+async def test_uninstrument_leaves_no_trace() -> None:
+    tc_otel.instrument()
+    assert tc_otel.is_instrumented()
+    tc_otel.uninstrument()
+    assert not tc_otel.is_instrumented()
+    assert _hooks.task_start is None
+    assert _hooks.task_end is None
+    assert _hooks.shutdown_event is None
+    assert _hooks.request_cut is None
+
+    async def quick() -> None:
+        await trio.lowlevel.checkpoint()
+
+    async with tc.GracefulShutdown(1) as sd:
+        sd.spawn(quick)
+    assert spans() == []
+    assert not tc_otel._task_spans
+    assert not tc_otel._shutdown_spans
+
+
+async def test_uninstrument_ends_open_spans() -> None:
+    tc_otel.instrument()
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, trio.sleep_forever, name="open")
+        await trio.testing.wait_all_tasks_blocked()
+        tc_otel.uninstrument()
+        assert len(spans("task open")) == 1
+        handle.abort()
+    assert not tc_otel._task_spans
+
+
+def _counts() -> dict[str, int]:
+    data = _READER.get_metrics_data()
+    out: dict[str, int] = {}
+    if data is None:
+        return out
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == "trio_cancel.cancellations":
+                    for p in m.data.data_points:
+                        assert isinstance(p, NumberDataPoint)
+                        assert p.attributes is not None
+                        out[str(p.attributes["trio_cancel.source"])] = int(p.value)
+    return out
+
+
+async def test_counter_by_source(autojump_clock: trio.testing.MockClock) -> None:
+    before = _counts()
+    for _ in range(2):
+        with trio.move_on_after(1), tc_otel.span("w", TRACER):
+            await trio.sleep_forever()
+    after = _counts()
+    assert after["trio.deadline"] - before.get("trio.deadline", 0) == 2
+
+
+def test_import_trio_cancel_imports_no_opentelemetry() -> None:
+    code = (
+        "import sys, trio_cancel, trio_cancel.asgi\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
+        "assert not trio_cancel._hooks.active\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- end to end: Hypercorn + ASGI
+
+
+async def test_server_spans_say_why_each_request_was_cut() -> None:
+    """A real Hypercorn server, OpenTelemetryMiddleware(CancelMiddleware(app)): a request cut
+    by its timeout, one whose client left, one forced by the shutdown (the middleware lets
+    requests in flight finish in phase 1); the exported server spans tell them apart."""
+    import httpx
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from trio_cancel.asgi import CancelMiddleware
+
+    tc_otel.instrument()
+    started: dict[str, trio.Event] = {}
+    ended: dict[str, trio.Event] = {}
+
+    def event(table: dict[str, trio.Event], path: str) -> trio.Event:
+        return table.setdefault(path, trio.Event())
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        path = scope["path"]
+        event(started, path).set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            event(ended, path).set()
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.1
+    stop = trio.Event()
+    statuses: dict[str, int] = {}
+    async with tc.GracefulShutdown(grace=0.2) as gs:
+        mw = CancelMiddleware(app, timeout=0.3, shutdown=gs)
+        wrapped: Any = OpenTelemetryMiddleware(mw)
+        async with trio.open_nursery() as server:
+            binds = await server.start(
+                lambda task_status: serve(
+                    wrapped, config, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            base = binds[0]
+            async with httpx.AsyncClient(base_url=base) as client:
+                response = await client.get("/timeout?secret=s3cr3t")
+                statuses["/timeout"] = response.status_code
+
+                stream = await trio.open_tcp_stream("127.0.0.1", int(base.rsplit(":", 1)[1]))
+                await stream.send_all(b"GET /left HTTP/1.1\r\nHost: x\r\n\r\n")
+                await event(started, "/left").wait()
+                await stream.aclose()
+                await event(ended, "/left").wait()
+
+                async def get(path: str) -> None:
+                    statuses[path] = (await client.get(path)).status_code
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(get, "/stubborn")
+                    await event(started, "/stubborn").wait()
+                    gs.trigger("deploy")
+                await gs.wait()
+            stop.set()
+    assert statuses == {"/timeout": 504, "/stubborn": 503}
+    server_spans = {
+        str((s.attributes or {}).get("url.path", (s.attributes or {}).get("http.target"))): s
+        for s in spans()
+        if s.kind is trace.SpanKind.SERVER
+    }
+    got = {
+        path.split("?")[0]: (
+            attrs_of(s).get("trio_cancel.source"),
+            attrs_of(s).get("trio_cancel.reason"),
+        )
+        for path, s in server_spans.items()
+    }
+    assert got == {
+        "/timeout": ("request_timeout", "request timeout"),
+        "/left": ("client_disconnect", "client disconnected"),
+        "/stubborn": ("shutdown_forced", "deploy: forced after the grace period"),
+    }
+    for s in server_spans.values():
+        ours = {k: v for k, v in attrs_of(s).items() if k.startswith("trio_cancel.")}
+        assert "s3cr3t" not in repr(ours)  # no request data in the library's attributes
+    left = next(s for p, s in server_spans.items() if p.startswith("/left"))
+    assert "error.type" not in attrs_of(left)  # the caller cancelled: intentional
+
+
+async def test_scope_bound_to_an_already_cancelled_token() -> None:
+    token = tc.CancellationToken()
+    token.cancel("early")
+    with token.cancel_scope(), tc_otel.span("late", TRACER):
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("late"), "token", "early", error=False)
+
+
+async def test_remote_source_is_recorded_by_the_bus_call_site() -> None:
+    # The bus itself needs PostgreSQL (tests/test_cancel_bus.py); its call site announces the
+    # source exactly as here.
+    token = tc.CancellationToken()
+    with token.cancel_scope(), tc_otel.span("rpc", TRACER):
+        _hooks.will_cancel(token, "remote")
+        token.cancel("cancelled by the caller")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("rpc"), "remote", "cancelled by the caller", error=False)
+
+
+async def test_an_announced_source_for_another_token_is_ignored() -> None:
+    a, b = tc.CancellationToken(), tc.CancellationToken()
+    a.cancel()
+    _hooks.will_cancel(a, "remote")  # a is already cancelled: this cancel() never records
+    with b.cancel_scope(), tc_otel.span("b", TRACER):
+        b.cancel("plain")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("b"), "token", "plain", error=False)
+
+
+async def test_a_failing_exporter_side_never_breaks_the_task(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tc_otel.instrument()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("telemetry down")
+
+    monkeypatch.setattr(tc_otel._tracer, "start_span", broken)
+
+    async def quick() -> int:
+        await trio.lowlevel.checkpoint()
+        return 7
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, quick)
+    assert handle.outcome == tc.Completed(7)
+    assert "telemetry down" in caplog.text
+
+
+async def test_aborted_tasks_are_counted_without_a_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tc_otel.instrument()
+    monkeypatch.setattr(tc_otel, "_tracer", trace.NoOpTracer())
+    before = _counts().get("abort", 0)
+    async with tc.JoinSet() as js:
+        for _ in range(3):
+            js.spawn(trio.sleep_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        js.abort_all("enough")
+    assert spans() == []
+    assert _counts()["abort"] - before == 3
+
+
+def _metric(name: str) -> list[Any]:
+    data = _READER.get_metrics_data()
+    found: list[Any] = []
+    if data is None:
+        return found
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == name:
+                    found.extend(m.data.data_points)
+    return found
+
+
+async def test_shutdown_metrics(autojump_clock: trio.testing.MockClock) -> None:
+    tc_otel.instrument()
+
+    def landing() -> dict[str, tuple[int, float]]:
+        return {
+            p.attributes["trio_cancel.source"]: (p.count, p.sum)
+            for p in _metric("trio_cancel.landing_time")
+        }
+
+    before = landing()
+
+    async def polite(token: tc.CancellationToken) -> None:
+        with token.cancel_scope():
+            await trio.sleep_forever()
+        await trio.sleep(1)  # lands 1 s after the trigger
+
+    async with tc.GracefulShutdown(5) as sd:
+        sd.spawn(polite)
+        sd.spawn(trio.sleep_forever, name="stuck")
+        await trio.testing.wait_all_tasks_blocked()
+        sd.trigger("deploy")
+        await trio.sleep(0.5)
+        (in_flight,) = _metric("trio_cancel.shutdown.in_flight")
+        assert in_flight.value == 2
+    (in_flight,) = _metric("trio_cancel.shutdown.in_flight")
+    assert in_flight.value == 0
+    after = landing()
+    for source, (count, total) in [("shutdown", (1, 1.0)), ("shutdown_forced", (1, 0.0))]:
+        count0, total0 = before.get(source, (0, 0.0))
+        assert after[source][0] - count0 == count
+        assert after[source][1] - total0 == pytest.approx(total)  # forced: exits at once
+
+
+def test_abandoned_thread_calls_are_observed() -> None:
+    tc_otel.instrument()
+    (point,) = _metric("trio_cancel.threads.abandoned")
+    assert point.value == tc.thread_call_statistics().abandoned
+    tc_otel.uninstrument()
+    assert _metric("trio_cancel.threads.abandoned") in ([], [point])
+
+
+async def test_remote_source_through_the_real_cancel_bus() -> None:
+    """A job cancelled by another process's bus (PostgreSQL): its span says ``remote``."""
+    import os
+    import uuid
+
+    dsn = os.environ.get("TRIO_CANCEL_PG_DSN")
+    if dsn is None:
+        if os.environ.get("TRIO_CANCEL_REQUIRE_PG") == "1":
+            pytest.fail("TRIO_CANCEL_REQUIRE_PG=1 but no TRIO_CANCEL_PG_DSN")
+        pytest.skip("no PostgreSQL server (run through .ci/with-postgres)")
+    import trio_cancel.postgres as tc_postgres
+
+    name = f"tcb_{uuid.uuid4().hex[:12]}"
+    try:
+        async with (
+            tc_postgres.open_cancel_bus(dsn, table=name, channel=name) as worker,
+            tc_postgres.open_cancel_bus(dsn, table=name, channel=name) as controller,
+        ):
+            token = worker.token("job-1")
+            with trio.fail_after(30), token.cancel_scope(), tc_otel.span("job", TRACER):
+                await controller.cancel("job-1", "the user pressed stop")
+                await trio.sleep_forever()
+            await worker.landed("job-1", tc.Aborted(token.reason))
+    finally:
+        with trio.CancelScope(shield=True):
+            async with await tc_postgres.connect(dsn) as conn:
+                await conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+                await conn.execute(f'DROP FUNCTION IF EXISTS "{name}_announce"()')
+                await conn.execute(f'DROP FUNCTION IF EXISTS "{name}_cancel"(text, text, interval)')
+    assert_marked(one("job"), "remote", "the user pressed stop", error=False)
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_seeded_schedules_each_span_names_what_cut_it(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Random mixes of token cancels, aborts, deadlines and completions, fired in random
+    order: every span names the cancellation that reached it first, or none."""
+    import random
+
+    rng = random.Random(seed)
+    token = tc.CancellationToken()
+    kinds = [rng.choice(["token", "abort", "both", "deadline", "done"]) for _ in range(12)]
+    deadlines = [rng.uniform(0.5, 1.5) for _ in kinds]
+    fire_at = rng.uniform(0.1, 2.5)
+
+    async def work(i: int) -> None:
+        kind = kinds[i]
+        with trio.CancelScope() as cs:
+            if kind == "deadline":
+                cs.deadline = trio.current_time() + deadlines[i]
+            with tc_otel.span(f"w{i}", TRACER):
+                await trio.sleep(0.05 if kind == "done" else 10)
+
+    async with trio.open_nursery() as nursery:
+        handles = []
+        for i, kind in enumerate(kinds):
+            bound = token if kind in ("token", "both", "deadline") else None
+            handles.append(tc.spawn(nursery, work, i, token=bound))
+        await trio.sleep(fire_at)
+        events = ["token"] + [i for i, k in enumerate(kinds) if k in ("abort", "both")]
+        rng.shuffle(events)
+        first: dict[int, str] = {}
+        for ev in events:
+            if ev == "token":
+                token.cancel("stop")
+                for i, k in enumerate(kinds):
+                    if k in ("token", "both"):
+                        first.setdefault(i, "token")
+            else:
+                assert isinstance(ev, int)
+                handles[ev].abort("hedge")
+                first.setdefault(ev, "abort")
+    for i, kind in enumerate(kinds):
+        got = attrs_of(one(f"w{i}")).get("trio_cancel.source")
+        if kind == "done":
+            want = None
+        elif kind == "deadline":
+            want = "trio.deadline" if deadlines[i] < fire_at else "token"
+        else:
+            want = first[i]
+        assert got == want, (seed, i, kind)
+
+
+async def test_the_record_holds_nothing_once_the_scopes_are_gone() -> None:
+    import gc
+
+    for _ in range(200):
+        token = tc.CancellationToken()
+        with token.cancel_scope():
+            token.cancel("x")
+            await trio.lowlevel.checkpoint()
+        handle_scope = trio.CancelScope()
+        handle_scope.cancel()
+        _hooks.record_scope(handle_scope, "abort")
+    del token, handle_scope
+    gc.collect()
+    assert len(_hooks._sources) < 5
+    assert _hooks._pending is None

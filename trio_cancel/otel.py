@@ -1,0 +1,425 @@
+"""Cancellation in OpenTelemetry traces and metrics (optional: ``pip install trio_cancel[otel]``).
+
+``import trio_cancel.otel as tc_otel``. Needs ``opentelemetry-api`` only; without a configured
+SDK every call here is a cheap no-op (OpenTelemetry's own non-recording spans and instruments).
+
+* :func:`span` is a drop-in for ``tracer.start_as_current_span`` that marks a span ended by a
+  cancellation (OpenTelemetry's own handles only ``Exception``: a span left by
+  :exc:`trio.Cancelled` would look like a success).
+* :func:`instrument` makes the library trace what it does itself: a span per task it starts,
+  a span per :class:`~trio_cancel.GracefulShutdown`, and the request's server span marked by
+  :class:`~trio_cancel.asgi.CancelMiddleware`.
+* Metrics (meter ``trio_cancel``): ``trio_cancel.cancellations`` (counter, by source),
+  ``trio_cancel.landing_time`` (histogram, seconds from the cancel call or the trigger to the
+  task's exit), ``trio_cancel.shutdown.in_flight`` (tasks of a triggered shutdown still
+  running), ``trio_cancel.threads.abandoned`` (thread calls abandoned so far).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any, Final, ParamSpec
+
+import trio
+from opentelemetry import context as otel_context, metrics, trace
+from opentelemetry.trace import Status, StatusCode
+
+from . import _hooks
+from ._outcome import Aborted, Failed
+from ._threads import thread_call_statistics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    from ._task import TaskHandle
+
+__all__ = [
+    "DEFAULT_ERROR_SOURCES",
+    "LIBRARY_SOURCES",
+    "cancellation_source",
+    "configure",
+    "instrument",
+    "is_instrumented",
+    "mark_cancelled",
+    "span",
+    "uninstrument",
+]
+
+LIBRARY_SOURCES: Final = frozenset(
+    {
+        "token",
+        "abort",
+        "shutdown",
+        "shutdown_forced",
+        "client_disconnect",
+        "request_timeout",
+        "caller_deadline",
+        "remote",
+    }
+)
+"""The sources the library records when it cancels something itself."""
+
+DEFAULT_ERROR_SOURCES: Final = frozenset(
+    {"trio.deadline", "request_timeout", "caller_deadline", "shutdown_forced"}
+)
+"""Sources whose cancellation sets the span's status to ``ERROR`` by default: deadlines and a
+forced shutdown. Any other cancellation is intentional and leaves the status unset (the HTTP
+semantic convention for a request the caller cancelled)."""
+
+ATTR_CANCELLED: Final = "trio_cancel.cancelled"
+ATTR_REASON: Final = "trio_cancel.reason"
+ATTR_SOURCE: Final = "trio_cancel.source"
+
+_P = ParamSpec("_P")
+_log = logging.getLogger("trio_cancel.otel")
+_tracer = trace.get_tracer("trio_cancel")
+_meter = metrics.get_meter("trio_cancel")
+_error_sources: frozenset[str] = DEFAULT_ERROR_SOURCES
+_instrumented = False
+
+_cancellations = _meter.create_counter(
+    "trio_cancel.cancellations",
+    unit="{cancellation}",
+    description="Work ended by a cancellation, by source",
+)
+_landing = _meter.create_histogram(
+    "trio_cancel.landing_time",
+    unit="s",
+    description="From the cancel call (or the shutdown's trigger) to the task's exit",
+)
+_in_flight = _meter.create_up_down_counter(
+    "trio_cancel.shutdown.in_flight",
+    unit="{task}",
+    description="Tasks of a triggered GracefulShutdown still running",
+)
+
+
+def _observe_abandoned(options: CallbackOptions) -> Iterable[Observation]:
+    if not _instrumented:
+        return ()
+    return (metrics.Observation(thread_call_statistics().abandoned),)
+
+
+_meter.create_observable_counter(
+    "trio_cancel.threads.abandoned",
+    callbacks=[_observe_abandoned],
+    unit="{call}",
+    description="Interruptible thread calls abandoned after their grace period",
+)
+
+_hooks.active = True  # from now on the library records why it cancels
+
+
+def _leaves(exc: BaseException) -> list[trio.Cancelled] | None:
+    """The ``Cancelled`` exceptions ``exc`` is made of, or None if it holds anything else."""
+    if isinstance(exc, trio.Cancelled):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(trio.Cancelled)
+        if match is None or rest is not None:
+            return None
+        found: list[trio.Cancelled] = []
+        stack: list[BaseException] = [match]
+        while stack:
+            e = stack.pop()
+            if isinstance(e, BaseExceptionGroup):
+                stack.extend(e.exceptions)
+            elif isinstance(e, trio.Cancelled):
+                found.append(e)
+        return found
+    return None
+
+
+def _source(trio_source: object, reason_obj: object) -> str:
+    if trio_source == "explicit":
+        known = _hooks.lookup(reason_obj)
+        if known is not None:
+            return known[0]
+    return f"trio.{trio_source}"
+
+
+def cancellation_source(exc: BaseException) -> str | None:
+    """The source of the cancellation ``exc`` is (a :exc:`trio.Cancelled`, or a group of
+    them), as :func:`span` records it; ``None`` if ``exc`` is not a cancellation.
+
+    Call it where the exception is caught, in the task it was raised in: the library's own
+    sources (``token``, ``abort``, ``shutdown``, ...) are found from the cancel status of the
+    current task; otherwise Trio's ``Cancelled.source`` prefixed with ``trio.``.
+    """
+    leaves = _leaves(exc)
+    if not leaves:
+        return None
+    return _source(getattr(leaves[0], "source", "unknown"), _hooks.current_reason())
+
+
+def configure(*, error_sources: Iterable[str] | None = None) -> None:
+    """Change the status policy for every span marked from now on.
+
+    Args:
+        error_sources: The sources whose cancellation sets ``ERROR`` (with ``error.type`` = the
+            source); every other cancellation leaves the status unset. ``None`` restores
+            :data:`DEFAULT_ERROR_SOURCES`; an empty collection never sets ``ERROR``.
+
+    Raises:
+        TypeError: ``error_sources`` is a string or holds something other than strings.
+    """
+    global _error_sources
+    if error_sources is None:
+        _error_sources = DEFAULT_ERROR_SOURCES
+        return
+    if isinstance(error_sources, str):
+        raise TypeError("error_sources must be a collection of source names, not a str")
+    new = frozenset(error_sources)
+    if not all(isinstance(s, str) for s in new):
+        raise TypeError("error_sources must hold strings")
+    _error_sources = new
+
+
+def _mark(
+    sp: trace.Span,
+    source: str,
+    reason: str | None,
+    error_sources: frozenset[str] | None,
+) -> None:
+    sp.set_attribute(ATTR_CANCELLED, True)
+    sp.set_attribute(ATTR_SOURCE, source)
+    if reason is not None:
+        sp.set_attribute(ATTR_REASON, reason)
+    if source in (_error_sources if error_sources is None else error_sources):
+        sp.set_attribute("error.type", source)
+        sp.set_status(Status(StatusCode.ERROR, reason or source))
+    _cancellations.add(1, {ATTR_SOURCE: source})
+
+
+def mark_cancelled(
+    sp: trace.Span, exc: BaseException, *, error_sources: Iterable[str] | None = None
+) -> bool:
+    """Mark ``sp`` as ended by the cancellation ``exc``, as :func:`span` does; return whether
+    ``exc`` was a cancellation (nothing is done otherwise, nor for a span that does not
+    record). Call it in the task that caught ``exc``."""
+    leaves = _leaves(exc)
+    if not leaves:
+        return False
+    if sp.is_recording():
+        first = leaves[0]
+        source = _source(getattr(first, "source", "unknown"), _hooks.current_reason())
+        policy = None if error_sources is None else frozenset(error_sources)
+        _mark(sp, source, getattr(first, "reason", None), policy)
+    return True
+
+
+@contextlib.contextmanager
+def span(
+    name: str,
+    tracer: trace.Tracer | None = None,
+    *,
+    error_sources: Iterable[str] | None = None,
+    **kw: Any,  # noqa: ANN401 - passed to start_as_current_span
+) -> Iterator[trace.Span]:
+    """``tracer.start_as_current_span(name, **kw)`` that marks a span ended by a cancellation.
+
+    A span left by a :exc:`trio.Cancelled` (or a group made only of them) gets
+    ``trio_cancel.cancelled = true``, ``trio_cancel.reason`` (when the cancellation had one)
+    and ``trio_cancel.source``; if the source is in the status policy (by default
+    :data:`DEFAULT_ERROR_SOURCES`), the status is ``ERROR`` and ``error.type`` = the source,
+    otherwise the status stays unset. Other exceptions are OpenTelemetry's business, as with
+    ``start_as_current_span``; a span that completes is untouched.
+
+    Args:
+        name: The span's name.
+        tracer: The tracer (default: the ``trio_cancel`` tracer of the global provider).
+        error_sources: This span's policy instead of the one :func:`configure` set.
+        **kw: Passed to ``start_as_current_span`` (``kind``, ``attributes``, ``links``...).
+
+    Cancellation:
+        Not a checkpoint: the cancellation passes through unchanged once the span is marked.
+    """
+    policy = None if error_sources is None else frozenset(error_sources)
+    with (tracer or _tracer).start_as_current_span(name, **kw) as sp:
+        try:
+            yield sp
+        except BaseException as exc:
+            if sp.is_recording():
+                leaves = _leaves(exc)
+                if leaves:
+                    first = leaves[0]
+                    source = _source(getattr(first, "source", "unknown"), _hooks.current_reason())
+                    _mark(sp, source, getattr(first, "reason", None), policy)
+            raise
+
+
+# ------------------------------------------------------------------ instrument()
+
+_task_spans: dict[TaskHandle[Any], tuple[trace.Span, object]] = {}
+_shutdown_spans: weakref.WeakKeyDictionary[Any, trace.Span] = weakref.WeakKeyDictionary()
+
+
+def _guarded(hook: Callable[_P, None]) -> Callable[_P, None]:
+    """A hook never breaks the library's own work: an error of the telemetry is logged."""
+
+    @functools.wraps(hook)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            hook(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - telemetry must not break the work it observes
+            _log.exception("trio_cancel.otel: %s failed", hook.__name__)
+
+    return guarded
+
+
+_tracing_seen = False
+
+
+def _tracing() -> bool:
+    """Whether a real tracer provider (an SDK's) is set: until one is, a task costs no span.
+    A provider is set once per process, so once seen it stays."""
+    global _tracing_seen
+    if not _tracing_seen:
+        provider = trace.get_tracer_provider()
+        _tracing_seen = not isinstance(
+            provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        )
+    return _tracing_seen
+
+
+@_guarded
+def _task_start(handle: TaskHandle[Any]) -> None:
+    if not _tracing():
+        return
+    sp = _tracer.start_span(f"task {handle.name}", attributes={"trio_cancel.task": handle.name})
+    if not sp.is_recording():
+        return
+    token = otel_context.attach(trace.set_span_in_context(sp))  # this task's own context
+    _task_spans[handle] = (sp, token)
+
+
+@_guarded
+def _task_end(handle: TaskHandle[Any]) -> None:
+    entry = _task_spans.pop(handle, None)
+    outcome = handle._outcome
+    if isinstance(outcome, Aborted):
+        reason_obj = _hooks.scope_reason(handle._scope)
+        if reason_obj is None:  # cancelled from outside the task's own scope
+            reason_obj = _hooks.current_reason()
+            trio_source = getattr(reason_obj, "source", "unknown")
+        else:
+            trio_source = getattr(reason_obj, "source", "explicit")
+        source = _source(trio_source, reason_obj)
+        known = _hooks.lookup(reason_obj)
+        if known is not None and known[1] is not None:
+            _landing.record(trio.current_time() - known[1], {ATTR_SOURCE: source})
+        if entry is None:
+            _cancellations.add(1, {ATTR_SOURCE: source})
+        else:
+            _mark(entry[0], source, outcome.reason, None)
+    elif isinstance(outcome, Failed) and entry is not None:
+        entry[0].record_exception(outcome.error)
+        entry[0].set_status(Status(StatusCode.ERROR, f"{type(outcome.error).__name__}"))
+    if entry is not None:
+        sp, token = entry
+        with contextlib.suppress(Exception):
+            otel_context.detach(token)  # type: ignore[arg-type]
+        sp.end()
+
+
+@_guarded
+def _shutdown_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 - GracefulShutdown
+    if kind == "open":
+        new = _tracer.start_span("GracefulShutdown")
+        if new.is_recording():
+            _shutdown_spans[sd] = new
+        return
+    sp = _shutdown_spans.pop(sd, None) if kind == "landed" else _shutdown_spans.get(sd)
+    if kind == "trigger":
+        _in_flight.add(sd._running)
+        if sp is not None:
+            sp.add_event("trigger", {ATTR_REASON: str(arg), "trio_cancel.in_flight": sd._running})
+    elif kind == "phase 2":
+        if sp is not None:
+            sp.add_event("phase 2", {ATTR_REASON: str(arg)})
+    elif kind == "forced":
+        if sp is not None:
+            sp.add_event("forced", {"trio_cancel.task": arg.name})
+    elif kind == "exit":
+        _in_flight.add(-1)
+        if not isinstance(arg._outcome, Aborted) and sd._triggered_at is not None:
+            _landing.record(trio.current_time() - sd._triggered_at, {ATTR_SOURCE: "shutdown"})
+    elif kind == "landed" and sp is not None:
+        sp.set_attribute("trio_cancel.forced", len(sd._forced))
+        if sd._forced:
+            sp.set_attribute("error.type", "shutdown_forced")
+            sp.set_status(Status(StatusCode.ERROR, "tasks were forced"))
+        sp.end()
+
+
+@_guarded
+def _request_cut(run: Any, outcome: object) -> None:  # noqa: ANN401 - the middleware's run
+    token = run.token
+    # A request cut by its token (timeout, caller deadline, disconnect) also ends Aborted, with
+    # the token's reason; only an abort the token does not explain is the shutdown's phase 2.
+    forced = isinstance(outcome, Aborted) and not (
+        token is not None and token.is_cancelled() and outcome.reason == token.reason
+    )
+    if token is None or not (forced or token.is_cancelled()):
+        return
+    sp = trace.get_current_span()  # the server span of OpenTelemetryMiddleware
+    if not sp.is_recording():
+        return
+    if forced:
+        source, reason = "shutdown_forced", outcome.reason  # type: ignore[attr-defined]
+    else:
+        reason = token.reason
+        shutdown = run.mw._shutdown
+        source = "token"
+        for candidate in (token, run.mw.token, None if shutdown is None else shutdown.token):
+            found = None if candidate is None else _hooks.token_sources.get(candidate)
+            if found is not None:
+                source = found
+                break
+    _mark(sp, source, reason, None)
+
+
+def instrument() -> None:
+    """Trace what the library does itself (call once, at start-up; idempotent).
+
+    From now on: each task started by ``spawn``/``start``/``JoinSet``/``GracefulShutdown``
+    runs in a span of its own (``task <name>``, a child of the span current where it was
+    started), marked as :func:`span` marks one when the task ends ``Aborted``; each
+    ``GracefulShutdown`` records a span with events for the trigger, phase 2 and each forced
+    task; ``CancelMiddleware`` marks the request's server span (the order is
+    ``OpenTelemetryMiddleware(CancelMiddleware(app))``) with the source of the cancellation
+    that cut the request. The metrics are recorded.
+    """
+    global _instrumented
+    _hooks.task_start = _task_start
+    _hooks.task_end = _task_end
+    _hooks.shutdown_event = _shutdown_event
+    _hooks.request_cut = _request_cut
+    _instrumented = True
+
+
+def uninstrument() -> None:
+    """Undo :func:`instrument`: the library no longer calls into this module (spans already
+    open end as they would have). Idempotent."""
+    global _instrumented
+    _hooks.task_start = None
+    _hooks.task_end = None
+    _hooks.shutdown_event = None
+    _hooks.request_cut = None
+    _instrumented = False
+    for sp, _ in _task_spans.values():
+        sp.end()
+    _task_spans.clear()
+    for sd_span in list(_shutdown_spans.values()):
+        sd_span.end()
+    _shutdown_spans.clear()
+
+
+def is_instrumented() -> bool:
+    """Whether :func:`instrument` is in force."""
+    return _instrumented
