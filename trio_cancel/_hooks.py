@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._trio_internals import innermost_cancelled_scope, scope_reason_object
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
@@ -67,7 +69,7 @@ def _now() -> float | None:
 
 
 def _reason_of(scope: trio.CancelScope) -> object | None:
-    return getattr(scope, "_cancel_reason", None)
+    return scope_reason_object(scope)
 
 
 def will_cancel(token: CancellationToken, source: str) -> None:
@@ -168,10 +170,8 @@ def current_reason() -> object | None:
         task = trio.lowlevel.current_task()
     except RuntimeError:
         return None
-    status = getattr(task, "_cancel_status", None)
-    if status is None or not getattr(status, "effectively_cancelled", False):
-        return None
-    return _reason_of(status._scope)
+    scope = innermost_cancelled_scope(task)
+    return None if scope is None else _reason_of(scope)
 
 
 def scope_reason(scope: trio.CancelScope) -> object | None:

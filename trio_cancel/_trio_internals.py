@@ -23,10 +23,12 @@ per use (checked on: Trio 0.31.0 and 0.35.0 on Python 3.11, 3.12 and 3.13 in eve
      fallback  re-raised in the system task: trio.run raises TrioInternalError from it
      forced by tests/test_trio_internals.py::test_timer_base_exception_fallback
 
-  3  Cancel state reads, effectively_cancelled() / scope_reason()       READ
-     used      Task._cancel_status.effectively_cancelled, CancelScope._cancel_reason.reason
-     why       current_task_tree() shows which tasks are cancelled, and why
-     fallback  None ("unknown") in the tree
+  3  Cancel state reads, effectively_cancelled() / scope_reason() /    READ
+     scope_reason_object() / innermost_cancelled_scope()
+     used      Task._cancel_status.effectively_cancelled / ._scope, CancelScope._cancel_reason
+     why       current_task_tree() shows which tasks are cancelled, and why;
+               trio_cancel.otel tells which cancellation (its recorded source) a Cancelled is
+     fallback  None ("unknown") in the tree; otel then reports Trio's own source
      forced by tests/test_trio_internals.py::test_task_tree_without_internals
 
   4  Next wake-up read, next_send()                                     READ
@@ -245,6 +247,28 @@ def scope_reason(scope: trio.CancelScope) -> str | None:
         return None
     reason = getattr(getattr(scope, "_cancel_reason", None), "reason", None)
     return reason if isinstance(reason, str) else None
+
+
+def scope_reason_object(scope: trio.CancelScope) -> object | None:
+    """The ``CancelReason`` object Trio keeps on ``scope`` (one object is shared by every scope
+    a single cancellation reaches); None if none or unknown. ``trio_cancel.otel`` keys the
+    source it records for a cancellation by it."""
+    if not HAVE_CANCEL_STATE_READS:
+        return None
+    return getattr(scope, "_cancel_reason", None)
+
+
+def innermost_cancelled_scope(task: trio.lowlevel.Task) -> trio.CancelScope | None:
+    """The scope of ``task``'s innermost cancel status when that status is effectively
+    cancelled (what a ``Cancelled`` raised now carries the reason of); None otherwise or if
+    unknown."""
+    if not HAVE_CANCEL_STATE_READS:
+        return None
+    status = getattr(task, "_cancel_status", None)
+    if status is None or getattr(status, "effectively_cancelled", False) is not True:
+        return None
+    scope = getattr(status, "_scope", None)
+    return scope if isinstance(scope, trio.CancelScope) else None
 
 
 # ---------------------------------------------------------------------- 4. next wake-up
