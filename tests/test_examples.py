@@ -786,7 +786,7 @@ def _start_server(grace: float) -> tuple[subprocess.Popen[str], int]:
     )
     assert proc.stdout is not None
     port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
-    assert "press Ctrl+C" in proc.stdout.readline()  # says how to stop it
+    assert "Ctrl+C" in proc.stdout.readline()  # says how to stop it
     return proc, port
 
 
