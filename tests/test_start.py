@@ -549,6 +549,38 @@ async def test_started_task_that_failed_holds_no_reference_cycle(nursery: trio.N
         gc.enable()
 
 
+async def test_started_task_status_holds_nothing_once_the_task_ended() -> None:
+    """The function's frames (in a stored error's traceback) keep its task_status: once the
+    task has ended, the status must not lead back to the handle, neither directly nor
+    through its owner's callbacks (a JoinSet that still holds the handle)."""
+    import weakref
+
+    seen: list[object] = []
+
+    async def fail_later(*, task_status: trio.TaskStatus[None]) -> None:
+        seen.append(task_status)
+        task_status.started()
+        await trio.lowlevel.checkpoint()
+        raise ValueError("after started")
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with tc.JoinSet() as js:
+            handle, _ = await js.start(fail_later)
+            assert isinstance(await handle.join(), tc.Failed)
+            ref = weakref.ref(js)
+            del handle, js
+        status = seen.pop()
+        held = [r for r in gc.get_referents(status) if r is not type(status)]
+        assert all(r is None or isinstance(r, str | bool) for r in held), held
+        del status
+        await trio.testing.wait_all_tasks_blocked()
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 async def test_graceful_shutdown_exit_waits_for_a_pending_start_and_forces_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

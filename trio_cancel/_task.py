@@ -311,13 +311,17 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             if not status.moved and not status.called:
                 # Aborted (or its token fired) before started(): the scope absorbed it.
                 failure = status.cancelled_error(self)
-        status.handle = None  # see _StartStatus.started
+        status.release()  # see _StartStatus.started
         if failure is not None:
             self._retrieved = True  # this handle is never handed out
             try:
                 raise failure
             finally:
                 del failure, self, status
+        # A stored error's traceback reaches _run's frame, whose f_back is this one: on
+        # Python 3.12+ a finished frame that is still referenced keeps its locals, so keep
+        # neither the handle nor the status here (handle -> error -> frames -> handle).
+        del self, status
 
     def _finish(self, outcome: Outcome[T]) -> None:
         self._outcome = outcome
@@ -483,7 +487,8 @@ class _StartStatus:
     def started(self, value: object = None) -> None:
         """As ``trio.TaskStatus.started``: ``start()`` returns ``(handle, value)``."""
         real, handle = self.real, self.handle
-        assert real is not None
+        if real is None:
+            raise RuntimeError(f"{self.what}: task_status.started() called after the task ended")
         if handle is None:  # started already: Trio's own error for a second call
             real.started(value)
             return
@@ -500,6 +505,14 @@ class _StartStatus:
         handle._on_done = self._on_done
         if self._on_started is not None:
             self._on_started(handle)
+
+    def release(self) -> None:
+        """The task has ended: drop every reference the status still holds. The function's
+        frames keep the status (it is their ``task_status``), and a stored error's
+        traceback keeps those frames: nothing the status holds may lead back to the handle
+        (its owner's callbacks do, through the owner's set of handles)."""
+        self.handle = self.real = self.coro = None
+        self._on_started = self._on_done = None
 
     def cancelled_error(self, handle: TaskHandle[Any]) -> OperationCancelledError:
         token = handle._token
