@@ -631,3 +631,58 @@ async def test_joinset_and_graceful_shutdown_start_cancelled_before_the_call() -
     assert ran == []
     assert gs.report is not None
     assert len(gs.report) == 0
+
+
+# ------------------------------------------- aborted before started(), the abort not landed
+
+
+async def fires_then_started(
+    token: tc.CancellationToken, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    token.cancel("fired")  # the token fires ...
+    task_status.started("v")  # ... and started() follows in the same step
+    await trio.sleep_forever()
+
+
+async def test_start_raises_when_the_token_fired_just_before_started(
+    nursery: trio.Nursery,
+) -> None:
+    token = tc.CancellationToken()
+    with pytest.raises(tc.OperationCancelledError) as info:
+        await tc.start(nursery, fires_then_started, token=token)
+    assert info.value.reason == "fired"
+
+
+async def test_joinset_start_raises_and_the_task_never_joins_when_its_token_fired() -> None:
+    async with tc.JoinSet() as js:
+        with pytest.raises(tc.OperationCancelledError):
+            await js.start(fires_then_started, token=tc.CancellationToken())
+        assert len(js) == 0
+        assert await js.join_next() is None
+
+
+async def test_joinset_abort_all_during_a_shielded_setup_makes_start_raise(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """abort_all() while the function cannot be cancelled (a shielded setup), then it calls
+    started(): the abort has not landed yet, and start() must not hand the task back."""
+    after: list[str] = []
+
+    async def shielded_setup(*, task_status: trio.TaskStatus[str]) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(5)
+        task_status.started("listening")
+        after.append("started returned")
+        await trio.sleep_forever()
+
+    async with tc.JoinSet() as js, trio.open_nursery() as aborter:
+
+        async def abort_soon() -> None:
+            await trio.sleep(1)
+            js.abort_all()
+
+        aborter.start_soon(abort_soon)
+        with pytest.raises(tc.OperationCancelledError):
+            await js.start(shielded_setup)
+        assert len(js) == 0
+    assert after == ["started returned"]  # the abort landed at its next checkpoint

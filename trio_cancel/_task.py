@@ -492,6 +492,14 @@ class _StartStatus:
         if handle is None:  # started already: Trio's own error for a second call
             real.started(value)
             return
+        scope, token = handle._scope, handle._token
+        if not scope.cancel_called and token is not None and token.is_cancelled():
+            scope.cancel(reason=token.reason)  # fired from another thread: not landed yet
+        if scope.cancel_called:
+            # Aborted (or its token fired) before started(), the abort not landed yet: the
+            # caller is not told that the task started; the abort lands at the task's next
+            # checkpoint and start() raises OperationCancelledError (see _run_start).
+            return
         task = handle._task
         before = None if task is None else task.parent_nursery
         real.started(value)  # a second call raises RuntimeError here, as in Trio
