@@ -691,7 +691,8 @@ def spawn(
         token: If given, the task's scope is bound to it: cancelling the token aborts the task
             (``Aborted(token.reason)``), at once if it is already cancelled. And, the one rule
             for the word everywhere: if ``async_fn`` declares ``token: CancellationToken`` (or
-            ``CancellationToken | None``, or a string annotation naming it), it is called
+            a union containing it, or ``Annotated[CancellationToken, ...]``, also as a
+            string annotation), it is called
             with ``token=token``. Nothing is passed to an unannotated ``token``, a ``token``
             of another type (an API key) or ``**kwargs``.
 
