@@ -359,9 +359,11 @@ async def land(  # noqa: ASYNC910 - what stopped the wait is being handled: no c
     then raise (or return the value of a call that won over a cancellation)."""
     if call.skip_if_pending():
         # fn will never run. A thread that was given it gives its limiter token back at
-        # once: wait for that, so the token is back before this call ends.
+        # once: wait for that, so the token is back before this call ends. Not bounded by
+        # grace (with grace=0 the token would still be out): the thread never runs fn, so
+        # nothing can keep it.
         if call.holds_token():
-            with trio.move_on_after(grace, shield=True):
+            with trio.CancelScope(shield=True):
                 await call.done.wait()
         raise stopping
     interrupter = _Interrupter(call, interrupt)
