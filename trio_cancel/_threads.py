@@ -491,6 +491,11 @@ async def run_sync_interruptible(
             ``grace``), for a driver that had not yet begun its statement when the first call
             came. Never called again after it raised a ``BaseException`` that is not an
             ``Exception``. It must be quick (it runs on the Trio thread) and safe to repeat.
+            Never called after ``fn`` has returned; but a driver may keep its effect: SQLite
+            keeps the interrupt flag while another statement of the connection is active (a
+            raw connection's other cursor mid-iteration), and then the next statement fails
+            too. Finish or close such cursors (the library's own connections consume theirs
+            inside the job).
         grace: Seconds to wait for ``fn`` to return after the first ``interrupt()``.
         limiter: As for :func:`trio.to_thread.run_sync` (default: Trio's default limiter).
         is_interruption: Tells the interrupt's own error (SQLite's
