@@ -593,3 +593,42 @@ def test_random_schedules_never_let_a_task_error_out_of_the_set(
         clock = trio.testing.MockClock(autojump_threshold=0)
         with caplog.at_level(logging.CRITICAL, logger="trio_cancel"):  # unretrieved failures
             trio.run(_random_schedule, random.Random(seed), clock=clock)
+
+
+@pytest.mark.parametrize("how", ["body error", "outside cancel"])
+async def test_leaving_by_an_exception_keeps_no_failed_handle_in_a_cycle(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exception that leaves the block has the exit's frames in its traceback: they must
+    not keep the set (and so its failed handles) alive until the collector runs."""
+    import gc
+    import weakref
+
+    class BodyError(Exception):
+        pass
+
+    async def fails() -> None:
+        await trio.lowlevel.checkpoint()
+        raise ValueError("task failed")
+
+    refs: list[weakref.ref[tc.TaskHandle[None]]] = []
+    gc.collect()
+    gc.disable()
+    try:
+        with trio.CancelScope() as outer:
+            try:
+                async with tc.JoinSet[None]() as js:
+                    refs.append(weakref.ref(js.spawn(fails)))
+                    await trio.testing.wait_all_tasks_blocked()
+                    if how == "body error":
+                        raise BodyError
+                    outer.cancel()
+                    await trio.sleep_forever()
+            except BodyError:
+                pass
+        del js
+        assert outer.cancelled_caught == (how == "outside cancel")
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+    assert "failed and its outcome was never retrieved" in caplog.text

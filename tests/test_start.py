@@ -549,6 +549,38 @@ async def test_started_task_that_failed_holds_no_reference_cycle(nursery: trio.N
         gc.enable()
 
 
+async def test_started_task_status_holds_nothing_once_the_task_ended() -> None:
+    """The function's frames (in a stored error's traceback) keep its task_status: once the
+    task has ended, the status must not lead back to the handle, neither directly nor
+    through its owner's callbacks (a JoinSet that still holds the handle)."""
+    import weakref
+
+    seen: list[object] = []
+
+    async def fail_later(*, task_status: trio.TaskStatus[None]) -> None:
+        seen.append(task_status)
+        task_status.started()
+        await trio.lowlevel.checkpoint()
+        raise ValueError("after started")
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with tc.JoinSet() as js:
+            handle, _ = await js.start(fail_later)
+            assert isinstance(await handle.join(), tc.Failed)
+            ref = weakref.ref(js)
+            del handle, js
+        status = seen.pop()
+        held = [r for r in gc.get_referents(status) if r is not type(status)]
+        assert all(r is None or isinstance(r, str | bool) for r in held), held
+        del status
+        await trio.testing.wait_all_tasks_blocked()
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 async def test_graceful_shutdown_exit_waits_for_a_pending_start_and_forces_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -599,3 +631,58 @@ async def test_joinset_and_graceful_shutdown_start_cancelled_before_the_call() -
     assert ran == []
     assert gs.report is not None
     assert len(gs.report) == 0
+
+
+# ------------------------------------------- aborted before started(), the abort not landed
+
+
+async def fires_then_started(
+    token: tc.CancellationToken, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    token.cancel("fired")  # the token fires ...
+    task_status.started("v")  # ... and started() follows in the same step
+    await trio.sleep_forever()
+
+
+async def test_start_raises_when_the_token_fired_just_before_started(
+    nursery: trio.Nursery,
+) -> None:
+    token = tc.CancellationToken()
+    with pytest.raises(tc.OperationCancelledError) as info:
+        await tc.start(nursery, fires_then_started, token=token)
+    assert info.value.reason == "fired"
+
+
+async def test_joinset_start_raises_and_the_task_never_joins_when_its_token_fired() -> None:
+    async with tc.JoinSet() as js:
+        with pytest.raises(tc.OperationCancelledError):
+            await js.start(fires_then_started, token=tc.CancellationToken())
+        assert len(js) == 0
+        assert await js.join_next() is None
+
+
+async def test_joinset_abort_all_during_a_shielded_setup_makes_start_raise(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """abort_all() while the function cannot be cancelled (a shielded setup), then it calls
+    started(): the abort has not landed yet, and start() must not hand the task back."""
+    after: list[str] = []
+
+    async def shielded_setup(*, task_status: trio.TaskStatus[str]) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(5)
+        task_status.started("listening")
+        after.append("started returned")
+        await trio.sleep_forever()
+
+    async with tc.JoinSet() as js, trio.open_nursery() as aborter:
+
+        async def abort_soon() -> None:
+            await trio.sleep(1)
+            js.abort_all()
+
+        aborter.start_soon(abort_soon)
+        with pytest.raises(tc.OperationCancelledError):
+            await js.start(shielded_setup)
+        assert len(js) == 0
+    assert after == ["started returned"]  # the abort landed at its next checkpoint

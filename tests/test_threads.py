@@ -846,3 +846,48 @@ def test_a_connection_threads_call_lands_a_ctrl_c_like_a_cancellation() -> None:
     (blocker,) = box
     assert len(blocker.interrupts) == 1
     assert blocker.finally_ran
+
+
+@pytest.mark.parametrize("grace", [0.0, 5.0])
+async def test_a_call_skipped_after_its_thread_took_the_token_gives_it_back_first(
+    grace: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled after a thread was handed the call (it holds the limiter token) but before
+    ``fn`` began: ``fn`` never runs, nothing is abandoned, and the token is back when the
+    call ends, whatever ``grace`` (0 included)."""
+    from trio_cancel import _threads
+
+    entered, go = threading.Event(), threading.Event()
+    real_begin = _threads.ThreadCall._begin
+    real_skip = _threads.ThreadCall.skip_if_pending
+
+    def begin(self: _threads.ThreadCall[object]) -> bool:
+        entered.set()
+        go.wait(10)
+        return real_begin(self)
+
+    def skip(self: _threads.ThreadCall[object]) -> bool:
+        skipped = real_skip(self)
+        go.set()  # the thread may go on only once the call is skipped
+        return skipped
+
+    monkeypatch.setattr(_threads.ThreadCall, "_begin", begin)
+    monkeypatch.setattr(_threads.ThreadCall, "skip_if_pending", skip)
+    limiter = trio.CapacityLimiter(1)
+    ran: list[int] = []
+    before = tc.thread_call_statistics().abandoned
+    with trio.CancelScope() as cs:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_once_entered() -> None:
+                await trio.to_thread.run_sync(entered.wait, 10)
+                cs.cancel()
+
+            nursery.start_soon(cancel_once_entered)
+            await tc.run_sync_interruptible(
+                ran.append, 1, interrupt=lambda: None, limiter=limiter, grace=grace
+            )
+    assert cs.cancelled_caught
+    assert limiter.borrowed_tokens == 0
+    assert ran == []
+    assert tc.thread_call_statistics().abandoned == before

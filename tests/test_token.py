@@ -6,6 +6,7 @@ import functools
 import gc
 import logging
 import math
+import random
 import signal
 import sys
 import tracemalloc
@@ -1683,3 +1684,47 @@ def test_raising_callback_keeps_no_cancelled_token_alive_without_the_collector()
         assert [ref() for ref in refs] == [None, None, None, None]
     finally:
         gc.enable()
+
+
+def test_a_cancel_from_another_thread_never_misses_a_child_being_created() -> None:
+    """A tree no run uses may be cancelled from any thread while this thread makes children
+    of it (and drops some, so that the list of children is compacted meanwhile): no child
+    stays live under the cancelled root (invariant 4)."""
+    import sys
+    import threading
+    import time
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for seed in range(60):
+            rnd = random.Random(seed)
+            root = tc.CancellationToken()
+            kept = [root.child_token() for _ in range(rnd.randrange(0, 300))]
+            done = threading.Event()
+            delay = rnd.random() * 0.001
+
+            def canceller(
+                root: tc.CancellationToken = root,
+                delay: float = delay,
+                done: threading.Event = done,
+            ) -> None:
+                time.sleep(delay)
+                root.cancel("from another thread")
+                done.set()
+
+            thread = threading.Thread(target=canceller)
+            thread.start()
+            made = 0
+            while not done.is_set() and made < 200_000:
+                child = root.child_token()
+                made += 1
+                if rnd.random() < 0.5:
+                    kept.append(child)
+            thread.join()
+            assert root.is_cancelled()
+            live = [k for k in kept if not k.is_cancelled()]
+            assert not live, f"seed {seed}: {len(live)} live children under a cancelled root"
+            assert all(k.reason == "from another thread" for k in kept)
+    finally:
+        sys.setswitchinterval(old)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import gc
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
 import pytest
 import trio
@@ -139,6 +139,53 @@ async def test_annotation_objects_are_read_too(annotation: object) -> None:
     t = tc.CancellationToken()
     async with trio.open_nursery() as nursery:
         await tc.spawn(nursery, with_annotation(annotation), token=t).join()
+    assert received == [t]
+
+
+class CancellationToken_:  # renamed below: another class of the same name
+    pass
+
+
+CancellationToken_.__name__ = CancellationToken_.__qualname__ = "CancellationToken"
+
+
+@pytest.mark.parametrize(
+    ("as_object", "as_string", "receives"),
+    [
+        (Annotated[tc.CancellationToken, "doc"], "Annotated[tc.CancellationToken, 'doc']", True),
+        (
+            Optional[Annotated[tc.CancellationToken, "doc"]],  # noqa: UP045 - under test
+            "typing.Optional[typing.Annotated[CancellationToken, 'doc']]",
+            True,
+        ),
+        (Union[int, tc.CancellationToken], "Union[int, trio_cancel.CancellationToken]", True),  # noqa: UP007
+        (tc.CancellationToken | None, "None | 'CancellationToken'", True),
+        (list[tc.CancellationToken], "list[tc.CancellationToken]", False),
+        (dict[str, tc.CancellationToken], "dict[str, CancellationToken]", False),
+        (Annotated[int, tc.CancellationToken], "Annotated[int, CancellationToken]", False),
+        (CancellationToken_, "CancellationToken(", False),
+    ],
+)
+async def test_an_annotation_object_and_its_string_decide_alike(
+    as_object: object, as_string: str, receives: bool
+) -> None:
+    """The same annotation, as an object and as the string ``from __future__ import
+    annotations`` makes of it, decides alike: the class, unions and ``Annotated[X, ...]`` of
+    it receive the token; containers and other classes do not."""
+    for annotation in (as_object, as_string):
+        received.clear()
+        t = tc.CancellationToken()
+        async with trio.open_nursery() as nursery:
+            await tc.spawn(nursery, with_annotation(annotation), token=t).join()
+        assert received == ([t] if receives else [None]), annotation
+
+
+async def test_a_string_accepts_any_module_prefix() -> None:
+    """Without evaluating, ``othermod.CancellationToken`` in a string cannot be told apart
+    from ``tc.CancellationToken``: it counts (as the object form of trio_cancel's does)."""
+    t = tc.CancellationToken()
+    async with trio.open_nursery() as nursery:
+        await tc.spawn(nursery, with_annotation("othermod.CancellationToken"), token=t).join()
     assert received == [t]
 
 

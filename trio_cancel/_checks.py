@@ -7,10 +7,10 @@ retried.
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import math
-import re
 import sys
 import types
 import typing
@@ -162,27 +162,72 @@ def check_reason(reason: object) -> None:
         raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
 
 
-_TOKEN_NAME = re.compile(r"\bCancellationToken\b")
 _UNANNOTATED_HELP = "annotate it 'token: tc.CancellationToken' to receive the task's token"
+_TOKEN_CLASS_NAME = "CancellationToken"
 
 
 def _names_cancellation_token(annotation: object) -> bool:
-    """Whether a parameter annotation names ``CancellationToken``, read without evaluating it:
-    the class itself, a union containing it (``X | None``, ``Optional[X]``), or a string (or
-    forward reference) in which the identifier ``CancellationToken`` appears. Aliases do not
-    count."""
+    """Whether a parameter annotation names ``CancellationToken``, read without evaluating it.
+
+    An annotation object: the class itself, a union containing one (``X | None``,
+    ``Optional[X]``, ``Union[...]``), or ``Annotated[X, ...]`` whose ``X`` is one. A string
+    (``from __future__ import annotations``) or forward reference is parsed, never evaluated,
+    and read by the same rule (see :func:`_string_names_token`). Containers
+    (``list[CancellationToken]``), aliases and other classes do not count."""
     from ._token import CancellationToken  # here: _token imports this module
 
     if annotation is CancellationToken:
         return True
     if isinstance(annotation, str):
-        return _TOKEN_NAME.search(annotation) is not None
+        return _string_names_token(annotation)
     if isinstance(annotation, typing.ForwardRef):
-        return _TOKEN_NAME.search(annotation.__forward_arg__) is not None
+        return _string_names_token(annotation.__forward_arg__)
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _names_cancellation_token(typing.get_args(annotation)[0])
     if origin is typing.Union or origin is types.UnionType:
         return any(_names_cancellation_token(arg) for arg in typing.get_args(annotation))
     return False
+
+
+@functools.lru_cache(maxsize=256)
+def _string_names_token(text: str) -> bool:
+    """The token rule for a string annotation, parsed with :mod:`ast` (no evaluation): a name
+    or attribute whose last identifier is ``CancellationToken`` (any ``module.``
+    prefix: without evaluating, another module's class of that name cannot be told apart), a
+    ``|`` union or ``Optional[...]`` / ``Union[...]`` containing one, ``Annotated[X, ...]``
+    with ``X`` one, or a nested string of those. Subscripted containers and anything else do
+    not count."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except (SyntaxError, ValueError):  # not an expression (or a NUL byte)
+        return False
+    return _node_names_token(node)
+
+
+def _node_names_token(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name | ast.Attribute):
+        return _last_identifier(node) == _TOKEN_CLASS_NAME
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _node_names_token(node.left) or _node_names_token(node.right)
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return _string_names_token(node.value)
+    if isinstance(node, ast.Subscript):
+        base = _last_identifier(node.value)
+        items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if base in ("Optional", "Union"):
+            return any(_node_names_token(item) for item in items)
+        if base == "Annotated" and items:
+            return _node_names_token(items[0])
+    return False
+
+
+def _last_identifier(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
 
 
 @attrs.frozen

@@ -24,7 +24,9 @@ Invariants (kept under :data:`_lock`, which every change here takes):
 1. ``_program`` is what the program last set, generation by generation: before each change,
    every generation whose current threshold differs from ``_ours`` (what this module last set)
    was changed by the program, and its current value is adopted into ``_program``. So a
-   program's ``gc.set_threshold()`` made meanwhile, from any thread, is kept.
+   program's ``gc.set_threshold()`` made meanwhile, from any thread, is kept, except one that
+   another thread makes at the same instant as an entry, an exit or a pause changes the
+   thresholds (between that change's read and its write): that one may be lost.
 2. While neither an entry nor a pause is open, ``_ours`` is ``None`` and the thresholds are the
    program's own: the last exit writes back ``_program`` (with invariant 1 applied), which is
    exactly what the program last set.
@@ -62,7 +64,13 @@ _ours: tuple[int, int, int] | None = None  # what we last set, while we hold any
 
 
 def _apply() -> None:
-    """Bring the thresholds in line with the open entries (call with ``_lock`` held)."""
+    """Bring the thresholds in line with the open entries (call with ``_lock`` held).
+
+    The program's own ``gc.set_threshold()`` cannot take ``_lock``: one that another thread
+    makes between this function's read and its write (a few instructions, no allocation, no
+    call into Python code) is overwritten. That window cannot be closed from here (a re-read
+    just before the write measured no better: the thread switch can land on the write's
+    own call)."""
     global _program, _ours
     current = gc.get_threshold()
     if _ours is None or _program is None:
@@ -145,7 +153,11 @@ def deferred_full_collections() -> AbstractContextManager[None]:
 
     Entries nest and overlap across tasks, Trio runs and threads: the first raises the
     threshold and the last restores it. What comes back is what the program last set: a
-    ``gc.set_threshold()`` made meanwhile (by any thread) is kept, generation by generation;
+    ``gc.set_threshold()`` made meanwhile is kept, generation by generation (one exception:
+    a ``gc.set_threshold()`` made by another thread at the same instant as an entry or an
+    exit changes the thresholds may be lost, as nothing can lock the program's own call;
+    one made by the entering thread itself, or while no entry or exit is under way, is
+    always kept);
     ``gc.disable()`` / ``gc.enable()`` are never touched. A collector with automatic
     collection off (``gc.set_threshold(0)``) is left alone. The exit restores on every path
     (an exception, a ``KeyboardInterrupt``, a cancellation); inside :func:`trio.run`, entering

@@ -261,5 +261,12 @@ class JoinSet(NurseryOwner, Generic[T]):
             # Joining the aborted tasks is the point of this exit, as for a nursery's own.
             return await self._tasks.exit(exc)  # noqa: ASYNC102
         finally:
-            for handle in self._finished:
-                handle._report_unretrieved("JoinSet closed")
+            self._report_unretrieved()
+            # An exception leaving the block has this frame in its traceback: its locals must
+            # hold neither the exception (a cycle through its own traceback) nor the set (and
+            # so its failed handles, which would then wait for the collector).
+            del self, exc
+
+    def _report_unretrieved(self) -> None:
+        for handle in self._finished:
+            handle._report_unretrieved("JoinSet closed")

@@ -112,6 +112,10 @@ class OwnedNursery:
             ):
                 raise
             reraise_bare(exc)
+        finally:
+            # What leaves here has this frame in its traceback: hold neither the exception
+            # (a cycle through its own traceback) nor the owner's nursery (see _leave).
+            del self, exc, tb, cm
 
 
 class NurseryOwner:
@@ -135,7 +139,10 @@ class NurseryOwner:
         tb: TracebackType | None,
     ) -> bool:
         """Cancellation: see the owner's docstring (its ``_leave``)."""
-        return await self._leave(exc)  # noqa: ASYNC102 - the exit waits for the tasks, by design
+        try:
+            return await self._leave(exc)  # noqa: ASYNC102 - the exit waits for the tasks, by design
+        finally:
+            del self, exc, tb  # in the traceback of what leaves: no cycle (see _leave)
 
     def _opened(self) -> None:
         """Called once, when the nursery has opened."""

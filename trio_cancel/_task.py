@@ -317,13 +317,17 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             if not status.moved and not status.called:
                 # Aborted (or its token fired) before started(): the scope absorbed it.
                 failure = status.cancelled_error(self)
-        status.handle = None  # see _StartStatus.started
+        status.release()  # see _StartStatus.started
         if failure is not None:
             self._retrieved = True  # this handle is never handed out
             try:
                 raise failure
             finally:
                 del failure, self, status
+        # A stored error's traceback reaches _run's frame, whose f_back is this one: on
+        # Python 3.12+ a finished frame that is still referenced keeps its locals, so keep
+        # neither the handle nor the status here (handle -> error -> frames -> handle).
+        del self, status
 
     def _finish(self, outcome: Outcome[T]) -> None:
         self._outcome = outcome
@@ -505,9 +509,18 @@ class _StartStatus:
     def started(self, value: object = None) -> None:
         """As ``trio.TaskStatus.started``: ``start()`` returns ``(handle, value)``."""
         real, handle = self.real, self.handle
-        assert real is not None
+        if real is None:
+            raise RuntimeError(f"{self.what}: task_status.started() called after the task ended")
         if handle is None:  # started already: Trio's own error for a second call
             real.started(value)
+            return
+        scope, token = handle._scope, handle._token
+        if not scope.cancel_called and token is not None and token.is_cancelled():
+            scope.cancel(reason=token.reason)  # fired from another thread: not landed yet
+        if scope.cancel_called:
+            # Aborted (or its token fired) before started(), the abort not landed yet: the
+            # caller is not told that the task started; the abort lands at the task's next
+            # checkpoint and start() raises OperationCancelledError (see _run_start).
             return
         task = handle._task
         before = None if task is None else task.parent_nursery
@@ -522,6 +535,14 @@ class _StartStatus:
         handle._on_done = self._on_done
         if self._on_started is not None:
             self._on_started(handle)
+
+    def release(self) -> None:
+        """The task has ended: drop every reference the status still holds. The function's
+        frames keep the status (it is their ``task_status``), and a stored error's
+        traceback keeps those frames: nothing the status holds may lead back to the handle
+        (its owner's callbacks do, through the owner's set of handles)."""
+        self.handle = self.real = self.coro = None
+        self._on_started = self._on_done = None
 
     def cancelled_error(self, handle: TaskHandle[Any]) -> OperationCancelledError:
         token = handle._token
@@ -692,7 +713,8 @@ def spawn(
         token: If given, the task's scope is bound to it: cancelling the token aborts the task
             (``Aborted(token.reason)``), at once if it is already cancelled. And, the one rule
             for the word everywhere: if ``async_fn`` declares ``token: CancellationToken`` (or
-            ``CancellationToken | None``, or a string annotation naming it), it is called
+            a union containing it, or ``Annotated[CancellationToken, ...]``, also as a
+            string annotation), it is called
             with ``token=token``. Nothing is passed to an unannotated ``token``, a ``token``
             of another type (an API key) or ``**kwargs``.
 

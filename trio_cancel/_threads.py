@@ -359,9 +359,11 @@ async def land(  # noqa: ASYNC910 - what stopped the wait is being handled: no c
     then raise (or return the value of a call that won over a cancellation)."""
     if call.skip_if_pending():
         # fn will never run. A thread that was given it gives its limiter token back at
-        # once: wait for that, so the token is back before this call ends.
+        # once: wait for that, so the token is back before this call ends. Not bounded by
+        # grace (with grace=0 the token would still be out): the thread never runs fn, so
+        # nothing can keep it.
         if call.holds_token():
-            with trio.move_on_after(grace, shield=True):
+            with trio.CancelScope(shield=True):
                 await call.done.wait()
         raise stopping
     interrupter = _Interrupter(call, interrupt)
@@ -489,6 +491,11 @@ async def run_sync_interruptible(
             ``grace``), for a driver that had not yet begun its statement when the first call
             came. Never called again after it raised a ``BaseException`` that is not an
             ``Exception``. It must be quick (it runs on the Trio thread) and safe to repeat.
+            Never called after ``fn`` has returned; but a driver may keep its effect: SQLite
+            keeps the interrupt flag while another statement of the connection is active (a
+            raw connection's other cursor mid-iteration), and then the next statement fails
+            too. Finish or close such cursors (the library's own connections consume theirs
+            inside the job).
         grace: Seconds to wait for ``fn`` to return after the first ``interrupt()``.
         limiter: As for :func:`trio.to_thread.run_sync` (default: Trio's default limiter).
         is_interruption: Tells the interrupt's own error (SQLite's

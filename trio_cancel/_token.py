@@ -199,6 +199,11 @@ class CancellationToken:
             return child
         child._parents = self
         self._link_child(child)
+        if self._cancelled:
+            # A cancel() from another thread (a tree no run uses) marked this token while the
+            # child was being linked, and may have listed the children before it: the child
+            # is born cancelled instead (pass 1 writes the reason before the mark).
+            _born_cancelled(child, self)  # type: ignore[unreachable]  # another thread
         return child
 
     @staticmethod
@@ -228,6 +233,10 @@ class CancellationToken:
         linked._parents = unique
         for tok in unique:
             tok._link_child(linked)
+        for tok in unique:  # as child_token(): an input cancelled meanwhile by another thread
+            if tok._cancelled:
+                _born_cancelled(linked, tok)
+                break
         return linked
 
     def _link_child(self, child: CancellationToken) -> None:
@@ -236,7 +245,10 @@ class CancellationToken:
             self._children = [weakref.ref(child)]
             return
         if len(refs) >= self._children_limit:
-            refs[:] = [ref for ref in refs if ref() is not None]
+            # A new list, not an in-place rewrite: a cancel() in another thread (a tree no run
+            # uses) may be iterating the old one, and would skip the entries that move.
+            refs = [ref for ref in refs if ref() is not None]
+            self._children = refs
             self._children_limit = max(8, 2 * len(refs))
         refs.append(weakref.ref(child))
 
@@ -315,9 +327,11 @@ class CancellationToken:
                 node = stack.pop()
                 if node._cancelled:
                     continue
-                node._cancelled = True
+                # The reason first: child_token() in another thread reads it once it sees
+                # the mark (see _born_cancelled).
                 node._reason = reason
                 node._cause = cause
+                node._cancelled = True
                 order.append(node)
                 children = node._children
                 if children:
@@ -813,3 +827,16 @@ class Registration(metaclass=NoPublicConstructor):
     def __repr__(self) -> str:
         state = "done" if self._done or self._token._cancelled else "pending"
         return f"<Registration {state} {self._callback!r}>"
+
+
+def _born_cancelled(child: CancellationToken, parent: CancellationToken) -> None:
+    """Mark ``child``, which nobody else has seen yet (it owns nothing), as cancelled by
+    ``parent``, whose mark a ``cancel()`` in another thread wrote while ``child`` was being
+    linked (invariant 4). That ``cancel()`` may also have reached ``child`` (it was linked
+    before the children were listed): the same values are written, and what it releases is
+    already empty. The weak reference left in ``parent._children`` may outlive that
+    ``cancel()``'s release; it points at a cancelled token and is never walked again."""
+    child._reason = parent._reason
+    child._cause = parent._cause
+    child._cancelled = True
+    child._parents = ()
