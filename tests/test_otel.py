@@ -89,6 +89,24 @@ async def test_token_source_leaves_status_unset() -> None:
     assert_marked(one("work"), "token", "user asked", error=False)
 
 
+async def test_a_token_with_a_timer_cancelled_by_hand_is_not_a_timeout() -> None:
+    """The timer's source applies only to the timer's own cancel: an app that cancels its
+    request token itself (a timer still armed) is an intentional cancellation."""
+    token = tc.CancellationToken()
+
+    async def work() -> None:
+        with token.cancel_scope(), tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work)
+        await trio.testing.wait_all_tasks_blocked()
+        token.cancel_after(100, "request timeout")
+        _hooks.timer_source(token, "request timeout")  # as the middleware announces its timer
+        token.cancel("app gave up")
+    assert_marked(one("work"), "token", "app gave up", error=False)
+
+
 async def test_abort_source() -> None:
     async def work() -> None:
         with tc_otel.span("work", TRACER):

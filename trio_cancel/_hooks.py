@@ -39,7 +39,9 @@ active = False
 # reference that removes the entry when the reason goes.)
 _sources: dict[int, tuple[weakref.ref[Any], str, float | None]] = {}
 # Token -> the source its own cancel_after timer stands for (the middleware's time limits).
-_timer_sources: weakref.WeakKeyDictionary[CancellationToken, str] = weakref.WeakKeyDictionary()
+_timer_sources: weakref.WeakKeyDictionary[CancellationToken, tuple[str, str]] = (
+    weakref.WeakKeyDictionary()
+)
 # The source announced by a call site for the next cancel() of that token.
 _pending: tuple[CancellationToken, str] | None = None
 # Token on which cancel() itself was called -> its source (one entry per cancel call).
@@ -84,7 +86,7 @@ def timer_source(token: CancellationToken, why: str) -> None:
     if active:
         source = _TIMER_SOURCES.get(why)
         if source is not None:
-            _timer_sources[token] = source
+            _timer_sources[token] = (source, why)
 
 
 def token_cancelled(token: CancellationToken, scopes: list[trio.CancelScope]) -> None:
@@ -94,7 +96,10 @@ def token_cancelled(token: CancellationToken, scopes: list[trio.CancelScope]) ->
     if pending is not None and pending[0] is token:
         source = pending[1]
     else:
-        source = _timer_sources.get(token, "token")
+        # The timer's source only for the timer's own cancel (it cancels with its reason): a
+        # token cancelled by hand while its timer is armed is an intentional cancellation.
+        timer = _timer_sources.get(token)
+        source = timer[0] if timer is not None and token.reason == timer[1] else "token"
     token_sources[token] = source
     record_scopes(scopes, source)
 
