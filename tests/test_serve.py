@@ -195,6 +195,8 @@ def _get(port: int, path: str) -> int:
             if not chunk:
                 break
             data += chunk
+    if not data:  # accepted by the kernel as the listener closed, then closed unanswered
+        raise ConnectionResetError("closed without an answer")
     return int(data.split(b" ", 2)[1])
 
 
@@ -203,7 +205,8 @@ def _poll_until_refused(port: int, path: str) -> list[int]:
     while True:
         try:
             seen.append(_get(port, path))
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
+            # Refused; or accepted into the backlog just as the listener closed, then reset.
             return seen
 
 
