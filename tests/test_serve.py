@@ -200,6 +200,16 @@ def _get(port: int, path: str) -> int:
     return int(data.split(b" ", 2)[1])
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Kill the server if it still runs, and close its pipes (also when the test failed, so that
+    no unclosed pipe is reported later, in another test)."""
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def _poll_until_refused(port: int, path: str) -> list[int]:
     seen: list[int] = []
     while True:
@@ -236,8 +246,7 @@ def test_sigterm_drains_then_a_second_signal_triggers_and_the_listener_closes(
             assert slow.result(timeout=60) == 503  # forced by phase 2
         out, err = proc.communicate(timeout=60)
     finally:
-        proc.kill()
-        proc.wait()
+        _stop(proc)
     assert proc.returncode == 0, err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["reason"] == "signal SIGTERM"
@@ -266,8 +275,7 @@ def test_the_drain_ends_by_itself_after_drain_delay(tmp_path: Path) -> None:
         seen = _poll_until_refused(port, "/ready")
         out, err = proc.communicate(timeout=60)
     finally:
-        proc.kill()
-        proc.wait()
+        _stop(proc)
     assert proc.returncode == 0, err
     assert 503 in seen
     first_503 = seen.index(503)
@@ -375,7 +383,6 @@ def test_services_server_snippet_serves_then_exits_after_its_report(snippet: str
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)  # it exits: Hypercorn does not keep listening
     finally:
-        proc.kill()
-        proc.wait()
+        _stop(proc)
     assert proc.returncode == 0, err
     assert "shutdown 'signal SIGTERM'" in out or '"reason": "signal SIGTERM"' in err
