@@ -189,7 +189,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         check_trio_thread("TaskHandle.abort()")
         self._note_abort(reason)
         self._scope.cancel(reason=reason)
-        _hooks.record_scope(self._scope, "abort")  # trio_cancel.otel: the source
+        if _hooks.active:  # trio_cancel.otel: the source (one flag check otherwise)
+            _hooks.record_scope(self._scope, "abort")
 
     def _note_abort(self, reason: str | None) -> None:
         if not self._scope.cancel_called:

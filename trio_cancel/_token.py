@@ -193,9 +193,7 @@ class CancellationToken:
         """
         child = CancellationToken()
         if self._cancelled:
-            child._cancelled = True
-            child._reason = self._reason
-            child._cause = self._cause
+            _born_cancelled(child, self)
             return child
         child._parents = self
         self._link_child(child)
@@ -831,11 +829,12 @@ class Registration(metaclass=NoPublicConstructor):
 
 def _born_cancelled(child: CancellationToken, parent: CancellationToken) -> None:
     """Mark ``child``, which nobody else has seen yet (it owns nothing), as cancelled by
-    ``parent``, whose mark a ``cancel()`` in another thread wrote while ``child`` was being
-    linked (invariant 4). That ``cancel()`` may also have reached ``child`` (it was linked
-    before the children were listed): the same values are written, and what it releases is
-    already empty. The weak reference left in ``parent._children`` may outlive that
-    ``cancel()``'s release; it points at a cancelled token and is never walked again."""
+    ``parent``: a child of a cancelled token, or one whose parent's mark a ``cancel()`` in
+    another thread wrote while ``child`` was being linked (invariant 4). That ``cancel()`` may
+    also have reached ``child`` (it was linked before the children were listed): the same
+    values are written, and what it releases is already empty. The weak reference left in
+    ``parent._children`` may outlive that ``cancel()``'s release; it points at a cancelled
+    token and is never walked again."""
     child._reason = parent._reason
     child._cause = parent._cause
     child._cancelled = True
