@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -285,6 +286,62 @@ def test_the_drain_ends_by_itself_after_drain_delay(tmp_path: Path) -> None:
     assert phases["drain"] <= -0.5
     assert phases["phase_two"] is None  # nothing in flight: phase 2 never came
     assert 0 <= phases["listener_closed"] <= phases["exit"]
+
+
+def _send_together(*signums: int) -> None:
+    """Send ``signums`` to this process so that they arrive at once: blocked while sent, they
+    are pending together when unblocked, and CPython runs their handlers in number order
+    (SIGINT before SIGTERM)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    try:
+        for signum in signums:
+            os.kill(os.getpid(), signum)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+async def test_sigterm_and_sigint_arriving_together_trigger_once_and_do_not_force() -> None:
+    """An orchestrator's SIGTERM and a terminal's SIGINT at once: one trigger, at once (SIGINT
+    is among them, so no drain), and the request in flight gets its grace period; not a
+    trigger followed by "a signal after the trigger" that forces phase 2."""
+    in_flight = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan support")
+        in_flight.set()
+        await trio.sleep(0.2)  # takes no token: only phase 2 would cut it short
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    reports: list[tc.LandingReport] = []
+    statuses: list[int] = []
+
+    async def serve(task_status: trio.TaskStatus[str]) -> None:
+        reports.append(
+            await serve_until_shutdown(
+                app, bind="127.0.0.1:0", grace=30.0, drain_delay=600, task_status=task_status
+            )
+        )
+
+    async def get(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url) as client:
+            statuses.append((await client.get("/slow")).status_code)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve)
+            nursery.start_soon(get, url)
+            await in_flight.wait()
+            _send_together(signal.SIGTERM, signal.SIGINT)
+    (report,) = reports
+    assert statuses == [200]
+    assert report.reason == "signal SIGINT"
+    (row,) = report.tasks
+    assert not row.forced
+    assert row.detail["status"] == 200  # type: ignore[index]
+    assert report.phases["drain"] is None  # SIGINT was among them: no drain
+    assert report.phases["phase_two"] is None  # and nothing forced it
 
 
 async def test_serve_until_shutdown_checks_its_arguments_at_the_call() -> None:

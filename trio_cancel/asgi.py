@@ -61,7 +61,14 @@ from ._checks import check_grace
 from ._excgroups import raise_errors_of
 from ._hypercorn_internals import Connections, serve_owning_connections
 from ._outcome import Aborted, Failed, Outcome
-from ._shutdown import PHASES, GracefulShutdown, LandingReport
+from ._process import signal_name
+from ._shutdown import (
+    PHASES,
+    GracefulShutdown,
+    LandingReport,
+    SignalBatches,
+    open_signal_batches,
+)
 from ._token import CancellationToken, release_timer
 from .deadlines import (
     REQUEST_DEADLINE,
@@ -575,6 +582,9 @@ async def serve_until_shutdown(
       refused), the shutdown's token is cancelled, requests in flight get ``grace`` seconds,
       then phase 2 aborts the rest (answered 503).
     * A signal after the trigger forces phase 2 at once.
+    * Signals that arrive together (SIGTERM from an orchestrator and SIGINT from a terminal,
+      pending at the same moment) count as one: with SIGINT among them they trigger at once,
+      and they do not also force phase 2.
 
     The report's :attr:`~trio_cancel.LandingReport.phases` give when each phase began, in
     seconds from the trigger. It returns within ``grace`` plus 1 s after the trigger (within
@@ -690,7 +700,7 @@ async def _serve(
     with contextlib.ExitStack() as stack:
         receiver = None
         if install_signal_handlers:
-            receiver = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+            receiver = stack.enter_context(open_signal_batches((signal.SIGINT, signal.SIGTERM)))
         async with trio.open_nursery() as server_nursery:
             try:
                 async with GracefulShutdown(grace) as shutdown:
@@ -738,26 +748,28 @@ def _with_exit_time(report: LandingReport, shutdown: GracefulShutdown) -> Landin
 
 
 async def _watch_signals(
-    receiver: Any,  # noqa: ANN401 - Trio's signal receiver
+    receiver: SignalBatches,
     shutdown: GracefulShutdown,
     middleware: CancelMiddleware,
     drain_delay: float,
 ) -> None:
     """SIGTERM: drain for ``drain_delay``, then trigger; SIGINT, or a second signal during the
-    drain: trigger at once; a signal after the trigger: phase 2 at once."""
+    drain: trigger at once; a signal after the trigger: phase 2 at once. Signals that arrive
+    together (one batch) count as one: SIGINT and SIGTERM at once trigger (SIGINT is among
+    them), and do not force."""
     drain_ends = math.inf
     first = ""
     while True:
         with trio.move_on_at(drain_ends) as timer:
-            signum = await receiver.__anext__()
+            batch = await receiver.receive()
         if timer.cancelled_caught:  # the drain is over
             drain_ends = math.inf
             shutdown.trigger(f"signal {first}")
             continue
-        name = signal.Signals(signum).name
+        name = signal_name(signal.SIGINT if signal.SIGINT in batch else batch[0])
         if shutdown.token.is_cancelled():
             shutdown._force(f"forced by a second signal ({name})")
-        elif drain_ends < math.inf or signum == signal.SIGINT or drain_delay == 0:
+        elif drain_ends < math.inf or signal.SIGINT in batch or drain_delay == 0:
             drain_ends = math.inf
             shutdown.trigger(f"signal {first or name}")
         else:
