@@ -390,6 +390,61 @@ async def test_serve_until_shutdown_with_a_config_leaves_it_unchanged() -> None:
     assert config.bind == ["127.0.0.1:0"]
 
 
+async def test_a_config_bind_set_to_the_default_is_a_bind_of_its_own() -> None:
+    from hypercorn.config import Config
+
+    explicit = Config()
+    explicit.bind = "127.0.0.1:8000"  # Hypercorn's default, but set: the config's own bind
+    from_mapping = Config.from_mapping({"bind": ["127.0.0.1:8000"]})
+    for config in (explicit, from_mapping):
+        # (Not refused, it would serve until the deadline.)
+        with pytest.raises(ValueError, match="not both"), trio.fail_after(5):
+            await serve_until_shutdown(
+                _fast_app, bind="127.0.0.1:0", config=config, install_signal_handlers=False
+            )
+    # A config that never set its bind takes bind=.
+    config = Config()
+    config.accesslog = None
+    config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            functools.partial(
+                serve_until_shutdown,
+                _fast_app,
+                bind="127.0.0.1:0",
+                config=config,
+                install_signal_handlers=False,
+            )
+        )
+        assert not url.endswith(":8000")
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/")).text == "ok"
+        nursery.cancel_scope.cancel()
+    assert "_bind" not in vars(config)  # left unchanged
+
+
+def test_a_config_bind_equal_to_the_default_public_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without reading Hypercorn's Config layout, only a bind that differs from the default
+    is seen."""
+    from hypercorn.config import Config
+
+    from trio_cancel._hypercorn_internals import config_sets_bind
+
+    explicit = Config()
+    explicit.bind = "127.0.0.1:8000"
+    other = Config()
+    other.bind = ["127.0.0.1:9"]
+    assert config_sets_bind(explicit)
+    assert config_sets_bind(other)
+    assert not config_sets_bind(Config())
+    monkeypatch.setenv("TRIO_CANCEL_HYPERCORN_INTERNALS", "off")
+    assert not config_sets_bind(explicit)  # the fallback's limit
+    assert config_sets_bind(other)
+    assert not config_sets_bind(Config())
+
+
 async def _fast_app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
     if scope["type"] != "http":
         raise RuntimeError("no lifespan support")

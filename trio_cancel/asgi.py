@@ -59,7 +59,7 @@ import trio
 from . import _hooks
 from ._checks import check_grace
 from ._excgroups import raise_errors_of
-from ._hypercorn_internals import Connections, serve_owning_connections
+from ._hypercorn_internals import Connections, config_sets_bind, serve_owning_connections
 from ._outcome import Aborted, Failed, Outcome
 from ._process import signal_name
 from ._shutdown import (
@@ -611,7 +611,8 @@ async def serve_until_shutdown(
         flight at the trigger, with its :attr:`~trio_cancel.TaskLanding.detail`.
 
     Raises:
-        ValueError: ``bind`` and a ``config`` with its own bind are both given;
+        ValueError: ``bind`` and a ``config`` with its own bind (one set on it, also to
+            Hypercorn's default ``127.0.0.1:8000``) are both given;
             ``drain_delay + grace + 1`` exceeds ``termination_budget``; ``drain_delay`` is
             negative or not finite; and as :class:`CancelMiddleware` for its options.
         TypeError: ``config`` is not a Hypercorn ``Config``.
@@ -641,13 +642,12 @@ async def serve_until_shutdown(
                 f"termination budget of {budget:g} s: the orchestrator would kill the process "
                 "before its requests landed"
             )
-    default_bind = Config().bind
     if config is None:
         server_config = Config()
         server_config.accesslog = None
         server_config.errorlog = None
     else:
-        if bind is not None and list(config.bind) != list(default_bind):
+        if bind is not None and config_sets_bind(config):
             raise ValueError("give bind= or a config with its own bind, not both")
         server_config = copy.copy(config)
     server_config.bind = [bind] if bind is not None else list(server_config.bind)
