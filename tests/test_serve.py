@@ -141,6 +141,54 @@ async def test_grace_and_the_phase_two_event(autojump_clock: trio.testing.MockCl
     assert report.phases["drain"] is None
 
 
+async def test_a_request_shielded_past_phase_two_holds_the_landing_and_is_named(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trio cannot leave a running task behind: a cleanup shielded from cancellation holds the
+    server's landing until it ends; 1 s into phase 2 a warning names the requests that do."""
+    from trio_cancel._hypercorn_internals import Connections
+    from trio_cancel.asgi import _land
+
+    async def shielded_cleanup() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(10)
+
+    async with tc.GracefulShutdown(grace=2.0) as gs:
+        gs.spawn(shielded_cleanup, name="GET /held")
+        gs.spawn(trio.sleep_forever, name="GET /aborted")
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        gs.trigger("deploy")
+        report = await _land(gs, Connections())
+    assert trio.current_time() - start == 12.0  # phase 2 at 2 s, then the 10 s cleanup
+    (warning,) = [r for r in caplog.records if "into phase 2" in r.getMessage()]  # once
+    assert warning.levelname == "WARNING"
+    assert "1 request(s) still running 1 s into phase 2" in warning.getMessage()
+    assert warning.getMessage().endswith(": GET /held")
+    rows = {row.name: row for row in report.tasks}
+    assert rows["GET /held"].forced
+    assert rows["GET /held"].seconds == 12.0
+    assert rows["GET /aborted"].seconds == 2.0
+
+
+async def test_no_warning_when_phase_two_lands_everything(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trio_cancel._hypercorn_internals import Connections
+    from trio_cancel.asgi import _land
+
+    async with tc.GracefulShutdown(grace=2.0) as gs:
+        gs.spawn(trio.sleep_forever, name="GET /aborted")
+        await trio.testing.wait_all_tasks_blocked()
+        gs.trigger("deploy")
+        report = await _land(gs, Connections())
+    assert report.tasks[0].forced
+    assert "into phase 2" not in caplog.text
+
+
 # ---------------------------------------------------------------- a real server process
 
 SERVER = """

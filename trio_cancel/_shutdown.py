@@ -805,6 +805,10 @@ class GracefulShutdown(NurseryOwner):
             else:
                 self._force(f"forced by a second signal ({name})")
 
+    def _running_names(self) -> list[str]:
+        """The names of the tracked tasks still running (for a server's warning)."""
+        return [handle.name for handle in self._tracked if not handle.is_finished()]
+
     def _opened(self) -> None:
         self._state = "open"
         _hooks.shutdown(self, "open", None)  # trio_cancel.otel.instrument()

@@ -593,6 +593,14 @@ async def serve_until_shutdown(
     0.3 s to send their 503, it closes the connections still open (a client that stops reading
     a large response holds Hypercorn's send, which no cancellation reaches).
 
+    The app's own code shielded from cancellation is not bounded: a handler whose cleanup runs
+    in ``with trio.CancelScope(shield=True):`` runs it to its end, and the function returns
+    only then (Trio cannot leave a running task behind, and the report lists every request
+    once it has ended). 1 s into phase 2, the requests still running are named in a warning
+    on the ``trio_cancel.asgi`` logger. Bound such a cleanup in the app
+    (``with trio.move_on_after(seconds, shield=True):``) so that ``drain_delay + grace + 1``
+    plus its bound fits the orchestrator's budget.
+
     Args:
         app: The ASGI app.
         bind: Where to listen (``"127.0.0.1:8000"`` when neither this nor ``config`` says).
@@ -782,12 +790,39 @@ async def _watch_signals(
 
 async def _land(shutdown: GracefulShutdown, connections: Connections) -> LandingReport:
     """``shutdown.wait()``, closing in phase 2 the connections that keep requests from
-    landing."""
+    landing, and naming in a warning the requests that still hold it 1 s into phase 2."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_close_in_phase_two, shutdown, connections)
+        nursery.start_soon(_warn_if_held, shutdown)
         report = await shutdown.wait()
         nursery.cancel_scope.cancel()
     return report
+
+
+# Seconds into phase 2 after which the requests still running are named in a warning: past
+# the bound serve_until_shutdown keeps for everything but code shielded from cancellation.
+_HELD_WARNING_TIME = 1.0
+_HELD_NAMES_SHOWN = 10
+
+
+async def _warn_if_held(shutdown: GracefulShutdown) -> None:
+    """Trio cannot leave a running task behind: a request whose code is shielded from
+    cancellation holds the exit until it ends. Say which ones, once."""
+    await shutdown.wait_forcing()
+    await trio.sleep(_HELD_WARNING_TIME)
+    held = shutdown._running_names()
+    if held:
+        shown = ", ".join(held[:_HELD_NAMES_SHOWN])
+        more = len(held) - _HELD_NAMES_SHOWN
+        _log.warning(
+            "serve_until_shutdown: %d request(s) still running %g s into phase 2, shielded "
+            "from cancellation (a cleanup inside a shielded scope, say); the server returns "
+            "when they end: %s%s",
+            len(held),
+            _HELD_WARNING_TIME,
+            shown,
+            f" and {more} more" if more > 0 else "",
+        )
 
 
 async def _close_in_phase_two(shutdown: GracefulShutdown, connections: Connections) -> None:
