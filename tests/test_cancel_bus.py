@@ -42,8 +42,10 @@ def _require_pg() -> str:
         if REQUIRE_PG:
             pytest.fail("TRIO_CANCEL_REQUIRE_PG=1 but no TRIO_CANCEL_PG_DSN: no PostgreSQL server")
         pytest.skip(
-            "no PostgreSQL server (run the tests through make test, or .ci/with-postgres; "
-            "to install PostgreSQL: sudo apt-get install -y postgresql)"
+            "the cancellation bus is tested against a real PostgreSQL server and "
+            "TRIO_CANCEL_PG_DSN is not set: run `make test` or `.ci/with-postgres "
+            ".venv/bin/pytest` (a throwaway server on 127.0.0.1; needs PostgreSQL installed: "
+            "sudo apt-get install -y postgresql), or set TRIO_CANCEL_PG_DSN to a server's DSN"
         )
     return PG_DSN
 
@@ -71,8 +73,15 @@ async def _drop(dsn: str, table: str) -> None:
 
 
 @pytest.fixture
-async def names() -> AsyncIterator[Names]:
-    dsn = _require_pg()
+def pg_dsn() -> str:
+    # A sync fixture: a skip raised here keeps its message (pytest-trio reports a skip raised
+    # inside the Trio run without it).
+    return _require_pg()
+
+
+@pytest.fixture
+async def names(pg_dsn: str) -> AsyncIterator[Names]:
+    dsn = pg_dsn
     name = f"tcb_{uuid.uuid4().hex[:12]}"
     try:
         yield Names(dsn, name, name)
@@ -292,16 +301,32 @@ async def test_request_sent_before_the_run_cancels_the_token_at_once(names: Name
         assert landing.outcome == "aborted"
 
 
-async def test_request_sent_before_the_run_cancels_a_token_after_one_read(names: Names) -> None:
-    async with names.open() as controller, names.open() as worker:
+async def test_request_in_the_copy_makes_token_born_cancelled(names: Names) -> None:
+    from trio_cancel.postgres import RemoteCancel
+
+    async with names.open() as controller:
         await controller.cancel("early", "before it started")
-        await _barrier(controller, worker)
-        assert worker._pending.get("early")  # in the copy: token() has the server confirm it
-        token = worker.token("early")
+        # Opened afterwards, the worker's bus reads the table: its copy holds the request, and
+        # token() returns the token already cancelled, with no await in between.
+        async with names.open() as worker:
+            assert worker._pending.get("early")
+            token = worker.token("early")
+            assert token.is_cancelled()
+            assert token.reason == "before it started"
+            assert isinstance(token.cause, RemoteCancel)
+            assert token.cause.job_id == "early"
+            await worker.landed("early", tc.Aborted(token.reason))
         with trio.fail_after(WAIT):
-            await token.wait_cancelled()
-        assert token.reason == "before it started"
-        await worker.landed("early", tc.Aborted(token.reason))
+            landing = await controller.wait_landed("early")
+        assert landing.outcome == "aborted"
+        # A request that reached the copy through its notification: born cancelled as well.
+        async with names.open() as worker:
+            await controller.cancel("later", "sent while the worker was up")
+            await _barrier(controller, worker)
+            token = worker.token("later")
+            assert token.is_cancelled()
+            assert token.reason == "sent while the worker was up"
+            await worker.landed("later", tc.Aborted(token.reason))
 
 
 async def test_start_run_cancelled_starts_no_run(names: Names) -> None:
@@ -715,19 +740,26 @@ def _pg_ctl(*args: str) -> list[str]:
     if not pg_bin or not pgdata:
         if REQUIRE_PG:
             pytest.fail("TRIO_CANCEL_REQUIRE_PG=1 but no TRIO_CANCEL_PG_BIN/PGDATA to restart")
-        pytest.skip("restarting needs the server of .ci/with-postgres (PGDATA, TRIO_CANCEL_PG_BIN)")
+        pytest.skip(
+            "this test restarts the server, so it needs the throwaway one that `make test` and "
+            "`.ci/with-postgres CMD` start (they set PGDATA and TRIO_CANCEL_PG_BIN)"
+        )
     command = [os.path.join(pg_bin, "pg_ctl"), "-D", pgdata, *args]
     user = os.environ.get("TRIO_CANCEL_PG_USER", "")
     return ["runuser", "-u", user, "--", *command] if user else command
 
 
-def _restart_command() -> list[str]:
+@pytest.fixture
+def restart_command(pg_dsn: str) -> list[str]:
+    """The command that restarts the server (a sync fixture, so a skip keeps its message)."""
     log = os.path.join(os.path.dirname(os.environ.get("PGDATA", ".")), "server.log")
     return _pg_ctl("restart", "-m", "fast", "-w", "-t", "60", "-l", log)
 
 
-async def test_server_restart_requests_made_while_down_are_delivered(names: Names) -> None:
-    restart = _restart_command()
+async def test_server_restart_requests_made_while_down_are_delivered(
+    names: Names, restart_command: list[str]
+) -> None:
+    restart = restart_command
     async with names.open() as worker, names.open() as controller:
         token = worker.token("across-restart")
         async with trio.open_nursery() as nursery:
@@ -803,13 +835,13 @@ class Fleet:
 
 
 async def test_processes_controller_and_four_workers_1000_jobs_200_cancelled_with_a_restart(
-    names: Names,
+    names: Names, restart_command: list[str]
 ) -> None:
     """A controller (this test) and 4 worker processes; 1,000 short jobs; 200 cancelled at
     random (seeded): 20 before they start, 180 while they run, a quarter of those while the
     server restarts. All 200 land (confirmed through the bus), the other 800 complete; then 20
     of the cancelled job ids run again and are not touched by their old requests."""
-    restart = _restart_command()
+    restart = restart_command
 
     rng = random.Random(25)
     jobs = [f"job-{n}" for n in range(1000)]
@@ -1041,7 +1073,7 @@ async def _wait_confirmed(bus: CancelBus, job: str) -> None:
     await bus._read_requests([job])
 
 
-async def test_a_request_consumed_elsewhere_never_touches_the_next_run_while_its_landing_is_on_its_way(  # noqa: E501
+async def test_start_run_ignores_a_request_consumed_elsewhere_whose_landing_is_on_its_way(
     names: Names,
 ) -> None:
     async with names.open() as first, names.open() as second, names.open() as controller:
@@ -1056,16 +1088,16 @@ async def test_a_request_consumed_elsewhere_never_touches_the_next_run_while_its
         second._listen.execute("BEGIN")
         try:
             await first.landed("handed-on", tc.Aborted("for run 1"))  # run 1 consumed it
-            # Run 2 of the same job, handed to the second worker after the landing.
-            again = second.token("handed-on")
+            # Run 2 of the same job, handed to the second worker after the landing, started
+            # with start_run(): the server, not the stale copy, decides.
+            assert second._pending.get("handed-on")  # the copy is stale
+            with trio.fail_after(WAIT):
+                again = await second.start_run("handed-on")
             assert not again.is_cancelled()
+            assert "handed-on" not in second._pending  # the read corrected the copy
             with trio.fail_after(WAIT):
                 await _wait_confirmed(second, "handed-on")
             assert not again.is_cancelled()
-            assert "handed-on" not in second._pending
-            born = await second.start_run("handed-on-2")  # and start_run() agrees
-            assert not born.is_cancelled()
-            await second.landed("handed-on-2", tc.Completed(None))
         finally:
             second._listen.execute("COMMIT")
         await _barrier(controller, second)
@@ -1091,7 +1123,9 @@ async def test_a_read_older_than_the_run_does_not_cancel_it_with_a_consumed_requ
             )
             seq, landing_seq = second._read_seq, second._landing_seq
             await first.landed("old-read", tc.Aborted("for run 1"))
-            again = second.token("old-read")
+            with trio.fail_after(WAIT):
+                again = await second.start_run("old-read")
+            assert not again.is_cancelled()
             second._apply(["old-read"], rows, landing_seq, seq)
             assert not again.is_cancelled()
             with trio.fail_after(WAIT):
@@ -1102,7 +1136,38 @@ async def test_a_read_older_than_the_run_does_not_cancel_it_with_a_consumed_requ
         await second.landed("old-read", tc.Completed(None))
 
 
-async def test_a_request_never_cancels_a_run_begun_after_its_ttl_on_the_server(
+async def test_a_read_in_flight_during_a_landing_here_does_not_put_the_request_back(
+    names: Names,
+) -> None:
+    async with names.open() as worker, names.open() as controller:
+        token = worker.token("own")
+        await controller.cancel("own", "for run 1")
+        with trio.fail_after(WAIT):
+            await token.wait_cancelled()
+        # The landing's own notification is held back (the listener inside a transaction).
+        worker._listen.execute("BEGIN")
+        try:
+            # A read of the job's requests that began before the landing and is applied after
+            # it: what it found, the landing consumed.
+            worker._read_seq += 1
+            seq, landing_seq = worker._read_seq, worker._landing_seq
+            rows = await worker._fetch_link.run(
+                lambda conn: conn.fetchall(worker._sql.requests(some=True), (["own"],))
+            )
+            assert rows
+            await worker.landed("own", tc.Aborted("for run 1"))
+            worker._apply(["own"], rows, landing_seq, seq)
+            assert "own" not in worker._pending
+            again = worker.token("own")  # the next run, in the same process
+            assert not again.is_cancelled()
+        finally:
+            worker._listen.execute("COMMIT")
+        await _barrier(controller, worker)
+        assert not again.is_cancelled()
+        await worker.landed("own", tc.Completed(None))
+
+
+async def test_start_run_ignores_a_request_expired_on_the_server(
     names: Names, mock_clock: trio.testing.MockClock
 ) -> None:
     # Trio's clock stands still (the mock clock), so the bus's copy keeps the request past
@@ -1117,11 +1182,8 @@ async def test_a_request_never_cancels_a_run_begun_after_its_ttl_on_the_server(
             "SELECT pg_sleep(greatest(0, extract(epoch FROM expires_at - clock_timestamp())) "
             f"+ 0.01) FROM \"{names.table}\" WHERE job_id = 'brief'",
         )
-        token = worker.token("brief")
-        assert not token.is_cancelled()
+        born = await worker.start_run("brief")
+        assert not born.is_cancelled()
         await _wait_confirmed(worker, "brief")
-        assert not token.is_cancelled()
-        born = await worker.start_run("brief-2")
         assert not born.is_cancelled()
         await worker.landed("brief", tc.Completed(None))
-        await worker.landed("brief-2", tc.Completed(None))

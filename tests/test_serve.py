@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -138,6 +139,54 @@ async def test_grace_and_the_phase_two_event(autojump_clock: trio.testing.MockCl
     assert report.phases["phase_two"] == 2.5
     assert report.phases["trigger"] == 0.0
     assert report.phases["drain"] is None
+
+
+async def test_a_request_shielded_past_phase_two_holds_the_landing_and_is_named(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trio cannot leave a running task behind: a cleanup shielded from cancellation holds the
+    server's landing until it ends; 1 s into phase 2 a warning names the requests that do."""
+    from trio_cancel._hypercorn_internals import Connections
+    from trio_cancel.asgi import _land
+
+    async def shielded_cleanup() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(10)
+
+    async with tc.GracefulShutdown(grace=2.0) as gs:
+        gs.spawn(shielded_cleanup, name="GET /held")
+        gs.spawn(trio.sleep_forever, name="GET /aborted")
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        gs.trigger("deploy")
+        report = await _land(gs, Connections())
+    assert trio.current_time() - start == 12.0  # phase 2 at 2 s, then the 10 s cleanup
+    (warning,) = [r for r in caplog.records if "into phase 2" in r.getMessage()]  # once
+    assert warning.levelname == "WARNING"
+    assert "1 request(s) still running 1 s into phase 2" in warning.getMessage()
+    assert warning.getMessage().endswith(": GET /held")
+    rows = {row.name: row for row in report.tasks}
+    assert rows["GET /held"].forced
+    assert rows["GET /held"].seconds == 12.0
+    assert rows["GET /aborted"].seconds == 2.0
+
+
+async def test_no_warning_when_phase_two_lands_everything(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trio_cancel._hypercorn_internals import Connections
+    from trio_cancel.asgi import _land
+
+    async with tc.GracefulShutdown(grace=2.0) as gs:
+        gs.spawn(trio.sleep_forever, name="GET /aborted")
+        await trio.testing.wait_all_tasks_blocked()
+        gs.trigger("deploy")
+        report = await _land(gs, Connections())
+    assert report.tasks[0].forced
+    assert "into phase 2" not in caplog.text
 
 
 # ---------------------------------------------------------------- a real server process
@@ -287,6 +336,62 @@ def test_the_drain_ends_by_itself_after_drain_delay(tmp_path: Path) -> None:
     assert 0 <= phases["listener_closed"] <= phases["exit"]
 
 
+def _send_together(*signums: int) -> None:
+    """Send ``signums`` to this process so that they arrive at once: blocked while sent, they
+    are pending together when unblocked, and CPython runs their handlers in number order
+    (SIGINT before SIGTERM)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    try:
+        for signum in signums:
+            os.kill(os.getpid(), signum)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+async def test_sigterm_and_sigint_arriving_together_trigger_once_and_do_not_force() -> None:
+    """An orchestrator's SIGTERM and a terminal's SIGINT at once: one trigger, at once (SIGINT
+    is among them, so no drain), and the request in flight gets its grace period; not a
+    trigger followed by "a signal after the trigger" that forces phase 2."""
+    in_flight = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan support")
+        in_flight.set()
+        await trio.sleep(0.2)  # takes no token: only phase 2 would cut it short
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    reports: list[tc.LandingReport] = []
+    statuses: list[int] = []
+
+    async def serve(task_status: trio.TaskStatus[str]) -> None:
+        reports.append(
+            await serve_until_shutdown(
+                app, bind="127.0.0.1:0", grace=30.0, drain_delay=600, task_status=task_status
+            )
+        )
+
+    async def get(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url) as client:
+            statuses.append((await client.get("/slow")).status_code)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve)
+            nursery.start_soon(get, url)
+            await in_flight.wait()
+            _send_together(signal.SIGTERM, signal.SIGINT)
+    (report,) = reports
+    assert statuses == [200]
+    assert report.reason == "signal SIGINT"
+    (row,) = report.tasks
+    assert not row.forced
+    assert row.detail["status"] == 200  # type: ignore[index]
+    assert report.phases["drain"] is None  # SIGINT was among them: no drain
+    assert report.phases["phase_two"] is None  # and nothing forced it
+
+
 async def test_serve_until_shutdown_checks_its_arguments_at_the_call() -> None:
     from hypercorn.config import Config
 
@@ -331,6 +436,61 @@ async def test_serve_until_shutdown_with_a_config_leaves_it_unchanged() -> None:
         nursery.cancel_scope.cancel()
     assert config.graceful_timeout == 0.5  # the copy's was raised above grace, not this one
     assert config.bind == ["127.0.0.1:0"]
+
+
+async def test_a_config_bind_set_to_the_default_is_a_bind_of_its_own() -> None:
+    from hypercorn.config import Config
+
+    explicit = Config()
+    explicit.bind = "127.0.0.1:8000"  # Hypercorn's default, but set: the config's own bind
+    from_mapping = Config.from_mapping({"bind": ["127.0.0.1:8000"]})
+    for config in (explicit, from_mapping):
+        # (Not refused, it would serve until the deadline.)
+        with pytest.raises(ValueError, match="not both"), trio.fail_after(5):
+            await serve_until_shutdown(
+                _fast_app, bind="127.0.0.1:0", config=config, install_signal_handlers=False
+            )
+    # A config that never set its bind takes bind=.
+    config = Config()
+    config.accesslog = None
+    config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            functools.partial(
+                serve_until_shutdown,
+                _fast_app,
+                bind="127.0.0.1:0",
+                config=config,
+                install_signal_handlers=False,
+            )
+        )
+        assert not url.endswith(":8000")
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/")).text == "ok"
+        nursery.cancel_scope.cancel()
+    assert "_bind" not in vars(config)  # left unchanged
+
+
+def test_a_config_bind_equal_to_the_default_public_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without reading Hypercorn's Config layout, only a bind that differs from the default
+    is seen."""
+    from hypercorn.config import Config
+
+    from trio_cancel._hypercorn_internals import config_sets_bind
+
+    explicit = Config()
+    explicit.bind = "127.0.0.1:8000"
+    other = Config()
+    other.bind = ["127.0.0.1:9"]
+    assert config_sets_bind(explicit)
+    assert config_sets_bind(other)
+    assert not config_sets_bind(Config())
+    monkeypatch.setenv("TRIO_CANCEL_HYPERCORN_INTERNALS", "off")
+    assert not config_sets_bind(explicit)  # the fallback's limit
+    assert config_sets_bind(other)
+    assert not config_sets_bind(Config())
 
 
 async def _fast_app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401

@@ -262,6 +262,66 @@ async def test_signals_trigger_then_force_and_handlers_are_restored(
         gs.install_signal_handlers()
 
 
+def _send_together(*signums: int) -> None:
+    """Send ``signums`` to this process so that they arrive at once: blocked while sent, they
+    are pending together when unblocked, and CPython runs their handlers in number order."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    try:
+        for signum in signums:
+            os.kill(os.getpid(), signum)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+async def test_signals_that_arrive_together_trigger_once_and_do_not_force(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=100.0) as gs:
+        gs.install_signal_handlers()
+        polite = gs.spawn(cooperative, 0.5, name="polite")
+        await trio.testing.wait_all_tasks_blocked()
+        _send_together(signal.SIGTERM, signal.SIGINT)  # an orchestrator's and a terminal's
+        await gs.token.wait_cancelled()
+        report = await gs.wait()
+    assert report.reason == "signal SIGINT"  # the first one dispatched
+    assert polite.outcome == tc.Completed("landed after 0.5")
+    assert [(t.name, t.seconds, t.forced) for t in report] == [("polite", 0.5, False)]
+    assert report.phases["phase_two"] is None
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGRTMIN"), reason="no real-time signals here")
+async def test_a_real_time_signal_is_named_as_kill_l_names_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    signum = signal.SIGRTMIN + 1  # not a member of signal.Signals
+    before = signal.getsignal(signum)
+    async with tc.GracefulShutdown(grace=100.0) as gs:
+        gs.install_signal_handlers(signum)
+        rude = gs.spawn(stubborn, name="rude")
+        os.kill(os.getpid(), signum)
+        await gs.token.wait_cancelled()
+        assert gs.token.reason == "signal SIGRTMIN+1"
+        await trio.sleep(1)
+        os.kill(os.getpid(), signum)  # a second one: phase 2
+        report = await gs.wait()
+    assert rude.outcome == tc.Aborted("signal SIGRTMIN+1: forced by a second signal (SIGRTMIN+1)")
+    assert report.tasks[0].seconds == 1.0
+    assert signal.getsignal(signum) is before
+
+
+async def test_install_signal_handlers_refuses_a_signal_it_cannot_catch() -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        with pytest.raises(OSError, match="Invalid argument"):
+            gs.install_signal_handlers(signal.SIGUSR1, signal.SIGKILL)
+        assert signal.getsignal(signal.SIGUSR1) is before  # nothing left installed
+        gs.install_signal_handlers(signal.SIGUSR1)  # and the call can be made again
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await gs.token.wait_cancelled()
+    assert gs.token.reason == "signal SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
 async def test_spawn_after_the_report_is_refused() -> None:
     async with tc.GracefulShutdown(grace=1.0) as gs:
         await gs.wait()

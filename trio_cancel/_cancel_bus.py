@@ -16,20 +16,24 @@ Invariants:
 
 1. ``_pending`` is the bus's copy of the table's live requests, per job id: after the listener
    (re)connected, a full read replaces it; every ``c:`` notification schedules a read of that
-   job's requests; every ``l:`` notification (and every ``landed()`` of this bus) drops the
-   job's entries at once and schedules a read. A read's result is applied only if no ``l:`` for
-   that job arrived, and no full read started, after the read began (``_last_landing``,
-   ``_epoch``): a consumed request is never put back.
-2. ``_runs`` holds this bus's live runs, one per job id, from ``token()`` to ``landed()``.
-   Every read is numbered when it begins (``_read_seq``), and a run notes the number at
-   ``token()`` (``since``). A run is cancelled only by a request that a read begun *after* its
-   ``token()`` found live on the server (the first one wins): that read's statement saw every
-   landing committed before the run began, so a request consumed by an earlier run (in any
-   process, whose ``l:`` notification may still be on its way here) can never reach it. A
-   request in the copy, or one that an older read brings, only schedules such a read of the
-   job (one round trip).
-3. ``token()`` first reads what the listener's socket already holds (without blocking), so
-   the copy is as current as it can be when deciding whether a read is needed.
+   job's requests; every ``l:`` notification drops the job's entries at once and schedules a
+   read; every ``landed()`` of this bus that consumed requests drops them at once and counts
+   as a landing of the job. A read's result is applied to a job only if no landing of it
+   (``l:`` or this bus's own) came, and no full read started, after the read began
+   (``_last_landing``, ``_epoch``): a consumed request is never put back.
+2. ``_runs`` holds this bus's live runs, one per job id, from ``token()`` (or ``start_run()``)
+   to ``landed()``. Every read is numbered when it begins (``_read_seq``), and a run notes the
+   number at its start (``since``). A run is cancelled by the first of: a live request in the
+   copy when ``token()`` starts it (the contract's "at once"; the copy may be stale, which
+   ``token()``'s docstring states as its window), or a request that a read begun *after* its
+   start found live on the server: that read's statement saw every landing committed before
+   the run began, so a request consumed by an earlier run (in any process, whose ``l:``
+   notification may still be on its way here) can never reach the run through it. A request
+   that an older read brings only schedules such a read of the job (one round trip).
+   ``start_run()`` never consults the copy: it waits for a read begun after the run's start,
+   so its token is cancelled only by what the server holds (the strict form).
+3. ``token()`` and ``start_run()`` first read what the listener's socket already holds
+   (without blocking), so the copy is as current as it can be when ``token()`` consults it.
 4. The listener's socket is closed only by the listener task, or after
    :func:`trio.lowlevel.notify_closing` in the same synchronous step (libpq closes it itself
    when it finds the connection lost).
@@ -141,7 +145,7 @@ class _Request:
 @attrs.define(eq=False)
 class _Run:
     token: CancellationToken
-    since: int  # the bus's read sequence number at token(): later reads may cancel the run
+    since: int  # the bus's read sequence number at the run's start: later reads may cancel it
     cause: RemoteCancel | None = None
 
 
@@ -539,15 +543,21 @@ class CancelBus(metaclass=NoPublicConstructor):
         """Start a run of ``job_id`` in this process, and return its token.
 
         The token is cancelled when any process calls :meth:`cancel` for ``job_id`` during the
-        run, and, one read of the server after this call, if a request for ``job_id`` is
-        pending from before the run (a request sent before this worker got to the job; use
-        :meth:`start_run` for a token born cancelled then). A request that a run which had
-        landed before this call consumed never cancels it, in whatever process that run
-        was: only a read of the server begun after this call can cancel the run (the bus's
-        copy of the pending requests may be behind). Its ``reason`` is the remote reason (or
-        ``str(cause)`` when the request gave none), its ``cause`` a :class:`RemoteCancel`.
-        The run ends with :meth:`landed`, which every run must reach (call it in a
-        ``finally``).
+        run, and it is returned already cancelled if a request for ``job_id`` is pending from
+        before the run (a durable request: sent before this worker got to the job). Its
+        ``reason`` is the remote reason (or ``str(cause)`` when the request gave none), its
+        ``cause`` a :class:`RemoteCancel`. The run ends with :meth:`landed`, which every run
+        must reach (call it in a ``finally``).
+
+        "Pending" is decided from the bus's copy of the pending requests, which the
+        notifications keep current, so there is one narrow window: a run of the same job id
+        that landed in *another* process just before this call, whose landing's notification
+        has not reached this bus yet, leaves the request it consumed in the copy, and this run
+        is born cancelled by it (also a request whose ``ttl`` ran out on the server within the
+        last read's round trip). A request sent before the call that the copy does not hold
+        yet cancels the token as soon as its notification arrives. :meth:`start_run` asks the
+        server instead and has no such window: use it when a job id is reused across
+        processes (a retry handed to another worker).
 
         Raises:
             TypeError: ``job_id`` is not a ``str``.
@@ -556,32 +566,23 @@ class CancelBus(metaclass=NoPublicConstructor):
             RuntimeError: The bus is closed, or this bus already has a run of ``job_id``.
 
         Not a checkpoint; never blocks: it reads the notifications that have already arrived
-        (without waiting) and, when the bus's copy of the pending requests holds one for
-        ``job_id``, has the bus read the job's requests from the server.
+        (without waiting), then consults the copy.
         """
-        check_job_id(job_id)
-        self._check_open()
-        if job_id in self._runs:
-            raise RuntimeError(
-                f"this bus already has a run of job {job_id!r}: call landed() to end it first"
-            )
-        if self._listen is not None:
-            self._drain()
-        token = CancellationToken()
-        self._runs[job_id] = _Run(token, self._read_seq)
-        if self._first_live(job_id) is not None:
-            # The copy may be stale (a landing in another process not announced here yet):
-            # only a read begun now can say whether the request is still pending.
-            self._want(job_id)
-        return token
+        run = self._begin_run(job_id)
+        request = self._first_live(job_id)
+        if request is not None:
+            self._cancel_run(job_id, run, request.cause)
+        return run.token
 
     async def start_run(self, job_id: str) -> CancellationToken:
         """Start a run of ``job_id`` as :meth:`token` does, and return its token once the
         server has said whether a request is pending: the token is then already cancelled
-        if one is.
+        if (and only if) the server holds a live request for ``job_id``.
 
-        Use it where the work must not begin at all when a request came first (a durable
-        request): :meth:`token` returns at once and cancels the token one round trip later.
+        The strict form of :meth:`token`: the bus's copy of the pending requests is not
+        consulted, so a request that a run which had landed before this call consumed never
+        cancels this run, in whatever process that run was, however late its landing's
+        notification arrives here; and expiry is decided by the server's clock.
 
         Raises:
             TypeError, ValueError, RuntimeError: As :meth:`token`.
@@ -595,16 +596,15 @@ class CancelBus(metaclass=NoPublicConstructor):
         check_job_id(job_id)
         self._check_open()
         await trio.lowlevel.checkpoint_if_cancelled()
-        token = self.token(job_id)
+        run = self._begin_run(job_id)
         try:
             while not await self._read_requests([job_id]):
                 pass  # superseded by a full read: read again, after it
         except BaseException:
-            run = self._runs.get(job_id)
-            if run is not None and run.token is token:
+            if self._runs.get(job_id) is run:
                 del self._runs[job_id]
             raise
-        return token
+        return run.token
 
     async def cancel(self, job_id: str, reason: str | None = None) -> None:
         """Ask whichever process runs ``job_id`` (now, or next within ``ttl``) to cancel it.
@@ -697,6 +697,12 @@ class CancelBus(metaclass=NoPublicConstructor):
                 raise item.error
             finally:
                 del item
+        if item.consumed:
+            # A read in flight may have found these requests before the landing consumed
+            # them: it must not put them back in the copy (invariant 1), where token() would
+            # cancel the next run with them. The landing's notification schedules a new read.
+            self._landing_seq += 1
+            self._last_landing[job_id] = self._landing_seq
         requests = self._pending.get(job_id)
         if requests is not None:
             left = [r for r in requests if r.cause.request_id not in item.consumed]
@@ -777,6 +783,20 @@ class CancelBus(metaclass=NoPublicConstructor):
         )
 
     # ------------------------------------------------------------------ internals
+
+    @trio.lowlevel.enable_ki_protection
+    def _begin_run(self, job_id: str) -> _Run:
+        """Check the call, read the notifications that have arrived, and register a run."""
+        check_job_id(job_id)
+        self._check_open()
+        if job_id in self._runs:
+            raise RuntimeError(
+                f"this bus already has a run of job {job_id!r}: call landed() to end it first"
+            )
+        if self._listen is not None:
+            self._drain()
+        run = self._runs[job_id] = _Run(CancellationToken(), self._read_seq)
+        return run
 
     def _check_open(self) -> None:
         if self._closed:

@@ -25,8 +25,18 @@ The table, one row per use (checked on: Hypercorn 0.18.0 on Trio 0.35.0, Python 
                hold the shutdown for ever (a warning is logged at the start)
      forced by tests/test_asgi.py::test_serve_until_shutdown_public_fallback
 
-The use is enabled only when Hypercorn's version is within :data:`CHECKED_HYPERCORN` and every
-name above imports; otherwise (or with ``TRIO_CANCEL_HYPERCORN_INTERNALS=off`` in the
+  2  A bind set explicitly, config_sets_bind()                          READ
+     used      Config._bind (the class attribute holds the default; the bind setter, and so
+               from_mapping / from_toml / from_object, writes it on the instance)
+     why       a config whose bind was set to Hypercorn's default ("127.0.0.1:8000") has a
+               bind of its own too: serve_until_shutdown refuses it with bind=
+     fallback  a bind that differs from a fresh Config()'s: one set to the default is not
+               seen, and bind= wins over it
+     forced by tests/test_serve.py::test_a_config_bind_equal_to_the_default_public_fallback
+
+Row 1 is enabled only when Hypercorn's version is within :data:`CHECKED_HYPERCORN` and every
+name above imports, row 2 when ``Config`` has the layout it reads (a ``bind`` property over a
+class-level ``_bind`` list); otherwise (or with ``TRIO_CANCEL_HYPERCORN_INTERNALS=off`` in the
 environment) the public fallback serves.
 """
 
@@ -85,9 +95,30 @@ HYPERCORN_VERSION = _hypercorn_version()
 _PRIVATE = _load()
 
 
+def _internals_off() -> bool:
+    return os.environ.get("TRIO_CANCEL_HYPERCORN_INTERNALS", "").lower() in ("off", "0", "no")
+
+
+HYPERCORN_DEFAULT_BIND = ("127.0.0.1:8000",)
+"""Hypercorn's default bind (the class-level default of ``Config``)."""
+
+
+def config_sets_bind(config: Any) -> bool:  # noqa: ANN401 - a hypercorn.config.Config
+    """Whether a Hypercorn ``Config`` has a bind of its own (row 2): one set on it, also to
+    Hypercorn's default, or a default list changed in place."""
+    from hypercorn.config import Config
+
+    layout_known = isinstance(vars(Config).get("bind"), property) and isinstance(
+        vars(Config).get("_bind"), list
+    )
+    if layout_known and not _internals_off():
+        return "_bind" in vars(config) or tuple(config.bind) != HYPERCORN_DEFAULT_BIND
+    return list(config.bind) != list(Config().bind)
+
+
 def owning_usable() -> bool:
     """Whether :func:`serve_owning_connections` may use Hypercorn's private pieces here."""
-    if os.environ.get("TRIO_CANCEL_HYPERCORN_INTERNALS", "").lower() in ("off", "0", "no"):
+    if _internals_off():
         return False
     return (
         _PRIVATE is not None

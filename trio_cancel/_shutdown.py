@@ -8,9 +8,11 @@ aborted (its scope cancelled: ``trio.Cancelled`` at its next checkpoint). ``wait
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
+import threading
 import unicodedata
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, final, overload
 
@@ -21,13 +23,13 @@ from . import _hooks
 from ._checks import check_grace, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
 from ._outcome import Aborted, Completed, Failed, Outcome
-from ._process import ProcessExit, check_command, run_process_group
+from ._process import ProcessExit, check_command, run_process_group, signal_name
 from ._task import check_task_arguments, start_task
 from ._token import CancellationToken
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
 
     from ._task import TaskHandle
@@ -246,6 +248,91 @@ def _one_line(text: str, limit: int) -> tuple[str, int]:
         pieces.append(("…", 1))
         columns += 1
     return "".join(piece for piece, _ in pieces), columns
+
+
+@attrs.define(eq=False)
+class SignalBatches:
+    """The signals caught by :func:`open_signal_batches`, received in *batches*.
+
+    A batch is every signal whose handler ran since the last :meth:`receive` took one, each
+    signal once: signals that arrive together are received together. (CPython runs the
+    handlers of the signals pending at one moment one after the other, in signal-number
+    order; each handler only queues its signal with :meth:`trio.lowlevel.TrioToken.run_sync_soon`,
+    and Trio runs those callbacks before the task waiting in :meth:`receive` resumes.)
+    Trio's own receiver yields signals one at a time, which would make SIGINT and SIGTERM sent
+    together look like a signal and then a second one.
+    """
+
+    _pending: dict[int, None] = attrs.field(factory=dict)
+    _arrived: trio.Event = attrs.field(factory=trio.Event)
+    _closed: bool = False
+
+    def _add(self, signum: int) -> None:
+        if self._closed:  # after the exit: for the handler that was restored
+            signal.raise_signal(signum)
+        else:
+            self._pending[signum] = None
+            self._arrived.set()
+
+    async def receive(self) -> list[int]:
+        """The next batch, in the order the handlers ran (one receiving task at a time).
+
+        Cancellation: always a checkpoint; cancelled, nothing is taken.
+        """
+        if self._pending:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._arrived.wait()
+        batch = list(self._pending)
+        self._pending.clear()
+        self._arrived = trio.Event()
+        return batch
+
+    def _redeliver(self) -> None:
+        """Close, and raise again the signals received but not taken (the previous handlers
+        are back by then): each one is delivered, also when a handler raises."""
+        self._closed = True
+        pending = list(self._pending)
+        self._pending.clear()
+
+        def deliver(signums: list[int]) -> None:
+            if signums:
+                try:
+                    signal.raise_signal(signums[0])
+                finally:
+                    deliver(signums[1:])
+
+        deliver(pending)
+
+
+@contextlib.contextmanager
+def open_signal_batches(signals: Iterable[int]) -> Iterator[SignalBatches]:
+    """Catch ``signals`` while the block runs, received in batches (:class:`SignalBatches`);
+    the previous handlers come back at the exit, and the signals caught but not received are
+    raised again for them (as :func:`trio.open_signal_receiver` does).
+
+    Raises:
+        RuntimeError: Not in the main thread, or outside ``trio.run``.
+        ValueError, OSError: As :func:`signal.signal` for a number it refuses (nothing is
+            left installed then).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("signal handlers can be installed only from the main thread")
+    trio_token = trio.lowlevel.current_trio_token()
+    batches = SignalBatches()
+
+    def handler(signum: int, frame: object) -> None:
+        trio_token.run_sync_soon(batches._add, signum, idempotent=True)
+
+    previous: dict[int, Any] = {}
+    try:
+        for signum in dict.fromkeys(signals):
+            previous[signum] = signal.signal(signum, handler)
+        yield batches
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
+        batches._redeliver()
 
 
 @final
@@ -678,14 +765,21 @@ class GracefulShutdown(NurseryOwner):
     def install_signal_handlers(self, *signals: int) -> None:
         """Trigger on a signal (default SIGINT and SIGTERM); a second signal forces phase 2.
 
-        The trigger's reason is ``"signal SIGINT"`` (the signal's name). A signal's trigger is
+        The trigger's reason is ``"signal SIGINT"`` (the signal's name; a real-time signal is
+        named as ``kill -l`` does, ``SIGRTMIN+1``). Signals that arrive together (their
+        handlers ran before the watcher took them, as when SIGINT and SIGTERM are sent at
+        once) count as one signal, named by the first one CPython dispatched (the lowest
+        number): they trigger, and never trigger *and* force. A signal's trigger is
         as graceful as the implicit one: if ``on_cancel`` callbacks on :attr:`token` raise, the
         landing goes on (phase 2 still waits for ``grace``, the report is produced) and their
         :exc:`ExceptionGroup` is raised at the block's exit. The previous handlers come back
         when the ``async with`` block exits. Call it from the main thread.
 
         Raises:
-            RuntimeError: Outside the ``async with`` block, or called twice.
+            RuntimeError: Outside the ``async with`` block, called twice, or not from the main
+                thread.
+            ValueError, OSError: A signal number that :func:`signal.signal` refuses (SIGKILL,
+                say); no handler is left installed.
 
         Not a checkpoint; never blocks.
         """
@@ -696,19 +790,24 @@ class GracefulShutdown(NurseryOwner):
             )
         if self._signals is not None:
             raise RuntimeError("signal handlers are already installed")
-        cm = trio.open_signal_receiver(*(signals or (signal.SIGINT, signal.SIGTERM)))
+        cm = open_signal_batches(signals or (signal.SIGINT, signal.SIGTERM))
         receiver = cm.__enter__()  # installed now, not when a task first runs
         self._signals = cm
         self._start_helper(self._watch_signals, receiver)
 
-    async def _watch_signals(self, receiver: Any) -> None:  # noqa: ANN401 - Trio's private type
-        async for signum in receiver:
-            name = signal.Signals(signum).name
+    async def _watch_signals(self, receiver: SignalBatches) -> None:
+        while True:
+            # Signals that arrive together are one batch: they count once.
+            name = signal_name((await receiver.receive())[0])
             if self._triggered_at is None:
                 # As graceful as the implicit trigger: callback errors wait for the exit.
                 self._trigger_implicitly(f"signal {name}")
             else:
                 self._force(f"forced by a second signal ({name})")
+
+    def _running_names(self) -> list[str]:
+        """The names of the tracked tasks still running (for a server's warning)."""
+        return [handle.name for handle in self._tracked if not handle.is_finished()]
 
     def _opened(self) -> None:
         self._state = "open"

@@ -59,9 +59,16 @@ import trio
 from . import _hooks
 from ._checks import check_grace
 from ._excgroups import raise_errors_of
-from ._hypercorn_internals import Connections, serve_owning_connections
+from ._hypercorn_internals import Connections, config_sets_bind, serve_owning_connections
 from ._outcome import Aborted, Failed, Outcome
-from ._shutdown import PHASES, GracefulShutdown, LandingReport
+from ._process import signal_name
+from ._shutdown import (
+    PHASES,
+    GracefulShutdown,
+    LandingReport,
+    SignalBatches,
+    open_signal_batches,
+)
 from ._token import CancellationToken, release_timer
 from .deadlines import (
     REQUEST_DEADLINE,
@@ -575,6 +582,9 @@ async def serve_until_shutdown(
       refused), the shutdown's token is cancelled, requests in flight get ``grace`` seconds,
       then phase 2 aborts the rest (answered 503).
     * A signal after the trigger forces phase 2 at once.
+    * Signals that arrive together (SIGTERM from an orchestrator and SIGINT from a terminal,
+      pending at the same moment) count as one: with SIGINT among them they trigger at once,
+      and they do not also force phase 2.
 
     The report's :attr:`~trio_cancel.LandingReport.phases` give when each phase began, in
     seconds from the trigger. It returns within ``grace`` plus 1 s after the trigger (within
@@ -582,6 +592,14 @@ async def serve_until_shutdown(
     sockets and the connections it accepted, and in phase 2, once the forced requests have had
     0.3 s to send their 503, it closes the connections still open (a client that stops reading
     a large response holds Hypercorn's send, which no cancellation reaches).
+
+    The app's own code shielded from cancellation is not bounded: a handler whose cleanup runs
+    in ``with trio.CancelScope(shield=True):`` runs it to its end, and the function returns
+    only then (Trio cannot leave a running task behind, and the report lists every request
+    once it has ended). 1 s into phase 2, the requests still running are named in a warning
+    on the ``trio_cancel.asgi`` logger. Bound such a cleanup in the app
+    (``with trio.move_on_after(seconds, shield=True):``) so that ``drain_delay + grace + 1``
+    plus its bound fits the orchestrator's budget.
 
     Args:
         app: The ASGI app.
@@ -601,7 +619,8 @@ async def serve_until_shutdown(
         flight at the trigger, with its :attr:`~trio_cancel.TaskLanding.detail`.
 
     Raises:
-        ValueError: ``bind`` and a ``config`` with its own bind are both given;
+        ValueError: ``bind`` and a ``config`` with its own bind (one set on it, also to
+            Hypercorn's default ``127.0.0.1:8000``) are both given;
             ``drain_delay + grace + 1`` exceeds ``termination_budget``; ``drain_delay`` is
             negative or not finite; and as :class:`CancelMiddleware` for its options.
         TypeError: ``config`` is not a Hypercorn ``Config``.
@@ -631,13 +650,12 @@ async def serve_until_shutdown(
                 f"termination budget of {budget:g} s: the orchestrator would kill the process "
                 "before its requests landed"
             )
-    default_bind = Config().bind
     if config is None:
         server_config = Config()
         server_config.accesslog = None
         server_config.errorlog = None
     else:
-        if bind is not None and list(config.bind) != list(default_bind):
+        if bind is not None and config_sets_bind(config):
             raise ValueError("give bind= or a config with its own bind, not both")
         server_config = copy.copy(config)
     server_config.bind = [bind] if bind is not None else list(server_config.bind)
@@ -690,7 +708,7 @@ async def _serve(
     with contextlib.ExitStack() as stack:
         receiver = None
         if install_signal_handlers:
-            receiver = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+            receiver = stack.enter_context(open_signal_batches((signal.SIGINT, signal.SIGTERM)))
         async with trio.open_nursery() as server_nursery:
             try:
                 async with GracefulShutdown(grace) as shutdown:
@@ -738,26 +756,28 @@ def _with_exit_time(report: LandingReport, shutdown: GracefulShutdown) -> Landin
 
 
 async def _watch_signals(
-    receiver: Any,  # noqa: ANN401 - Trio's signal receiver
+    receiver: SignalBatches,
     shutdown: GracefulShutdown,
     middleware: CancelMiddleware,
     drain_delay: float,
 ) -> None:
     """SIGTERM: drain for ``drain_delay``, then trigger; SIGINT, or a second signal during the
-    drain: trigger at once; a signal after the trigger: phase 2 at once."""
+    drain: trigger at once; a signal after the trigger: phase 2 at once. Signals that arrive
+    together (one batch) count as one: SIGINT and SIGTERM at once trigger (SIGINT is among
+    them), and do not force."""
     drain_ends = math.inf
     first = ""
     while True:
         with trio.move_on_at(drain_ends) as timer:
-            signum = await receiver.__anext__()
+            batch = await receiver.receive()
         if timer.cancelled_caught:  # the drain is over
             drain_ends = math.inf
             shutdown.trigger(f"signal {first}")
             continue
-        name = signal.Signals(signum).name
+        name = signal_name(signal.SIGINT if signal.SIGINT in batch else batch[0])
         if shutdown.token.is_cancelled():
             shutdown._force(f"forced by a second signal ({name})")
-        elif drain_ends < math.inf or signum == signal.SIGINT or drain_delay == 0:
+        elif drain_ends < math.inf or signal.SIGINT in batch or drain_delay == 0:
             drain_ends = math.inf
             shutdown.trigger(f"signal {first or name}")
         else:
@@ -770,12 +790,39 @@ async def _watch_signals(
 
 async def _land(shutdown: GracefulShutdown, connections: Connections) -> LandingReport:
     """``shutdown.wait()``, closing in phase 2 the connections that keep requests from
-    landing."""
+    landing, and naming in a warning the requests that still hold it 1 s into phase 2."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_close_in_phase_two, shutdown, connections)
+        nursery.start_soon(_warn_if_held, shutdown)
         report = await shutdown.wait()
         nursery.cancel_scope.cancel()
     return report
+
+
+# Seconds into phase 2 after which the requests still running are named in a warning: past
+# the bound serve_until_shutdown keeps for everything but code shielded from cancellation.
+_HELD_WARNING_TIME = 1.0
+_HELD_NAMES_SHOWN = 10
+
+
+async def _warn_if_held(shutdown: GracefulShutdown) -> None:
+    """Trio cannot leave a running task behind: a request whose code is shielded from
+    cancellation holds the exit until it ends. Say which ones, once."""
+    await shutdown.wait_forcing()
+    await trio.sleep(_HELD_WARNING_TIME)
+    held = shutdown._running_names()
+    if held:
+        shown = ", ".join(held[:_HELD_NAMES_SHOWN])
+        more = len(held) - _HELD_NAMES_SHOWN
+        _log.warning(
+            "serve_until_shutdown: %d request(s) still running %g s into phase 2, shielded "
+            "from cancellation (a cleanup inside a shielded scope, say); the server returns "
+            "when they end: %s%s",
+            len(held),
+            _HELD_WARNING_TIME,
+            shown,
+            f" and {more} more" if more > 0 else "",
+        )
 
 
 async def _close_in_phase_two(shutdown: GracefulShutdown, connections: Connections) -> None:
