@@ -66,9 +66,7 @@ async def main() -> None:
     # The status policy: a deadline is an error by default.
     assert await deadline_span() == StatusCode.ERROR
     # [docs-configure]
-    tc_otel.configure(
-        error_sources={"trio.deadline", "request_timeout", "shutdown_forced", "client_disconnect"}
-    )
+    tc_otel.configure(error_sources=tc_otel.DEFAULT_ERROR_SOURCES | {"client_disconnect"})
     tc_otel.configure()  # back to the defaults
     tc_otel.configure(error_sources=())  # a cancellation is never an error
     # [/docs-configure]

@@ -71,7 +71,11 @@ async def handler(stream: trio.SocketStream) -> None:
 
 
 # [docs-start]
-async def serve(port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])  # start() returns now
     await trio.serve_listeners(handler, listeners)
