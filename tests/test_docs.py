@@ -217,6 +217,7 @@ def test_shown_snippet_lines_fit_the_page(page: str) -> None:
             reader_options["dedent"] = int(options["dedent"])
         text, _ = LiteralIncludeReader(DOCS / path, reader_options, Config()).read()
         assert text.strip(), f"{page}:{line}: includes nothing of {path}"
+        assert text.strip("\n") + "\n" == text, f"{page}:{line}: blank lines around {path}"
         wide = [shown for shown in text.splitlines() if len(shown) > WIDTH]
         assert not wide, f"{page}:{line}: {path} shows lines wider than {WIDTH}: {wide}"
 

@@ -91,9 +91,7 @@ async def read_exactly(stream, buf, n, *, token: tc.CancellationToken) -> int:
             buf += chunk
             got += len(chunk)
     return got
-
-
-# [/docs-may-cancel]
+    # [/docs-may-cancel]
 
 
 async def read_both_ways(stream, buf, deadline: tc.CancellationToken) -> tuple[int, int]:

@@ -47,9 +47,7 @@ async def run_job(job_id):
     while not await db.fetchone(flag, (job_id,)):
         await do_a_bit_of_work()
         await trio.sleep(1)
-
-
-# [/docs-polling]
+    # [/docs-polling]
 
 
 async def main() -> None:

@@ -30,9 +30,7 @@ async def worker(jobs, *, token: tc.CancellationToken):  # gets a child of gs.to
         if waiting.cancelled_caught:
             return  # shutting down, and idle: leave
         await process(job)  # the job in hand is finished
-
-
-# [/docs-worker]
+    # [/docs-worker]
 
 
 async def interrupt() -> None:

@@ -60,8 +60,8 @@ async def dont(nursery: trio.Nursery) -> tc.TaskHandle[str]:
         except trio.Cancelled:
             return "ignored"  # the outcome becomes Completed("ignored"), not Aborted
         return "done"
+        # [/docs-dont]
 
-    # [/docs-dont]
     return tc.spawn(nursery, job)
 
 
@@ -79,9 +79,7 @@ async def serve(
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])  # start() returns now
     await trio.serve_listeners(handler, listeners)
-
-
-# [/docs-start]
+    # [/docs-start]
 
 
 async def read_greeting(port: int) -> bytes:

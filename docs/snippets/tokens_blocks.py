@@ -32,9 +32,7 @@ async def worker():
             await work()
         finally:
             scopes.discard(cs)
-
-
-# [/docs-by-hand]
+    # [/docs-by-hand]
 
 
 class WithToken:
@@ -42,8 +40,7 @@ class WithToken:
     async def worker(token: tc.CancellationToken):
         with token.cancel_scope():  # cancelled at once if the token already is
             await work()
-
-    # [/docs-with-token]
+        # [/docs-with-token]
 
 
 # [docs-keyword]
@@ -57,9 +54,7 @@ async def forward(**kwargs):  # gets no token= it did not ask for
 
 async def poll(url, *, token: tc.CancellationToken):  # gets the task's token
     return token
-
-
-# [/docs-keyword]
+    # [/docs-keyword]
 
 
 def stop_from_thread(token: tc.CancellationToken, trio_token: trio.lowlevel.TrioToken) -> str:
