@@ -58,7 +58,11 @@ def _require_pg() -> str:
     if PG_DSN is None:
         if REQUIRE_PG:
             pytest.fail("TRIO_CANCEL_REQUIRE_PG=1 but no TRIO_CANCEL_PG_DSN: no PostgreSQL server")
-        pytest.skip("no PostgreSQL server (run the tests through make test, or .ci/with-postgres)")
+        pytest.skip(
+            "no PostgreSQL server (TRIO_CANCEL_PG_DSN is not set): run the tests through "
+            ".ci/with-postgres make test, or set TRIO_CANCEL_PG_DSN to a server's DSN; to "
+            "install PostgreSQL: sudo apt-get install -y postgresql"
+        )
     return PG_DSN
 
 

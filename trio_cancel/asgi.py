@@ -124,7 +124,7 @@ def _check_timeout(value: object, name: str) -> float:
 @final
 class CancelMiddleware:
     """ASGI middleware: request timeouts, cancel on disconnect, per-request tokens, caller
-    deadlines and graceful shutdown (see the module docstring).
+    deadlines and graceful shutdown (see :mod:`trio_cancel.asgi`).
 
     Args:
         app: The ASGI app to wrap.

@@ -35,8 +35,8 @@ async def lagging_receiver(recv: tc.BroadcastReceiver[int]) -> int:
 
 async def late_subscriber(send: tc.WatchSender[bool]) -> bool:
     # [docs-watch]
-    # The late-subscriber pitfall: a watch receiver created after the flag was set has already
-    # "seen" it, so wait_changed() waits for a change that never comes:
+    # The late-subscriber pitfall: a watch receiver created after the flag was set has
+    # already "seen" it, so wait_changed() waits for a change that never comes:
     send.send(True)
     recv = send.subscribe()
     with trio.move_on_after(0.1) as waited:

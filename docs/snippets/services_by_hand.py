@@ -30,7 +30,8 @@ async def handler(scope: Any, receive: Any, send: Any) -> None:
 async def main(bind: str) -> None:
     config = Config()
     config.bind = [bind]
-    stop = trio.Event()  # Hypercorn's shutdown_trigger: set once every request has landed
+    # Hypercorn's shutdown_trigger: set once every request has landed
+    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         async with tc.GracefulShutdown(grace=10.0) as gs:
             gs.install_signal_handlers()
@@ -38,10 +39,13 @@ async def main(bind: str) -> None:
             urls = await nursery.start(
                 functools.partial(serve, app, config, shutdown_trigger=stop.wait)
             )
-            print(f"serving on {urls[0]}: stop with Ctrl+C or kill -TERM {os.getpid()}", flush=True)
+            stop_with = f"Ctrl+C or kill -TERM {os.getpid()}"
+            print(f"serving on {urls[0]}: stop with {stop_with}", flush=True)
             await gs.token.wait_cancelled()  # the first signal
-            report = await gs.wait()  # every request in flight has landed (or was forced)
-        stop.set()  # Hypercorn stops listening and returns: the nursery, and the process, end
+            # Every request in flight has landed (or was forced):
+            report = await gs.wait()
+        # Hypercorn stops listening and returns: the nursery, and the process, end.
+        stop.set()
     print(report, flush=True)
 
 

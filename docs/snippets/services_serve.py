@@ -25,10 +25,12 @@ async def main(bind: str) -> None:
     config = Config()
     config.bind = [bind]
     config.keep_alive_timeout = 75  # above the load balancer's idle timeout
-    config.accesslog = "-"  # certfile/keyfile for TLS, h2 settings, ...: Hypercorn's own
+    # certfile/keyfile for TLS, h2 settings, ...: Hypercorn's own
+    config.accesslog = "-"
     async with trio.open_nursery() as nursery:
         url = await nursery.start(functools.partial(serve, config))
-        print(f"serving on {url}: stop with Ctrl+C or kill -TERM {os.getpid()}", flush=True)
+        pid = os.getpid()
+        print(f"serving on {url}: stop with Ctrl+C or kill -TERM {pid}", flush=True)
 
 
 async def serve(config: Config, task_status: trio.TaskStatus[str]) -> None:

@@ -22,8 +22,7 @@ class Naive:
             # was cancelled (a deadline, a shutdown) never sees cancelled_caught; the caller
             # carries on until its next checkpoint raises the cancellation again.
             return None
-
-    # [/docs-naive]
+        # [/docs-naive]
 
 
 class Fixed:
@@ -32,8 +31,7 @@ class Fixed:
         with token.cancel_scope():  # only the token's own cancellation is absorbed here
             return await do_work()
         return None
-
-    # [/docs-fixed]
+        # [/docs-fixed]
 
 
 async def main() -> None:

@@ -11,6 +11,5 @@ async def test_reader_is_cancel_safe(cancel_sweep) -> None:
     assert result.points == 2
 
 
-async def test_no_leaks(
-    trio_cancel_leaks,
-) -> None: ...  # fails if the test leaves tasks running, endpoints open, callbacks pending
+# fails if the test leaves tasks running, endpoints open, callbacks pending
+async def test_no_leaks(trio_cancel_leaks) -> None: ...
