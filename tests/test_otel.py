@@ -643,9 +643,117 @@ async def test_the_record_holds_nothing_once_the_scopes_are_gone() -> None:
             token.cancel("x")
             await trio.lowlevel.checkpoint()
         handle_scope = trio.CancelScope()
-        handle_scope.cancel()
-        _hooks.record_scope(handle_scope, "abort")
+        _hooks.cancel_scope(handle_scope, None, "abort")
     del token, handle_scope
     gc.collect()
     assert len(_hooks._sources) < 5
+    assert len(_hooks._by_fields) < 5
     assert _hooks._pending is None
+
+
+# ------------------------------------------- a source only for the cancel the library did itself
+
+
+@pytest.mark.parametrize("reason", ["plain", None])
+async def test_plain_outer_cancel_inherited_by_a_token_scope_is_trio_explicit(
+    reason: str | None,
+) -> None:
+    """Plain Trio cancels the outer scope; the token scope inside inherits that cancellation's
+    reason object; the library then cancels the token. The span was ended by the plain cancel
+    (it came first, and the token's cancel kept its reason): never ``token``. Also with no
+    reasons at all (same task, same values: only identity tells them apart)."""
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer, tc_otel.span("work", TRACER), token.cancel_scope():
+        outer.cancel(reason)
+        token.cancel(None if reason is None else "lib")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("work"), "trio.explicit", reason, error=False)
+
+
+async def test_abort_after_a_plain_nursery_cancel_is_trio_explicit() -> None:
+    """A task whose scope inherited a plain cancel of its nursery, then aborted: the plain
+    cancel ended it (its span, its task span and the counter say so)."""
+    tc_otel.instrument()
+
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    before = _counts()
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, work, name="w")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel("plain")
+        handle.abort("lib")
+    assert_marked(one("work"), "trio.explicit", "plain", error=False)
+    assert_marked(one("task w"), "trio.explicit", "plain", error=False)
+    after = _counts()
+    assert after.get("abort", 0) == before.get("abort", 0)
+    assert after["trio.explicit"] - before.get("trio.explicit", 0) == 2
+
+
+async def test_abort_all_after_a_plain_nursery_cancel_is_trio_explicit() -> None:
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    with trio.CancelScope() as outer:
+        async with tc.JoinSet() as js:
+            js.spawn(work)
+            js.spawn(work)
+            await trio.testing.wait_all_tasks_blocked()
+            outer.cancel("plain")
+            js.abort_all("lib")
+    assert len(spans("work")) == 2
+    for s in spans("work"):
+        assert_marked(s, "trio.explicit", "plain", error=False)
+
+
+async def test_plain_inner_cancel_then_token_names_the_plain_one() -> None:
+    """Plain Trio cancels an inner scope first, then the library the token scope around the
+    span: the Cancelled that ends the span is the plain one (its reason says so), and the
+    source agrees with the reason."""
+    token = tc.CancellationToken()
+    with token.cancel_scope(), tc_otel.span("work", TRACER), trio.CancelScope() as inner:
+        inner.cancel("plain")
+        token.cancel("lib")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("work"), "trio.explicit", "plain", error=False)
+
+
+async def test_token_first_then_plain_outer_names_the_token() -> None:
+    """The library cancels the inner token scope first, then plain Trio the outer scope: the
+    Cancelled that reaches the span is the token's (its reason says so): ``token``."""
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer, tc_otel.span("work", TRACER), token.cancel_scope():
+        token.cancel("lib")
+        outer.cancel("plain")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("work"), "token", "lib", error=False)
+
+
+async def test_a_task_aborted_before_phase_two_keeps_its_abort_source(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Phase 2's abort of a task the user had aborted already (still in its shielded cleanup)
+    creates no cancellation: the task's span keeps ``abort`` with the user's reason, not
+    ``shutdown_forced`` beside a reason that is not the shutdown's."""
+    tc_otel.instrument()
+
+    async def slow_cleanup() -> None:
+        with tc_otel.span("w", TRACER):
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(10)
+
+    async with tc.GracefulShutdown(5) as sd:
+        handle = sd.spawn(slow_cleanup, name="w")
+        await trio.testing.wait_all_tasks_blocked()
+        handle.abort("user")
+        sd.trigger("deploy")
+    assert sd.report is not None
+    assert [t.forced for t in sd.report.tasks] == [True]
+    assert_marked(one("w"), "abort", "user", error=False)
+    assert_marked(one("task w"), "abort", "user", error=False)

@@ -143,6 +143,17 @@ def _source(trio_source: object, reason_obj: object) -> str:
     return f"trio.{trio_source}"
 
 
+def _source_of(cancelled: trio.Cancelled) -> str:
+    """The source of ``cancelled``, caught in the current task: the library's, if the reason
+    it was raised with is one the library's own cancel created, else Trio's."""
+    trio_source = getattr(cancelled, "source", "unknown")
+    if trio_source == "explicit":
+        found = _hooks.explicit_source(cancelled, _hooks.current_reason())
+        if found is not None:
+            return found
+    return f"trio.{trio_source}"
+
+
 def cancellation_source(exc: BaseException) -> str | None:
     """The source of the cancellation ``exc`` is (a :exc:`trio.Cancelled`, or a group of
     them), as :func:`span` records it; ``None`` if ``exc`` is not a cancellation.
@@ -154,7 +165,7 @@ def cancellation_source(exc: BaseException) -> str | None:
     leaves = _leaves(exc)
     if not leaves:
         return None
-    return _source(getattr(leaves[0], "source", "unknown"), _hooks.current_reason())
+    return _source_of(leaves[0])
 
 
 def configure(*, error_sources: Iterable[str] | None = None) -> None:
@@ -207,7 +218,7 @@ def mark_cancelled(
         return False
     if sp.is_recording():
         first = leaves[0]
-        source = _source(getattr(first, "source", "unknown"), _hooks.current_reason())
+        source = _source_of(first)
         policy = None if error_sources is None else frozenset(error_sources)
         _mark(sp, source, getattr(first, "reason", None), policy)
     return True
@@ -248,7 +259,7 @@ def span(
                 leaves = _leaves(exc)
                 if leaves:
                     first = leaves[0]
-                    source = _source(getattr(first, "source", "unknown"), _hooks.current_reason())
+                    source = _source_of(first)
                     _mark(sp, source, getattr(first, "reason", None), policy)
             raise
 
