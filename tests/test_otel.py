@@ -291,15 +291,39 @@ async def test_uninstrument_leaves_no_trace() -> None:
     assert not tc_otel._shutdown_spans
 
 
-async def test_uninstrument_ends_open_spans() -> None:
+async def test_uninstrument_lets_open_spans_end_with_their_work() -> None:
+    """Spans open at uninstrument() end when their work ends, marked as usual (a task's span
+    and a shutdown's, with its events); nothing is started after it."""
     tc_otel.instrument()
-    async with trio.open_nursery() as nursery:
-        handle = tc.spawn(nursery, trio.sleep_forever, name="open")
-        await trio.testing.wait_all_tasks_blocked()
-        tc_otel.uninstrument()
-        assert len(spans("task open")) == 1
-        handle.abort()
+    gate = trio.Event()
+    async with tc.GracefulShutdown(100) as sd:
+        try:
+            handle = sd.spawn(trio.sleep_forever, name="open")
+            sd.spawn(gate.wait, name="slow")
+            await trio.testing.wait_all_tasks_blocked()
+            tc_otel.uninstrument()
+            assert spans() == []  # nothing ended early
+            late = sd.spawn(trio.sleep_forever, name="late")
+            await trio.testing.wait_all_tasks_blocked()
+            handle.abort("bye")
+            late.abort("bye")
+            await handle.join()
+            assert_marked(one("task open"), "abort", "bye", error=False)
+            sd.trigger("deploy")
+        finally:
+            gate.set()
+            if sys.exc_info()[0] is not None:
+                sd.force()  # a failed check must not wait for the grace period
+    assert attrs_of(one("task slow")) == {"trio_cancel.task": "slow"}
+    assert spans("task late") == []
+    sd_span = one("GracefulShutdown")
+    assert [e.name for e in sd_span.events] == ["trigger"]
+    assert sd_span.end_time is not None
     assert not tc_otel._task_spans
+    assert not tc_otel._shutdown_spans
+    assert _hooks.task_start is None
+    assert _hooks.task_end is None
+    assert _hooks.shutdown_event is None
 
 
 def _counts() -> dict[str, int]:
@@ -757,3 +781,70 @@ async def test_a_task_aborted_before_phase_two_keeps_its_abort_source(
     assert [t.forced for t in sd.report.tasks] == [True]
     assert_marked(one("w"), "abort", "user", error=False)
     assert_marked(one("task w"), "abort", "user", error=False)
+
+
+# ------------------------------------------------------------------ in-flight tasks, honestly
+
+
+def _in_flight() -> list[int]:
+    return [int(p.value) for p in _metric("trio_cancel.shutdown.in_flight")]
+
+
+async def test_in_flight_when_instrumented_in_the_middle_of_a_shutdown() -> None:
+    """Triggered while not instrumented, then instrument(): the landing tasks never take the
+    in-flight count below zero."""
+    gates = [trio.Event() for _ in range(3)]  # the tasks take no token: phase 1 leaves them
+
+    async with tc.GracefulShutdown(100) as sd:
+        try:
+            for gate in gates:
+                sd.spawn(gate.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            sd.trigger("deploy")
+            tc_otel.instrument()
+            gates[0].set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert all(v >= 0 for v in _in_flight())
+        finally:
+            for gate in gates:
+                gate.set()
+    assert _in_flight() == [0]
+
+
+async def test_in_flight_when_uninstrumented_in_the_middle_of_a_shutdown() -> None:
+    """instrument(), trigger, uninstrument(), the tasks land: the count does not stay above
+    zero (nothing is reported once uninstrumented, and 0 once instrumented again)."""
+    tc_otel.instrument()
+    gate = trio.Event()
+    async with tc.GracefulShutdown(100) as sd:
+        try:
+            sd.spawn(gate.wait)
+            sd.spawn(gate.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            sd.trigger("deploy")
+            assert _in_flight() == [2]
+            tc_otel.uninstrument()
+        finally:
+            gate.set()
+    assert all(v == 0 for v in _in_flight())
+    tc_otel.instrument()
+    assert _in_flight() == [0]
+
+
+async def test_in_flight_counts_tasks_spawned_after_the_trigger() -> None:
+    """A task spawned after the trigger is in flight too, and its landing does not take the
+    count below zero."""
+    tc_otel.instrument()
+    gate = trio.Event()
+    async with tc.GracefulShutdown(100) as sd:
+        try:
+            sd.spawn(gate.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            sd.trigger("deploy")
+            sd.spawn(gate.wait)
+            sd.spawn(gate.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert _in_flight() == [3]
+        finally:
+            gate.set()
+    assert _in_flight() == [0]
