@@ -848,3 +848,114 @@ async def test_in_flight_counts_tasks_spawned_after_the_trigger() -> None:
         finally:
             gate.set()
     assert _in_flight() == [0]
+
+
+# ------------------------------------------------ each kind of cancellation, spans and counter
+
+
+def _delta(before: dict[str, int]) -> dict[str, int]:
+    after = _counts()
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def test_keyboard_interrupt_source_in_spans_and_counter() -> None:
+    """Ctrl+C delivered to the main task waiting for its nursery: Trio cancels the children
+    with source ``KeyboardInterrupt``; their spans (and task spans) say so, as does the
+    counter."""
+    import signal
+
+    tc_otel.instrument()
+
+    @trio.lowlevel.enable_ki_protection
+    def press_ctrl_c() -> None:
+        signal.raise_signal(signal.SIGINT)  # delivered to the main task, as Trio does
+
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            tc.spawn(nursery, work, name="w")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(trio.to_thread.run_sync, lambda: None)  # keeps the run busy
+            trio.lowlevel.current_trio_token().run_sync_soon(press_ctrl_c)
+
+    before = _counts()
+    with pytest.RaisesGroup(KeyboardInterrupt):  # the nursery's, as Trio raises it
+        trio.run(main)
+    assert_marked(one("work"), "trio.KeyboardInterrupt", None, error=False)
+    assert_marked(one("task w"), "trio.KeyboardInterrupt", None, error=False)
+    assert _delta(before) == {"trio.KeyboardInterrupt": 2}
+
+
+async def test_a_deadline_that_fired_on_a_token_scope_wins(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The deadline of a token's own scope fired; the token is cancelled afterwards (while
+    the work unwinds): the span says ``trio.deadline``, and the counter counts that."""
+    token = tc.CancellationToken()
+    before = _counts()
+    with token.cancel_scope() as cs:
+        cs.deadline = trio.current_time() + 1
+        with tc_otel.span("work", TRACER):
+            try:
+                await trio.sleep_forever()
+            finally:
+                token.cancel("too late")
+    assert cs.cancelled_caught
+    assert_marked(one("work"), "trio.deadline", None, error=True)
+    assert _delta(before) == {"trio.deadline": 1}
+
+
+async def test_a_deadline_around_a_token_bound_task_wins(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A task bound to a token, in a nursery inside ``move_on_after``: the deadline fires, the
+    token is cancelled while the task unwinds. The task's span and its work's say
+    ``trio.deadline``."""
+    tc_otel.instrument()
+    token = tc.CancellationToken()
+
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            try:
+                await trio.sleep_forever()
+            finally:
+                token.cancel("too late")
+
+    before = _counts()
+    with trio.move_on_after(1):
+        async with trio.open_nursery() as nursery:
+            handle = tc.spawn(nursery, work, token=token, name="w")
+    assert isinstance(handle.outcome, tc.Aborted)
+    assert_marked(one("work"), "trio.deadline", None, error=True)
+    assert_marked(one("task w"), "trio.deadline", None, error=True)
+    assert _delta(before) == {"trio.deadline": 2}
+
+
+@pytest.mark.parametrize("first", ["abort", "token"])
+async def test_a_token_scope_inside_an_aborted_task(first: str) -> None:
+    """A token's scope inside a task that is aborted too, in either order: a span inside the
+    token's scope and one around it each name the cancellation whose ``Cancelled`` reached
+    them (the first one to reach the inner scope), with its own reason."""
+    token = tc.CancellationToken()
+
+    async def work() -> None:
+        with tc_otel.span("outer", TRACER), token.cancel_scope(), tc_otel.span("inner", TRACER):
+            await trio.sleep_forever()
+
+    before = _counts()
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, work)
+        await trio.testing.wait_all_tasks_blocked()
+        if first == "abort":
+            handle.abort("ab")
+            token.cancel("tk")
+        else:
+            token.cancel("tk")
+            handle.abort("ab")
+    reason = {"abort": "ab", "token": "tk"}[first]
+    assert_marked(one("inner"), first, reason, error=False)
+    assert_marked(one("outer"), first, reason, error=False)
+    assert _delta(before) == {first: 2}
