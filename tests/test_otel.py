@@ -959,3 +959,33 @@ async def test_a_token_scope_inside_an_aborted_task(first: str) -> None:
     assert_marked(one("inner"), first, reason, error=False)
     assert_marked(one("outer"), first, reason, error=False)
     assert _delta(before) == {first: 2}
+
+
+async def test_tasks_aborted_by_phase_two_at_spawn_or_start_are_forced() -> None:
+    """Phase 2 also aborts a task spawned after it began and one still waiting in ``start()``:
+    their task spans (and the counter) say ``shutdown_forced``, never ``abort``."""
+    tc_otel.instrument()
+
+    async def starting(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with tc_otel.span("starting", TRACER):
+            await trio.sleep_forever()
+
+    before = _counts()
+    async with tc.GracefulShutdown(100) as sd:
+
+        async def start_it() -> None:
+            with pytest.raises(tc.OperationCancelledError):
+                await sd.start(starting, name="starting")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start_it)
+            await trio.testing.wait_all_tasks_blocked()
+            sd.force()
+        sd.spawn(trio.sleep_forever, name="late")
+    assert sd.report is not None
+    assert [(t.name, t.forced) for t in sd.report.tasks] == [("late", True)]
+    reason = "shutdown: forced by force()"
+    assert_marked(one("task late"), "shutdown_forced", reason, error=True)
+    assert_marked(one("starting"), "shutdown_forced", reason, error=True)
+    assert_marked(one("task starting"), "shutdown_forced", reason, error=True)
+    assert _delta(before) == {"shutdown_forced": 3}
