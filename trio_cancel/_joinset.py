@@ -170,9 +170,9 @@ class JoinSet(NurseryOwner, Generic[T]):
         handles = [*self._running, *self._starting]
         for handle in handles:
             handle._note_abort(reason)
-        cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all
-        if _hooks.active:  # trio_cancel.otel: the source
-            _hooks.record_scopes([handle._scope for handle in handles], "abort")
+        created = cancel_scopes([handle._scope for handle in handles], reason)  # one reason
+        if _hooks.active:  # trio_cancel.otel: the source (of the reasons this cancel created)
+            _hooks.record_created(created, "abort")
 
     async def join_next(self) -> Outcome[T] | None:
         """The outcome of the next task to finish, in finishing order; ``None`` if empty.

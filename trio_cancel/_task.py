@@ -188,9 +188,10 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             return
         check_trio_thread("TaskHandle.abort()")
         self._note_abort(reason)
-        self._scope.cancel(reason=reason)
-        if _hooks.active:  # trio_cancel.otel: the source (one flag check otherwise)
-            _hooks.record_scope(self._scope, "abort")
+        if _hooks.active:  # trio_cancel.otel: cancel, recording the source if this cancel's own
+            _hooks.cancel_scope(self._scope, reason, "abort")
+        else:
+            self._scope.cancel(reason=reason)
 
     def _note_abort(self, reason: str | None) -> None:
         if not self._scope.cancel_called:

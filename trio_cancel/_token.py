@@ -377,10 +377,11 @@ class CancellationToken:
                     else:
                         trio.lowlevel.reschedule(waiters, outcome.Value(wake))  # type: ignore[arg-type]
 
+            created: tuple[object, ...] = ()
             if scopes_to_cancel:
-                cancel_scopes(scopes_to_cancel, reason)
+                created = cancel_scopes(scopes_to_cancel, reason)
             if _hooks.active:  # trio_cancel.otel: why these scopes were cancelled
-                _hooks.token_cancelled(self, scopes_to_cancel)
+                _hooks.token_cancelled(self, created)
         finally:
             if paused:
                 resume_collector()
