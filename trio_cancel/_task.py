@@ -28,6 +28,8 @@ import inspect
 import itertools
 import logging
 import os
+from inspect import CO_COROUTINE
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final, overload
 
 import attrs
@@ -140,7 +142,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     _task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
     _abort_reason: str | None = attrs.field(default=None, init=False)
     _aborted_first: bool = attrs.field(default=False, init=False)
-    _retrieved: bool = attrs.field(default=False, init=False)
+    # Set while a Failed outcome waits to be retrieved: it logs it if the handle goes first.
+    _report: _FailureReport | None = attrs.field(default=None, init=False)
     _id: int = attrs.field(factory=_ids.__next__, init=False)
     # Blocking calls of this task that were abandoned (run_sync_interruptible), by name.
     _abandoned: list[str] | None = attrs.field(default=None, init=False)
@@ -158,9 +161,25 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     @property
     def outcome(self) -> Outcome[T] | None:
         """How the task ended; ``None`` until it has. Reading a set outcome retrieves it."""
-        if self._outcome is not None:
-            self._retrieved = True
+        if self._report is not None:
+            self._mark_retrieved()
         return self._outcome
+
+    def _mark_retrieved(self) -> None:
+        report, self._report = self._report, None
+        if report is not None:
+            report.failed = None  # read: its __del__ logs nothing
+
+    @property
+    def _retrieved(self) -> bool:
+        """Whether nothing is left to report: no ``Failed`` outcome, or one that was read."""
+        return self._report is None
+
+    @_retrieved.setter
+    def _retrieved(self, retrieved: bool) -> None:
+        self._mark_retrieved()
+        if not retrieved and isinstance(self._outcome, Failed):
+            self._report = _FailureReport(self._name, self._outcome)
 
     @property
     def token(self) -> CancellationToken | None:
@@ -224,7 +243,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         else:
             await trio.lowlevel.checkpoint()
         assert self._outcome is not None
-        self._retrieved = True
+        if self._report is not None:
+            self._mark_retrieved()
         return self._outcome
 
     def _aborted_reason(self) -> str | None:
@@ -239,10 +259,14 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         CURRENT_HANDLE.set(self)
         if _hooks.task_start is not None:  # trio_cancel.otel.instrument(): the task's span
             _hooks.task_start(self)
-        coro, scope = self._coro, self._scope
+        coro, scope, token = self._coro, self._scope, self._token
         self._coro = None
         assert coro is not None
-        if scope.cancel_called:
+        # Only abort() (which notes it first) and the token cancel the scope (invariant 1): two
+        # field reads, not the scope's cancel_called (which reads Trio's clock every time).
+        if (self._aborted_first or (token is not None and token.is_cancelled())) and (
+            scope.cancel_called
+        ):
             # Aborted (or its token cancelled) before the task first ran: never run the body.
             coro.close()
             self._finish(Aborted(self._aborted_reason()))
@@ -286,7 +310,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             self._finish(outcome_of_base_exception(exc))
             raise
         finally:
-            del coro, scope  # a stored error's traceback keeps this frame: not these
+            del coro, scope, token  # a stored error's traceback keeps this frame: not these
         outcome = Aborted(self._aborted_reason()) if result is None else result
         del result
         self._finish(outcome)
@@ -320,7 +344,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
                 failure = status.cancelled_error(self)
         status.release()  # see _StartStatus.started
         if failure is not None:
-            self._retrieved = True  # this handle is never handed out
+            self._mark_retrieved()  # this handle is never handed out
             try:
                 raise failure
             finally:
@@ -332,6 +356,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
 
     def _finish(self, outcome: Outcome[T]) -> None:
         self._outcome = outcome
+        if type(outcome) is Failed:
+            self._report = _FailureReport(self._name, outcome)
         if _hooks.task_end is not None:  # trio_cancel.otel.instrument(): end the task's span
             _hooks.task_end(self)
         self._task = None  # the task's context holds this handle: no cycle through it
@@ -348,23 +374,9 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             on_done(self)
 
     def _report_unretrieved(self, where: str) -> None:
-        outcome = self._outcome
-        if isinstance(outcome, Failed) and not self._retrieved:
-            self._retrieved = True
-            err = outcome.error
-            _log.error(
-                "%s: task %r failed and its outcome was never retrieved",
-                where,
-                self._name,
-                exc_info=(type(err), err, err.__traceback__),
-            )
-
-    def __del__(self) -> None:
-        # Runs for every handle: a plain check first (no context manager object per handle).
-        if self._retrieved or type(self._outcome) is not Failed:
-            return
-        with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
-            self._report_unretrieved("TaskHandle discarded")
+        report, self._report = self._report, None
+        if report is not None:
+            report.log(where)
 
     def _state(self) -> str:
         if self._outcome is not None:
@@ -375,6 +387,41 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self._name!r} {self._state()}>"
+
+
+@final
+class _FailureReport:
+    """The ``Failed`` outcome of a handle, until it is retrieved: logged if it never is (when
+    the handle is discarded, or by its owner). Only a failed task's handle holds one, so a
+    handle has no finaliser of its own (a finaliser costs every handle at its deallocation).
+
+    It holds the outcome and the task's name, never the handle: the handle's last reference
+    going frees this one at once, and its ``__del__`` logs then (as asyncio reports
+    "exception was never retrieved").
+    """
+
+    __slots__ = ("failed", "name")
+
+    def __init__(self, name: str, failed: Failed) -> None:
+        self.name = name
+        self.failed: Failed | None = failed
+
+    def log(self, where: str) -> None:
+        failed, self.failed = self.failed, None
+        if failed is not None:
+            err = failed.error
+            _log.error(
+                "%s: task %r failed and its outcome was never retrieved",
+                where,
+                self.name,
+                exc_info=(type(err), err, err.__traceback__),
+            )
+
+    def __del__(self) -> None:
+        if self.failed is None:
+            return
+        with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
+            self.log("TaskHandle discarded")
 
 
 # Builds a TaskHandle without the metaclass's refusal (NoPublicConstructor): the package's own
@@ -432,9 +479,24 @@ def make_handle(
     on_done: Callable[[TaskHandle[T]], None] | None,
     what: str = "spawn()",
 ) -> TaskHandle[T]:
-    name = check_task_arguments(nursery, async_fn, name, token, what)
-    fn = with_token(async_fn, args, token, what)
-    coro = coroutine_or_error(fn, args, what)  # a sync function fails here, as in Trio
+    if (
+        type(nursery) is trio.Nursery
+        and (token is None or type(token) is CancellationToken)
+        and (name is None or type(name) is str)
+        and type(async_fn) is FunctionType
+        and not async_fn.__dict__  # no __wrapped__ or __signature__: its own signature
+        and (code := async_fn.__code__).co_flags & CO_COROUTINE
+        and "token" not in code.co_varnames  # neither a parameter nor a local
+    ):
+        # The common case (an ``async def`` with no ``token`` anywhere, in a Trio nursery),
+        # told by a few reads: what the checks below find for it, without their calls.
+        coro = async_fn(*args)
+        if name is None:
+            name = async_fn.__qualname__ or repr(async_fn)
+    else:
+        name = check_task_arguments(nursery, async_fn, name, token, what)
+        fn = with_token(async_fn, args, token, what)
+        coro = coroutine_or_error(fn, args, what)  # a sync function fails here, as in Trio
     # The class itself, not ``TaskHandle[T]`` (a generic alias made on every call) nor its
     # ``_create`` (one more frame): this runs once per task.
     handle: TaskHandle[T] = _construct(TaskHandle, coro, name, token, on_done)
