@@ -211,6 +211,14 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         if _hooks.active:  # trio_cancel.otel: the source (one flag check otherwise)
             _hooks.record_scope(self._scope, "abort")
 
+    def _may_be_cancelled(self) -> bool:
+        """False when the task's scope is certainly not cancelled: only :meth:`abort` (and
+        ``JoinSet.abort_all``), which note it first, and the bound token cancel it (invariant
+        1). Two field reads, where the scope's ``cancel_called`` reads Trio's clock (a scope
+        without a deadline, entered or not yet entered) every time."""
+        token = self._token
+        return self._aborted_first or (token is not None and token._cancelled)
+
     def _note_abort(self, reason: str | None) -> None:
         if not self._scope.cancel_called:
             self._aborted_first = True
@@ -259,14 +267,10 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         CURRENT_HANDLE.set(self)
         if _hooks.task_start is not None:  # trio_cancel.otel.instrument(): the task's span
             _hooks.task_start(self)
-        coro, scope, token = self._coro, self._scope, self._token
+        coro, scope = self._coro, self._scope
         self._coro = None
         assert coro is not None
-        # Only abort() (which notes it first) and the token cancel the scope (invariant 1): two
-        # field reads, not the scope's cancel_called (which reads Trio's clock every time).
-        if (self._aborted_first or (token is not None and token.is_cancelled())) and (
-            scope.cancel_called
-        ):
+        if self._may_be_cancelled() and scope.cancel_called:
             # Aborted (or its token cancelled) before the task first ran: never run the body.
             coro.close()
             self._finish(Aborted(self._aborted_reason()))
@@ -310,7 +314,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             self._finish(outcome_of_base_exception(exc))
             raise
         finally:
-            del coro, scope, token  # a stored error's traceback keeps this frame: not these
+            del coro, scope  # a stored error's traceback keeps this frame: not these
         outcome = Aborted(self._aborted_reason()) if result is None else result
         del result
         self._finish(outcome)
@@ -470,6 +474,25 @@ def check_task_arguments(
     return name
 
 
+def is_plain_call(
+    nursery: object, async_fn: object, name: str | None, token: CancellationToken | None
+) -> bool:
+    """Whether a spawn or a start is the common call, which the checks of
+    :func:`check_task_arguments` and the token rule (:func:`with_token`) pass unchanged: a Trio
+    nursery, a ``str`` name or none, and an ``async def`` function with no ``token`` anywhere
+    (neither a parameter nor a local: nothing to pass) and no ``__wrapped__`` or
+    ``__signature__`` (its signature is its own). A few reads instead of their calls."""
+    return (
+        type(nursery) is trio.Nursery
+        and (token is None or type(token) is CancellationToken)
+        and (name is None or type(name) is str)
+        and type(async_fn) is FunctionType
+        and not async_fn.__dict__
+        and bool((code := async_fn.__code__).co_flags & CO_COROUTINE)
+        and "token" not in code.co_varnames
+    )
+
+
 def make_handle(
     nursery: Nursery,
     async_fn: Callable[..., Awaitable[T]],
@@ -479,18 +502,9 @@ def make_handle(
     on_done: Callable[[TaskHandle[T]], None] | None,
     what: str = "spawn()",
 ) -> TaskHandle[T]:
-    if (
-        type(nursery) is trio.Nursery
-        and (token is None or type(token) is CancellationToken)
-        and (name is None or type(name) is str)
-        and type(async_fn) is FunctionType
-        and not async_fn.__dict__  # no __wrapped__ or __signature__: its own signature
-        and (code := async_fn.__code__).co_flags & CO_COROUTINE
-        and "token" not in code.co_varnames  # neither a parameter nor a local
-    ):
-        # The common case (an ``async def`` with no ``token`` anywhere, in a Trio nursery),
-        # told by a few reads: what the checks below find for it, without their calls.
-        coro = async_fn(*args)
+    coro: Coroutine[Any, Any, T]
+    if is_plain_call(nursery, async_fn, name, token):
+        coro = async_fn(*args)  # type: ignore[assignment]  # an async def
         if name is None:
             name = async_fn.__qualname__ or repr(async_fn)
     else:
@@ -577,14 +591,15 @@ class _StartStatus:
         if handle is None:  # started already: Trio's own error for a second call
             real.started(value)
             return
-        scope, token = handle._scope, handle._token
-        if not scope.cancel_called and token is not None and token.is_cancelled():
-            scope.cancel(reason=token.reason)  # fired from another thread: not landed yet
-        if scope.cancel_called:
-            # Aborted (or its token fired) before started(), the abort not landed yet: the
-            # caller is not told that the task started; the abort lands at the task's next
-            # checkpoint and start() raises OperationCancelledError (see _run_start).
-            return
+        if handle._may_be_cancelled():
+            scope, token = handle._scope, handle._token
+            if not scope.cancel_called and token is not None and token.is_cancelled():
+                scope.cancel(reason=token.reason)  # fired from another thread: not landed yet
+            if scope.cancel_called:
+                # Aborted (or its token fired) before started(), the abort not landed yet: the
+                # caller is not told that the task started; the abort lands at the task's
+                # next checkpoint and start() raises OperationCancelledError (see _run_start).
+                return
         task = handle._task
         before = None if task is None else task.parent_nursery
         real.started(value)  # a second call raises RuntimeError here, as in Trio
@@ -662,8 +677,12 @@ async def start_task(
     ``starting`` holds the handle until it has started or ended (so that the owner can abort
     it); a non-``None`` ``abort_reason`` aborts it at once."""
     status = _StartStatus(what, injected, on_started, on_done)
-    coro = coroutine_or_error(functools.partial(fn, task_status=status), args, what)
-    handle: TaskHandle[T] = TaskHandle[T]._create(_until_started(coro, status), name, token, None)
+    coro: Coroutine[Any, Any, T]
+    if type(fn) is FunctionType and fn.__code__.co_flags & CO_COROUTINE:
+        coro = fn(*args, task_status=status)  # an async def
+    else:
+        coro = coroutine_or_error(functools.partial(fn, task_status=status), args, what)
+    handle: TaskHandle[T] = _construct(TaskHandle, _until_started(coro, status), name, token, None)
     status.handle, status.coro = handle, coro
     if token is not None:
         token._add_scope(handle._scope)  # the task cannot run before nursery.start below
@@ -732,8 +751,13 @@ async def start(
         then, as in Trio) and ``trio.Cancelled`` propagates; no handle is returned. Once
         ``started()`` has been called the task is independent of this call.
     """
-    name = check_task_arguments(nursery, async_fn, name, token, "start()")
-    fn = with_token(async_fn, args, token, "start()")
+    if is_plain_call(nursery, async_fn, name, token):
+        fn = async_fn
+        if name is None:
+            name = async_fn.__qualname__ or repr(async_fn)
+    else:
+        name = check_task_arguments(nursery, async_fn, name, token, "start()")
+        fn = with_token(async_fn, args, token, "start()")
     await trio.lowlevel.checkpoint_if_cancelled()
     return await start_task(nursery, fn, args, name, token, "start()", injected=token)
 
