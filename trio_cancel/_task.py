@@ -263,14 +263,17 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         return None
 
     async def _run(self) -> None:  # noqa: ASYNC910 - the task's root: nothing awaits it
-        self._task = trio.lowlevel.current_task()
+        self._task = _current_task()
         CURRENT_HANDLE.set(self)
         if _hooks.task_start is not None:  # trio_cancel.otel.instrument(): the task's span
             _hooks.task_start(self)
-        coro, scope = self._coro, self._scope
+        coro, scope, token = self._coro, self._scope, self._token
         self._coro = None
         assert coro is not None
-        if self._may_be_cancelled() and scope.cancel_called:
+        # _may_be_cancelled(), inline (once per task), before the scope's own answer.
+        if (self._aborted_first or (token is not None and token._cancelled)) and (
+            scope.cancel_called
+        ):
             # Aborted (or its token cancelled) before the task first ran: never run the body.
             coro.close()
             self._finish(Aborted(self._aborted_reason()))
@@ -287,7 +290,10 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         result: Completed[T] | Failed | None = None
         try:
             with scope:
-                result = Completed(await coro)
+                value = await coro
+                # Completed(value), without the attrs __init__ frame (once per task).
+                result = _new_object(Completed)
+                _set_frozen(result, "value", value)
         except Exception as exc:  # noqa: BLE001 - an outcome, not the nursery's error
             # A panicking tokio task does not take its siblings down either.
             # The error's traceback may reach this task (an inner nursery's frame holds its
@@ -314,7 +320,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             self._finish(outcome_of_base_exception(exc))
             raise
         finally:
-            del coro, scope  # a stored error's traceback keeps this frame: not these
+            del coro, scope, token  # a stored error's traceback keeps this frame: not these
         outcome = Aborted(self._aborted_reason()) if result is None else result
         del result
         self._finish(outcome)
@@ -428,6 +434,10 @@ class _FailureReport:
             self.log("TaskHandle discarded")
 
 
+_current_task = trio.lowlevel.current_task  # looked up once: every task's start reads it
+_new_object: Any = object.__new__
+_set_frozen: Any = object.__setattr__  # as the __init__ of a frozen attrs class sets a field
+
 # Builds a TaskHandle without the metaclass's refusal (NoPublicConstructor): the package's own
 # constructor, one call fewer than ``_create`` on the path every spawned task takes.
 _construct: Any = type.__call__
@@ -481,7 +491,8 @@ def is_plain_call(
     :func:`check_task_arguments` and the token rule (:func:`with_token`) pass unchanged: a Trio
     nursery, a ``str`` name or none, and an ``async def`` function with no ``token`` anywhere
     (neither a parameter nor a local: nothing to pass) and no ``__wrapped__`` or
-    ``__signature__`` (its signature is its own). A few reads instead of their calls."""
+    ``__signature__`` (its signature is its own). A few reads instead of their calls.
+    (:func:`make_handle` has the same test inline: keep the two alike.)"""
     return (
         type(nursery) is trio.Nursery
         and (token is None or type(token) is CancellationToken)
@@ -503,8 +514,16 @@ def make_handle(
     what: str = "spawn()",
 ) -> TaskHandle[T]:
     coro: Coroutine[Any, Any, T]
-    if is_plain_call(nursery, async_fn, name, token):
-        coro = async_fn(*args)  # type: ignore[assignment]  # an async def
+    if (  # is_plain_call(), inline: this runs once per task
+        type(nursery) is trio.Nursery
+        and (token is None or type(token) is CancellationToken)
+        and (name is None or type(name) is str)
+        and type(async_fn) is FunctionType
+        and not async_fn.__dict__
+        and (code := async_fn.__code__).co_flags & CO_COROUTINE
+        and "token" not in code.co_varnames
+    ):
+        coro = async_fn(*args)  # an async def
         if name is None:
             name = async_fn.__qualname__ or repr(async_fn)
     else:
