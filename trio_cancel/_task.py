@@ -431,8 +431,12 @@ class _FailureReport:
     def __del__(self) -> None:
         if self.failed is None:
             return
-        with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
+        # At interpreter shutdown, module globals (logging, even contextlib) may be None
+        # already: a plain try needs none of them.
+        try:  # noqa: SIM105 - contextlib may be gone
             self.log("TaskHandle discarded")
+        except Exception:  # noqa: BLE001 - nothing left to report to
+            pass
 
 
 _current_task = trio.lowlevel.current_task  # looked up once: every task's start reads it
