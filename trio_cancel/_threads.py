@@ -172,6 +172,7 @@ class ThreadCall(Generic[T]):
     # Called in the Trio thread once the thread is done with this call.
     on_done: Callable[[], None] | None = None
     _holds_token: bool = False  # Trio side only
+    _waiter: trio.lowlevel.Task | None = None  # Trio side only: the task in wait_done()
     _reported: bool = False  # Trio side only: done is due
 
     def __init__(
@@ -219,6 +220,24 @@ class ThreadCall(Generic[T]):
         self._reported = True
         if self._done is not None:
             self._done.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    async def wait_done(self) -> None:
+        """Trio side: wait until the thread is done with this call, as ``done.wait()`` (a
+        checkpoint; cancellable), for one task at a time, without making the event: every
+        statement of a connection waits so."""
+        if self._reported:
+            await trio.lowlevel.checkpoint()
+            return
+        self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
         """As a limiter for ``trio.to_thread.run_sync``: take a token of the real limiter."""
@@ -361,11 +380,13 @@ async def wait_call(
     cancellation, or a ``KeyboardInterrupt`` delivered to this task, interrupt it and land it
     (module docstring). Used by the database connections."""
     try:
-        await call.done.wait()
+        await call.wait_done()
     # A completed call wins (returned although cancelled: the next checkpoint delivers it);
     # otherwise land() re-raises what stopped the wait. Its waits are shielded and bounded.
     except BaseException as stopping:  # noqa: BLE001, ASYNC103 - re-raised by land()
         return await land(call, stopping, interrupt, grace, is_interruption, what)  # noqa: ASYNC102, ASYNC104
+    if call._error is None:  # the thread is done and nothing skips the call but land()
+        return call._value  # type: ignore[no-any-return]
     result = call.result
     assert result is not None
     return result.unwrap()
