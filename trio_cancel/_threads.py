@@ -180,7 +180,6 @@ class ThreadCall(Generic[T]):
         fn: Callable[..., T],
         name: str,
         args: tuple[Any, ...] = (),
-        *,
         limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         """A call for a connection's thread (:meth:`run_in_thread`; made in the Trio thread,
@@ -615,9 +614,17 @@ async def run_sync_interruptible(
         given back, as with :func:`trio.to_thread.run_sync`). A ``KeyboardInterrupt``
         delivered to the caller is handled the same way, then propagates.
     """
-    if not _known_sync(fn):
+    # _known_sync() for both, inline (each call pays for it: a plain function is the usual
+    # case, and a function call costs as much as the check).
+    if (
+        type(fn) is not _FunctionType or fn.__code__.co_flags & _ASYNC_CODE or _MARKED_COROUTINES
+    ) and not _known_sync(fn):
         _check_blocking_callable(fn, "run_sync_interruptible()")
-    if not _known_sync(interrupt):
+    if (
+        type(interrupt) is not _FunctionType
+        or interrupt.__code__.co_flags & _ASYNC_CODE
+        or _MARKED_COROUTINES
+    ) and not _known_sync(interrupt):
         check_sync_callable(interrupt, "run_sync_interruptible(interrupt=)")
     if grace != 5.0 or type(grace) is not float:  # the default needs no check
         grace = check_grace(grace)
@@ -635,7 +642,7 @@ async def run_sync_interruptible(
     except RuntimeError:  # not in trio.run
         raise RuntimeError("run_sync_interruptible() must be awaited inside trio.run") from None
     name = getattr(fn, "__qualname__", None) or _describe(fn)
-    call: ThreadCall[T] = ThreadCall(fn, name, args, limiter=limiter)
+    call: ThreadCall[T] = ThreadCall(fn, name, args, limiter)
     try:
         return await trio.to_thread.run_sync(
             call.run_and_return,
