@@ -13,15 +13,16 @@ abandon_on_cancel=True)``: Trio's own thread start, limiter, context copy and
 Trio's thread goes on running it. A database connection runs its calls in a thread of its own
 (``_dbapi``), and waits for them with :func:`wait_call`, which lands them the same way.
 
-One call (:class:`ThreadCall`) goes through these states, guarded by a lock shared with its
-thread: *pending* (submitted, the thread has not started ``fn``), *running*, *finished* (the
-outcome is stored), or *skipped* (cancelled while pending: ``fn`` never runs).
+One call (:class:`ThreadCall`) goes through these states, guarded by a claim and a lock
+shared with its thread: *pending* (submitted, the thread has not started ``fn``), *running*,
+*finished* (the outcome is stored), or *skipped* (cancelled while pending: ``fn`` never runs).
 
 Invariants, and how each is kept:
 
 1. ``fn`` runs at most once, and never after the caller was told it will not run: the thread
-   moves *pending* to *running*, and the landing moves *pending* to *skipped*, each under the
-   lock, so exactly one of them happens.
+   moves *pending* to *running*, and the landing moves *pending* to *skipped*, each only after
+   taking the call's one-item claim (an atomic ``list.pop``), so exactly one of them happens.
+   A call whose claim the thread took counts as *running* until its outcome is stored.
 2. ``interrupt()`` is called only from the Trio thread (by the landing, in the task that awaits
    the call), and only while the call is *running*: the lock is held around each
    ``interrupt()`` call, and the thread must take it to store the outcome. So no interrupt
@@ -250,9 +251,7 @@ class ThreadCall(Generic[T]):
         try:
             self._limiter.release_on_behalf_of(borrower)  # type: ignore[union-attr]
         finally:
-            self._reported = True
-            if self._done is not None:
-                self._done.set()
+            self._report()
 
     def run_in_thread(self) -> None:
         """A connection thread's side: run ``fn`` unless skipped, store the outcome, tell
