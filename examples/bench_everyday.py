@@ -263,28 +263,37 @@ async def _interruptible(n: int) -> object:
     return None
 
 
+# The database rows time statements, not connecting: each variant opens its connection once,
+# at its warm-up run, and keeps it for the rest of the process (a row's own interpreter). Opening
+# it inside every timed run added a connect (for PostgreSQL a new server process, whose caches
+# start cold) to one side's time at a time, and that varied more than the statements did.
+_CONNECTIONS: dict[str, Any] = {}
+_TMP = tempfile.TemporaryDirectory()  # removed as the process ends
+
+
 def _sqlite_select(raw: sqlite3.Connection) -> list[Any]:
     return raw.execute("SELECT 1").fetchall()
 
 
 async def _sqlite3_to_thread(n: int) -> object:
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = sqlite3.connect(Path(tmp, "bench.db"), check_same_thread=False)
-        try:
-            for _ in range(n):
-                await trio.to_thread.run_sync(_sqlite_select, raw)
-        finally:
-            raw.close()
+    raw = _CONNECTIONS.get("sqlite3")
+    if raw is None:
+        raw = _CONNECTIONS["sqlite3"] = sqlite3.connect(
+            Path(_TMP.name, "sqlite3.db"), check_same_thread=False
+        )
+    for _ in range(n):
+        await trio.to_thread.run_sync(_sqlite_select, raw)
     return None
 
 
 async def _tc_sqlite(n: int) -> object:
     from trio_cancel import sqlite
 
-    with tempfile.TemporaryDirectory() as tmp:
-        async with await sqlite.connect(Path(tmp, "bench.db")) as conn:
-            for _ in range(n):
-                await conn.fetchall("SELECT 1")
+    conn = _CONNECTIONS.get("tc.sqlite")
+    if conn is None:
+        conn = _CONNECTIONS["tc.sqlite"] = await sqlite.connect(Path(_TMP.name, "tc.db"))
+    for _ in range(n):
+        await conn.fetchall("SELECT 1")
     return None
 
 
@@ -295,23 +304,26 @@ def _pg_select(raw: Any) -> list[Any]:  # noqa: ANN401 - a psycopg connection
 async def _psycopg_to_thread(n: int) -> object:
     import psycopg
 
-    raw = await trio.to_thread.run_sync(
-        lambda: psycopg.connect(os.environ["TRIO_CANCEL_PG_DSN"], autocommit=True)
-    )
-    try:
-        for _ in range(n):
-            await trio.to_thread.run_sync(_pg_select, raw)
-    finally:
-        raw.close()
+    raw = _CONNECTIONS.get("psycopg")
+    if raw is None:
+        raw = _CONNECTIONS["psycopg"] = await trio.to_thread.run_sync(
+            lambda: psycopg.connect(os.environ["TRIO_CANCEL_PG_DSN"], autocommit=True)
+        )
+    for _ in range(n):
+        await trio.to_thread.run_sync(_pg_select, raw)
     return None
 
 
 async def _tc_postgres(n: int) -> object:
     from trio_cancel import postgres
 
-    async with await postgres.connect(os.environ["TRIO_CANCEL_PG_DSN"]) as conn:
-        for _ in range(n):
-            await conn.fetchall("SELECT 1")
+    conn = _CONNECTIONS.get("tc.postgres")
+    if conn is None:
+        conn = _CONNECTIONS["tc.postgres"] = await postgres.connect(
+            os.environ["TRIO_CANCEL_PG_DSN"]
+        )
+    for _ in range(n):
+        await conn.fetchall("SELECT 1")
     return None
 
 

@@ -156,6 +156,26 @@ async def test_cancelled_before_start_never_runs_fn() -> None:
     assert blocker.interrupts == []
 
 
+async def test_started_counts_each_call_whose_fn_ran_once() -> None:
+    """``started`` counts a call as its thread starts ``fn`` (also while ``fn`` still runs),
+    once, and never a call cancelled before it started."""
+    before = tc.thread_call_statistics().started
+    for i in range(3):
+        assert await tc.run_sync_interruptible(int, i, interrupt=lambda: None) == i
+    assert tc.thread_call_statistics().started == before + 3
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await tc.run_sync_interruptible(int, interrupt=lambda: None)
+    assert tc.thread_call_statistics().started == before + 3
+    blocker = Blocker()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: tc.run_sync_interruptible(blocker, interrupt=blocker.interrupt))
+        await blocker.started.wait()
+        assert tc.thread_call_statistics().started == before + 4
+        blocker.release.set()
+    assert tc.thread_call_statistics().started == before + 4
+
+
 async def test_cancelled_while_waiting_for_the_limiter_never_runs_fn() -> None:
     limiter = trio.CapacityLimiter(1)
     first, second = Blocker(), Blocker()
@@ -858,20 +878,20 @@ async def test_a_call_skipped_after_its_thread_took_the_token_gives_it_back_firs
     from trio_cancel import _threads
 
     entered, go = threading.Event(), threading.Event()
-    real_begin = _threads.ThreadCall._begin
+    real_run = _threads.ThreadCall.run_and_return
     real_skip = _threads.ThreadCall.skip_if_pending
 
-    def begin(self: _threads.ThreadCall[object]) -> bool:
+    def run(self: _threads.ThreadCall[object]) -> object:
         entered.set()
         go.wait(10)
-        return real_begin(self)
+        return real_run(self)
 
     def skip(self: _threads.ThreadCall[object]) -> bool:
         skipped = real_skip(self)
         go.set()  # the thread may go on only once the call is skipped
         return skipped
 
-    monkeypatch.setattr(_threads.ThreadCall, "_begin", begin)
+    monkeypatch.setattr(_threads.ThreadCall, "run_and_return", run)
     monkeypatch.setattr(_threads.ThreadCall, "skip_if_pending", skip)
     limiter = trio.CapacityLimiter(1)
     ran: list[int] = []

@@ -84,23 +84,42 @@ class ConnectionThread:
         self._jobs.put(None)
 
 
-@attrs.define(eq=False)
 class Interruption:
     """What one statement's interrupt shares with the worker and a cancel thread.
 
-    ``ended`` is set by the worker when the statement returned (before its outcome is
-    stored). A backend whose interrupt runs in a thread sets ``cancel_done`` (a Trio event,
-    set when that thread ended) and ``cancel_ended`` (the same, for the worker thread), and
-    ``socket_shut`` when it had to shut the connection's socket (the connection is then
-    discarded, and the statement's error is the interruption).
+    The worker calls :meth:`statement_ended` when the statement returned (before its outcome
+    is stored); a cancel thread waits for that with :meth:`wait_ended`. A backend whose
+    interrupt runs in a thread sets ``cancel_done`` (a Trio event, set when that thread
+    ended) and ``cancel_ended`` (the same, for the worker thread), and ``socket_shut`` when
+    it had to shut the connection's socket (the connection is then discarded, and the
+    statement's error is the interruption).
+
+    One is made per statement, and few statements are interrupted: a plain class whose
+    interrupt-only fields default on the class, and a lock held while the statement runs
+    rather than a ``threading.Event`` (whose making and setting cost more than the rest of
+    a statement's bookkeeping).
     """
 
-    grace: float
-    ended: threading.Event = attrs.field(factory=threading.Event)
     started_at: float | None = None  # trio.current_time() of the first interrupt
     cancel_done: trio.Event | None = None
     cancel_ended: threading.Event | None = None
     socket_shut: bool = False
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._running = threading.Lock()  # held from here until the statement ended
+        self._running.acquire()
+
+    def statement_ended(self) -> None:
+        """The worker: the statement returned (called once)."""
+        self._running.release()
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the statement to end; whether it did."""
+        if self._running.acquire(timeout=timeout):
+            self._running.release()  # for any other waiter
+            return True
+        return False
 
 
 @attrs.define(eq=False, repr=False)
@@ -428,7 +447,7 @@ class DatabaseConnection(Generic[RawT]):
                     return fn(raw)
                 return block._statement(raw, fn)
             finally:
-                intr.ended.set()
+                intr.statement_ended()
 
         call = self._submit(statement, what)
 

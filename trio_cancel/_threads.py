@@ -13,15 +13,16 @@ abandon_on_cancel=True)``: Trio's own thread start, limiter, context copy and
 Trio's thread goes on running it. A database connection runs its calls in a thread of its own
 (``_dbapi``), and waits for them with :func:`wait_call`, which lands them the same way.
 
-One call (:class:`ThreadCall`) goes through these states, guarded by a lock shared with its
-thread: *pending* (submitted, the thread has not started ``fn``), *running*, *finished* (the
-outcome is stored), or *skipped* (cancelled while pending: ``fn`` never runs).
+One call (:class:`ThreadCall`) goes through these states, guarded by a claim and a lock
+shared with its thread: *pending* (submitted, the thread has not started ``fn``), *running*,
+*finished* (the outcome is stored), or *skipped* (cancelled while pending: ``fn`` never runs).
 
 Invariants, and how each is kept:
 
 1. ``fn`` runs at most once, and never after the caller was told it will not run: the thread
-   moves *pending* to *running*, and the landing moves *pending* to *skipped*, each under the
-   lock, so exactly one of them happens.
+   moves *pending* to *running*, and the landing moves *pending* to *skipped*, each only after
+   taking the call's one-item claim (an atomic ``list.pop``), so exactly one of them happens.
+   A call whose claim the thread took counts as *running* until its outcome is stored.
 2. ``interrupt()`` is called only from the Trio thread (by the landing, in the task that awaits
    the call), and only while the call is *running*: the lock is held around each
    ``interrupt()`` call, and the thread must take it to store the outcome. So no interrupt
@@ -50,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import threading
 import types
 import warnings
@@ -93,7 +95,6 @@ class ThreadCallStatistics:
 
 @attrs.define
 class _Counters:
-    started: int = 0
     interrupted: int = 0
     abandoned: int = 0
     abandoned_running: int = 0
@@ -101,13 +102,24 @@ class _Counters:
 
 _COUNTERS = _Counters()
 _COUNTERS_LOCK = threading.Lock()
+# ``started`` is counted apart, by every call as its thread starts ``fn``: ``next()`` of an
+# itertools.count is one step under the GIL, where the lock cost more than the rest of the
+# thread's bookkeeping.
+_STARTED = itertools.count()
 
 
 def thread_call_statistics() -> ThreadCallStatistics:
     """How many interruptible thread calls started, were interrupted, were abandoned, and how
     many abandoned ones still run (process-wide). Not a checkpoint; never blocks."""
     with _COUNTERS_LOCK:
-        return ThreadCallStatistics(**attrs.asdict(_COUNTERS))
+        counts = attrs.asdict(_COUNTERS)
+    return ThreadCallStatistics(started=_count_of(_STARTED), **counts)
+
+
+def _count_of(counter: itertools.count[int]) -> int:
+    """The next value of ``counter`` (how many times ``next()`` was called on it), without
+    advancing it: its repr is ``count(N)``."""
+    return int(repr(counter)[6:-1])
 
 
 def _count(field: str, delta: int = 1) -> None:
@@ -126,33 +138,61 @@ class _SkippedError(Exception):
     """Raised in the thread for a call skipped while pending (nobody receives it)."""
 
 
-@attrs.define(eq=False, repr=False)
 class ThreadCall(Generic[T]):
-    """One blocking call, run by a worker thread (Trio's, or a connection's own)."""
+    """One blocking call, ``fn(*args)``, run by a worker thread (Trio's, or a connection's
+    own).
 
-    fn: Callable[[], T]
+    A plain class whose rarely written fields default on the class: one is made per call, and
+    attrs' generated ``__init__`` (which sets every field) cost more than the rest of a call's
+    bookkeeping.
+    """
+
+    # Fields set by __init__.
+    fn: Callable[..., T]
+    args: tuple[Any, ...]
     name: str
-    _trio_token: trio.lowlevel.TrioToken = attrs.field(
-        factory=trio.lowlevel.current_trio_token, init=False
-    )
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    state: Literal["pending", "running", "finished", "skipped"] = attrs.field(
-        default="pending", init=False
-    )
-    # The outcome, once ``state`` is "finished" (raw: an Outcome per call costs more than the
-    # rest of this class; ``result`` builds one).
-    _value: Any = attrs.field(default=None, init=False)
-    _error: BaseException | None = attrs.field(default=None, init=False)
-    _done: trio.Event | None = attrs.field(default=None, init=False)  # made when first needed
-    abandoned: bool = attrs.field(default=False, init=False)
-    # Called in the Trio thread once the thread is done with this call.
-    on_done: Callable[[], None] | None = attrs.field(default=None, init=False)
+    _lock: threading.Lock
+    # Taken (popped) once, by the thread as it starts ``fn`` or by the Trio side as it skips
+    # the call: ``list.pop`` is atomic, so exactly one of them gets it.
+    _claim: list[None]
+    # Run by a connection's thread: its run's token, to tell Trio when the call is done.
+    _trio_token: trio.lowlevel.TrioToken | None
     # Run by trio.to_thread.run_sync: this call is the limiter it is given, and passes the
     # token on to the real one; Trio gives it back when its thread reported back, which is
     # how the Trio side learns that the thread is done (the thread does not report itself).
-    _limiter: trio.CapacityLimiter | None = attrs.field(default=None, init=False)
-    _holds_token: bool = attrs.field(default=False, init=False)  # Trio side only
-    _reported: bool = attrs.field(default=False, init=False)  # Trio side only: done is due
+    _limiter: trio.CapacityLimiter | None
+
+    # Fields that default on the class (written only on the paths that need them).
+    state: Literal["pending", "running", "finished", "skipped"] = "pending"
+    # The outcome, once ``state`` is "finished" (raw: an Outcome per call costs more than the
+    # rest of this class; ``result`` builds one).
+    _value: Any = None
+    _error: BaseException | None = None
+    _done: trio.Event | None = None  # made when first needed
+    abandoned: bool = False
+    # Called in the Trio thread once the thread is done with this call.
+    on_done: Callable[[], None] | None = None
+    _holds_token: bool = False  # Trio side only
+    _waiter: trio.lowlevel.Task | None = None  # Trio side only: the task in wait_done()
+    _reported: bool = False  # Trio side only: done is due
+
+    def __init__(
+        self,
+        fn: Callable[..., T],
+        name: str,
+        args: tuple[Any, ...] = (),
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        """A call for a connection's thread (:meth:`run_in_thread`; made in the Trio thread,
+        whose run it reports to), or, with ``limiter``, for ``trio.to_thread.run_sync``
+        (:meth:`run_and_return`; then this call is the limiter Trio is given)."""
+        self.fn = fn
+        self.args = args
+        self.name = name
+        self._lock = threading.Lock()
+        self._claim = [None]
+        self._limiter = limiter
+        self._trio_token = None if limiter is not None else trio.lowlevel.current_trio_token()
 
     @property
     def result(self) -> outcome.Outcome[T] | None:
@@ -180,57 +220,93 @@ class ThreadCall(Generic[T]):
         self._reported = True
         if self._done is not None:
             self._done.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    async def wait_done(self) -> None:
+        """Trio side: wait until the thread is done with this call, as ``done.wait()`` (a
+        checkpoint; cancellable), for one task at a time, without making the event: every
+        statement of a connection waits so."""
+        if self._reported:
+            await trio.lowlevel.checkpoint()
+            return
+        self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
         """As a limiter for ``trio.to_thread.run_sync``: take a token of the real limiter."""
-        assert self._limiter is not None
-        await self._limiter.acquire_on_behalf_of(borrower)
+        await self._limiter.acquire_on_behalf_of(borrower)  # type: ignore[union-attr]
         self._holds_token = True
 
     def release_on_behalf_of(self, borrower: object) -> None:
         """As a limiter: Trio gives the token back once its thread has reported back (so the
         thread is done with ``fn``), or when the thread could not be started."""
-        assert self._limiter is not None
         self._holds_token = False
         try:
-            self._limiter.release_on_behalf_of(borrower)
+            self._limiter.release_on_behalf_of(borrower)  # type: ignore[union-attr]
         finally:
             self._report()
 
     def run_in_thread(self) -> None:
         """A connection thread's side: run ``fn`` unless skipped, store the outcome, tell
         Trio."""
-        if not self._begin():
-            self._tell_trio()
-            return
-        try:
-            value = self.fn()
-        except BaseException as exc:  # noqa: BLE001, ASYNC103 - stored: the Trio side raises it
-            self._finish(None, exc)
-        else:
-            self._finish(value, None)
+        if self._begin():
+            try:
+                value = self.fn(*self.args)
+            except BaseException as exc:  # noqa: BLE001, ASYNC103 - stored: the Trio side raises it
+                self._finish(None, exc)
+            else:
+                self._finish(value, None)
+        # If the run is over, nobody is left to tell.
+        with contextlib.suppress(trio.RunFinishedError):
+            self._trio_token.run_sync_soon(self._finished_in_trio)  # type: ignore[union-attr]
 
     def run_and_return(self) -> T:
         """The side of a thread of ``trio.to_thread.run_sync``: as :meth:`run_in_thread`, and
-        return (or raise) what ``fn`` did."""
-        if not self._begin():
-            raise _SkippedError(self.name)
+        return (or raise) what ``fn`` did (Trio tells its side)."""
+        # _begin() and _finish(), inline: this is every call's path. The lock is taken with
+        # its own methods rather than ``with`` (half the cost); nothing here can raise while
+        # it is held (no KeyboardInterrupt reaches a worker thread).
         try:
-            value = self.fn()
+            self._claim.pop()
+        except IndexError:
+            raise _SkippedError(self.name) from None
+        self.state = "running"
+        next(_STARTED)
+        try:
+            value = self.fn(*self.args)
         except BaseException as exc:
             self._finish(None, exc)
             raise
-        self._finish(value, None)
+        lock = self._lock
+        lock.acquire()
+        self._value = value
+        self.state = "finished"
+        abandoned = self.abandoned
+        lock.release()
+        if abandoned:
+            _count("abandoned_running", -1)  # here, not in Trio: its run may be over
         return value
 
     def _begin(self) -> bool:
-        with self._lock:
-            if self.state == "skipped":
-                return False
-            self.state = "running"
-        with _COUNTERS_LOCK:
-            _COUNTERS.started += 1
+        try:
+            self._claim.pop()
+        except IndexError:
+            return False  # skipped
+        self.state = "running"
+        next(_STARTED)
         return True
+
+    def _is_running(self) -> bool:
+        # The thread took the claim (it may not have written "running" yet), and has not
+        # stored the outcome. Called under the lock.
+        return not self._claim and self.state != "finished" and self.state != "skipped"
 
     def _finish(self, value: T | None, error: BaseException | None) -> None:
         with self._lock:
@@ -239,18 +315,11 @@ class ThreadCall(Generic[T]):
             abandoned = self.abandoned
         if abandoned:
             _count("abandoned_running", -1)  # here, not in Trio: its run may be over
-        if self._limiter is None:
-            self._tell_trio()
 
     def forget_outcome(self) -> None:
         """Trio side, once the outcome was delivered: drop it (no reference cycle through an
         error's traceback)."""
         self._value = self._error = None
-
-    def _tell_trio(self) -> None:
-        # If the run is over, nobody is left to tell.
-        with contextlib.suppress(trio.RunFinishedError):
-            self._trio_token.run_sync_soon(self._finished_in_trio)
 
     def _finished_in_trio(self) -> None:
         on_done, self.on_done = self.on_done, None
@@ -262,11 +331,12 @@ class ThreadCall(Generic[T]):
 
     def skip_if_pending(self) -> bool:
         """Trio side: if the thread has not started ``fn``, make sure it never will."""
-        with self._lock:
-            if self.state == "pending":
-                self.state = "skipped"
-                return True
+        try:
+            self._claim.pop()
+        except IndexError:
             return False
+        self.state = "skipped"
+        return True
 
     def holds_token(self) -> bool:
         """Trio side: whether a thread of Trio's was given this call and still holds its
@@ -277,7 +347,7 @@ class ThreadCall(Generic[T]):
         """Trio side: call ``interrupt()`` if (and only if) ``fn`` is running now. The lock is
         held during the call, so the thread cannot store its outcome in between."""
         with self._lock:
-            if self.state != "running":
+            if not self._is_running():
                 return False
             interrupt()
             return True
@@ -286,7 +356,7 @@ class ThreadCall(Generic[T]):
         """Trio side: if ``fn`` still runs, mark the call abandoned and count it (the thread
         counts it down when it ends)."""
         with self._lock:
-            if self.state != "running":
+            if not self._is_running():
                 return False
             self.abandoned = True
             with _COUNTERS_LOCK:
@@ -308,11 +378,13 @@ async def wait_call(
     cancellation, or a ``KeyboardInterrupt`` delivered to this task, interrupt it and land it
     (module docstring). Used by the database connections."""
     try:
-        await call.done.wait()
+        await call.wait_done()
     # A completed call wins (returned although cancelled: the next checkpoint delivers it);
     # otherwise land() re-raises what stopped the wait. Its waits are shielded and bounded.
     except BaseException as stopping:  # noqa: BLE001, ASYNC103 - re-raised by land()
         return await land(call, stopping, interrupt, grace, is_interruption, what)  # noqa: ASYNC102, ASYNC104
+    if call._error is None:  # the thread is done and nothing skips the call but land()
+        return call._value  # type: ignore[no-any-return]
     result = call.result
     assert result is not None
     return result.unwrap()
@@ -541,27 +613,41 @@ async def run_sync_interruptible(
         given back, as with :func:`trio.to_thread.run_sync`). A ``KeyboardInterrupt``
         delivered to the caller is handled the same way, then propagates.
     """
-    if not _known_sync(fn):
+    # _known_sync() for both, inline (each call pays for it: a plain function is the usual
+    # case, and a function call costs as much as the check).
+    if (
+        type(fn) is not _FunctionType or fn.__code__.co_flags & _ASYNC_CODE or _MARKED_COROUTINES
+    ) and not _known_sync(fn):
         _check_blocking_callable(fn, "run_sync_interruptible()")
-    if not _known_sync(interrupt):
+    if (
+        type(interrupt) is not _FunctionType
+        or interrupt.__code__.co_flags & _ASYNC_CODE
+        or _MARKED_COROUTINES
+    ) and not _known_sync(interrupt):
         check_sync_callable(interrupt, "run_sync_interruptible(interrupt=)")
     if grace != 5.0 or type(grace) is not float:  # the default needs no check
         grace = check_grace(grace)
     if is_interruption is not None:
         check_sync_callable(is_interruption, "run_sync_interruptible(is_interruption=)")
-    if limiter is not None and not callable(getattr(limiter, "acquire_on_behalf_of", None)):
-        raise TypeError(f"limiter must be a trio.CapacityLimiter, not {type(limiter).__name__}")
     try:
-        call: ThreadCall[T] = ThreadCall(functools.partial(fn, *args), _describe(fn))
-    except RuntimeError:  # no Trio token: not in trio.run
+        if limiter is None:
+            limiter = trio.to_thread.current_default_thread_limiter()
+        else:
+            if not callable(getattr(limiter, "acquire_on_behalf_of", None)):
+                raise TypeError(
+                    f"limiter must be a trio.CapacityLimiter, not {type(limiter).__name__}"
+                )
+            trio.lowlevel.current_task()
+    except RuntimeError:  # not in trio.run
         raise RuntimeError("run_sync_interruptible() must be awaited inside trio.run") from None
-    call._limiter = limiter or trio.to_thread.current_default_thread_limiter()
+    name = getattr(fn, "__qualname__", None) or _describe(fn)
+    call: ThreadCall[T] = ThreadCall(fn, name, args, limiter)
     try:
         return await trio.to_thread.run_sync(
             call.run_and_return,
             abandon_on_cancel=True,
             limiter=call,  # type: ignore[arg-type] # a limiter-like object, as Trio allows
-            thread_name=f"trio_cancel {call.name}",
+            thread_name="trio_cancel " + name,
         )
     except BaseException as exc:  # noqa: ASYNC103 - re-raised, or by land()
         result = call.result
@@ -590,16 +676,24 @@ _ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITE
 def _known_sync(fn: object) -> bool:
     """A fast yes for what is surely a synchronous callable (a plain function, a method of
     one, a builtin); False means "run the full check"."""
-    if type(fn) is types.MethodType:
+    if type(fn) is _MethodType:
         fn = fn.__func__
     kind = type(fn)
-    if kind is types.BuiltinFunctionType:
-        return True
-    return (
-        kind is types.FunctionType
-        and not fn.__code__.co_flags & _ASYNC_CODE  # type: ignore[attr-defined]
-        and getattr(fn, "_is_coroutine_marker", None) is None  # inspect.markcoroutinefunction
-    )
+    if kind is _FunctionType:
+        return not fn.__code__.co_flags & _ASYNC_CODE and (  # type: ignore[attr-defined]
+            # A sync function marked as a coroutine function (Python 3.12+), which
+            # inspect.iscoroutinefunction() reports as one.
+            not _MARKED_COROUTINES or getattr(fn, "_is_coroutine_marker", None) is None
+        )
+    return kind is _BuiltinFunctionType
+
+
+_MethodType, _FunctionType, _BuiltinFunctionType = (
+    types.MethodType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+)
+_MARKED_COROUTINES = hasattr(inspect, "markcoroutinefunction")
 
 
 def _check_blocking_callable(fn: object, what: str) -> None:

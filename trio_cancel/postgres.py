@@ -76,7 +76,7 @@ def _interrupt(raw: psycopg.Connection[Any], intr: Interruption) -> None:
         # Timed out or refused: escalate below.
         with contextlib.suppress(Exception):
             raw.cancel_safe(timeout=half)
-        if not intr.ended.wait(max(0.0, escalate_at - time.monotonic())):
+        if not intr.wait_ended(max(0.0, escalate_at - time.monotonic())):
             intr.socket_shut = True
             _shut_socket(raw)
 
