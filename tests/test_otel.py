@@ -291,15 +291,39 @@ async def test_uninstrument_leaves_no_trace() -> None:
     assert not tc_otel._shutdown_spans
 
 
-async def test_uninstrument_ends_open_spans() -> None:
+async def test_uninstrument_lets_open_spans_end_with_their_work() -> None:
+    """Spans open at uninstrument() end when their work ends, marked as usual (a task's span
+    and a shutdown's, with its events); nothing is started after it."""
     tc_otel.instrument()
-    async with trio.open_nursery() as nursery:
-        handle = tc.spawn(nursery, trio.sleep_forever, name="open")
-        await trio.testing.wait_all_tasks_blocked()
-        tc_otel.uninstrument()
-        assert len(spans("task open")) == 1
-        handle.abort()
+    gate = trio.Event()
+    async with tc.GracefulShutdown(100) as sd:
+        try:
+            handle = sd.spawn(trio.sleep_forever, name="open")
+            sd.spawn(gate.wait, name="slow")
+            await trio.testing.wait_all_tasks_blocked()
+            tc_otel.uninstrument()
+            assert spans() == []  # nothing ended early
+            late = sd.spawn(trio.sleep_forever, name="late")
+            await trio.testing.wait_all_tasks_blocked()
+            handle.abort("bye")
+            late.abort("bye")
+            await handle.join()
+            assert_marked(one("task open"), "abort", "bye", error=False)
+            sd.trigger("deploy")
+        finally:
+            gate.set()
+            if sys.exc_info()[0] is not None:
+                sd.force()  # a failed check must not wait for the grace period
+    assert attrs_of(one("task slow")) == {"trio_cancel.task": "slow"}
+    assert spans("task late") == []
+    sd_span = one("GracefulShutdown")
+    assert [e.name for e in sd_span.events] == ["trigger"]
+    assert sd_span.end_time is not None
     assert not tc_otel._task_spans
+    assert not tc_otel._shutdown_spans
+    assert _hooks.task_start is None
+    assert _hooks.task_end is None
+    assert _hooks.shutdown_event is None
 
 
 def _counts() -> dict[str, int]:
@@ -643,9 +667,325 @@ async def test_the_record_holds_nothing_once_the_scopes_are_gone() -> None:
             token.cancel("x")
             await trio.lowlevel.checkpoint()
         handle_scope = trio.CancelScope()
-        handle_scope.cancel()
-        _hooks.record_scope(handle_scope, "abort")
+        _hooks.cancel_scope(handle_scope, None, "abort")
     del token, handle_scope
     gc.collect()
     assert len(_hooks._sources) < 5
+    assert len(_hooks._by_fields) < 5
     assert _hooks._pending is None
+
+
+# ------------------------------------------- a source only for the cancel the library did itself
+
+
+@pytest.mark.parametrize("reason", ["plain", None])
+async def test_plain_outer_cancel_inherited_by_a_token_scope_is_trio_explicit(
+    reason: str | None,
+) -> None:
+    """Plain Trio cancels the outer scope; the token scope inside inherits that cancellation's
+    reason object; the library then cancels the token. The span was ended by the plain cancel
+    (it came first, and the token's cancel kept its reason): never ``token``. Also with no
+    reasons at all (same task, same values: only identity tells them apart)."""
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer, tc_otel.span("work", TRACER), token.cancel_scope():
+        outer.cancel(reason)
+        token.cancel(None if reason is None else "lib")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("work"), "trio.explicit", reason, error=False)
+
+
+async def test_abort_after_a_plain_nursery_cancel_is_trio_explicit() -> None:
+    """A task whose scope inherited a plain cancel of its nursery, then aborted: the plain
+    cancel ended it (its span, its task span and the counter say so)."""
+    tc_otel.instrument()
+
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    before = _counts()
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, work, name="w")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel("plain")
+        handle.abort("lib")
+    assert_marked(one("work"), "trio.explicit", "plain", error=False)
+    assert_marked(one("task w"), "trio.explicit", "plain", error=False)
+    after = _counts()
+    assert after.get("abort", 0) == before.get("abort", 0)
+    assert after["trio.explicit"] - before.get("trio.explicit", 0) == 2
+
+
+async def test_abort_all_after_a_plain_nursery_cancel_is_trio_explicit() -> None:
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    with trio.CancelScope() as outer:
+        async with tc.JoinSet() as js:
+            js.spawn(work)
+            js.spawn(work)
+            await trio.testing.wait_all_tasks_blocked()
+            outer.cancel("plain")
+            js.abort_all("lib")
+    assert len(spans("work")) == 2
+    for s in spans("work"):
+        assert_marked(s, "trio.explicit", "plain", error=False)
+
+
+async def test_plain_inner_cancel_then_token_names_the_plain_one() -> None:
+    """Plain Trio cancels an inner scope first, then the library the token scope around the
+    span: the Cancelled that ends the span is the plain one (its reason says so), and the
+    source agrees with the reason."""
+    token = tc.CancellationToken()
+    with token.cancel_scope(), tc_otel.span("work", TRACER), trio.CancelScope() as inner:
+        inner.cancel("plain")
+        token.cancel("lib")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("work"), "trio.explicit", "plain", error=False)
+
+
+async def test_token_first_then_plain_outer_names_the_token() -> None:
+    """The library cancels the inner token scope first, then plain Trio the outer scope: the
+    Cancelled that reaches the span is the token's (its reason says so): ``token``."""
+    token = tc.CancellationToken()
+    with trio.CancelScope() as outer, tc_otel.span("work", TRACER), token.cancel_scope():
+        token.cancel("lib")
+        outer.cancel("plain")
+        await trio.lowlevel.checkpoint()
+    assert_marked(one("work"), "token", "lib", error=False)
+
+
+async def test_a_task_aborted_before_phase_two_keeps_its_abort_source(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Phase 2's abort of a task the user had aborted already (still in its shielded cleanup)
+    creates no cancellation: the task's span keeps ``abort`` with the user's reason, not
+    ``shutdown_forced`` beside a reason that is not the shutdown's."""
+    tc_otel.instrument()
+
+    async def slow_cleanup() -> None:
+        with tc_otel.span("w", TRACER):
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(10)
+
+    async with tc.GracefulShutdown(5) as sd:
+        handle = sd.spawn(slow_cleanup, name="w")
+        await trio.testing.wait_all_tasks_blocked()
+        handle.abort("user")
+        sd.trigger("deploy")
+    assert sd.report is not None
+    assert [t.forced for t in sd.report.tasks] == [True]
+    assert_marked(one("w"), "abort", "user", error=False)
+    assert_marked(one("task w"), "abort", "user", error=False)
+
+
+# ------------------------------------------------------------------ in-flight tasks, honestly
+
+
+def _in_flight() -> list[int]:
+    return [int(p.value) for p in _metric("trio_cancel.shutdown.in_flight")]
+
+
+async def test_in_flight_when_instrumented_in_the_middle_of_a_shutdown() -> None:
+    """Triggered while not instrumented, then instrument(): the landing tasks never take the
+    in-flight count below zero."""
+    gates = [trio.Event() for _ in range(3)]  # the tasks take no token: phase 1 leaves them
+
+    async with tc.GracefulShutdown(100) as sd:
+        try:
+            for gate in gates:
+                sd.spawn(gate.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            sd.trigger("deploy")
+            tc_otel.instrument()
+            gates[0].set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert all(v >= 0 for v in _in_flight())
+        finally:
+            for gate in gates:
+                gate.set()
+    assert _in_flight() == [0]
+
+
+async def test_in_flight_when_uninstrumented_in_the_middle_of_a_shutdown() -> None:
+    """instrument(), trigger, uninstrument(), the tasks land: the count does not stay above
+    zero (nothing is reported once uninstrumented, and 0 once instrumented again)."""
+    tc_otel.instrument()
+    gate = trio.Event()
+    async with tc.GracefulShutdown(100) as sd:
+        try:
+            sd.spawn(gate.wait)
+            sd.spawn(gate.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            sd.trigger("deploy")
+            assert _in_flight() == [2]
+            tc_otel.uninstrument()
+        finally:
+            gate.set()
+    assert all(v == 0 for v in _in_flight())
+    tc_otel.instrument()
+    assert _in_flight() == [0]
+
+
+async def test_in_flight_counts_tasks_spawned_after_the_trigger() -> None:
+    """A task spawned after the trigger is in flight too, and its landing does not take the
+    count below zero."""
+    tc_otel.instrument()
+    gate = trio.Event()
+    async with tc.GracefulShutdown(100) as sd:
+        try:
+            sd.spawn(gate.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            sd.trigger("deploy")
+            sd.spawn(gate.wait)
+            sd.spawn(gate.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert _in_flight() == [3]
+        finally:
+            gate.set()
+    assert _in_flight() == [0]
+
+
+# ------------------------------------------------ each kind of cancellation, spans and counter
+
+
+def _delta(before: dict[str, int]) -> dict[str, int]:
+    after = _counts()
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def test_keyboard_interrupt_source_in_spans_and_counter() -> None:
+    """Ctrl+C delivered to the main task waiting for its nursery: Trio cancels the children
+    with source ``KeyboardInterrupt``; their spans (and task spans) say so, as does the
+    counter."""
+    import signal
+
+    tc_otel.instrument()
+
+    @trio.lowlevel.enable_ki_protection
+    def press_ctrl_c() -> None:
+        signal.raise_signal(signal.SIGINT)  # delivered to the main task, as Trio does
+
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            await trio.sleep_forever()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            tc.spawn(nursery, work, name="w")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(trio.to_thread.run_sync, lambda: None)  # keeps the run busy
+            trio.lowlevel.current_trio_token().run_sync_soon(press_ctrl_c)
+
+    before = _counts()
+    with pytest.RaisesGroup(KeyboardInterrupt):  # the nursery's, as Trio raises it
+        trio.run(main)
+    assert_marked(one("work"), "trio.KeyboardInterrupt", None, error=False)
+    assert_marked(one("task w"), "trio.KeyboardInterrupt", None, error=False)
+    assert _delta(before) == {"trio.KeyboardInterrupt": 2}
+
+
+async def test_a_deadline_that_fired_on_a_token_scope_wins(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The deadline of a token's own scope fired; the token is cancelled afterwards (while
+    the work unwinds): the span says ``trio.deadline``, and the counter counts that."""
+    token = tc.CancellationToken()
+    before = _counts()
+    with token.cancel_scope() as cs:
+        cs.deadline = trio.current_time() + 1
+        with tc_otel.span("work", TRACER):
+            try:
+                await trio.sleep_forever()
+            finally:
+                token.cancel("too late")
+    assert cs.cancelled_caught
+    assert_marked(one("work"), "trio.deadline", None, error=True)
+    assert _delta(before) == {"trio.deadline": 1}
+
+
+async def test_a_deadline_around_a_token_bound_task_wins(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A task bound to a token, in a nursery inside ``move_on_after``: the deadline fires, the
+    token is cancelled while the task unwinds. The task's span and its work's say
+    ``trio.deadline``."""
+    tc_otel.instrument()
+    token = tc.CancellationToken()
+
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            try:
+                await trio.sleep_forever()
+            finally:
+                token.cancel("too late")
+
+    before = _counts()
+    with trio.move_on_after(1):
+        async with trio.open_nursery() as nursery:
+            handle = tc.spawn(nursery, work, token=token, name="w")
+    assert isinstance(handle.outcome, tc.Aborted)
+    assert_marked(one("work"), "trio.deadline", None, error=True)
+    assert_marked(one("task w"), "trio.deadline", None, error=True)
+    assert _delta(before) == {"trio.deadline": 2}
+
+
+@pytest.mark.parametrize("first", ["abort", "token"])
+async def test_a_token_scope_inside_an_aborted_task(first: str) -> None:
+    """A token's scope inside a task that is aborted too, in either order: a span inside the
+    token's scope and one around it each name the cancellation whose ``Cancelled`` reached
+    them (the first one to reach the inner scope), with its own reason."""
+    token = tc.CancellationToken()
+
+    async def work() -> None:
+        with tc_otel.span("outer", TRACER), token.cancel_scope(), tc_otel.span("inner", TRACER):
+            await trio.sleep_forever()
+
+    before = _counts()
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, work)
+        await trio.testing.wait_all_tasks_blocked()
+        if first == "abort":
+            handle.abort("ab")
+            token.cancel("tk")
+        else:
+            token.cancel("tk")
+            handle.abort("ab")
+    reason = {"abort": "ab", "token": "tk"}[first]
+    assert_marked(one("inner"), first, reason, error=False)
+    assert_marked(one("outer"), first, reason, error=False)
+    assert _delta(before) == {first: 2}
+
+
+async def test_tasks_aborted_by_phase_two_at_spawn_or_start_are_forced() -> None:
+    """Phase 2 also aborts a task spawned after it began and one still waiting in ``start()``:
+    their task spans (and the counter) say ``shutdown_forced``, never ``abort``."""
+    tc_otel.instrument()
+
+    async def starting(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with tc_otel.span("starting", TRACER):
+            await trio.sleep_forever()
+
+    before = _counts()
+    async with tc.GracefulShutdown(100) as sd:
+
+        async def start_it() -> None:
+            with pytest.raises(tc.OperationCancelledError):
+                await sd.start(starting, name="starting")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start_it)
+            await trio.testing.wait_all_tasks_blocked()
+            sd.force()
+        sd.spawn(trio.sleep_forever, name="late")
+    assert sd.report is not None
+    assert [(t.name, t.forced) for t in sd.report.tasks] == [("late", True)]
+    reason = "shutdown: forced by force()"
+    assert_marked(one("task late"), "shutdown_forced", reason, error=True)
+    assert_marked(one("starting"), "shutdown_forced", reason, error=True)
+    assert_marked(one("task starting"), "shutdown_forced", reason, error=True)
+    assert _delta(before) == {"shutdown_forced": 3}

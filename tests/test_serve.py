@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -345,8 +345,8 @@ def _send_together(*signums: int) -> None:
     (SIGINT before SIGTERM)."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
     try:
-        for signum in signums:
-            os.kill(os.getpid(), signum)
+        for signum in signums:  # to this thread: another thread (a worker) would take a signal
+            signal.pthread_kill(threading.get_ident(), signum)  # sent to the process at once
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 

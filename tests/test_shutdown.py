@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import tracemalloc
 import unicodedata
 from typing import Any, Self
@@ -267,8 +268,8 @@ def _send_together(*signums: int) -> None:
     are pending together when unblocked, and CPython runs their handlers in number order."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
     try:
-        for signum in signums:
-            os.kill(os.getpid(), signum)
+        for signum in signums:  # to this thread: another thread (a worker) would take a signal
+            signal.pthread_kill(threading.get_ident(), signum)  # sent to the process at once
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 

@@ -1425,13 +1425,13 @@ async def test_large_cancel_keeps_what_the_program_changed_during_the_pause(
     (simulated at the one point where the pause is sure to be on: cancelling the scopes)."""
     real = _trio_internals.cancel_scopes
 
-    def meddling(scopes: list[trio.CancelScope], reason: str | None) -> None:
+    def meddling(scopes: list[trio.CancelScope], reason: str | None) -> tuple[object, ...]:
         assert gc.get_threshold()[0] == _collector.DEFERRED  # the pause is on
         if change == "set_threshold":
             gc.set_threshold(500, 5, 5)
         else:
             gc.disable()
-        real(scopes, reason)
+        return real(scopes, reason)  # the reasons it created (trio_cancel.otel records them)
 
     monkeypatch.setattr(_token_module, "cancel_scopes", meddling)
     root, children = _big_tree()

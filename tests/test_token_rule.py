@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
 import pytest
@@ -322,3 +323,35 @@ def test_the_rule_is_cached_per_plain_function_only() -> None:
     assert _checks._cached_token_parameter.cache_info().currsize == 1
     del request
     gc.collect()
+
+
+def forwarding(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A decorator made with ``functools.wraps``: its own signature is ``(*args, **kwargs)``."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: object, **kwargs: object) -> None:
+        await fn(*args, **kwargs)
+
+    return wrapper
+
+
+async def test_a_wrapper_is_read_through_to_the_function_it_wraps() -> None:
+    """As ``inspect.signature`` does, the rule reads a ``functools.wraps`` wrapper's
+    ``__wrapped__`` (the spawn's quick path for plain functions must not skip it)."""
+    t = tc.CancellationToken()
+    async with trio.open_nursery() as nursery:
+        await tc.spawn(nursery, forwarding(annotated), token=t).join()
+        assert received == [t]
+        with pytest.raises(TypeError, match="requires a keyword argument 'token'"):
+            tc.spawn(nursery, forwarding(annotated))
+
+
+async def test_a_signature_attribute_is_read() -> None:
+    async def forward(**kwargs: object) -> None:
+        received.append(kwargs.get("token", "no token"))
+
+    forward.__signature__ = inspect.signature(annotated)  # type: ignore[attr-defined]
+    t = tc.CancellationToken()
+    async with trio.open_nursery() as nursery:
+        await tc.spawn(nursery, forward, token=t).join()
+    assert received == [t]

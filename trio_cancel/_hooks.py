@@ -2,10 +2,17 @@
 
 The core never imports OpenTelemetry. At each place where the library cancels something, it
 tells this module *why* (the source: ``token``, ``abort``, ``shutdown``, ...), and this module
-keeps that next to the ``CancelReason`` object Trio stores on the cancelled scope (the same
-object is shared by every scope the cancellation reaches, so one record answers for all of
-them). Trio itself reports every one of these as ``"explicit"``: this record is how the
-library's own sources are told apart, never by reading strings.
+keeps that next to the ``CancelReason`` object that cancel created (Trio stores it on the
+cancelled scope, and copies it into every scope inside that the cancellation reaches, so one
+record answers for all of them). Trio itself reports every one of these as ``"explicit"``:
+this record is how the library's own sources are told apart, never by reading strings.
+
+Only a reason object the library's own cancel *created* is recorded. A scope that already held
+a reason when the library cancelled it keeps that reason (Trio's first-reason-stays rule): it
+was inherited from an enclosing scope that plain Trio cancelled (a ``scope.cancel()``, a
+deadline, a failing sibling), or set by an earlier cancel, and that cancellation, not the
+library's, is what the scope's tasks see. Recording the library's source for it would
+attribute the plain cancellation to the library.
 
 Nothing is recorded until :data:`active` is true (``trio_cancel.otel`` sets it when it is
 imported): each call site costs one module-attribute check per cancel call, not per scope.
@@ -44,8 +51,14 @@ _timer_sources: weakref.WeakKeyDictionary[CancellationToken, tuple[str, str]] = 
 )
 # The source announced by a call site for the next cancel() of that token.
 _pending: tuple[CancellationToken, str] | None = None
+# (reason, source_task) of each recorded reason object -> it (the latest recorded): which
+# library cancel a ``Cancelled`` came from when it is not the current task's own reason (a
+# Cancelled carries those fields, not the object). Entries go with their reason objects.
+_by_fields: dict[tuple[object, object], weakref.ref[Any]] = {}
 # Token on which cancel() itself was called -> its source (one entry per cancel call).
 token_sources: weakref.WeakKeyDictionary[CancellationToken, str] = weakref.WeakKeyDictionary()
+# The reason object the latest cancel_scope() created, if it created one (forced() relabels it).
+_last_created: weakref.ref[Any] | None = None
 
 _TIMER_SOURCES = {"request timeout": "request_timeout", "caller deadline": "caller_deadline"}
 
@@ -89,8 +102,9 @@ def timer_source(token: CancellationToken, why: str) -> None:
             _timer_sources[token] = (source, why)
 
 
-def token_cancelled(token: CancellationToken, scopes: list[trio.CancelScope]) -> None:
-    """``token.cancel()`` just cancelled ``scopes`` (its subtree's bound scopes)."""
+def token_cancelled(token: CancellationToken, created: Iterable[object]) -> None:
+    """``token.cancel()`` just cancelled its subtree's bound scopes, creating the reason
+    objects ``created`` (what ``cancel_scopes`` returned)."""
     global _pending
     pending, _pending = _pending, None
     if pending is not None and pending[0] is token:
@@ -101,61 +115,79 @@ def token_cancelled(token: CancellationToken, scopes: list[trio.CancelScope]) ->
         timer = _timer_sources.get(token)
         source = timer[0] if timer is not None and token.reason == timer[1] else "token"
     token_sources[token] = source
-    record_scopes(scopes, source)
+    record_created(created, source)
 
 
 def bound_late(token: CancellationToken, scope: trio.CancelScope) -> None:
-    """``scope`` was bound to ``token`` after it had been cancelled (and so was cancelled at
-    once): the source of the token's own cancel() if known, else ``token``."""
+    """``scope`` was bound to ``token`` after it had been cancelled, and so was just cancelled
+    (the core binds only new scopes, not yet entered: the reason it holds is that cancel's):
+    the source of the token's own cancel() if known, else ``token``."""
     if active:
-        record_scopes((scope,), token_sources.get(token, "token"))
+        reason = _reason_of(scope)
+        if reason is not None:
+            record_created((reason,), token_sources.get(token, "token"))
 
 
-def record_scopes(scopes: Iterable[trio.CancelScope], source: str) -> None:
-    """Record ``source`` for the reasons the library just gave ``scopes``. Reasons already
-    recorded keep their first source (the scope was cancelled before, by someone else)."""
+def record_created(created: Iterable[object], source: str) -> None:
+    """Record ``source`` for the reason objects a cancel of the library just created (what
+    ``cancel_scopes`` returned). One already recorded keeps its first source."""
     if not active:
         return
     now = _now()
-    last: object = None
-    for scope in scopes:
-        reason = _reason_of(scope)
-        if reason is None or reason is last:
-            continue
-        last = reason
+    for reason in created:
         if lookup(reason) is None:
             _store(reason, source, now)
 
 
+@trio.lowlevel.enable_ki_protection
+def cancel_scope(scope: trio.CancelScope, reason: str | None, source: str) -> None:
+    """``scope.cancel(reason=reason)``, recording ``source`` for it if this cancel gave the
+    scope its reason (not if the scope already held one: see the module's docstring)."""
+    global _last_created
+    _last_created = None
+    had = _reason_of(scope)
+    scope.cancel(reason=reason)
+    got = _reason_of(scope)
+    if got is not None and got is not had:
+        with contextlib.suppress(TypeError):
+            _last_created = weakref.ref(got)
+        record_created((got,), source)
+
+
 def _store(reason: object, source: str, now: float | None) -> None:
     key = id(reason)
+    fields = (getattr(reason, "reason", None), getattr(reason, "source_task", None))
 
     def gone(ref: weakref.ref[Any], key: int = key) -> None:
         entry = _sources.get(key)
         if entry is not None and entry[0] is ref:
             del _sources[key]
+        with contextlib.suppress(TypeError):
+            if _by_fields.get(fields) is ref:
+                del _by_fields[fields]
 
-    with contextlib.suppress(TypeError):  # not weak-referenceable: cannot be told apart
-        _sources[key] = (weakref.ref(reason, gone), source, now)
-
-
-def record_scope(scope: trio.CancelScope, source: str) -> None:
-    """As :func:`record_scopes` for one scope."""
-    if active:
-        record_scopes((scope,), source)
+    try:
+        ref = weakref.ref(reason, gone)
+    except TypeError:  # not weak-referenceable: cannot be told apart
+        return
+    _sources[key] = (ref, source, now)
+    with contextlib.suppress(TypeError):  # an unhashable reason: found by identity only
+        _by_fields[fields] = ref
 
 
 def forced(sd: object, handle: TaskHandle[Any]) -> None:
-    """The shutdown's phase 2 just aborted ``handle``'s task: its own abort reason (not a
-    reason it had before, from a token) stands for ``shutdown_forced``."""
+    """The shutdown's phase 2 just aborted ``handle``'s task: the reason that abort created
+    (not one the task's scope held before, from a token or an enclosing plain cancel) stands
+    for ``shutdown_forced``."""
+    global _last_created
     shutdown(sd, "forced", handle)
-    if not active:
+    created, _last_created = _last_created, None
+    if not active or created is None:
         return
     reason = _reason_of(handle._scope)
-    if reason is not None:
+    if reason is not None and reason is created():
         known = lookup(reason)
-        if known is None or known[0] == "abort":
-            _store(reason, "shutdown_forced", _now() if known is None else known[1])
+        _store(reason, "shutdown_forced", _now() if known is None else known[1])
 
 
 def lookup(reason: object) -> tuple[str, float | None] | None:
@@ -166,6 +198,37 @@ def lookup(reason: object) -> tuple[str, float | None] | None:
     if entry is None or entry[0]() is not reason:
         return None
     return entry[1], entry[2]
+
+
+def explicit_source(exc: BaseException, current: object | None) -> str | None:
+    """The library's source for the ``Cancelled`` ``exc`` (Trio source ``"explicit"``), caught
+    in a task whose innermost cancel status holds the reason object ``current``; None when the
+    library did not cancel it.
+
+    A ``Cancelled`` carries its reason's fields (``reason``, ``source_task``), not the object.
+    When ``current`` has those fields, it is the one (an object, so identity decides even
+    between two cancels with equal fields). Otherwise the ``Cancelled`` came from another
+    cancellation, of a scope since left (say a token's scope inside a scope plain Trio
+    cancelled afterwards): the library's record with those fields, if any.
+    """
+    fields = (getattr(exc, "reason", None), getattr(exc, "source_task", None))
+    if (
+        current is not None
+        and (
+            getattr(current, "reason", None),
+            getattr(current, "source_task", None),
+        )
+        == fields
+    ):
+        known = lookup(current)
+        return None if known is None else known[0]
+    try:
+        ref = _by_fields.get(fields)
+    except TypeError:
+        return None
+    obj = None if ref is None else ref()
+    known = lookup(obj)
+    return None if known is None else known[0]
 
 
 def current_reason() -> object | None:

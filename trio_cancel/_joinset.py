@@ -12,7 +12,7 @@ from typing_extensions import TypeVar
 from . import _hooks
 from ._checks import check_reason, check_trio_thread, with_token
 from ._nursery import NurseryOwner, OwnedNursery
-from ._task import check_task_arguments, start_task
+from ._task import check_task_arguments, make_handle, start_task
 from ._trio_internals import cancel_scopes
 
 if TYPE_CHECKING:
@@ -60,7 +60,12 @@ class JoinSet(NurseryOwner, Generic[T]):
     # Tasks waiting for the next outcome (join_next), and for every task to end (join_all,
     # shutdown): two lots, so that 100,000 tasks ending wake a shutdown once, not 100,000 times.
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    _parked_in_lot: int = attrs.field(default=0, init=False)  # its length, without a call
     _all_done: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    # What each task calls when it ends (_task_done): one bound method while the set is open,
+    # not one per task (an object more per pending task for the collector to traverse). It
+    # holds the set: made when the set opens, dropped when it closes.
+    _on_task_done: Callable[[TaskHandle[T]], None] | None = attrs.field(default=None, init=False)
 
     def __len__(self) -> int:
         """Tasks spawned and not yet returned by :meth:`join_next`."""
@@ -101,7 +106,9 @@ class JoinSet(NurseryOwner, Generic[T]):
         Raises:
             RuntimeError: Outside the set's ``async with`` block.
         """
-        handle = self._tasks.spawn("JoinSet.spawn()", async_fn, args, name, token, self._task_done)
+        what = "JoinSet.spawn()"
+        nursery = self._tasks.require_open(what)
+        handle = make_handle(nursery, async_fn, args, name, token, self._on_task_done, what)
         self._running.add(handle)
         self._count += 1
         return handle
@@ -142,9 +149,12 @@ class JoinSet(NurseryOwner, Generic[T]):
             what,
             injected=token,
             on_started=self._task_started,
-            on_done=self._task_done,
+            on_done=self._on_task_done,
             starting=self._starting,
         )
+
+    def _opened(self) -> None:
+        self._on_task_done = self._task_done
 
     def _task_started(self, handle: TaskHandle[T]) -> None:
         self._starting.discard(handle)
@@ -154,7 +164,7 @@ class JoinSet(NurseryOwner, Generic[T]):
     def _task_done(self, handle: TaskHandle[T]) -> None:
         self._running.discard(handle)
         self._finished.append(handle)
-        if self._lot:
+        if self._parked_in_lot:
             self._lot.unpark_all()
         if not self._running and self._all_done:
             self._all_done.unpark_all()
@@ -170,9 +180,9 @@ class JoinSet(NurseryOwner, Generic[T]):
         handles = [*self._running, *self._starting]
         for handle in handles:
             handle._note_abort(reason)
-        cancel_scopes([handle._scope for handle in handles], reason)  # one reason for all
-        if _hooks.active:  # trio_cancel.otel: the source
-            _hooks.record_scopes([handle._scope for handle in handles], "abort")
+        created = cancel_scopes([handle._scope for handle in handles], reason)  # one reason
+        if _hooks.active:  # trio_cancel.otel: the source (of the reasons this cancel created)
+            _hooks.record_created(created, "abort")
 
     async def join_next(self) -> Outcome[T] | None:
         """The outcome of the next task to finish, in finishing order; ``None`` if empty.
@@ -195,7 +205,11 @@ class JoinSet(NurseryOwner, Generic[T]):
             if self._count == 0:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return None
-            await self._lot.park()
+            self._parked_in_lot += 1
+            try:
+                await self._lot.park()
+            finally:
+                self._parked_in_lot -= 1
         handle = self._pop_handle()
         await trio.lowlevel.cancel_shielded_checkpoint()
         outcome = handle.outcome
@@ -209,11 +223,6 @@ class JoinSet(NurseryOwner, Generic[T]):
             self._lot.unpark_all()  # other waiters see the set is now empty
         return handle
 
-    def _pop(self) -> Outcome[T]:
-        outcome = self._pop_handle().outcome
-        assert outcome is not None
-        return outcome
-
     async def join_all(self) -> list[Outcome[T]]:
         """Wait for every task, then return all outcomes not yet returned, in finishing order.
 
@@ -222,9 +231,15 @@ class JoinSet(NurseryOwner, Generic[T]):
             cancelled while waiting, every outcome is still there.
         """
         await self._wait_all_finished()
-        outcomes = [self._pop() for _ in range(len(self._finished))]
+        finished = self._finished
+        outcomes = [handle.outcome for handle in finished]  # each finished: never None
+        finished.clear()
+        if outcomes:
+            self._count -= len(outcomes)
+            if self._count == 0:
+                self._lot.unpark_all()  # other waiters see the set is now empty
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return outcomes
+        return outcomes  # type: ignore[return-value]
 
     async def shutdown(self, reason: str | None = None) -> None:
         """Abort every task and wait until all have finished (tokio ``shutdown()``).
@@ -261,6 +276,7 @@ class JoinSet(NurseryOwner, Generic[T]):
             # Joining the aborted tasks is the point of this exit, as for a nursery's own.
             return await self._tasks.exit(exc)  # noqa: ASYNC102
         finally:
+            self._on_task_done = None  # every task has ended (no cycle through the set)
             self._report_unretrieved()
             # An exception leaving the block has this frame in its traceback: its locals must
             # hold neither the exception (a cycle through its own traceback) nor the set (and

@@ -567,6 +567,7 @@ class GracefulShutdown(NurseryOwner):
         if self._phase_two_reason is not None:
             self._forced.add(handle)
             handle.abort(self._phase_two_reason)
+            _hooks.forced(self, handle)  # trio_cancel.otel: the source
         return handle
 
     async def start(
@@ -638,6 +639,7 @@ class GracefulShutdown(NurseryOwner):
         if self._phase_two_reason is not None and not handle.is_finished():
             self._forced.add(handle)
             handle.abort(self._phase_two_reason)
+            _hooks.forced(self, handle)  # trio_cancel.otel: the source
 
     def spawn_process(
         self,
@@ -759,6 +761,7 @@ class GracefulShutdown(NurseryOwner):
                     _hooks.forced(self, handle)  # trio_cancel.otel: the source
             for handle in list(self._starting):  # start() calls still waiting for started()
                 handle.abort(reason)
+                _hooks.forced(self, handle)  # trio_cancel.otel: the source
 
     def _start_helper(self, async_fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start a helper task (not tracked) whose scope exists before it first runs, so that

@@ -28,6 +28,8 @@ import inspect
 import itertools
 import logging
 import os
+from inspect import CO_COROUTINE
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final, overload
 
 import attrs
@@ -140,7 +142,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     _task: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
     _abort_reason: str | None = attrs.field(default=None, init=False)
     _aborted_first: bool = attrs.field(default=False, init=False)
-    _retrieved: bool = attrs.field(default=False, init=False)
+    # Set while a Failed outcome waits to be retrieved: it logs it if the handle goes first.
+    _report: _FailureReport | None = attrs.field(default=None, init=False)
     _id: int = attrs.field(factory=_ids.__next__, init=False)
     # Blocking calls of this task that were abandoned (run_sync_interruptible), by name.
     _abandoned: list[str] | None = attrs.field(default=None, init=False)
@@ -158,9 +161,25 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     @property
     def outcome(self) -> Outcome[T] | None:
         """How the task ended; ``None`` until it has. Reading a set outcome retrieves it."""
-        if self._outcome is not None:
-            self._retrieved = True
+        if self._report is not None:
+            self._mark_retrieved()
         return self._outcome
+
+    def _mark_retrieved(self) -> None:
+        report, self._report = self._report, None
+        if report is not None:
+            report.failed = None  # read: its __del__ logs nothing
+
+    @property
+    def _retrieved(self) -> bool:
+        """Whether nothing is left to report: no ``Failed`` outcome, or one that was read."""
+        return self._report is None
+
+    @_retrieved.setter
+    def _retrieved(self, retrieved: bool) -> None:
+        self._mark_retrieved()
+        if not retrieved and isinstance(self._outcome, Failed):
+            self._report = _FailureReport(self._name, self._outcome)
 
     @property
     def token(self) -> CancellationToken | None:
@@ -188,9 +207,18 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             return
         check_trio_thread("TaskHandle.abort()")
         self._note_abort(reason)
-        self._scope.cancel(reason=reason)
-        if _hooks.active:  # trio_cancel.otel: the source (one flag check otherwise)
-            _hooks.record_scope(self._scope, "abort")
+        if _hooks.active:  # trio_cancel.otel: cancel, recording the source if this cancel's own
+            _hooks.cancel_scope(self._scope, reason, "abort")
+        else:
+            self._scope.cancel(reason=reason)
+
+    def _may_be_cancelled(self) -> bool:
+        """False when the task's scope is certainly not cancelled: only :meth:`abort` (and
+        ``JoinSet.abort_all``), which note it first, and the bound token cancel it (invariant
+        1). Two field reads, where the scope's ``cancel_called`` reads Trio's clock (a scope
+        without a deadline, entered or not yet entered) every time."""
+        token = self._token
+        return self._aborted_first or (token is not None and token._cancelled)
 
     def _note_abort(self, reason: str | None) -> None:
         if not self._scope.cancel_called:
@@ -224,7 +252,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         else:
             await trio.lowlevel.checkpoint()
         assert self._outcome is not None
-        self._retrieved = True
+        if self._report is not None:
+            self._mark_retrieved()
         return self._outcome
 
     def _aborted_reason(self) -> str | None:
@@ -235,14 +264,17 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         return None
 
     async def _run(self) -> None:  # noqa: ASYNC910 - the task's root: nothing awaits it
-        self._task = trio.lowlevel.current_task()
+        self._task = _current_task()
         CURRENT_HANDLE.set(self)
         if _hooks.task_start is not None:  # trio_cancel.otel.instrument(): the task's span
             _hooks.task_start(self)
-        coro, scope = self._coro, self._scope
+        coro, scope, token = self._coro, self._scope, self._token
         self._coro = None
         assert coro is not None
-        if scope.cancel_called:
+        # _may_be_cancelled(), inline (once per task), before the scope's own answer.
+        if (self._aborted_first or (token is not None and token._cancelled)) and (
+            scope.cancel_called
+        ):
             # Aborted (or its token cancelled) before the task first ran: never run the body.
             coro.close()
             self._finish(Aborted(self._aborted_reason()))
@@ -259,7 +291,10 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
         result: Completed[T] | Failed | None = None
         try:
             with scope:
-                result = Completed(await coro)
+                value = await coro
+                # Completed(value), without the attrs __init__ frame (once per task).
+                result = _new_object(Completed)
+                _set_frozen(result, "value", value)
         except Exception as exc:  # noqa: BLE001 - an outcome, not the nursery's error
             # A panicking tokio task does not take its siblings down either.
             # The error's traceback may reach this task (an inner nursery's frame holds its
@@ -286,7 +321,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             self._finish(outcome_of_base_exception(exc))
             raise
         finally:
-            del coro, scope  # a stored error's traceback keeps this frame: not these
+            del coro, scope, token  # a stored error's traceback keeps this frame: not these
         outcome = Aborted(self._aborted_reason()) if result is None else result
         del result
         self._finish(outcome)
@@ -320,7 +355,7 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
                 failure = status.cancelled_error(self)
         status.release()  # see _StartStatus.started
         if failure is not None:
-            self._retrieved = True  # this handle is never handed out
+            self._mark_retrieved()  # this handle is never handed out
             try:
                 raise failure
             finally:
@@ -332,6 +367,8 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
 
     def _finish(self, outcome: Outcome[T]) -> None:
         self._outcome = outcome
+        if type(outcome) is Failed:
+            self._report = _FailureReport(self._name, outcome)
         if _hooks.task_end is not None:  # trio_cancel.otel.instrument(): end the task's span
             _hooks.task_end(self)
         self._task = None  # the task's context holds this handle: no cycle through it
@@ -348,23 +385,9 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
             on_done(self)
 
     def _report_unretrieved(self, where: str) -> None:
-        outcome = self._outcome
-        if isinstance(outcome, Failed) and not self._retrieved:
-            self._retrieved = True
-            err = outcome.error
-            _log.error(
-                "%s: task %r failed and its outcome was never retrieved",
-                where,
-                self._name,
-                exc_info=(type(err), err, err.__traceback__),
-            )
-
-    def __del__(self) -> None:
-        # Runs for every handle: a plain check first (no context manager object per handle).
-        if self._retrieved or type(self._outcome) is not Failed:
-            return
-        with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
-            self._report_unretrieved("TaskHandle discarded")
+        report, self._report = self._report, None
+        if report is not None:
+            report.log(where)
 
     def _state(self) -> str:
         if self._outcome is not None:
@@ -376,6 +399,45 @@ class TaskHandle(Generic[T], metaclass=NoPublicConstructor):
     def __repr__(self) -> str:
         return f"<TaskHandle {self._name!r} {self._state()}>"
 
+
+@final
+class _FailureReport:
+    """The ``Failed`` outcome of a handle, until it is retrieved: logged if it never is (when
+    the handle is discarded, or by its owner). Only a failed task's handle holds one, so a
+    handle has no finaliser of its own (a finaliser costs every handle at its deallocation).
+
+    It holds the outcome and the task's name, never the handle: the handle's last reference
+    going frees this one at once, and its ``__del__`` logs then (as asyncio reports
+    "exception was never retrieved").
+    """
+
+    __slots__ = ("failed", "name")
+
+    def __init__(self, name: str, failed: Failed) -> None:
+        self.name = name
+        self.failed: Failed | None = failed
+
+    def log(self, where: str) -> None:
+        failed, self.failed = self.failed, None
+        if failed is not None:
+            err = failed.error
+            _log.error(
+                "%s: task %r failed and its outcome was never retrieved",
+                where,
+                self.name,
+                exc_info=(type(err), err, err.__traceback__),
+            )
+
+    def __del__(self) -> None:
+        if self.failed is None:
+            return
+        with contextlib.suppress(Exception):  # at interpreter shutdown logging may be gone
+            self.log("TaskHandle discarded")
+
+
+_current_task = trio.lowlevel.current_task  # looked up once: every task's start reads it
+_new_object: Any = object.__new__
+_set_frozen: Any = object.__setattr__  # as the __init__ of a frozen attrs class sets a field
 
 # Builds a TaskHandle without the metaclass's refusal (NoPublicConstructor): the package's own
 # constructor, one call fewer than ``_create`` on the path every spawned task takes.
@@ -423,6 +485,26 @@ def check_task_arguments(
     return name
 
 
+def is_plain_call(
+    nursery: object, async_fn: object, name: str | None, token: CancellationToken | None
+) -> bool:
+    """Whether a spawn or a start is the common call, which the checks of
+    :func:`check_task_arguments` and the token rule (:func:`with_token`) pass unchanged: a Trio
+    nursery, a ``str`` name or none, and an ``async def`` function with no ``token`` anywhere
+    (neither a parameter nor a local: nothing to pass) and no ``__wrapped__`` or
+    ``__signature__`` (its signature is its own). A few reads instead of their calls.
+    (:func:`make_handle` has the same test inline: keep the two alike.)"""
+    return (
+        type(nursery) is trio.Nursery
+        and (token is None or type(token) is CancellationToken)
+        and (name is None or type(name) is str)
+        and type(async_fn) is FunctionType
+        and not async_fn.__dict__
+        and bool((code := async_fn.__code__).co_flags & CO_COROUTINE)
+        and "token" not in code.co_varnames
+    )
+
+
 def make_handle(
     nursery: Nursery,
     async_fn: Callable[..., Awaitable[T]],
@@ -432,9 +514,23 @@ def make_handle(
     on_done: Callable[[TaskHandle[T]], None] | None,
     what: str = "spawn()",
 ) -> TaskHandle[T]:
-    name = check_task_arguments(nursery, async_fn, name, token, what)
-    fn = with_token(async_fn, args, token, what)
-    coro = coroutine_or_error(fn, args, what)  # a sync function fails here, as in Trio
+    coro: Coroutine[Any, Any, T]
+    if (  # is_plain_call(), inline: this runs once per task
+        type(nursery) is trio.Nursery
+        and (token is None or type(token) is CancellationToken)
+        and (name is None or type(name) is str)
+        and type(async_fn) is FunctionType
+        and not async_fn.__dict__
+        and (code := async_fn.__code__).co_flags & CO_COROUTINE
+        and "token" not in code.co_varnames
+    ):
+        coro = async_fn(*args)  # an async def
+        if name is None:
+            name = async_fn.__qualname__ or repr(async_fn)
+    else:
+        name = check_task_arguments(nursery, async_fn, name, token, what)
+        fn = with_token(async_fn, args, token, what)
+        coro = coroutine_or_error(fn, args, what)  # a sync function fails here, as in Trio
     # The class itself, not ``TaskHandle[T]`` (a generic alias made on every call) nor its
     # ``_create`` (one more frame): this runs once per task.
     handle: TaskHandle[T] = _construct(TaskHandle, coro, name, token, on_done)
@@ -515,14 +611,15 @@ class _StartStatus:
         if handle is None:  # started already: Trio's own error for a second call
             real.started(value)
             return
-        scope, token = handle._scope, handle._token
-        if not scope.cancel_called and token is not None and token.is_cancelled():
-            scope.cancel(reason=token.reason)  # fired from another thread: not landed yet
-        if scope.cancel_called:
-            # Aborted (or its token fired) before started(), the abort not landed yet: the
-            # caller is not told that the task started; the abort lands at the task's next
-            # checkpoint and start() raises OperationCancelledError (see _run_start).
-            return
+        if handle._may_be_cancelled():
+            scope, token = handle._scope, handle._token
+            if not scope.cancel_called and token is not None and token.is_cancelled():
+                scope.cancel(reason=token.reason)  # fired from another thread: not landed yet
+            if scope.cancel_called:
+                # Aborted (or its token fired) before started(), the abort not landed yet: the
+                # caller is not told that the task started; the abort lands at the task's
+                # next checkpoint and start() raises OperationCancelledError (see _run_start).
+                return
         task = handle._task
         before = None if task is None else task.parent_nursery
         real.started(value)  # a second call raises RuntimeError here, as in Trio
@@ -600,8 +697,12 @@ async def start_task(
     ``starting`` holds the handle until it has started or ended (so that the owner can abort
     it); a non-``None`` ``abort_reason`` aborts it at once."""
     status = _StartStatus(what, injected, on_started, on_done)
-    coro = coroutine_or_error(functools.partial(fn, task_status=status), args, what)
-    handle: TaskHandle[T] = TaskHandle[T]._create(_until_started(coro, status), name, token, None)
+    coro: Coroutine[Any, Any, T]
+    if type(fn) is FunctionType and fn.__code__.co_flags & CO_COROUTINE:
+        coro = fn(*args, task_status=status)  # an async def
+    else:
+        coro = coroutine_or_error(functools.partial(fn, task_status=status), args, what)
+    handle: TaskHandle[T] = _construct(TaskHandle, _until_started(coro, status), name, token, None)
     status.handle, status.coro = handle, coro
     if token is not None:
         token._add_scope(handle._scope)  # the task cannot run before nursery.start below
@@ -670,8 +771,13 @@ async def start(
         then, as in Trio) and ``trio.Cancelled`` propagates; no handle is returned. Once
         ``started()`` has been called the task is independent of this call.
     """
-    name = check_task_arguments(nursery, async_fn, name, token, "start()")
-    fn = with_token(async_fn, args, token, "start()")
+    if is_plain_call(nursery, async_fn, name, token):
+        fn = async_fn
+        if name is None:
+            name = async_fn.__qualname__ or repr(async_fn)
+    else:
+        name = check_task_arguments(nursery, async_fn, name, token, "start()")
+        fn = with_token(async_fn, args, token, "start()")
     await trio.lowlevel.checkpoint_if_cancelled()
     return await start_task(nursery, fn, args, name, token, "start()", injected=token)
 

@@ -59,7 +59,7 @@ Invariants (every method keeps them; the tests check them):
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple, final
+from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, final
 
 import attrs
 import outcome
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
+_B = TypeVar("_B", bound="_BoundScope")
 PosArgsT = TypeVarTuple("PosArgsT")
 
 
@@ -377,10 +378,11 @@ class CancellationToken:
                     else:
                         trio.lowlevel.reschedule(waiters, outcome.Value(wake))  # type: ignore[arg-type]
 
+            created: tuple[object, ...] = ()
             if scopes_to_cancel:
-                cancel_scopes(scopes_to_cancel, reason)
+                created = cancel_scopes(scopes_to_cancel, reason)
             if _hooks.active:  # trio_cancel.otel: why these scopes were cancelled
-                _hooks.token_cancelled(self, scopes_to_cancel)
+                _hooks.token_cancelled(self, created)
         finally:
             if paused:
                 resume_collector()
@@ -422,7 +424,15 @@ class CancellationToken:
             cs.cancel(reason=self._reason)
             _hooks.bound_late(self, cs)  # trio_cancel.otel: the source
             return
-        self._mark_used()
+        # _mark_used(), its common case inline (this runs for every bound scope).
+        try:
+            root = _current_root_task()
+        except RuntimeError:  # outside trio.run: plain data
+            root = None
+        if root is not None:
+            run = _weak(root)  # the same object for every call in this run
+            if self._run is not run:
+                self._mark_run(run)
         scopes = self._scopes
         if scopes is None:
             self._scopes = cs
@@ -435,14 +445,17 @@ class CancellationToken:
         """Record, on this token and every ancestor, that the tree is used in the current run
         (invariant 7). Amortised O(1): the walk stops at a node that already has the mark."""
         try:
-            root = trio.lowlevel.current_root_task()
+            root = _current_root_task()
         except RuntimeError:  # outside trio.run: plain data
             return
         if root is None:  # pragma: no cover - a run always has its root task
             return
-        run = weakref.ref(root)  # the same object for every call in this run
-        if self._run is run:
-            return
+        run = _weak(root)  # the same object for every call in this run
+        if self._run is not run:
+            self._mark_run(run)
+
+    def _mark_run(self, run: weakref.ref[trio.lowlevel.Task]) -> None:
+        """Give this token and its ancestors the mark ``run`` (see :meth:`_mark_used`)."""
         self._run = run
         parents = self._parents
         if type(parents) is not tuple and parents._run is run:  # type: ignore[union-attr]
@@ -508,7 +521,7 @@ class CancellationToken:
             Entering and leaving are not checkpoints. A cancellation from outside (an enclosing
             scope, another token's scope) is not absorbed: it propagates as usual.
         """
-        return _BoundScope._create(self)
+        return _new_bound_scope(_BoundScope, self)
 
     def fail_scope(self) -> AbstractContextManager[trio.CancelScope, None]:
         """As :meth:`cancel_scope`, but fail when the token cut the body short.
@@ -524,7 +537,7 @@ class CancellationToken:
             Entering and leaving are not checkpoints. A cancellation from outside propagates
             unchanged and is never turned into :exc:`OperationCancelledError`.
         """
-        return _BoundFailScope._create(self)
+        return _new_bound_scope(_BoundFailScope, self)
 
     async def run_until_cancelled(
         self, async_fn: Callable[[*PosArgsT], Awaitable[T]], *args: *PosArgsT
@@ -726,10 +739,9 @@ class _BoundScope(metaclass=NoPublicConstructor):
     """The context manager returned by ``cancel_scope()``: absorbs the token's cancellation."""
 
     __slots__ = ("_scope", "_token")
-
-    def __init__(self, token: CancellationToken) -> None:
-        self._token = token
-        self._scope: trio.CancelScope | None = None
+    # Set by _new_bound_scope() (the only constructor).
+    _token: CancellationToken
+    _scope: trio.CancelScope | None  # None until entered
 
     # Registering with the token and entering the scope (and leaving and unregistering) are one
     # change, protected as Trio protects CancelScope.__enter__/__exit__: no Ctrl+C in between.
@@ -755,6 +767,18 @@ class _BoundScope(metaclass=NoPublicConstructor):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self._token!r}>"
+
+
+def _new_bound_scope(cls: type[_B], token: CancellationToken) -> _B:
+    """A new ``cls`` bound to ``token``, built without the metaclass's ``_create`` (and its
+    frames): ``cancel_scope()`` runs once per block."""
+    bound: _B = _new_object(cls)
+    bound._token = token
+    bound._scope = None
+    return bound
+
+
+_new_object: Any = object.__new__
 
 
 @final
@@ -839,3 +863,8 @@ def _born_cancelled(child: CancellationToken, parent: CancellationToken) -> None
     child._cause = parent._cause
     child._cancelled = True
     child._parents = ()
+
+
+# Looked up once: _add_scope() and _mark_used() run for every bound scope.
+_current_root_task = trio.lowlevel.current_root_task
+_weak = weakref.ref

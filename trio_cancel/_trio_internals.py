@@ -122,8 +122,12 @@ FAST_CANCEL = (
 
 
 @trio.lowlevel.enable_ki_protection
-def cancel_scopes(scopes: Iterable[trio.CancelScope], reason: str | None) -> None:
+def cancel_scopes(scopes: Iterable[trio.CancelScope], reason: str | None) -> tuple[object, ...]:
     """``cs.cancel(reason=reason)`` for every scope, with one ``CancelReason`` shared by all.
+
+    Returns the ``CancelReason`` objects this call created (``trio_cancel.otel`` records its
+    source for them, and for no other: a scope that already had a reason, inherited from an
+    enclosing scope that something else cancelled, keeps it, as Trio's ``cancel()`` does).
 
     What ``CancelScope.cancel()`` does, minus what a mass cancel cannot afford:
 
@@ -141,9 +145,14 @@ def cancel_scopes(scopes: Iterable[trio.CancelScope], reason: str | None) -> Non
     it calls the public method on each scope.
     """
     if not FAST_CANCEL:
+        created: list[object] = []
         for cs in scopes:
+            had = scope_reason_object(cs)
             cs.cancel(reason=reason)
-        return
+            got = scope_reason_object(cs)
+            if got is not None and got is not had:
+                created.append(got)
+        return tuple(created)
     try:
         source_task: str | None = repr(trio.lowlevel.current_task())
     except RuntimeError:
@@ -160,6 +169,7 @@ def cancel_scopes(scopes: Iterable[trio.CancelScope], reason: str | None) -> Non
             status = cs._cancel_status
             if status is not None:
                 status.recalculate()
+    return (shared,)
 
 
 # ---------------------------------------------------------------------- 2. main-task injection

@@ -11,8 +11,9 @@ SDK every call here is a cheap no-op (OpenTelemetry's own non-recording spans an
   :class:`~trio_cancel.asgi.CancelMiddleware`.
 * Metrics (meter ``trio_cancel``): ``trio_cancel.cancellations`` (counter, by source),
   ``trio_cancel.landing_time`` (histogram, seconds from the cancel call or the trigger to the
-  task's exit), ``trio_cancel.shutdown.in_flight`` (tasks of a triggered shutdown still
-  running), ``trio_cancel.threads.abandoned`` (thread calls abandoned so far).
+  task's exit), ``trio_cancel.shutdown.in_flight`` (tasks of the triggered shutdowns still
+  running, read at each collection), ``trio_cancel.threads.abandoned`` (thread calls abandoned
+  so far).
 """
 
 from __future__ import annotations
@@ -92,8 +93,25 @@ _landing = _meter.create_histogram(
     unit="s",
     description="From the cancel call (or the shutdown's trigger) to the task's exit",
 )
-_in_flight = _meter.create_up_down_counter(
+# The GracefulShutdowns seen by an event since instrument() (each until it is collected).
+_shutdowns: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _observe_in_flight(options: CallbackOptions) -> Iterable[Observation]:
+    """Read at each collection, never added to: the count is the shutdowns' own (it cannot
+    drift below zero or stay above it, whatever instrument()/uninstrument() did meanwhile)."""
+    if not _instrumented:
+        return ()
+    total = 0
+    for sd in list(_shutdowns):
+        if sd._triggered_at is not None:
+            total += sd._running
+    return (metrics.Observation(total),)
+
+
+_meter.create_observable_up_down_counter(
     "trio_cancel.shutdown.in_flight",
+    callbacks=[_observe_in_flight],
     unit="{task}",
     description="Tasks of a triggered GracefulShutdown still running",
 )
@@ -143,6 +161,17 @@ def _source(trio_source: object, reason_obj: object) -> str:
     return f"trio.{trio_source}"
 
 
+def _source_of(cancelled: trio.Cancelled) -> str:
+    """The source of ``cancelled``, caught in the current task: the library's, if the reason
+    it was raised with is one the library's own cancel created, else Trio's."""
+    trio_source = getattr(cancelled, "source", "unknown")
+    if trio_source == "explicit":
+        found = _hooks.explicit_source(cancelled, _hooks.current_reason())
+        if found is not None:
+            return found
+    return f"trio.{trio_source}"
+
+
 def cancellation_source(exc: BaseException) -> str | None:
     """The source of the cancellation ``exc`` is (a :exc:`trio.Cancelled`, or a group of
     them), as :func:`span` records it; ``None`` if ``exc`` is not a cancellation.
@@ -154,7 +183,7 @@ def cancellation_source(exc: BaseException) -> str | None:
     leaves = _leaves(exc)
     if not leaves:
         return None
-    return _source(getattr(leaves[0], "source", "unknown"), _hooks.current_reason())
+    return _source_of(leaves[0])
 
 
 def configure(*, error_sources: Iterable[str] | None = None) -> None:
@@ -207,7 +236,7 @@ def mark_cancelled(
         return False
     if sp.is_recording():
         first = leaves[0]
-        source = _source(getattr(first, "source", "unknown"), _hooks.current_reason())
+        source = _source_of(first)
         policy = None if error_sources is None else frozenset(error_sources)
         _mark(sp, source, getattr(first, "reason", None), policy)
     return True
@@ -248,7 +277,7 @@ def span(
                 leaves = _leaves(exc)
                 if leaves:
                     first = leaves[0]
-                    source = _source(getattr(first, "source", "unknown"), _hooks.current_reason())
+                    source = _source_of(first)
                     _mark(sp, source, getattr(first, "reason", None), policy)
             raise
 
@@ -301,6 +330,12 @@ def _task_start(handle: TaskHandle[Any]) -> None:
 @_guarded
 def _task_end(handle: TaskHandle[Any]) -> None:
     entry = _task_spans.pop(handle, None)
+    if not _instrumented:
+        # After uninstrument(): only end the spans still open (marked as usual), then let go.
+        if not _task_spans:
+            _hooks.task_end = None
+        if entry is None:
+            return
     outcome = handle._outcome
     if isinstance(outcome, Aborted):
         reason_obj = _hooks.scope_reason(handle._scope)
@@ -329,27 +364,37 @@ def _task_end(handle: TaskHandle[Any]) -> None:
 
 @_guarded
 def _shutdown_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 - GracefulShutdown
-    if kind == "open":
+    if not _instrumented:
+        # After uninstrument(): only the spans still open get their events and end.
+        if sd in _shutdown_spans and kind in ("trigger", "phase 2", "forced", "landed"):
+            _shutdown_span_event(sd, kind, arg)
+        if not _shutdown_spans:
+            _hooks.shutdown_event = None
+        return
+    _shutdowns.add(sd)  # its in-flight tasks are observed from now on
+    if kind == "exit":
+        if not isinstance(arg._outcome, Aborted) and sd._triggered_at is not None:
+            _landing.record(trio.current_time() - sd._triggered_at, {ATTR_SOURCE: "shutdown"})
+    elif kind == "open":
         new = _tracer.start_span("GracefulShutdown")
         if new.is_recording():
             _shutdown_spans[sd] = new
-        return
+    else:
+        _shutdown_span_event(sd, kind, arg)
+
+
+def _shutdown_span_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 - as above
+    """The shutdown's span (if open) records the event; ``landed`` ends it."""
     sp = _shutdown_spans.pop(sd, None) if kind == "landed" else _shutdown_spans.get(sd)
+    if sp is None:
+        return
     if kind == "trigger":
-        _in_flight.add(sd._running)
-        if sp is not None:
-            sp.add_event("trigger", {ATTR_REASON: str(arg), "trio_cancel.in_flight": sd._running})
+        sp.add_event("trigger", {ATTR_REASON: str(arg), "trio_cancel.in_flight": sd._running})
     elif kind == "phase 2":
-        if sp is not None:
-            sp.add_event("phase 2", {ATTR_REASON: str(arg)})
+        sp.add_event("phase 2", {ATTR_REASON: str(arg)})
     elif kind == "forced":
-        if sp is not None:
-            sp.add_event("forced", {"trio_cancel.task": arg.name})
-    elif kind == "exit":
-        _in_flight.add(-1)
-        if not isinstance(arg._outcome, Aborted) and sd._triggered_at is not None:
-            _landing.record(trio.current_time() - sd._triggered_at, {ATTR_SOURCE: "shutdown"})
-    elif kind == "landed" and sp is not None:
+        sp.add_event("forced", {"trio_cancel.task": arg.name})
+    elif kind == "landed":
         sp.set_attribute("trio_cancel.forced", len(sd._forced))
         if sd._forced:
             sp.set_attribute("error.type", "shutdown_forced")
@@ -404,20 +449,20 @@ def instrument() -> None:
 
 
 def uninstrument() -> None:
-    """Undo :func:`instrument`: the library no longer calls into this module (spans already
-    open end as they would have). Idempotent."""
+    """Undo :func:`instrument`: from now on nothing new is traced or measured (no task or
+    shutdown span starts, no server span is marked, the metrics of :func:`instrument` are no
+    longer recorded). Spans already open are not cut short: each ends when its work ends,
+    marked as usual (a task's span when the task ends, a shutdown's, with its events, when its
+    tasks have landed); until then the library calls into this module for them only.
+    Idempotent."""
     global _instrumented
-    _hooks.task_start = None
-    _hooks.task_end = None
-    _hooks.shutdown_event = None
-    _hooks.request_cut = None
     _instrumented = False
-    for sp, _ in _task_spans.values():
-        sp.end()
-    _task_spans.clear()
-    for sd_span in list(_shutdown_spans.values()):
-        sd_span.end()
-    _shutdown_spans.clear()
+    _hooks.task_start = None
+    _hooks.request_cut = None
+    if not _task_spans:
+        _hooks.task_end = None
+    if not _shutdown_spans:
+        _hooks.shutdown_event = None
 
 
 def is_instrumented() -> bool:
