@@ -430,7 +430,7 @@ async def test_two_servers_in_one_process_both_land_on_one_sigterm() -> None:
                 url = await nursery.start(serve, name)
                 async with httpx.AsyncClient(base_url=url) as client:
                     assert (await client.get("/")).text == "ok"
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
         assert program.calls == 0
         assert signal.getsignal(signal.SIGTERM) is program  # back once both have returned
     assert reports["public"].reason == "signal SIGTERM"
@@ -478,9 +478,9 @@ async def _serve_one_slow_request(
 
 async def test_a_signal_after_the_trigger_forces_phase_two_at_once() -> None:
     async def two_signals() -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # the trigger
+        signal.raise_signal(signal.SIGTERM)  # the trigger
         await trio.testing.wait_all_tasks_blocked()  # the watcher has taken it
-        os.kill(os.getpid(), signal.SIGTERM)  # phase 2 now, not in 600 s
+        signal.raise_signal(signal.SIGTERM)  # phase 2 now, not in 600 s
 
     report, statuses = await _serve_one_slow_request(600.0, two_signals)
     assert statuses == [503]
@@ -501,14 +501,14 @@ async def test_a_signal_after_every_request_landed_records_no_phase_two(
 
     async def land_then_signal(shutdown: tc.GracefulShutdown, connections: Any) -> Any:  # noqa: ANN401
         report = await land(shutdown, connections)  # every request has landed
-        os.kill(os.getpid(), signal.SIGTERM)  # an impatient orchestrator's second SIGTERM
+        signal.raise_signal(signal.SIGTERM)  # an impatient orchestrator's second SIGTERM
         await trio.testing.wait_all_tasks_blocked()  # the watcher has taken it
         return report
 
     monkeypatch.setattr(asgi, "_land", land_then_signal)
 
     async def one_signal() -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
 
     report, statuses = await _serve_one_slow_request(0.2, one_signal)
     assert statuses == [200]
