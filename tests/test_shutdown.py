@@ -858,12 +858,12 @@ async def test_overlapping_shutdowns_each_get_every_signal_whatever_the_order_of
                 await a_open.wait()
                 nursery.start_soon(b)
                 await b_open.wait()
-                os.kill(os.getpid(), signal.SIGUSR1)  # one signal: both trigger (fan-out)
+                signal.raise_signal(signal.SIGUSR1)  # one signal: both trigger (fan-out)
                 await a_done.wait()
                 assert shutdowns["a"].token.reason == "signal SIGUSR1"
                 assert shutdowns["b"].token.reason == "signal SIGUSR1"
                 assert signal.getsignal(signal.SIGUSR1) is not program  # b's exit has not come
-                os.kill(os.getpid(), signal.SIGUSR1)  # a second one, after a's exit: b forces
+                signal.raise_signal(signal.SIGUSR1)  # a second one, after a's exit: b forces
         assert rude[0].outcome == tc.Aborted("signal SIGUSR1: forced by a second signal (SIGUSR1)")
         assert shutdowns["b"].report is not None
         assert shutdowns["b"].report.phases["phase_two"] == 1.0
@@ -879,7 +879,7 @@ async def test_nested_shutdowns_each_get_every_signal(
             outer.install_signal_handlers(signal.SIGUSR1)
             async with tc.GracefulShutdown(grace=100.0) as inner:
                 inner.install_signal_handlers(signal.SIGUSR1)
-                os.kill(os.getpid(), signal.SIGUSR1)
+                signal.raise_signal(signal.SIGUSR1)
                 await inner.token.wait_cancelled()
             with trio.fail_after(1000):  # virtual time: a missed signal would wait forever
                 await outer.token.wait_cancelled()  # the outer one had it too
@@ -898,11 +898,11 @@ async def test_the_first_signal_after_trigger_does_not_force_a_second_one_does(
         rude = gs.spawn(stubborn, name="rude")
         await trio.sleep(1)
         gs.trigger("deploy")  # the program's own trigger
-        os.kill(os.getpid(), signal.SIGUSR1)  # the first signal: a trigger, already done
+        signal.raise_signal(signal.SIGUSR1)  # the first signal: a trigger, already done
         await trio.sleep(3)
         assert not gs.forcing
         assert polite.outcome == tc.Completed("landed after 2.0")  # its grace period stood
-        os.kill(os.getpid(), signal.SIGUSR1)  # the second one forces
+        signal.raise_signal(signal.SIGUSR1)  # the second one forces
         report = await gs.wait()
     assert report.reason == "deploy"
     assert rude.outcome == tc.Aborted("deploy: forced by a second signal (SIGUSR1)")
@@ -914,7 +914,7 @@ async def test_the_first_signal_during_the_exits_landing_does_not_force(
 ) -> None:
     async def signalled_while_landing(*, token: tc.CancellationToken) -> str:
         await token.wait_cancelled()  # the exit's implicit trigger
-        os.kill(os.getpid(), signal.SIGUSR1)  # an orchestrator's first signal, now
+        signal.raise_signal(signal.SIGUSR1)  # an orchestrator's first signal, now
         await trio.sleep(1)
         return "landed"
 
