@@ -1187,3 +1187,100 @@ async def test_start_run_ignores_a_request_expired_on_the_server(
         await _wait_confirmed(worker, "brief")
         assert not born.is_cancelled()
         await worker.landed("brief", tc.Completed(None))
+
+
+@attrs.define
+class _ReadGate:
+    """Holds the next read of a bus (one ``_fetch_link.run`` call) before its statement runs,
+    until released: the read's numbers are taken, its statement has not run yet."""
+
+    armed: bool = False
+    reached: trio.Event = attrs.field(factory=trio.Event)
+    release: trio.Event = attrs.field(factory=trio.Event)
+
+    def install(self, bus: CancelBus, monkeypatch: pytest.MonkeyPatch) -> None:
+        run = bus._fetch_link.run
+
+        async def gated(fn: Any) -> Any:  # noqa: ANN401
+            if self.armed:
+                self.armed = False
+                self.reached.set()
+                await self.release.wait()
+            return await run(fn)
+
+        monkeypatch.setattr(bus._fetch_link, "run", gated)
+
+
+async def test_a_read_discarded_for_a_landing_here_is_made_again(
+    names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read of the job began (its notifications taken from the wanted set) before this bus's
+    # landed() resumed; it finds a request sent after the landing, but a landing came after it
+    # began, so it is discarded: a new read of the job must follow, or the request never
+    # reaches the next run.
+    gate = _ReadGate()
+    async with names.open() as worker, names.open() as controller:
+        gate.install(worker, monkeypatch)
+        token = worker.token("after")
+        await controller.cancel("after", "for run 1")
+        with trio.fail_after(WAIT):
+            await token.wait_cancelled()
+        # No notification reaches the worker for now (its listener inside a transaction): the
+        # only read of the job is the one below.
+        worker._listen.execute("BEGIN")
+        try:
+            gate.armed = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker._read_requests, ["after"])
+                await gate.reached.wait()
+                await worker.landed("after", tc.Aborted("for run 1"))
+                await controller.cancel("after", "for the next run")
+                gate.release.set()
+            assert "after" not in worker._pending  # discarded: it began before the landing
+            again = worker.token("after")
+            with trio.fail_after(WAIT):
+                await again.wait_cancelled()  # the read made again found the request
+            assert again.reason == "for the next run"
+        finally:
+            worker._listen.execute("COMMIT")
+        await worker.landed("after", tc.Aborted("for the next run"))
+
+
+async def test_start_run_reads_again_when_a_landing_discards_its_read(
+    names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A landing of the job announced while start_run()'s read is in flight (another process's
+    # earlier run, its notification late) discards that read: start_run() must read again
+    # rather than return a token the server's live request has not cancelled.
+    gate = _ReadGate()
+    async with names.open() as worker, names.open() as controller:
+        gate.install(worker, monkeypatch)
+        await controller.cancel("strict", "pending before the run")
+        await _barrier(controller, worker)
+        # The bus's own read of the job, which the landing's notification schedules, is kept
+        # from starting: only start_run() may find the request before it returns.
+        from trio_cancel.postgres import CancelBus
+
+        want = CancelBus._want
+
+        def want_other_jobs(bus: CancelBus, job_id: str) -> None:
+            if not (bus is worker and job_id == "strict"):
+                want(bus, job_id)
+
+        monkeypatch.setattr(CancelBus, "_want", want_other_jobs)
+        gate.armed = True
+        async with trio.open_nursery() as nursery:
+            result: list[tc.CancellationToken] = []
+
+            async def start() -> None:
+                result.append(await worker.start_run("strict"))
+
+            nursery.start_soon(start)
+            await gate.reached.wait()
+            worker._on_notification("l:strict")  # a landing's notification arrives
+            gate.release.set()
+        (token,) = result
+        assert token.is_cancelled()  # on return: the server holds a live request
+        assert token.reason == "pending before the run"
+        monkeypatch.setattr(CancelBus, "_want", want)
+        await worker.landed("strict", tc.Aborted("pending before the run"))

@@ -12,7 +12,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import pytest
@@ -21,6 +21,9 @@ import trio.testing
 
 import trio_cancel as tc
 from trio_cancel.asgi import CancelMiddleware, serve_until_shutdown
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 
 def _request(path: str, query: bytes = b"", request_id: str | None = None) -> dict[str, Any]:
@@ -390,6 +393,128 @@ async def test_sigterm_and_sigint_arriving_together_trigger_once_and_do_not_forc
     assert row.detail["status"] == 200  # type: ignore[index]
     assert report.phases["drain"] is None  # SIGINT was among them: no drain
     assert report.phases["phase_two"] is None  # and nothing forced it
+
+
+class _SigtermGuard:
+    """A handler of the test's own for SIGTERM while it sends SIGTERM to itself: a signal that
+    no server caught is counted here instead of ending the test run."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.saved: Any = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.calls += 1
+
+    def __enter__(self) -> Self:
+        self.saved = signal.signal(signal.SIGTERM, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self.saved)
+
+
+async def test_two_servers_in_one_process_both_land_on_one_sigterm() -> None:
+    """A public and an admin port in one process: one SIGTERM shuts both down (each server's
+    handlers used to replace the other's)."""
+    reports: dict[str, tc.LandingReport] = {}
+
+    async def serve(name: str, task_status: trio.TaskStatus[str]) -> None:
+        reports[name] = await serve_until_shutdown(
+            _fast_app, bind="127.0.0.1:0", grace=5.0, task_status=task_status
+        )
+
+    with _SigtermGuard() as program, trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for name in ("public", "admin"):
+                url = await nursery.start(serve, name)
+                async with httpx.AsyncClient(base_url=url) as client:
+                    assert (await client.get("/")).text == "ok"
+            signal.raise_signal(signal.SIGTERM)
+        assert program.calls == 0
+        assert signal.getsignal(signal.SIGTERM) is program  # back once both have returned
+    assert reports["public"].reason == "signal SIGTERM"
+    assert reports["admin"].reason == "signal SIGTERM"
+
+
+async def _serve_one_slow_request(
+    wind_down: float, signals: Callable[[], Awaitable[None]]
+) -> tuple[tc.LandingReport, list[int]]:
+    """Serve, send one request that takes ``wind_down`` seconds (no token: only phase 2 cuts
+    it short), and once it is in flight call ``await signals()``; the report and the status."""
+    in_flight = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan support")
+        in_flight.set()
+        await trio.sleep(wind_down)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    reports: list[tc.LandingReport] = []
+    statuses: list[int] = []
+
+    async def serve(task_status: trio.TaskStatus[str]) -> None:
+        reports.append(
+            await serve_until_shutdown(
+                app, bind="127.0.0.1:0", grace=600.0, task_status=task_status
+            )
+        )
+
+    async def get(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url) as client:
+            statuses.append((await client.get("/slow")).status_code)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve)
+            nursery.start_soon(get, url)
+            await in_flight.wait()
+            await signals()
+    (report,) = reports
+    return report, statuses
+
+
+async def test_a_signal_after_the_trigger_forces_phase_two_at_once() -> None:
+    async def two_signals() -> None:
+        signal.raise_signal(signal.SIGTERM)  # the trigger
+        await trio.testing.wait_all_tasks_blocked()  # the watcher has taken it
+        signal.raise_signal(signal.SIGTERM)  # phase 2 now, not in 600 s
+
+    report, statuses = await _serve_one_slow_request(600.0, two_signals)
+    assert statuses == [503]
+    (row,) = report.tasks
+    assert row.forced
+    assert row.outcome == tc.Aborted("signal SIGTERM: forced by a second signal (SIGTERM)")
+    assert report.phases["phase_two"] is not None
+
+
+async def test_a_signal_after_every_request_landed_records_no_phase_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second SIGTERM that comes once the landing is over (the server still closing) forces
+    nothing: the report says phase 2 did not happen."""
+    import trio_cancel.asgi as asgi
+
+    land = asgi._land
+
+    async def land_then_signal(shutdown: tc.GracefulShutdown, connections: Any) -> Any:  # noqa: ANN401
+        report = await land(shutdown, connections)  # every request has landed
+        signal.raise_signal(signal.SIGTERM)  # an impatient orchestrator's second SIGTERM
+        await trio.testing.wait_all_tasks_blocked()  # the watcher has taken it
+        return report
+
+    monkeypatch.setattr(asgi, "_land", land_then_signal)
+
+    async def one_signal() -> None:
+        signal.raise_signal(signal.SIGTERM)
+
+    report, statuses = await _serve_one_slow_request(0.2, one_signal)
+    assert statuses == [200]
+    (row,) = report.tasks
+    assert not row.forced
+    assert report.phases["phase_two"] is None
 
 
 async def test_serve_until_shutdown_checks_its_arguments_at_the_call() -> None:

@@ -10,7 +10,7 @@ import signal
 import threading
 import tracemalloc
 import unicodedata
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import trio
@@ -802,3 +802,175 @@ async def test_report_text_of_an_empty_shutdown_says_no_task_was_running() -> No
     assert str(gs.report) == (
         "shutdown 'deploy': no task was running (2 had ended before the trigger: 2 completed)"
     )
+
+
+class _ProgramHandler:
+    """A program's own handler for a signal, installed for the test: it counts what reaches
+    it (a signal the library lost to it would otherwise go unseen)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.calls = 0
+        self.saved: Any = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.calls += 1
+
+    def __enter__(self) -> Self:
+        self.saved = signal.signal(self.signum, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(self.signum, self.saved)
+
+
+async def test_overlapping_shutdowns_each_get_every_signal_whatever_the_order_of_exits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Two independent subsystems, each with its GracefulShutdown and its signal handlers,
+    # whose blocks overlap without nesting: the first one opened ends first.
+    with _ProgramHandler(signal.SIGUSR1) as program:
+        a_open, b_open, a_done = trio.Event(), trio.Event(), trio.Event()
+        shutdowns: dict[str, tc.GracefulShutdown] = {}
+        rude: list[tc.TaskHandle[None]] = []
+
+        async def a() -> None:
+            async with tc.GracefulShutdown(grace=100.0) as gs:
+                shutdowns["a"] = gs
+                gs.install_signal_handlers(signal.SIGUSR1)
+                gs.spawn(cooperative, 1.0, name="a")
+                a_open.set()
+                await gs.token.wait_cancelled()
+            a_done.set()
+
+        async def b() -> None:
+            async with tc.GracefulShutdown(grace=100.0) as gs:
+                shutdowns["b"] = gs
+                gs.install_signal_handlers(signal.SIGUSR1)
+                rude.append(gs.spawn(stubborn, name="b"))
+                b_open.set()
+                await gs.token.wait_cancelled()
+
+        # (A bound in virtual time: a shutdown that never got its signal would wait forever.)
+        with trio.fail_after(1000):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a)
+                await a_open.wait()
+                nursery.start_soon(b)
+                await b_open.wait()
+                signal.raise_signal(signal.SIGUSR1)  # one signal: both trigger (fan-out)
+                await a_done.wait()
+                assert shutdowns["a"].token.reason == "signal SIGUSR1"
+                assert shutdowns["b"].token.reason == "signal SIGUSR1"
+                assert signal.getsignal(signal.SIGUSR1) is not program  # b's exit has not come
+                signal.raise_signal(signal.SIGUSR1)  # a second one, after a's exit: b forces
+        assert rude[0].outcome == tc.Aborted("signal SIGUSR1: forced by a second signal (SIGUSR1)")
+        assert shutdowns["b"].report is not None
+        assert shutdowns["b"].report.phases["phase_two"] == 1.0
+        assert program.calls == 0  # no signal went to the program while a shutdown was open
+        assert signal.getsignal(signal.SIGUSR1) is program  # back after the last exit
+
+
+async def test_nested_shutdowns_each_get_every_signal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with _ProgramHandler(signal.SIGUSR1) as program:
+        async with tc.GracefulShutdown(grace=100.0) as outer:
+            outer.install_signal_handlers(signal.SIGUSR1)
+            async with tc.GracefulShutdown(grace=100.0) as inner:
+                inner.install_signal_handlers(signal.SIGUSR1)
+                signal.raise_signal(signal.SIGUSR1)
+                await inner.token.wait_cancelled()
+            with trio.fail_after(1000):  # virtual time: a missed signal would wait forever
+                await outer.token.wait_cancelled()  # the outer one had it too
+            assert outer.token.reason == "signal SIGUSR1"
+            assert signal.getsignal(signal.SIGUSR1) is not program
+        assert program.calls == 0
+        assert signal.getsignal(signal.SIGUSR1) is program
+
+
+async def test_the_first_signal_after_trigger_does_not_force_a_second_one_does(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with tc.GracefulShutdown(grace=100.0) as gs:
+        gs.install_signal_handlers(signal.SIGUSR1)
+        polite = gs.spawn(cooperative, 2.0, name="polite")
+        rude = gs.spawn(stubborn, name="rude")
+        await trio.sleep(1)
+        gs.trigger("deploy")  # the program's own trigger
+        signal.raise_signal(signal.SIGUSR1)  # the first signal: a trigger, already done
+        await trio.sleep(3)
+        assert not gs.forcing
+        assert polite.outcome == tc.Completed("landed after 2.0")  # its grace period stood
+        signal.raise_signal(signal.SIGUSR1)  # the second one forces
+        report = await gs.wait()
+    assert report.reason == "deploy"
+    assert rude.outcome == tc.Aborted("deploy: forced by a second signal (SIGUSR1)")
+    assert report.phases["phase_two"] == 3.0
+
+
+async def test_the_first_signal_during_the_exits_landing_does_not_force(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def signalled_while_landing(*, token: tc.CancellationToken) -> str:
+        await token.wait_cancelled()  # the exit's implicit trigger
+        signal.raise_signal(signal.SIGUSR1)  # an orchestrator's first signal, now
+        await trio.sleep(1)
+        return "landed"
+
+    async with tc.GracefulShutdown(grace=100.0) as gs:
+        gs.install_signal_handlers(signal.SIGUSR1)
+        task = gs.spawn(signalled_while_landing)
+    assert task.outcome == tc.Completed("landed")
+    assert gs.report is not None
+    assert gs.report.reason == "shutdown"
+    assert gs.report.forced == ()
+    assert gs.report.phases["phase_two"] is None
+
+
+class _ProgramExit(Exception):
+    pass
+
+
+def _exiting_handler(signum: int, frame: object) -> None:
+    raise _ProgramExit(f"the program's handler for signal {signum}")
+
+
+def test_a_signal_caught_at_the_end_is_raised_again_from_the_exit_for_a_raising_handler() -> None:
+    """A signal whose handler ran just before the block ended (not received) is raised again
+    for the program's handler from the exit itself: what that handler raises comes out of
+    the ``with`` statement, not out of Trio's callback queue (a TrioInternalError)."""
+    from trio_cancel._shutdown import open_signal_batches
+
+    async def main() -> None:
+        with open_signal_batches([signal.SIGUSR1]):
+            signal.raise_signal(signal.SIGUSR1)  # caught: the handler ran, nothing received
+        raise AssertionError("not reached")  # pragma: no cover
+
+    saved = signal.signal(signal.SIGUSR1, _exiting_handler)
+    try:
+        with pytest.raises(_ProgramExit, match=f"signal {int(signal.SIGUSR1)}$"):
+            trio.run(main)
+    finally:
+        signal.signal(signal.SIGUSR1, saved)
+
+
+async def test_a_signal_another_receiver_still_holds_is_not_raised_again() -> None:
+    from trio_cancel._shutdown import open_signal_batches
+
+    with _ProgramHandler(signal.SIGUSR1) as program:
+        with open_signal_batches([signal.SIGUSR1]) as outer:
+            with open_signal_batches([signal.SIGUSR1]):
+                signal.raise_signal(signal.SIGUSR1)  # both caught it; the inner one leaves
+            assert await outer.receive() == [signal.SIGUSR1]  # once: not raised again
+            with trio.move_on_after(0.05):  # a short real wait: nothing more may come
+                await outer.receive()
+                raise AssertionError("the signal came twice")  # pragma: no cover
+        assert program.calls == 0
+
+
+async def test_the_trigger_phase_is_exactly_zero_under_the_real_clock() -> None:
+    async with tc.GracefulShutdown(grace=1.0) as gs:
+        gs.trigger()
+        report = await gs.wait()
+    assert report.phases["trigger"] == 0.0

@@ -20,7 +20,11 @@ Invariants:
    read; every ``landed()`` of this bus that consumed requests drops them at once and counts
    as a landing of the job. A read's result is applied to a job only if no landing of it
    (``l:`` or this bus's own) came, and no full read started, after the read began
-   (``_last_landing``, ``_epoch``): a consumed request is never put back.
+   (``_last_landing``, ``_epoch``): a consumed request is never put back. A read discarded
+   for a job schedules a new read of it (``_want``), so a job never leaves the wanted set
+   without a read that is applied: a request sent just after a landing, which the discarded
+   read had found, is found again (the landing's notification may have been taken by that
+   very read).
 2. ``_runs`` holds this bus's live runs, one per job id, from ``token()`` (or ``start_run()``)
    to ``landed()``. Every read is numbered when it begins (``_read_seq``), and a run notes the
    number at its start (``since``). A run is cancelled by the first of: a live request in the
@@ -30,8 +34,9 @@ Invariants:
    the run began, so a request consumed by an earlier run (in any process, whose ``l:``
    notification may still be on its way here) can never reach the run through it. A request
    that an older read brings only schedules such a read of the job (one round trip).
-   ``start_run()`` never consults the copy: it waits for a read begun after the run's start,
-   so its token is cancelled only by what the server holds (the strict form).
+   ``start_run()`` never consults the copy: it reads again until a read begun after the run's
+   start is applied to the job, so its token is cancelled only, and always, by what the server
+   holds (the strict form).
 3. ``token()`` and ``start_run()`` first read what the listener's socket already holds
    (without blocking), so the copy is as current as it can be when ``token()`` consults it.
 4. The listener's socket is closed only by the listener task, or after
@@ -599,7 +604,7 @@ class CancelBus(metaclass=NoPublicConstructor):
         run = self._begin_run(job_id)
         try:
             while not await self._read_requests([job_id]):
-                pass  # superseded by a full read: read again, after it
+                pass  # discarded (a landing or a full read came meanwhile): read again
         except BaseException:
             if self._runs.get(job_id) is run:
                 del self._runs[job_id]
@@ -879,7 +884,8 @@ class CancelBus(metaclass=NoPublicConstructor):
 
     async def _read_requests(self, jobs: list[str] | None) -> bool:
         """Read the live requests of ``jobs`` (all when ``None``) and apply them (invariants 1
-        and 2); False if a full read began meanwhile (the jobs are read again after it).
+        and 2); False if the result was discarded for one of ``jobs`` (a full read began, or a
+        landing of the job came, meanwhile): those jobs are then read again by the bus.
 
         Cancellation: a checkpoint; cancelled, nothing is applied.
         """
@@ -902,8 +908,7 @@ class CancelBus(metaclass=NoPublicConstructor):
                     for job in jobs:
                         self._want(job)
                 return False
-            self._apply(jobs, rows, start_seq, seq)
-            return True
+            return self._apply(jobs, rows, start_seq, seq)
         finally:
             self._reads_in_flight -= 1
             if self._reads_in_flight == 0:
@@ -912,8 +917,10 @@ class CancelBus(metaclass=NoPublicConstructor):
     @trio.lowlevel.enable_ki_protection
     def _apply(
         self, jobs: list[str] | None, rows: list[tuple[Any, ...]], start_seq: int, seq: int
-    ) -> None:
-        """Install a read's result (invariant 1) and cancel the runs it reaches (invariant 2).
+    ) -> bool:
+        """Install a read's result (invariant 1) and cancel the runs it reaches (invariant 2);
+        False if it was discarded for some job (a landing of it came after the read began):
+        such jobs are read again.
 
         ``start_seq`` is the landing sequence number and ``seq`` the read's own number, both
         taken when the read began."""
@@ -927,10 +934,12 @@ class CancelBus(metaclass=NoPublicConstructor):
             return self._last_landing.get(job, 0) <= start_seq
 
         if jobs is None:
+            stale = [job for job in self._last_landing if not fresh(job)]
             kept = {job: reqs for job, reqs in self._pending.items() if not fresh(job)}
             self._pending = {job: reqs for job, reqs in found.items() if fresh(job)} | kept
             touched: list[str] = [job for job in self._runs if fresh(job)]
         else:
+            stale = [job for job in jobs if not fresh(job)]
             touched = [job for job in jobs if fresh(job)]
             for job in touched:
                 if job in found:
@@ -945,6 +954,9 @@ class CancelBus(metaclass=NoPublicConstructor):
                 self._cancel_run(job, run, found[job][0].cause)
             else:  # the read is older than the run: confirm with a read begun now
                 self._want(job)
+        for job in stale:  # what the read found there may be newer than the landing
+            self._want(job)
+        return not stale
 
     async def _ensure_schema(self) -> None:
         """Create the table, its functions and its trigger if missing (under an advisory

@@ -250,6 +250,35 @@ def _one_line(text: str, limit: int) -> tuple[str, int]:
     return "".join(piece for piece, _ in pieces), columns
 
 
+# The process-wide signal dispatcher. Every receiver (open_signal_batches: a GracefulShutdown's
+# install_signal_handlers(), a serve_until_shutdown()) joins it, so that several can be open at
+# once, in one task or in independent ones, and exit in any order:
+#
+# 1. While at least one receiver is open for a signal, _dispatch is its handler (installed when
+#    the first one opened, unless a handler installed over ours later still holds the place).
+# 2. Every open receiver of a signal gets every instance of it (fan-out): _dispatch queues the
+#    signal in each, in the handler itself (the main thread, between two bytecodes).
+# 3. The program's handler (_originals: the one found when the first receiver opened) comes back
+#    when the last receiver of the signal closes, before it leaves _receivers: a signal at any
+#    moment reaches an open receiver or the program's handler. If a handler installed over
+#    ours puts ours back after that (a trio.open_signal_receiver opened inside and closed after
+#    the last receiver), _dispatch, finding no receiver, restores the program's handler and
+#    raises the signal again for it.
+_receivers: dict[int, tuple[SignalBatches, ...]] = {}
+_originals: dict[int, Any] = {}
+
+
+def _dispatch(signum: int, frame: object) -> None:
+    receivers = _receivers.get(signum)
+    if receivers:
+        for receiver in receivers:
+            receiver._add(signum)
+    else:
+        original = _originals.get(signum)
+        signal.signal(signum, signal.SIG_DFL if original is None else original)
+        signal.raise_signal(signum)
+
+
 @attrs.define(eq=False)
 class SignalBatches:
     """The signals caught by :func:`open_signal_batches`, received in *batches*.
@@ -257,22 +286,29 @@ class SignalBatches:
     A batch is every signal whose handler ran since the last :meth:`receive` took one, each
     signal once: signals that arrive together are received together. (CPython runs the
     handlers of the signals pending at one moment one after the other, in signal-number
-    order; each handler only queues its signal with :meth:`trio.lowlevel.TrioToken.run_sync_soon`,
-    and Trio runs those callbacks before the task waiting in :meth:`receive` resumes.)
-    Trio's own receiver yields signals one at a time, which would make SIGINT and SIGTERM sent
-    together look like a signal and then a second one.
+    order; the handler queues its signal here at once and wakes the receiving task with
+    :meth:`trio.lowlevel.TrioToken.run_sync_soon`.) Trio's own receiver yields signals one at a
+    time, which would make SIGINT and SIGTERM sent together look like a signal and then a
+    second one.
     """
 
+    _trio_token: trio.lowlevel.TrioToken
+    # The signals this receiver joined the dispatcher for.
+    _signals: tuple[int, ...] = ()
+    # Written by the signal handler, which may run between any two bytecodes of this thread:
+    # receive() takes the dict whole and puts a new one in its place (a handler that runs in
+    # between adds to the taken one, which is returned after).
     _pending: dict[int, None] = attrs.field(factory=dict)
     _arrived: trio.Event = attrs.field(factory=trio.Event)
-    _closed: bool = False
 
     def _add(self, signum: int) -> None:
-        if self._closed:  # after the exit: for the handler that was restored
-            signal.raise_signal(signum)
-        else:
-            self._pending[signum] = None
-            self._arrived.set()
+        """In the signal handler: queue ``signum`` and wake the receiving task."""
+        self._pending[signum] = None
+        with contextlib.suppress(trio.RunFinishedError):
+            self._trio_token.run_sync_soon(self._wake, idempotent=True)
+
+    def _wake(self) -> None:
+        self._arrived.set()
 
     async def receive(self) -> list[int]:
         """The next batch, in the order the handlers ran (one receiving task at a time).
@@ -282,34 +318,79 @@ class SignalBatches:
         if self._pending:
             await trio.lowlevel.checkpoint()
         else:
-            await self._arrived.wait()
-        batch = list(self._pending)
-        self._pending.clear()
-        self._arrived = trio.Event()
-        return batch
+            while True:
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+                if self._pending:  # (a wake-up for a batch already taken is spurious)
+                    break
+        batch = self._pending
+        self._pending = {}
+        return list(batch)
 
-    def _redeliver(self) -> None:
-        """Close, and raise again the signals received but not taken (the previous handlers
-        are back by then): each one is delivered, also when a handler raises."""
-        self._closed = True
-        pending = list(self._pending)
-        self._pending.clear()
 
-        def deliver(signums: list[int]) -> None:
-            if signums:
-                try:
-                    signal.raise_signal(signums[0])
-                finally:
-                    deliver(signums[1:])
+def _join(receiver: SignalBatches, signum: int) -> None:
+    """Add ``receiver`` to the dispatcher for ``signum`` (the first one installs it).
 
-        deliver(pending)
+    Raises:
+        ValueError, OSError: As :func:`signal.signal` (nothing changed then).
+    """
+    receivers = _receivers.get(signum)
+    if receivers is None:
+        # In _receivers before the handler is installed: a signal never finds it empty.
+        _receivers[signum] = (receiver,)
+        try:
+            previous = signal.signal(signum, _dispatch)
+        except BaseException:
+            del _receivers[signum]
+            raise
+        if previous is not _dispatch:  # (ours, left by a handler that was installed over it)
+            _originals[signum] = previous
+    else:
+        _receivers[signum] = (*receivers, receiver)
+    receiver._signals = (*receiver._signals, signum)
+
+
+@trio.lowlevel.enable_ki_protection
+def _leave(receiver: SignalBatches) -> None:
+    """Remove ``receiver`` from the dispatcher; for the signals it was the last receiver of,
+    restore the program's handlers and raise again the ones it caught but did not hand out,
+    here and now (each one is delivered, also when a handler raises; what a handler raises
+    propagates from here). A signal that other receivers still hold is not raised again: they
+    had it too."""
+    restored: set[int] = set()
+    for signum in receiver._signals:
+        others = tuple(r for r in _receivers.get(signum, ()) if r is not receiver)
+        if others:
+            _receivers[signum] = others
+        else:
+            original = _originals.get(signum)
+            signal.signal(signum, signal.SIG_DFL if original is None else original)
+            _receivers.pop(signum, None)
+            restored.add(signum)
+    receiver._signals = ()
+    pending = receiver._pending
+    receiver._pending = {}
+    _raise_again([signum for signum in pending if signum in restored])
+
+
+def _raise_again(signums: list[int]) -> None:
+    if signums:
+        try:
+            signal.raise_signal(signums[0])
+        finally:
+            _raise_again(signums[1:])
 
 
 @contextlib.contextmanager
 def open_signal_batches(signals: Iterable[int]) -> Iterator[SignalBatches]:
-    """Catch ``signals`` while the block runs, received in batches (:class:`SignalBatches`);
-    the previous handlers come back at the exit, and the signals caught but not received are
-    raised again for them (as :func:`trio.open_signal_receiver` does).
+    """Catch ``signals`` while the block runs, received in batches (:class:`SignalBatches`).
+
+    Several blocks may be open at once (in one task or in independent ones, exiting in any
+    order): each gets every signal it asked for. The program's handlers come back when the
+    last block catching a signal exits; the signals that block caught but did not receive are
+    then raised again for them, from the exit itself (what their handler raises propagates
+    from the ``with`` statement). A handler installed over these blocks' (by
+    :func:`trio.open_signal_receiver` inside one, say) takes the signals until it exits.
 
     Raises:
         RuntimeError: Not in the main thread, or outside ``trio.run``.
@@ -318,21 +399,13 @@ def open_signal_batches(signals: Iterable[int]) -> Iterator[SignalBatches]:
     """
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("signal handlers can be installed only from the main thread")
-    trio_token = trio.lowlevel.current_trio_token()
-    batches = SignalBatches()
-
-    def handler(signum: int, frame: object) -> None:
-        trio_token.run_sync_soon(batches._add, signum, idempotent=True)
-
-    previous: dict[int, Any] = {}
+    batches = SignalBatches(trio.lowlevel.current_trio_token())
     try:
         for signum in dict.fromkeys(signals):
-            previous[signum] = signal.signal(signum, handler)
+            _join(batches, signum)
         yield batches
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, signal.SIG_DFL if old is None else old)
-        batches._redeliver()
+        _leave(batches)
 
 
 @final
@@ -651,8 +724,7 @@ class GracefulShutdown(NurseryOwner):
             )
         check_trio_thread("GracefulShutdown.trigger()")  # before any change
         self._state = "triggered"
-        self._triggered_at = trio.current_time()
-        self._mark_phase("trigger")
+        self._triggered_at = self._phase_times["trigger"] = trio.current_time()
         self._reason = reason
         if self._running == 0:
             self._all_exited.set()
@@ -768,6 +840,10 @@ class GracefulShutdown(NurseryOwner):
     def install_signal_handlers(self, *signals: int) -> None:
         """Trigger on a signal (default SIGINT and SIGTERM); a second signal forces phase 2.
 
+        The first signal is a trigger also when :meth:`trigger` (or the end of the block)
+        triggered before it: then it changes nothing (the first reason stays), and only a
+        second signal forces.
+
         The trigger's reason is ``"signal SIGINT"`` (the signal's name; a real-time signal is
         named as ``kill -l`` does, ``SIGRTMIN+1``). Signals that arrive together (their
         handlers ran before the watcher took them, as when SIGINT and SIGTERM are sent at
@@ -775,8 +851,10 @@ class GracefulShutdown(NurseryOwner):
         number): they trigger, and never trigger *and* force. A signal's trigger is
         as graceful as the implicit one: if ``on_cancel`` callbacks on :attr:`token` raise, the
         landing goes on (phase 2 still waits for ``grace``, the report is produced) and their
-        :exc:`ExceptionGroup` is raised at the block's exit. The previous handlers come back
-        when the ``async with`` block exits. Call it from the main thread.
+        :exc:`ExceptionGroup` is raised at the block's exit. Several shutdowns (and
+        ``trio_cancel.asgi.serve_until_shutdown`` calls) may catch signals at once, nested or
+        not: each gets every signal, and the program's handlers come back when the last of
+        them exits, whatever the order. Call it from the main thread.
 
         Raises:
             RuntimeError: Outside the ``async with`` block, called twice, or not from the main
@@ -799,14 +877,19 @@ class GracefulShutdown(NurseryOwner):
         self._start_helper(self._watch_signals, receiver)
 
     async def _watch_signals(self, receiver: SignalBatches) -> None:
+        # Signals that arrive together are one batch: they count once. The first signal is a
+        # trigger, also after trigger() or the exit's implicit trigger (then it changes
+        # nothing: the first reason stays); only a second one forces.
+        name = signal_name((await receiver.receive())[0])
+        # As graceful as the implicit trigger: callback errors wait for the exit.
+        self._trigger_implicitly(f"signal {name}")
         while True:
-            # Signals that arrive together are one batch: they count once.
             name = signal_name((await receiver.receive())[0])
-            if self._triggered_at is None:
-                # As graceful as the implicit trigger: callback errors wait for the exit.
-                self._trigger_implicitly(f"signal {name}")
-            else:
-                self._force(f"forced by a second signal ({name})")
+            self._force(f"forced by a second signal ({name})")
+
+    def _landed(self) -> bool:
+        """Whether every task has exited since the trigger (for a server: nothing to force)."""
+        return self._triggered_at is not None and self._running == 0
 
     def _running_names(self) -> list[str]:
         """The names of the tracked tasks still running (for a server's warning)."""

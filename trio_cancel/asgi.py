@@ -744,11 +744,13 @@ async def _serve(
 
 
 def _with_exit_time(report: LandingReport, shutdown: GracefulShutdown) -> LandingReport:
-    """The report, with the phases the server recorded after it was made and its exit."""
+    """The report, with the phases the server recorded after it was made and its exit (phase
+    2 as the report says: one that began after the landing did not happen)."""
     shutdown._mark_phase("exit_server")
     times = shutdown._phase_times
     trigger = times["trigger"]
     phases = {name: None if name not in times else times[name] - trigger for name in PHASES}
+    phases["phase_two"] = report.phases["phase_two"]
     phases["exit"] = times["exit_server"] - trigger
     return LandingReport._create(
         report.tasks, report.reason, report.grace, report.ended_before, phases
@@ -762,9 +764,10 @@ async def _watch_signals(
     drain_delay: float,
 ) -> None:
     """SIGTERM: drain for ``drain_delay``, then trigger; SIGINT, or a second signal during the
-    drain: trigger at once; a signal after the trigger: phase 2 at once. Signals that arrive
-    together (one batch) count as one: SIGINT and SIGTERM at once trigger (SIGINT is among
-    them), and do not force."""
+    drain: trigger at once; a signal after the trigger: phase 2 at once, unless every request
+    has landed (the server is closing: nothing to force). Signals that arrive together (one
+    batch) count as one: SIGINT and SIGTERM at once trigger (SIGINT is among them), and do
+    not force."""
     drain_ends = math.inf
     first = ""
     while True:
@@ -776,7 +779,10 @@ async def _watch_signals(
             continue
         name = signal_name(signal.SIGINT if signal.SIGINT in batch else batch[0])
         if shutdown.token.is_cancelled():
-            shutdown._force(f"forced by a second signal ({name})")
+            if shutdown._landed():
+                _log.info("%s: every request has landed, the server is closing", name)
+            else:
+                shutdown._force(f"forced by a second signal ({name})")
         elif drain_ends < math.inf or signal.SIGINT in batch or drain_delay == 0:
             drain_ends = math.inf
             shutdown.trigger(f"signal {first or name}")
