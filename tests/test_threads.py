@@ -911,3 +911,51 @@ async def test_a_call_skipped_after_its_thread_took_the_token_gives_it_back_firs
     assert limiter.borrowed_tokens == 0
     assert ran == []
     assert tc.thread_call_statistics().abandoned == before
+
+
+async def test_a_call_cancelled_around_fn_returning_ends_with_its_token_back_even_with_grace_0() -> (
+    None
+):
+    """Cancelled around the moment fn returns (seeded schedule), with grace=0 or tiny: a call
+    that ends and was not abandoned has given its limiter token back (the thread's report
+    can still be queued when the caller lands)."""
+    import random
+    import time
+    import warnings
+
+    rng = random.Random(1234)
+    held: list[tuple[int, int]] = []
+    for i in range(2000):
+        limiter = trio.CapacityLimiter(1)
+        spin = rng.random() * 2e-4
+        delay = rng.random() * 3e-4
+
+        def fn(i: int = i, spin: float = spin) -> int:
+            end = time.perf_counter() + spin
+            while time.perf_counter() < end:
+                pass
+            return i
+
+        with warnings.catch_warnings(record=True) as caught, trio.CancelScope() as scope:
+            warnings.simplefilter("always")
+
+            async def canceller(scope: trio.CancelScope = scope, delay: float = delay) -> None:
+                await trio.lowlevel.checkpoint()
+                end = time.perf_counter() + delay
+                while time.perf_counter() < end:
+                    pass
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(canceller)
+                try:
+                    await tc.run_sync_interruptible(
+                        fn, interrupt=lambda: None, grace=0.0 if i % 2 else 1e-6, limiter=limiter
+                    )
+                finally:
+                    abandoned = any(
+                        issubclass(w.category, tc.CleanupTimeoutWarning) for w in caught
+                    )
+                    if not abandoned and limiter.borrowed_tokens:
+                        held.append((i, limiter.borrowed_tokens))
+    assert held == []

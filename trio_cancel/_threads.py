@@ -447,6 +447,15 @@ async def land(  # noqa: ASYNC910 - what stopped the wait is being handled: no c
                 await _wait_interrupting(call, interrupter)
         except BaseException as exc:  # noqa: BLE001, ASYNC103 - raised below, after the bookkeeping
             late = exc
+    if call.result is not None and not call.is_done():
+        # fn has returned, and Trio's report of it (which gives the limiter token back) is
+        # queued: wait for it, whatever grace is (grace=0 included), so that a call that ends
+        # here, not abandoned, has given its token back. Nothing can hold the report up.
+        try:
+            with trio.CancelScope(shield=True):
+                await call.done.wait()
+        except BaseException as exc:  # noqa: BLE001, ASYNC103 - raised below, after the bookkeeping
+            late = late or exc
     result = call.result
     if result is None and call.abandon_if_running():
         _warn_abandoned(call, grace, what, late, interrupted=interrupter.calls > 0)
