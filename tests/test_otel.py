@@ -989,3 +989,86 @@ async def test_tasks_aborted_by_phase_two_at_spawn_or_start_are_forced() -> None
     assert_marked(one("starting"), "shutdown_forced", reason, error=True)
     assert_marked(one("task starting"), "shutdown_forced", reason, error=True)
     assert _delta(before) == {"shutdown_forced": 3}
+
+
+def _asgi_scope(path: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"x"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def test_a_request_task_span_says_what_cut_the_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The handler runs as a task of the shutdown, aborted by the middleware when the request's
+    token is cancelled: that task's span names the token's source (timeout, caller deadline,
+    client disconnect), not ``abort``."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from trio_cancel.asgi import CancelMiddleware
+
+    tc_otel.instrument()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        await trio.sleep_forever()
+
+    async with tc.GracefulShutdown(grace=5) as gs:
+        wrapped: Any = OpenTelemetryMiddleware(CancelMiddleware(app, timeout=3, shutdown=gs))
+
+        async def call(
+            path: str,
+            disconnect_at: float | None = None,
+            headers: tuple[tuple[bytes, bytes], ...] = (),
+        ) -> None:
+            async def receive() -> dict[str, Any]:
+                if disconnect_at is not None:
+                    await trio.sleep(disconnect_at)
+                    return {"type": "http.disconnect"}
+                await trio.sleep_forever()
+                raise AssertionError  # pragma: no cover
+
+            async def send(message: object) -> None:
+                pass
+
+            await wrapped(_asgi_scope(path, headers), receive, send)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "/timeout")
+            nursery.start_soon(call, "/deadline", None, ((b"connect-timeout-ms", b"1000"),))
+            nursery.start_soon(call, "/left", 1.5)
+    assert_marked(one("task GET /timeout"), "request_timeout", "request timeout", error=True)
+    assert_marked(one("task GET /deadline"), "caller_deadline", "caller deadline", error=True)
+    assert_marked(one("task GET /left"), "client_disconnect", "client disconnected", error=False)
+
+
+async def test_a_scope_bound_late_to_a_child_of_the_shutdown_token_says_shutdown() -> None:
+    async with tc.GracefulShutdown(grace=5) as gs:
+        gs.trigger("deploy")
+        child = gs.token.child_token()  # born cancelled
+        grandchild = child.child_token()
+        with child.cancel_scope(), tc_otel.span("child", TRACER):
+            await trio.lowlevel.checkpoint()
+        with grandchild.cancel_scope(), tc_otel.span("grandchild", TRACER):
+            await trio.lowlevel.checkpoint()
+    assert_marked(one("child"), "shutdown", "deploy", error=False)
+    assert_marked(one("grandchild"), "shutdown", "deploy", error=False)
+
+
+async def test_a_scope_bound_late_to_a_token_an_ancestor_cancelled_names_its_source() -> None:
+    async with tc.GracefulShutdown(grace=5) as gs:
+        live = gs.token.child_token()
+        gs.trigger("deploy")
+        with live.cancel_scope(), tc_otel.span("late", TRACER):
+            await trio.lowlevel.checkpoint()
+    assert_marked(one("late"), "shutdown", "deploy", error=False)
