@@ -248,11 +248,16 @@ def explicit_source(exc: BaseException, current: object | None) -> str | None:
     in a task whose innermost cancel status holds the reason object ``current``; None when the
     library did not cancel it.
 
-    A ``Cancelled`` carries its reason's fields (``reason``, ``source_task``), not the object.
-    When ``current`` has those fields, it is the one (an object, so identity decides even
-    between two cancels with equal fields). Otherwise the ``Cancelled`` came from another
-    cancellation, of a scope since left (say a token's scope inside a scope plain Trio
-    cancelled afterwards): the library's record with those fields, if any.
+    A ``Cancelled`` carries its reason's fields (``reason``, ``source_task``), not the object,
+    so the fields are all there is to match. When ``current`` has those fields, it is taken
+    as the one. Otherwise the ``Cancelled`` came from another cancellation, of a scope since
+    left (say a token's scope inside a scope plain Trio cancelled afterwards): the latest
+    library record with those fields, if any.
+
+    The limit: two cancels with equal fields (the same reason, or none, from the same task)
+    cannot be told apart once the raised one's scope has been left. The surrounding scope's
+    reason, if it has those fields, is taken for it; or a library record with those fields
+    (of another, still live cancellation) names a plain Trio cancel as the library's.
     """
     fields = (getattr(exc, "reason", None), getattr(exc, "source_task", None))
     if (
