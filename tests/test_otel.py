@@ -989,3 +989,210 @@ async def test_tasks_aborted_by_phase_two_at_spawn_or_start_are_forced() -> None
     assert_marked(one("starting"), "shutdown_forced", reason, error=True)
     assert_marked(one("task starting"), "shutdown_forced", reason, error=True)
     assert _delta(before) == {"shutdown_forced": 3}
+
+
+def _asgi_scope(path: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"x"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def test_a_request_task_span_says_what_cut_the_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The handler runs as a task of the shutdown, aborted by the middleware when the request's
+    token is cancelled: that task's span names the token's source (timeout, caller deadline,
+    client disconnect), not ``abort``."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from trio_cancel.asgi import CancelMiddleware
+
+    tc_otel.instrument()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
+        await trio.sleep_forever()
+
+    async with tc.GracefulShutdown(grace=5) as gs:
+        wrapped: Any = OpenTelemetryMiddleware(CancelMiddleware(app, timeout=3, shutdown=gs))
+
+        async def call(
+            path: str,
+            disconnect_at: float | None = None,
+            headers: tuple[tuple[bytes, bytes], ...] = (),
+        ) -> None:
+            async def receive() -> dict[str, Any]:
+                if disconnect_at is not None:
+                    await trio.sleep(disconnect_at)
+                    return {"type": "http.disconnect"}
+                await trio.sleep_forever()
+                raise AssertionError  # pragma: no cover
+
+            async def send(message: object) -> None:
+                pass
+
+            await wrapped(_asgi_scope(path, headers), receive, send)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "/timeout")
+            nursery.start_soon(call, "/deadline", None, ((b"connect-timeout-ms", b"1000"),))
+            nursery.start_soon(call, "/left", 1.5)
+    assert_marked(one("task GET /timeout"), "request_timeout", "request timeout", error=True)
+    assert_marked(one("task GET /deadline"), "caller_deadline", "caller deadline", error=True)
+    assert_marked(one("task GET /left"), "client_disconnect", "client disconnected", error=False)
+
+
+async def test_a_scope_bound_late_to_a_child_of_the_shutdown_token_says_shutdown() -> None:
+    async with tc.GracefulShutdown(grace=5) as gs:
+        gs.trigger("deploy")
+        child = gs.token.child_token()  # born cancelled
+        grandchild = child.child_token()
+        with child.cancel_scope(), tc_otel.span("child", TRACER):
+            await trio.lowlevel.checkpoint()
+        with grandchild.cancel_scope(), tc_otel.span("grandchild", TRACER):
+            await trio.lowlevel.checkpoint()
+    assert_marked(one("child"), "shutdown", "deploy", error=False)
+    assert_marked(one("grandchild"), "shutdown", "deploy", error=False)
+
+
+async def test_a_scope_bound_late_to_a_token_an_ancestor_cancelled_names_its_source() -> None:
+    async with tc.GracefulShutdown(grace=5) as gs:
+        live = gs.token.child_token()
+        gs.trigger("deploy")
+        with live.cancel_scope(), tc_otel.span("late", TRACER):
+            await trio.lowlevel.checkpoint()
+    assert_marked(one("late"), "shutdown", "deploy", error=False)
+
+
+async def test_a_raising_span_processor_never_replaces_the_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Raising(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            raise RuntimeError("processor down")
+
+    provider = TracerProvider()
+    provider.add_span_processor(Raising())
+    tracer = provider.get_tracer("raising")
+    token = tc.CancellationToken()
+    with token.cancel_scope() as scope, tc_otel.span("work", tracer):
+        token.cancel("stop")
+        await trio.lowlevel.checkpoint()
+    assert scope.cancelled_caught  # the Cancelled reached its scope, not a RuntimeError
+
+    async def work() -> None:
+        with tc_otel.span("work", tracer):
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, work)
+        await trio.testing.wait_all_tasks_blocked()
+        handle.abort("hedge")
+    assert handle.outcome == tc.Aborted("hedge")
+    with tc_otel.span("fine", tracer):  # a span that completes: the error is logged too
+        pass
+    assert caplog.text.count("ending a span failed") == 3
+
+
+async def test_a_span_left_by_a_group_of_a_cancellation_and_an_error() -> None:
+    token = tc.CancellationToken()
+
+    async def fails_in_cleanup() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise ValueError("cleanup")
+
+    async def work() -> None:
+        with tc_otel.span("work", TRACER):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(fails_in_cleanup)
+                await trio.sleep_forever()
+
+    with pytest.RaisesGroup(ValueError, flatten_subgroups=True), token.cancel_scope():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work)
+            await trio.testing.wait_all_tasks_blocked()
+            token.cancel("stop")
+    s = one("work")
+    a = attrs_of(s)
+    assert a["trio_cancel.cancelled"] is True
+    assert a["trio_cancel.source"] == "token"
+    assert a["trio_cancel.reason"] == "stop"
+    assert s.status.status_code is StatusCode.ERROR
+    (event,) = s.events
+    assert event.name == "exception"
+    recorded = event.attributes or {}
+    assert recorded["exception.type"] == "ExceptionGroup"  # the group's errors, not Cancelled
+    assert "ValueError: cleanup" in str(recorded["exception.stacktrace"])
+    assert "error.type" not in a  # the error's status, not the cancellation's policy
+
+
+async def test_mark_cancelled_marks_a_mixed_group() -> None:
+    group = BaseExceptionGroup("g", [trio.Cancelled._create(), ValueError("x")])
+    with TRACER.start_as_current_span("own") as sp:
+        assert tc_otel.mark_cancelled(sp, group) is True
+    s = one("own")
+    assert attrs_of(s)["trio_cancel.cancelled"] is True
+    assert s.status.status_code is StatusCode.ERROR
+    assert [e.name for e in s.events] == ["exception"]
+
+
+async def test_the_shutdown_span_follows_the_status_policy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tc_otel.instrument()
+    tc_otel.configure(error_sources=[])
+    async with tc.GracefulShutdown(5) as sd:
+        sd.spawn(trio.sleep_forever, name="stuck")
+        await trio.testing.wait_all_tasks_blocked()
+        sd.trigger("deploy")
+    sd_span = one("GracefulShutdown")
+    assert attrs_of(sd_span)["trio_cancel.forced"] == 1
+    assert sd_span.status.status_code is StatusCode.UNSET
+    assert "error.type" not in attrs_of(sd_span)
+
+
+async def test_a_str_policy_is_a_type_error_at_the_call() -> None:
+    with (
+        pytest.raises(TypeError, match="not a str"),
+        tc_otel.span("s", TRACER, error_sources="trio.deadline"),
+    ):
+        pass  # pragma: no cover
+    assert spans() == []
+    with TRACER.start_as_current_span("own") as sp:
+        with pytest.raises(TypeError, match="not a str"):
+            tc_otel.mark_cancelled(sp, trio.Cancelled._create(), error_sources="token")
+        with pytest.raises(TypeError, match="strings"):
+            tc_otel.mark_cancelled(sp, ValueError(), error_sources=[1])  # type: ignore[list-item]
+
+
+async def test_nothing_is_measured_after_uninstrument(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tc_otel.instrument()
+
+    def landing() -> int:
+        return sum(p.count for p in _metric("trio_cancel.landing_time"))
+
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, trio.sleep_forever, name="open")
+        await trio.testing.wait_all_tasks_blocked()
+        tc_otel.uninstrument()
+        landed, counted = landing(), _counts()
+        handle.abort("bye")
+    assert_marked(one("task open"), "abort", "bye", error=False)  # the span still ends marked
+    assert landing() == landed
+    assert _counts() == counted

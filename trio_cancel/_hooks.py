@@ -57,6 +57,9 @@ _pending: tuple[CancellationToken, str] | None = None
 _by_fields: dict[tuple[object, object], weakref.ref[Any]] = {}
 # Token on which cancel() itself was called -> its source (one entry per cancel call).
 token_sources: weakref.WeakKeyDictionary[CancellationToken, str] = weakref.WeakKeyDictionary()
+# Token cancelled by an ancestor's cancel() (or born cancelled from a cancelled token) -> the
+# source of that cancel.
+_subtree_sources: weakref.WeakKeyDictionary[CancellationToken, str] = weakref.WeakKeyDictionary()
 # The reason object the latest cancel_scope() created, if it created one (forced() relabels it).
 _last_created: weakref.ref[Any] | None = None
 
@@ -102,9 +105,15 @@ def timer_source(token: CancellationToken, why: str) -> None:
             _timer_sources[token] = (source, why)
 
 
-def token_cancelled(token: CancellationToken, created: Iterable[object]) -> None:
+def token_cancelled(
+    token: CancellationToken,
+    created: Iterable[object],
+    subtree: Iterable[CancellationToken] = (),
+) -> None:
     """``token.cancel()`` just cancelled its subtree's bound scopes, creating the reason
-    objects ``created`` (what ``cancel_scopes`` returned)."""
+    objects ``created`` (what ``cancel_scopes`` returned); ``subtree`` is the tokens it marked
+    (``token`` first): each keeps the source (a cancelled token forgets its parents, and a
+    scope bound to it later, or a child born cancelled from it, needs the source)."""
     global _pending
     pending, _pending = _pending, None
     if pending is not None and pending[0] is token:
@@ -115,17 +124,37 @@ def token_cancelled(token: CancellationToken, created: Iterable[object]) -> None
         timer = _timer_sources.get(token)
         source = timer[0] if timer is not None and token.reason == timer[1] else "token"
     token_sources[token] = source
+    for node in subtree:
+        if node is not token:
+            _subtree_sources[node] = source
     record_created(created, source)
+
+
+def born_cancelled(child: CancellationToken, parent: CancellationToken) -> None:
+    """``child`` was born cancelled from the cancelled ``parent``: it keeps the parent's
+    source (it has no parent once born)."""
+    if active:
+        source = source_of_token(parent)
+        if source is not None:
+            _subtree_sources[child] = source
+
+
+def source_of_token(token: CancellationToken) -> str | None:
+    """The source of the cancel that cancelled ``token``: its own cancel() or the one of the
+    ancestor that reached it (None if not recorded)."""
+    found = token_sources.get(token)
+    return found if found is not None else _subtree_sources.get(token)
 
 
 def bound_late(token: CancellationToken, scope: trio.CancelScope) -> None:
     """``scope`` was bound to ``token`` after it had been cancelled, and so was just cancelled
     (the core binds only new scopes, not yet entered: the reason it holds is that cancel's):
-    the source of the token's own cancel() if known, else ``token``."""
+    the source of the cancel that cancelled the token (its own or an ancestor's) if known,
+    else ``token``."""
     if active:
         reason = _reason_of(scope)
         if reason is not None:
-            record_created((reason,), token_sources.get(token, "token"))
+            record_created((reason,), source_of_token(token) or "token")
 
 
 def record_created(created: Iterable[object], source: str) -> None:
@@ -190,6 +219,20 @@ def forced(sd: object, handle: TaskHandle[Any]) -> None:
         _store(reason, "shutdown_forced", _now() if known is None else known[1])
 
 
+def aborted_for(handle: TaskHandle[Any], token: CancellationToken) -> None:
+    """``handle.abort()`` was just called because ``token`` was cancelled (an ``on_cancel``
+    callback, the middleware's): the reason that abort created stands for the token's source
+    (its cancel's: ``request_timeout``, ``client_disconnect``, ...), not for ``abort``."""
+    global _last_created
+    created, _last_created = _last_created, None
+    if not active or created is None:
+        return
+    reason = _reason_of(handle._scope)
+    if reason is not None and reason is created():
+        known = lookup(reason)
+        _store(reason, source_of_token(token) or "token", _now() if known is None else known[1])
+
+
 def lookup(reason: object) -> tuple[str, float | None] | None:
     """The recorded (source, time) of a ``CancelReason`` object, if the library cancelled it."""
     if reason is None:
@@ -205,11 +248,16 @@ def explicit_source(exc: BaseException, current: object | None) -> str | None:
     in a task whose innermost cancel status holds the reason object ``current``; None when the
     library did not cancel it.
 
-    A ``Cancelled`` carries its reason's fields (``reason``, ``source_task``), not the object.
-    When ``current`` has those fields, it is the one (an object, so identity decides even
-    between two cancels with equal fields). Otherwise the ``Cancelled`` came from another
-    cancellation, of a scope since left (say a token's scope inside a scope plain Trio
-    cancelled afterwards): the library's record with those fields, if any.
+    A ``Cancelled`` carries its reason's fields (``reason``, ``source_task``), not the object,
+    so the fields are all there is to match. When ``current`` has those fields, it is taken
+    as the one. Otherwise the ``Cancelled`` came from another cancellation, of a scope since
+    left (say a token's scope inside a scope plain Trio cancelled afterwards): the latest
+    library record with those fields, if any.
+
+    The limit: two cancels with equal fields (the same reason, or none, from the same task)
+    cannot be told apart once the raised one's scope has been left. The surrounding scope's
+    reason, if it has those fields, is taken for it; or a library record with those fields
+    (of another, still live cancellation) names a plain Trio cancel as the library's.
     """
     fields = (getattr(exc, "reason", None), getattr(exc, "source_task", None))
     if (

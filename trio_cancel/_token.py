@@ -382,7 +382,7 @@ class CancellationToken:
             if scopes_to_cancel:
                 created = cancel_scopes(scopes_to_cancel, reason)
             if _hooks.active:  # trio_cancel.otel: why these scopes were cancelled
-                _hooks.token_cancelled(self, created)
+                _hooks.token_cancelled(self, created, order)
         finally:
             if paused:
                 resume_collector()
@@ -863,6 +863,8 @@ def _born_cancelled(child: CancellationToken, parent: CancellationToken) -> None
     child._cause = parent._cause
     child._cancelled = True
     child._parents = ()
+    if _hooks.active:  # trio_cancel.otel: the parent's source
+        _hooks.born_cancelled(child, parent)
 
 
 # Looked up once: _add_scope() and _mark_used() run for every bound scope.

@@ -350,9 +350,15 @@ class _Request:
         shutdown's grace period: the handler never outlives the server's request task."""
         handle = shutdown.spawn(self._handle, token, name=self.name)
         shutdown._describe(handle, self._detail)
+
         # The request's token ends the task as an abort with the token's reason (a timed-out
         # request is Aborted("request timeout") in the report, not Completed(None)).
-        registration = token.on_cancel(lambda: handle.abort(token.reason or "cancelled"))
+        def abort() -> None:
+            handle.abort(token.reason or "cancelled")
+            if _hooks.active:  # trio_cancel.otel: the abort stands for the token's source
+                _hooks.aborted_for(handle, token)
+
+        registration = token.on_cancel(abort)
         try:
             return await handle.join()
         except trio.Cancelled:

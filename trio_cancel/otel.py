@@ -153,6 +153,18 @@ def _leaves(exc: BaseException) -> list[trio.Cancelled] | None:
     return None
 
 
+def _split(exc: BaseException) -> tuple[list[trio.Cancelled], BaseException | None]:
+    """The ``Cancelled`` exceptions ``exc`` holds, and the rest of it (None when it is only
+    cancellations): a group of both is split, nothing is lost."""
+    if isinstance(exc, trio.Cancelled):
+        return [exc], None
+    if not isinstance(exc, BaseExceptionGroup):
+        return [], exc
+    match, rest = exc.split(trio.Cancelled)
+    leaves = [] if match is None else _leaves(match)
+    return leaves or [], rest
+
+
 def _source(trio_source: object, reason_obj: object) -> str:
     if trio_source == "explicit":
         known = _hooks.lookup(reason_obj)
@@ -198,15 +210,20 @@ def configure(*, error_sources: Iterable[str] | None = None) -> None:
         TypeError: ``error_sources`` is a string or holds something other than strings.
     """
     global _error_sources
+    new = _policy(error_sources)
+    _error_sources = DEFAULT_ERROR_SOURCES if new is None else new
+
+
+def _policy(error_sources: Iterable[str] | None) -> frozenset[str] | None:
+    """``error_sources`` checked (None stays None: the configured policy)."""
     if error_sources is None:
-        _error_sources = DEFAULT_ERROR_SOURCES
-        return
+        return None
     if isinstance(error_sources, str):
         raise TypeError("error_sources must be a collection of source names, not a str")
     new = frozenset(error_sources)
     if not all(isinstance(s, str) for s in new):
         raise TypeError("error_sources must hold strings")
-    _error_sources = new
+    return new
 
 
 def _mark(
@@ -214,32 +231,65 @@ def _mark(
     source: str,
     reason: str | None,
     error_sources: frozenset[str] | None,
+    *,
+    status: bool = True,
+    count: bool = True,
 ) -> None:
     sp.set_attribute(ATTR_CANCELLED, True)
     sp.set_attribute(ATTR_SOURCE, source)
     if reason is not None:
         sp.set_attribute(ATTR_REASON, reason)
-    if source in (_error_sources if error_sources is None else error_sources):
+    if status and source in (_error_sources if error_sources is None else error_sources):
         sp.set_attribute("error.type", source)
         sp.set_status(Status(StatusCode.ERROR, reason or source))
-    _cancellations.add(1, {ATTR_SOURCE: source})
+    if count:
+        _cancellations.add(1, {ATTR_SOURCE: source})
+
+
+def _mark_exc(sp: trace.Span, exc: BaseException, policy: frozenset[str] | None) -> bool:
+    """Mark ``sp`` for ``exc`` if it holds a cancellation (see :func:`mark_cancelled`). An
+    error of the telemetry is logged, never raised over ``exc``."""
+    leaves, rest = _split(exc)
+    if not leaves:
+        return False
+    try:
+        if sp.is_recording():
+            first = leaves[0]
+            source = _source_of(first)
+            reason = getattr(first, "reason", None)
+            if rest is None:
+                _mark(sp, source, reason, policy)
+            else:  # a group with real errors: those decide the status, as an Exception would
+                _mark(sp, source, reason, policy, status=False)
+                sp.record_exception(rest)
+                sp.set_status(Status(StatusCode.ERROR, f"{type(rest).__name__}: {rest}"))
+    except Exception:  # noqa: BLE001 - telemetry must not replace the exception it observes
+        _log.exception("trio_cancel.otel: marking a span failed")
+    return True
+
+
+def _end(sp: trace.Span) -> None:
+    """``sp.end()``; a span processor's error is logged, never raised (it would replace the
+    exception, a ``Cancelled`` say, that is leaving the span)."""
+    try:
+        sp.end()
+    except Exception:  # noqa: BLE001 - as above
+        _log.exception("trio_cancel.otel: ending a span failed")
 
 
 def mark_cancelled(
     sp: trace.Span, exc: BaseException, *, error_sources: Iterable[str] | None = None
 ) -> bool:
     """Mark ``sp`` as ended by the cancellation ``exc``, as :func:`span` does; return whether
-    ``exc`` was a cancellation (nothing is done otherwise, nor for a span that does not
-    record). Call it in the task that caught ``exc``."""
-    leaves = _leaves(exc)
-    if not leaves:
-        return False
-    if sp.is_recording():
-        first = leaves[0]
-        source = _source_of(first)
-        policy = None if error_sources is None else frozenset(error_sources)
-        _mark(sp, source, getattr(first, "reason", None), policy)
-    return True
+    ``exc`` holds a cancellation (nothing is done otherwise, nor for a span that does not
+    record). A group of cancellations and other errors marks the cancellation and records
+    the other errors (exception event, status ``ERROR``). Call it in the task that caught
+    ``exc``.
+
+    Raises:
+        TypeError: ``error_sources`` is a string or holds something other than strings.
+    """
+    return _mark_exc(sp, exc, _policy(error_sources))
 
 
 @contextlib.contextmanager
@@ -256,8 +306,11 @@ def span(
     ``trio_cancel.cancelled = true``, ``trio_cancel.reason`` (when the cancellation had one)
     and ``trio_cancel.source``; if the source is in the status policy (by default
     :data:`DEFAULT_ERROR_SOURCES`), the status is ``ERROR`` and ``error.type`` = the source,
-    otherwise the status stays unset. Other exceptions are OpenTelemetry's business, as with
-    ``start_as_current_span``; a span that completes is untouched.
+    otherwise the status stays unset. A group of cancellations and other errors gets those
+    attributes too, and its other errors are recorded (exception event, status ``ERROR``), as
+    an ``Exception`` would be. Other exceptions are OpenTelemetry's business, as with
+    ``start_as_current_span``; a span that completes is untouched. An error of a span
+    processor when the span ends is logged, never raised over the exception leaving the span.
 
     Args:
         name: The span's name.
@@ -265,21 +318,25 @@ def span(
         error_sources: This span's policy instead of the one :func:`configure` set.
         **kw: Passed to ``start_as_current_span`` (``kind``, ``attributes``, ``links``...).
 
+    Raises:
+        TypeError: ``error_sources`` is a string or holds something other than strings.
+
     Cancellation:
         Not a checkpoint: the cancellation passes through unchanged once the span is marked.
     """
-    policy = None if error_sources is None else frozenset(error_sources)
-    with (tracer or _tracer).start_as_current_span(name, **kw) as sp:
-        try:
-            yield sp
-        except BaseException as exc:
-            if sp.is_recording():
-                leaves = _leaves(exc)
-                if leaves:
-                    first = leaves[0]
-                    source = _source_of(first)
-                    _mark(sp, source, getattr(first, "reason", None), policy)
-            raise
+    policy = _policy(error_sources)
+    end_on_exit = kw.pop("end_on_exit", True)
+    sp: trace.Span | None = None
+    try:
+        with (tracer or _tracer).start_as_current_span(name, end_on_exit=False, **kw) as sp:
+            try:
+                yield sp
+            except BaseException as exc:
+                _mark_exc(sp, exc, policy)
+                raise
+    finally:
+        if sp is not None and end_on_exit:
+            _end(sp)  # after OpenTelemetry recorded an Exception, as it would end it
 
 
 # ------------------------------------------------------------------ instrument()
@@ -346,12 +403,12 @@ def _task_end(handle: TaskHandle[Any]) -> None:
             trio_source = getattr(reason_obj, "source", "explicit")
         source = _source(trio_source, reason_obj)
         known = _hooks.lookup(reason_obj)
-        if known is not None and known[1] is not None:
+        if known is not None and known[1] is not None and _instrumented:
             _landing.record(trio.current_time() - known[1], {ATTR_SOURCE: source})
         if entry is None:
             _cancellations.add(1, {ATTR_SOURCE: source})
-        else:
-            _mark(entry[0], source, outcome.reason, None)
+        else:  # after uninstrument(), the open span is marked but nothing is measured
+            _mark(entry[0], source, outcome.reason, None, count=_instrumented)
     elif isinstance(outcome, Failed) and entry is not None:
         entry[0].record_exception(outcome.error)
         entry[0].set_status(Status(StatusCode.ERROR, f"{type(outcome.error).__name__}"))
@@ -396,7 +453,7 @@ def _shutdown_span_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 
         sp.add_event("forced", {"trio_cancel.task": arg.name})
     elif kind == "landed":
         sp.set_attribute("trio_cancel.forced", len(sd._forced))
-        if sd._forced:
+        if sd._forced and "shutdown_forced" in _error_sources:  # the status policy
             sp.set_attribute("error.type", "shutdown_forced")
             sp.set_status(Status(StatusCode.ERROR, "tasks were forced"))
         sp.end()
