@@ -913,9 +913,7 @@ async def test_a_call_skipped_after_its_thread_took_the_token_gives_it_back_firs
     assert tc.thread_call_statistics().abandoned == before
 
 
-async def test_a_call_cancelled_around_fn_returning_ends_with_its_token_back_even_with_grace_0() -> (
-    None
-):
+async def test_a_call_cancelled_as_fn_returns_ends_with_its_token_back_with_grace_0() -> None:
     """Cancelled around the moment fn returns (seeded schedule), with grace=0 or tiny: a call
     that ends and was not abandoned has given its limiter token back (the thread's report
     can still be queued when the caller lands)."""
