@@ -60,6 +60,16 @@ token_sources: weakref.WeakKeyDictionary[CancellationToken, str] = weakref.WeakK
 # Token cancelled by an ancestor's cancel() (or born cancelled from a cancelled token) -> the
 # source of that cancel.
 _subtree_sources: weakref.WeakKeyDictionary[CancellationToken, str] = weakref.WeakKeyDictionary()
+
+
+def _always() -> bool:
+    return True
+
+
+# Whether a cancel's whole subtree must keep its source (one weak-table entry per token it
+# reached): trio_cancel.otel sets this to "a real tracer or meter provider is set", so that
+# without an SDK a large cancel stays as cheap as without observability.
+subtree_wanted: Callable[[], bool] = _always
 # The reason object the latest cancel_scope() created, if it created one (forced() relabels it).
 _last_created: weakref.ref[Any] | None = None
 
@@ -124,9 +134,10 @@ def token_cancelled(
         timer = _timer_sources.get(token)
         source = timer[0] if timer is not None and token.reason == timer[1] else "token"
     token_sources[token] = source
-    for node in subtree:
-        if node is not token:
-            _subtree_sources[node] = source
+    if subtree and subtree_wanted():
+        for node in subtree:
+            if node is not token:
+                _subtree_sources[node] = source
     record_created(created, source)
 
 

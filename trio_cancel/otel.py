@@ -324,6 +324,9 @@ def span(
     Cancellation:
         Not a checkpoint: the cancellation passes through unchanged once the span is marked.
     """
+    global _tracing_seen
+    if tracer is not None:  # a tracer of the application's own: sources are kept from now on
+        _tracing_seen = True
     policy = _policy(error_sources)
     end_on_exit = kw.pop("end_on_exit", True)
     sp: trace.Span | None = None
@@ -371,6 +374,25 @@ def _tracing() -> bool:
             provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
         )
     return _tracing_seen
+
+
+_metering_seen = False
+
+
+def _recording() -> bool:
+    """Whether a real tracer or meter provider is set (an SDK's): until one is, no span is
+    recorded and no metric kept, so a cancel need not keep its subtree's source."""
+    global _metering_seen
+    if not _metering_seen:
+        provider = metrics.get_meter_provider()
+        _metering_seen = type(provider).__name__ not in (
+            "_ProxyMeterProvider",
+            "NoOpMeterProvider",
+        )
+    return _metering_seen or _tracing()
+
+
+_hooks.subtree_wanted = _recording
 
 
 @_guarded
