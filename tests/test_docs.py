@@ -206,6 +206,7 @@ Output::
 def test_shown_snippet_lines_fit_the_page(page: str) -> None:
     """What a page shows of a snippet's code: the lines Sphinx includes, at most 88 columns
     each (a recorded output, ``.txt``, is shown as the program printed it)."""
+    pytest.importorskip("sphinx", reason="Sphinx is a development tool: make test installs it")
     from sphinx.config import Config
     from sphinx.directives.code import LiteralIncludeReader
 
