@@ -360,6 +360,57 @@ def test_import_trio_cancel_imports_no_opentelemetry() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+_LATE_PROVIDERS = """
+import trio, trio.testing, trio_cancel as tc, trio_cancel.otel as tc_otel
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+async def abort_one():
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, trio.sleep_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        handle.abort("stop")
+        await handle.join()
+
+tc_otel.instrument()
+trio.run(abort_one)  # no provider set: nothing is kept, nothing is open
+assert not tc_otel._recording() and not tc_otel._task_spans
+trace.set_tracer_provider(trace.NoOpTracerProvider())  # set, but records nothing
+trio.run(abort_one)
+assert not tc_otel._recording() and not tc_otel._task_spans
+exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace._TRACER_PROVIDER = None  # the API refuses a second set: start over, as a process would
+trace._TRACER_PROVIDER_SET_ONCE._done = False
+trace.set_tracer_provider(tracer_provider)
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+trio.run(abort_one)  # set after instrument(): seen at the next task
+spans = exporter.get_finished_spans()
+assert [s.attributes["trio_cancel.source"] for s in spans] == ["abort"], spans
+points = [
+    p for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics
+    for m in sm.metrics if m.name == "trio_cancel.cancellations" for p in m.data.data_points
+]
+assert [(p.attributes["trio_cancel.source"], p.value) for p in points] == [("abort", 1)]
+print("ok")
+"""
+
+
+def test_providers_set_after_instrument_are_seen() -> None:
+    """Without an SDK a task costs no span and no metric; a provider set later (after
+    instrument(), after a no-op one) is seen at the next task."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LATE_PROVIDERS], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 # ---------------------------------------------------------------- end to end: Hypercorn + ASGI
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec
 
 import trio
 from opentelemetry import context as otel_context, metrics, trace
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Status, StatusCode
 
 from . import _hooks
@@ -361,44 +362,72 @@ def _guarded(hook: Callable[_P, None]) -> Callable[_P, None]:
     return guarded
 
 
+# Whether a real (an SDK's) tracer or meter provider is set. These are asked once per task
+# (and once per cancel), so the answer "none yet" must cost next to nothing: the API's public
+# getters read os.environ on every call (about 1 µs each). The provider the API holds is read
+# from its module instead (a private global of opentelemetry-api, read with getattr: were it
+# renamed, the public getter is asked each time, as before); it is None until a provider is
+# set, and the public getter is asked only when it has changed since the last answer. A
+# provider is set once per process, so once a real one is seen the answer stays.
+_UNSET: Final = object()
+_GLOBALS_READABLE: Final = hasattr(trace, "_TRACER_PROVIDER") and hasattr(
+    _metrics_api, "_METER_PROVIDER"
+)
 _tracing_seen = False
+_tracer_checked: object = None  # the API's provider global when last asked (None: not set)
+_metering_seen = False
+_meter_checked: object = None
 
 
 def _tracing() -> bool:
-    """Whether a real tracer provider (an SDK's) is set: until one is, a task costs no span.
-    A provider is set once per process, so once seen it stays."""
-    global _tracing_seen
-    if not _tracing_seen:
-        provider = trace.get_tracer_provider()
-        _tracing_seen = not isinstance(
-            provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-        )
+    """Whether a real tracer provider (an SDK's) is set: until one is, a task costs no span."""
+    global _tracing_seen, _tracer_checked
+    if _tracing_seen:
+        return True
+    held = getattr(trace, "_TRACER_PROVIDER", _UNSET)
+    if held is _tracer_checked:
+        return False
+    provider = trace.get_tracer_provider()
+    _tracing_seen = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    if held is not _UNSET:
+        _tracer_checked = held
     return _tracing_seen
 
 
-_metering_seen = False
+def _metering() -> bool:
+    """Whether a real meter provider (an SDK's) is set: until one is, no metric is kept."""
+    global _metering_seen, _meter_checked
+    if _metering_seen:
+        return True
+    held = getattr(_metrics_api, "_METER_PROVIDER", _UNSET)
+    if held is _meter_checked:
+        return False
+    provider = metrics.get_meter_provider()
+    _metering_seen = type(provider).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider")
+    if held is not _UNSET:
+        _meter_checked = held
+    return _metering_seen
 
 
 def _recording() -> bool:
     """Whether a real tracer or meter provider is set (an SDK's): until one is, no span is
     recorded and no metric kept, so a cancel need not keep its subtree's source."""
-    global _metering_seen
-    if not _metering_seen:
-        provider = metrics.get_meter_provider()
-        _metering_seen = type(provider).__name__ not in (
-            "_ProxyMeterProvider",
-            "NoOpMeterProvider",
-        )
-    return _metering_seen or _tracing()
+    return _tracing_seen or _metering_seen or _tracing() or _metering()
 
 
 _hooks.subtree_wanted = _recording
 
 
-@_guarded
 def _task_start(handle: TaskHandle[Any]) -> None:
-    if not _tracing():
-        return
+    # Without a tracer provider, a task has no span (the check inline: once per task).
+    if _tracing_seen or (
+        (not _GLOBALS_READABLE or trace._TRACER_PROVIDER is not _tracer_checked) and _tracing()
+    ):
+        _task_span(handle)
+
+
+@_guarded
+def _task_span(handle: TaskHandle[Any]) -> None:
     sp = _tracer.start_span(f"task {handle.name}", attributes={"trio_cancel.task": handle.name})
     if not sp.is_recording():
         return
@@ -406,8 +435,28 @@ def _task_start(handle: TaskHandle[Any]) -> None:
     _task_spans[handle] = (sp, token)
 
 
-@_guarded
 def _task_end(handle: TaskHandle[Any]) -> None:
+    # Without an SDK no span was opened and the API's instruments keep nothing: nothing to do
+    # (the check inline, as in _task_start: this runs once per task).
+    if (
+        _task_spans
+        or _tracing_seen
+        or _metering_seen
+        or not _GLOBALS_READABLE
+        or trace._TRACER_PROVIDER is not _tracer_checked
+        or _metrics_api._METER_PROVIDER is not _meter_checked
+    ):
+        _task_ended(handle)
+    elif not _instrumented:  # after uninstrument(), no span left to end
+        _hooks.task_end = None
+
+
+@_guarded
+def _task_ended(handle: TaskHandle[Any]) -> None:
+    if not _task_spans and not _recording():
+        if not _instrumented:
+            _hooks.task_end = None
+        return
     entry = _task_spans.pop(handle, None)
     if not _instrumented:
         # After uninstrument(): only end the spans still open (marked as usual), then let go.
