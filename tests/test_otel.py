@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -1247,3 +1250,73 @@ async def test_nothing_is_measured_after_uninstrument(
     assert_marked(one("task open"), "abort", "bye", error=False)  # the span still ends marked
     assert landing() == landed
     assert _counts() == counted
+
+
+async def test_task_started_after_phase_two_is_forced() -> None:
+    """``start()`` called once phase 2 has begun aborts the new task at once: its task span
+    (and the counter) say ``shutdown_forced``, as for ``spawn()``, never ``abort``."""
+    tc_otel.instrument()
+
+    async def starting(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.sleep_forever()  # pragma: no cover - aborted before it runs
+
+    before = _counts()
+    async with tc.GracefulShutdown(100) as sd:
+        sd.force()
+        with pytest.raises(tc.OperationCancelledError):
+            await sd.start(starting, name="after-force")
+    assert_marked(
+        one("task after-force"), "shutdown_forced", "shutdown: forced by force()", error=True
+    )
+    assert _delta(before) == {"shutdown_forced": 1}
+
+
+def test_in_flight_reader_thread_while_shutdowns_are_added() -> None:
+    """The meter's reader (a thread of its own) reads the in-flight gauge while Trio's thread
+    adds the shutdowns it sees: the read never raises ``Set changed size during iteration``."""
+
+    class Shutdown:  # what the gauge reads of a GracefulShutdown
+        _triggered_at = 1.0
+        _running = 1
+
+    kept = [Shutdown() for _ in range(2000)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                tc_otel._observe_in_flight(None)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                errors.append(exc)
+                return
+
+    tc_otel.instrument()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(100):
+            for sd in kept:
+                tc_otel._track(sd)
+            for sd in [Shutdown() for _ in range(50)]:  # added, then collected
+                tc_otel._track(sd)
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
+def test_announced_cancel_of_a_cancelled_token_keeps_nothing_alive() -> None:
+    """A call site announces the source of a cancel (``will_cancel``) of a token that turns
+    out to be cancelled already: the announcement does not keep the token alive."""
+    token = tc.CancellationToken()
+    token.cancel("first")
+    _hooks.will_cancel(token, "shutdown")
+    token.cancel("again")  # no effect: nothing consumes the announcement
+    ref = weakref.ref(token)
+    del token
+    gc.collect()
+    assert ref() is None

@@ -49,8 +49,9 @@ _sources: dict[int, tuple[weakref.ref[Any], str, float | None]] = {}
 _timer_sources: weakref.WeakKeyDictionary[CancellationToken, tuple[str, str]] = (
     weakref.WeakKeyDictionary()
 )
-# The source announced by a call site for the next cancel() of that token.
-_pending: tuple[CancellationToken, str] | None = None
+# The source announced by a call site for the next cancel() of that token (weakly: a token
+# already cancelled never consumes it, and it must not be kept alive by it).
+_pending: tuple[weakref.ref[CancellationToken], str] | None = None
 # (reason, source_task) of each recorded reason object -> it (the latest recorded): which
 # library cancel a ``Cancelled`` came from when it is not the current task's own reason (a
 # Cancelled carries those fields, not the object). Entries go with their reason objects.
@@ -104,7 +105,7 @@ def will_cancel(token: CancellationToken, source: str) -> None:
     """A call site is about to call ``token.cancel()`` for ``source``."""
     global _pending
     if active:
-        _pending = (token, source)
+        _pending = (weakref.ref(token), source)
 
 
 def timer_source(token: CancellationToken, why: str) -> None:
@@ -126,7 +127,7 @@ def token_cancelled(
     scope bound to it later, or a child born cancelled from it, needs the source)."""
     global _pending
     pending, _pending = _pending, None
-    if pending is not None and pending[0] is token:
+    if pending is not None and pending[0]() is token:
         source = pending[1]
     else:
         # The timer's source only for the timer's own cancel (it cancels with its reason): a

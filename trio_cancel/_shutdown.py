@@ -626,12 +626,18 @@ class GracefulShutdown(NurseryOwner):
                 on_done=self._task_done,
                 starting=self._starting,
                 abort_reason=self._phase_two_reason,
+                on_abort=self._aborted_at_start,
             )
         finally:
             if not started:  # ended (or never began) before started(): not a tracked task
                 self._running -= 1
                 if self._running == 0 and self._triggered_at is not None:
                     self._all_exited.set()
+
+    def _aborted_at_start(self, handle: TaskHandle[Any]) -> None:
+        # start() after phase 2 began: the abort stands for the forced shutdown (not tracked,
+        # as the task cannot reach started()).
+        _hooks.forced(self, handle)  # trio_cancel.otel: the source
 
     def _task_started(self, handle: TaskHandle[Any]) -> None:
         self._starting.discard(handle)

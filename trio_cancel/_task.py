@@ -694,12 +694,13 @@ async def start_task(
     on_done: Callable[[TaskHandle[T]], None] | None = None,
     starting: set[TaskHandle[Any]] | None = None,
     abort_reason: str | None = None,
+    on_abort: Callable[[TaskHandle[T]], None] | None = None,
 ) -> tuple[TaskHandle[T], Any]:
     """Start ``fn(*args, task_status=...)`` (``fn`` already has the token rule applied) with a
     handle, and wait until it calls ``started()``. ``token`` binds the task's scope;
     ``injected`` is the token ``fn`` receives (for the error when it fires first);
     ``starting`` holds the handle until it has started or ended (so that the owner can abort
-    it); a non-``None`` ``abort_reason`` aborts it at once."""
+    it); a non-``None`` ``abort_reason`` aborts it at once, and then calls ``on_abort``."""
     status = _StartStatus(what, injected, on_started, on_done)
     coro: Coroutine[Any, Any, T]
     if type(fn) is FunctionType and fn.__code__.co_flags & CO_COROUTINE:
@@ -715,6 +716,8 @@ async def start_task(
     try:
         if abort_reason is not None:
             handle.abort(abort_reason)
+            if on_abort is not None:
+                on_abort(handle)
         value = await nursery.start(handle._run_start, status, name=name)
     except BaseException:
         if handle._coro is not None:  # nursery.start failed before the task ran

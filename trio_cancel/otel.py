@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Final, ParamSpec
 
@@ -95,7 +96,15 @@ _landing = _meter.create_histogram(
     description="From the cancel call (or the shutdown's trigger) to the task's exit",
 )
 # The GracefulShutdowns seen by an event since instrument() (each until it is collected).
+# Added to from Trio's thread and read by the meter's reader, in a thread of its own: a
+# WeakSet added to while another thread iterates it raises (hence the lock).
 _shutdowns: weakref.WeakSet[Any] = weakref.WeakSet()
+_shutdowns_lock = threading.Lock()
+
+
+def _track(sd: object) -> None:
+    with _shutdowns_lock:
+        _shutdowns.add(sd)
 
 
 def _observe_in_flight(options: CallbackOptions) -> Iterable[Observation]:
@@ -104,7 +113,9 @@ def _observe_in_flight(options: CallbackOptions) -> Iterable[Observation]:
     if not _instrumented:
         return ()
     total = 0
-    for sd in list(_shutdowns):
+    with _shutdowns_lock:
+        current = list(_shutdowns)
+    for sd in current:
         if sd._triggered_at is not None:
             total += sd._running
     return (metrics.Observation(total),)
@@ -499,7 +510,7 @@ def _shutdown_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 - Gra
         if not _shutdown_spans:
             _hooks.shutdown_event = None
         return
-    _shutdowns.add(sd)  # its in-flight tasks are observed from now on
+    _track(sd)  # its in-flight tasks are observed from now on
     if kind == "exit":
         if not isinstance(arg._outcome, Aborted) and sd._triggered_at is not None:
             _landing.record(trio.current_time() - sd._triggered_at, {ATTR_SOURCE: "shutdown"})
