@@ -126,22 +126,30 @@ _WINDOW = (
 )
 
 
-def _toggle_library(workdir: Path) -> Path:
+def _callgrind_tools() -> str:
+    """The C compiler to build the window's toggles with (valgrind and its header are needed)."""
     compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or shutil.which("valgrind") is None:
+    header = Path("/usr/include/valgrind/callgrind.h")
+    if compiler is None or shutil.which("valgrind") is None or not header.exists():
         raise SystemExit(
-            "--callgrind needs valgrind and a C compiler (apt-get install valgrind gcc)"
+            "--callgrind needs valgrind and a C compiler: apt-get install valgrind gcc"
         )
+    return compiler
+
+
+def _toggle_library(workdir: Path) -> Path:
     source, lib = workdir / "toggle.c", workdir / "libtoggle.so"
     source.write_text(_TOGGLE_C)
-    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(lib), str(source)], check=True)
+    subprocess.run(
+        [_callgrind_tools(), "-shared", "-fPIC", "-O1", "-o", str(lib), str(source)], check=True
+    )
     return lib
 
 
 def _instructions(mode: str, variant: str, tasks: int, lib: Path, workdir: Path) -> int:
     out = workdir / f"callgrind.{mode}.{variant}"
     body = _WINDOW.format(here=str(HERE), lib=str(lib), variant=variant, tasks=tasks)
-    subprocess.run(
+    done = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
@@ -153,8 +161,11 @@ def _instructions(mode: str, variant: str, tasks: int, lib: Path, workdir: Path)
         ],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{mode} {variant}: exit status {done.returncode}\n{tail}")
     counts = [
         int(line.split()[1])
         for dump in workdir.glob(f"callgrind.{mode}.{variant}.*")
@@ -174,17 +185,25 @@ def callgrind(variants: list[str], tasks: int, keep: Callable[[dict[str, Any]], 
                 pool.submit(_instructions, mode, variant, tasks, lib, workdir): (mode, variant)
                 for mode, variant in jobs
             }
+            failed: list[str] = []
             for future in concurrent.futures.as_completed(futures):
                 mode, variant = futures[future]
+                try:
+                    value = future.result()
+                except RuntimeError as exc:  # the others' figures are kept
+                    failed.append(str(exc))
+                    continue
                 keep(
                     {
                         "kind": "instructions",
                         "variant": variant,
                         "tasks": tasks,
                         "mode": mode,
-                        "value": future.result(),
+                        "value": value,
                     }
                 )
+    if failed:
+        raise SystemExit("--callgrind: a run failed:\n" + "\n\n".join(failed))
 
 
 # ------------------------------------------------------------------------------ the tables
@@ -218,10 +237,15 @@ def print_tables(records: list[dict[str, Any]]) -> None:
             )
             unit, higher = ("s CPU" if kind == "cpu" else "s"), False
         print(title)
-        base = statistics.median(by_mode["off"])
+        base = statistics.median(by_mode["off"]) if "off" in by_mode else None
         for mode in MODES:
-            if mode in by_mode:
-                print(_line(mode, statistics.median(by_mode[mode]), base, unit, higher))
+            if mode not in by_mode:
+                continue
+            value = statistics.median(by_mode[mode])
+            if base is None:  # a run cut short before its "off" figure
+                print(f"  {mode:<13} {value:10.4g} {unit}   (no 'off' figure to compare with)")
+            else:
+                print(_line(mode, value, base, unit, higher))
 
 
 def _rounds(runs: int) -> Iterator[tuple[str, ...]]:
@@ -255,6 +279,8 @@ def main() -> None:
             print_tables([json.loads(line) for line in f if line.strip()])
         return
 
+    if args.callgrind:
+        _callgrind_tools()  # before the timed runs, not after them
     records: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         saved = None if args.results is None else stack.enter_context(open(args.results, "w"))

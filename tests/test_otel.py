@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import threading
@@ -1269,6 +1270,12 @@ async def test_task_started_after_phase_two_is_forced() -> None:
         one("task after-force"), "shutdown_forced", "shutdown: forced by force()", error=True
     )
     assert _delta(before) == {"shutdown_forced": 1}
+    # The shutdown's span counts it among the forced (its event, its count, its status).
+    shutdown_span = one("GracefulShutdown")
+    assert [e.name for e in shutdown_span.events].count("forced") == 1
+    assert shutdown_span.attributes is not None
+    assert shutdown_span.attributes["trio_cancel.forced"] == 1
+    assert shutdown_span.status.status_code is StatusCode.ERROR
 
 
 def test_in_flight_reader_thread_while_shutdowns_are_added() -> None:
@@ -1320,3 +1327,101 @@ def test_announced_cancel_of_a_cancelled_token_keeps_nothing_alive() -> None:
     del token
     gc.collect()
     assert ref() is None
+
+
+async def test_task_span_of_a_start_that_failed_before_started_records_the_real_error() -> None:
+    """A task that raises, or returns, before ``task_status.started()`` makes ``start()``
+    raise; its span records what ``start()`` raised, not the library's internal marker."""
+    tc_otel.instrument()
+
+    async def fails(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise ValueError("bad config")
+
+    async def returns(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        return
+
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(ValueError, match="bad config"):
+            await tc.start(nursery, fails, name="fails")
+        with pytest.raises(RuntimeError, match=r"without calling task_status\.started"):
+            await tc.start(nursery, returns, name="returns")
+    for name, kind in (("task fails", "ValueError"), ("task returns", "RuntimeError")):
+        sp = one(name)
+        assert sp.status.status_code is StatusCode.ERROR
+        assert sp.status.description == kind
+        assert [e.attributes["exception.type"] for e in sp.events if e.attributes] == [kind]
+
+
+_SUBTREE_SOURCE = """
+import trio, trio.testing, trio_cancel as tc, trio_cancel.otel as tc_otel
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()  # the application's own, never set as the global one
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+tracer = provider.get_tracer("app")
+seen = []
+
+async def main():
+    async with tc.GracefulShutdown(grace=10) as gs:
+        child = gs.token.child_token()
+        gs.trigger("deploy")  # no SDK is seen yet: the subtree still keeps the source
+        born = child.child_token()  # born cancelled from a cancelled token
+        for token in (child, born):
+            with token.cancel_scope(), tc_otel.span("work", tracer):
+                try:
+                    await trio.sleep(1)
+                except trio.Cancelled as exc:
+                    seen.append(tc_otel.cancellation_source(exc))
+                    raise
+
+trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+assert seen == ["shutdown", "shutdown"], seen
+spans = [s.attributes["trio_cancel.source"] for s in exporter.get_finished_spans()]
+assert spans == ["shutdown", "shutdown"], spans
+print("ok")
+"""
+
+
+def test_subtree_keeps_its_source_without_a_global_sdk() -> None:
+    """With no SDK set globally when a shutdown triggers, a scope bound later to a descendant
+    of its token, or to a child born cancelled from one, still says ``shutdown``
+    (``cancellation_source()`` and a span with the application's own tracer)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SUBTREE_SOURCE], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+_ENV_PROVIDERS = """
+import os, trio, trio.testing, trio_cancel as tc, trio_cancel.otel as tc_otel
+
+os.environ["OTEL_PYTHON_TRACER_PROVIDER"] = "sdk_tracer_provider"  # set after the import
+os.environ["OTEL_PYTHON_METER_PROVIDER"] = "sdk_meter_provider"
+tc_otel.instrument()
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, trio.sleep_forever, name="t")
+        await trio.testing.wait_all_tasks_blocked()
+        assert handle in tc_otel._task_spans  # the task has a span
+        handle.abort("stop")
+
+trio.run(main)
+assert tc_otel._tracing() and tc_otel._metering()
+print("ok")
+"""
+
+
+def test_providers_named_by_environment_variables_before_instrument_are_seen() -> None:
+    """``OTEL_PYTHON_TRACER_PROVIDER``/``..._METER_PROVIDER`` set after the import but before
+    ``instrument()``: the providers they name are loaded, and tasks get spans."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _ENV_PROVIDERS], capture_output=True, text=True, check=False, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

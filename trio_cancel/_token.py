@@ -136,6 +136,9 @@ class CancellationToken:
     # The run this token, or a descendant, was last used in (a scope bound, a task waiting, a
     # timer, a callback registered inside trio.run): see invariant 7 and _mark_used().
     _run: weakref.ref[trio.lowlevel.Task] | None = attrs.field(default=None, init=False)
+    # Why this token was cancelled (its own cancel()'s source or the ancestor's whose cancel
+    # reached it: "shutdown", "remote", ...), kept only while trio_cancel.otel is imported.
+    _source: str | None = attrs.field(default=None, init=False)
 
     # ------------------------------------------------------------------ queries
 

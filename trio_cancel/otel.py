@@ -32,6 +32,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import _hooks
 from ._outcome import Aborted, Failed
+from ._task import _ErrorBeforeStarted, _ReturnedBeforeStarted
 from ._threads import thread_call_statistics
 
 if TYPE_CHECKING:
@@ -357,7 +358,20 @@ def span(
 # ------------------------------------------------------------------ instrument()
 
 _task_spans: dict[TaskHandle[Any], tuple[trace.Span, object]] = {}
-_shutdown_spans: weakref.WeakKeyDictionary[Any, trace.Span] = weakref.WeakKeyDictionary()
+
+
+class _ShutdownSpan:
+    """A shutdown's open span, and how many tasks its phase 2 forced (those in the report,
+    and those aborted as ``start()`` began, which never reach it)."""
+
+    __slots__ = ("forced", "span")
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+        self.forced = 0
+
+
+_shutdown_spans: weakref.WeakKeyDictionary[Any, _ShutdownSpan] = weakref.WeakKeyDictionary()
 
 
 def _guarded(hook: Callable[_P, None]) -> Callable[_P, None]:
@@ -398,7 +412,11 @@ def _tracing() -> bool:
     held = getattr(trace, "_TRACER_PROVIDER", _UNSET)
     if held is _tracer_checked:
         return False
-    provider = trace.get_tracer_provider()
+    try:
+        provider = trace.get_tracer_provider()  # loads one named by an environment variable
+    except Exception:  # noqa: BLE001 - telemetry must not break the work it observes
+        _log.exception("trio_cancel.otel: the tracer provider could not be loaded")
+        return False
     _tracing_seen = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
     if held is not _UNSET:
         _tracer_checked = held
@@ -413,7 +431,11 @@ def _metering() -> bool:
     held = getattr(_metrics_api, "_METER_PROVIDER", _UNSET)
     if held is _meter_checked:
         return False
-    provider = metrics.get_meter_provider()
+    try:
+        provider = metrics.get_meter_provider()  # loads one named by an environment variable
+    except Exception:  # noqa: BLE001 - as above
+        _log.exception("trio_cancel.otel: the meter provider could not be loaded")
+        return False
     _metering_seen = type(provider).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider")
     if held is not _UNSET:
         _meter_checked = held
@@ -422,11 +444,8 @@ def _metering() -> bool:
 
 def _recording() -> bool:
     """Whether a real tracer or meter provider is set (an SDK's): until one is, no span is
-    recorded and no metric kept, so a cancel need not keep its subtree's source."""
+    recorded and no metric kept."""
     return _tracing_seen or _metering_seen or _tracing() or _metering()
-
-
-_hooks.subtree_wanted = _recording
 
 
 def _task_start(handle: TaskHandle[Any]) -> None:
@@ -492,13 +511,25 @@ def _task_ended(handle: TaskHandle[Any]) -> None:
         else:  # after uninstrument(), the open span is marked but nothing is measured
             _mark(entry[0], source, outcome.reason, None, count=_instrumented)
     elif isinstance(outcome, Failed) and entry is not None:
-        entry[0].record_exception(outcome.error)
-        entry[0].set_status(Status(StatusCode.ERROR, f"{type(outcome.error).__name__}"))
+        error = _task_error(handle, outcome.error)
+        entry[0].record_exception(error)
+        entry[0].set_status(Status(StatusCode.ERROR, f"{type(error).__name__}"))
     if entry is not None:
         sp, token = entry
         with contextlib.suppress(Exception):
             otel_context.detach(token)  # type: ignore[arg-type]
         sp.end()
+
+
+def _task_error(handle: TaskHandle[Any], error: BaseException) -> BaseException:
+    """What a started task's failure is for its span: a task that failed, or returned, before
+    ``task_status.started()`` ends with a marker of the library's (the error then propagates
+    from ``start()``), not with what the application sees."""
+    if isinstance(error, _ErrorBeforeStarted):
+        return error.error
+    if isinstance(error, _ReturnedBeforeStarted):
+        return RuntimeError(f"{handle.name!r} returned without calling task_status.started()")
+    return error
 
 
 @_guarded
@@ -517,25 +548,27 @@ def _shutdown_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 - Gra
     elif kind == "open":
         new = _tracer.start_span("GracefulShutdown")
         if new.is_recording():
-            _shutdown_spans[sd] = new
+            _shutdown_spans[sd] = _ShutdownSpan(new)
     else:
         _shutdown_span_event(sd, kind, arg)
 
 
 def _shutdown_span_event(sd: Any, kind: str, arg: Any) -> None:  # noqa: ANN401 - as above
     """The shutdown's span (if open) records the event; ``landed`` ends it."""
-    sp = _shutdown_spans.pop(sd, None) if kind == "landed" else _shutdown_spans.get(sd)
-    if sp is None:
+    entry = _shutdown_spans.pop(sd, None) if kind == "landed" else _shutdown_spans.get(sd)
+    if entry is None:
         return
+    sp = entry.span
     if kind == "trigger":
         sp.add_event("trigger", {ATTR_REASON: str(arg), "trio_cancel.in_flight": sd._running})
     elif kind == "phase 2":
         sp.add_event("phase 2", {ATTR_REASON: str(arg)})
     elif kind == "forced":
+        entry.forced += 1
         sp.add_event("forced", {"trio_cancel.task": arg.name})
     elif kind == "landed":
-        sp.set_attribute("trio_cancel.forced", len(sd._forced))
-        if sd._forced and "shutdown_forced" in _error_sources:  # the status policy
+        sp.set_attribute("trio_cancel.forced", entry.forced)
+        if entry.forced and "shutdown_forced" in _error_sources:  # the status policy
             sp.set_attribute("error.type", "shutdown_forced")
             sp.set_status(Status(StatusCode.ERROR, "tasks were forced"))
         sp.end()
@@ -580,6 +613,10 @@ def instrument() -> None:
     that cut the request. The metrics are recorded.
     """
     global _instrumented
+    # A provider named by OTEL_PYTHON_TRACER_PROVIDER / OTEL_PYTHON_METER_PROVIDER is loaded
+    # by the API's getters: at this module's import, or here if the variable was set since.
+    trace.get_tracer_provider()
+    metrics.get_meter_provider()
     _hooks.task_start = _task_start
     _hooks.task_end = _task_end
     _hooks.shutdown_event = _shutdown_event
