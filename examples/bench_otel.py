@@ -230,7 +230,7 @@ def print_tables(records: list[dict[str, Any]]) -> None:
             title = f"bench_middleware.py CancelMiddleware, requests per second (median of {runs})"
             unit, higher = "req/s", True
         else:
-            what = "CPU time" if kind == "cpu" else "wall clock"
+            what = "CPU time" if kind == "cpu" else "elapsed"
             title = (
                 f"bench_cancel.py {variant}, {tasks:,} tasks: cancel to last join, {what} "
                 f"(median of {runs})"

@@ -103,14 +103,14 @@ CHECKS: dict[str, Expect] = {
     ),
     "bench_otel.py": Expect(
         lines=(
-            r"^bench_cancel\.py token-scope, 2,000 tasks: cancel to last join, wall clock "
+            r"^bench_cancel\.py token-scope, 2,000 tasks: cancel to last join, elapsed "
             r"\(median of 1\)$",
             r"^  off +[\d.e+-]+ s +[+-]\d+\.\d % cost$",
             r"^  instrumented +[\d.e+-]+ s ",
             r"^  sdk +[\d.e+-]+ s ",
             r"^bench_cancel\.py token-scope, 2,000 tasks: cancel to last join, CPU time "
             r"\(median of 1\)$",
-            r"^bench_cancel\.py joinset, 2,000 tasks: cancel to last join, wall clock "
+            r"^bench_cancel\.py joinset, 2,000 tasks: cancel to last join, elapsed "
             r"\(median of 1\)$",
         ),
         args=("--tasks", "2000", "--runs", "1", "--no-http"),
