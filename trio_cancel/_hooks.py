@@ -56,11 +56,9 @@ _pending: tuple[weakref.ref[CancellationToken], str] | None = None
 # library cancel a ``Cancelled`` came from when it is not the current task's own reason (a
 # Cancelled carries those fields, not the object). Entries go with their reason objects.
 _by_fields: dict[tuple[object, object], weakref.ref[Any]] = {}
-# Token on which cancel() itself was called -> its source (one entry per cancel call). Every
-# token a cancel reached (this one and its subtree) also keeps the source in its ``_source``
-# slot: a cancelled token forgets its parents, and a scope bound to it later, or a child born
-# cancelled from it, needs the source.
-token_sources: weakref.WeakKeyDictionary[CancellationToken, str] = weakref.WeakKeyDictionary()
+# Every token a cancel reached (the one cancel() was called on and its subtree) keeps the
+# cancel's source in its ``_source`` slot: a cancelled token forgets its parents, and a scope
+# bound to it later, a child born cancelled from it, or the request it stands for, needs it.
 # The reason object the latest cancel_scope() created, if it created one (forced() relabels it).
 _last_created: weakref.ref[Any] | None = None
 
@@ -107,9 +105,7 @@ def timer_source(token: CancellationToken, why: str) -> None:
 
 
 def token_cancelled(
-    token: CancellationToken,
-    created: Iterable[object],
-    subtree: Iterable[CancellationToken] = (),
+    token: CancellationToken, created: Iterable[object], subtree: Iterable[CancellationToken]
 ) -> None:
     """``token.cancel()`` just cancelled its subtree's bound scopes, creating the reason
     objects ``created`` (what ``cancel_scopes`` returned); ``subtree`` is the tokens it marked
@@ -124,8 +120,6 @@ def token_cancelled(
         # token cancelled by hand while its timer is armed is an intentional cancellation.
         timer = _timer_sources.get(token)
         source = timer[0] if timer is not None and token.reason == timer[1] else "token"
-    token_sources[token] = source
-    token._source = source
     for node in subtree:
         node._source = source
     record_created(created, source)
@@ -138,12 +132,6 @@ def born_cancelled(child: CancellationToken, parent: CancellationToken) -> None:
         child._source = parent._source
 
 
-def source_of_token(token: CancellationToken) -> str | None:
-    """The source of the cancel that cancelled ``token``: its own cancel() or the one of the
-    ancestor that reached it (None if not recorded)."""
-    return token._source
-
-
 def bound_late(token: CancellationToken, scope: trio.CancelScope) -> None:
     """``scope`` was bound to ``token`` after it had been cancelled, and so was just cancelled
     (the core binds only new scopes, not yet entered: the reason it holds is that cancel's):
@@ -152,7 +140,7 @@ def bound_late(token: CancellationToken, scope: trio.CancelScope) -> None:
     if active:
         reason = _reason_of(scope)
         if reason is not None:
-            record_created((reason,), source_of_token(token) or "token")
+            record_created((reason,), token._source or "token")
 
 
 def record_created(created: Iterable[object], source: str) -> None:
@@ -206,21 +194,20 @@ def forced(sd: object, handle: TaskHandle[Any]) -> None:
     """The shutdown's phase 2 just aborted ``handle``'s task: the reason that abort created
     (not one the task's scope held before, from a token or an enclosing plain cancel) stands
     for ``shutdown_forced``."""
-    global _last_created
     shutdown(sd, "forced", handle)
-    created, _last_created = _last_created, None
-    if not active or created is None:
-        return
-    reason = _reason_of(handle._scope)
-    if reason is not None and reason is created():
-        known = lookup(reason)
-        _store(reason, "shutdown_forced", _now() if known is None else known[1])
+    _relabel(handle, "shutdown_forced")
 
 
 def aborted_for(handle: TaskHandle[Any], token: CancellationToken) -> None:
     """``handle.abort()`` was just called because ``token`` was cancelled (an ``on_cancel``
     callback, the middleware's): the reason that abort created stands for the token's source
     (its cancel's: ``request_timeout``, ``client_disconnect``, ...), not for ``abort``."""
+    _relabel(handle, token._source or "token")
+
+
+def _relabel(handle: TaskHandle[Any], source: str) -> None:
+    """The reason the ``handle.abort()`` just made created (if it created one) stands for
+    ``source``; it keeps the time of the cancel call."""
     global _last_created
     created, _last_created = _last_created, None
     if not active or created is None:
@@ -228,7 +215,7 @@ def aborted_for(handle: TaskHandle[Any], token: CancellationToken) -> None:
     reason = _reason_of(handle._scope)
     if reason is not None and reason is created():
         known = lookup(reason)
-        _store(reason, source_of_token(token) or "token", _now() if known is None else known[1])
+        _store(reason, source, _now() if known is None else known[1])
 
 
 def lookup(reason: object) -> tuple[str, float | None] | None:

@@ -412,12 +412,10 @@ def _tracing() -> bool:
     held = getattr(trace, "_TRACER_PROVIDER", _UNSET)
     if held is _tracer_checked:
         return False
-    try:
-        provider = trace.get_tracer_provider()  # loads one named by an environment variable
-    except Exception:  # noqa: BLE001 - telemetry must not break the work it observes
-        _log.exception("trio_cancel.otel: the tracer provider could not be loaded")
-        return False
-    _tracing_seen = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    _tracing_seen = _real_provider(
+        trace.get_tracer_provider,
+        lambda p: not isinstance(p, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)),
+    )
     if held is not _UNSET:
         _tracer_checked = held
     return _tracing_seen
@@ -431,15 +429,24 @@ def _metering() -> bool:
     held = getattr(_metrics_api, "_METER_PROVIDER", _UNSET)
     if held is _meter_checked:
         return False
-    try:
-        provider = metrics.get_meter_provider()  # loads one named by an environment variable
-    except Exception:  # noqa: BLE001 - as above
-        _log.exception("trio_cancel.otel: the meter provider could not be loaded")
-        return False
-    _metering_seen = type(provider).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider")
+    _metering_seen = _real_provider(
+        metrics.get_meter_provider,
+        lambda p: type(p).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider"),
+    )
     if held is not _UNSET:
         _meter_checked = held
     return _metering_seen
+
+
+def _real_provider(get: Callable[[], object], real: Callable[[object], bool]) -> bool:
+    """Whether the provider the API's getter ``get`` returns (loading one named by an
+    environment variable) is ``real``; a provider that cannot be loaded is logged, not raised
+    into the task that asked."""
+    try:
+        return real(get())
+    except Exception:  # noqa: BLE001 - telemetry must not break the work it observes
+        _log.exception("trio_cancel.otel: the %s could not be loaded", get.__name__[4:])
+        return False
 
 
 def _recording() -> bool:
@@ -590,14 +597,9 @@ def _request_cut(run: Any, outcome: object) -> None:  # noqa: ANN401 - the middl
     if forced:
         source, reason = "shutdown_forced", outcome.reason  # type: ignore[attr-defined]
     else:
-        reason = token.reason
-        shutdown = run.mw._shutdown
-        source = "token"
-        for candidate in (token, run.mw.token, None if shutdown is None else shutdown.token):
-            found = None if candidate is None else _hooks.token_sources.get(candidate)
-            if found is not None:
-                source = found
-                break
+        # The source of the cancel that reached the request's token: its own (a time limit, a
+        # disconnect) or an ancestor's (the middleware's token, the shutdown's).
+        reason, source = token.reason, token._source or "token"
     _mark(sp, source, reason, None)
 
 
