@@ -9,15 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import trio
 import trio.testing
+from _signals import ProgramHandler, send_together
 
 import trio_cancel as tc
 from trio_cancel.asgi import CancelMiddleware, serve_until_shutdown
@@ -339,53 +339,15 @@ def test_the_drain_ends_by_itself_after_drain_delay(tmp_path: Path) -> None:
     assert 0 <= phases["listener_closed"] <= phases["exit"]
 
 
-def _send_together(*signums: int) -> None:
-    """Send ``signums`` to this process so that they arrive at once: blocked while sent, they
-    are pending together when unblocked, and CPython runs their handlers in number order
-    (SIGINT before SIGTERM)."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
-    try:
-        for signum in signums:  # to this thread: another thread (a worker) would take a signal
-            signal.pthread_kill(threading.get_ident(), signum)  # sent to the process at once
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 async def test_sigterm_and_sigint_arriving_together_trigger_once_and_do_not_force() -> None:
     """An orchestrator's SIGTERM and a terminal's SIGINT at once: one trigger, at once (SIGINT
     is among them, so no drain), and the request in flight gets its grace period; not a
     trigger followed by "a signal after the trigger" that forces phase 2."""
-    in_flight = trio.Event()
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
-        if scope["type"] != "http":
-            raise RuntimeError("no lifespan support")
-        in_flight.set()
-        await trio.sleep(0.2)  # takes no token: only phase 2 would cut it short
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+    async def together() -> None:
+        send_together(signal.SIGTERM, signal.SIGINT)
 
-    reports: list[tc.LandingReport] = []
-    statuses: list[int] = []
-
-    async def serve(task_status: trio.TaskStatus[str]) -> None:
-        reports.append(
-            await serve_until_shutdown(
-                app, bind="127.0.0.1:0", grace=30.0, drain_delay=600, task_status=task_status
-            )
-        )
-
-    async def get(url: str) -> None:
-        async with httpx.AsyncClient(base_url=url) as client:
-            statuses.append((await client.get("/slow")).status_code)
-
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(serve)
-            nursery.start_soon(get, url)
-            await in_flight.wait()
-            _send_together(signal.SIGTERM, signal.SIGINT)
-    (report,) = reports
+    report, statuses = await _serve_one_slow_request(0.2, together, grace=30.0, drain_delay=600)
     assert statuses == [200]
     assert report.reason == "signal SIGINT"
     (row,) = report.tasks
@@ -393,25 +355,6 @@ async def test_sigterm_and_sigint_arriving_together_trigger_once_and_do_not_forc
     assert row.detail["status"] == 200  # type: ignore[index]
     assert report.phases["drain"] is None  # SIGINT was among them: no drain
     assert report.phases["phase_two"] is None  # and nothing forced it
-
-
-class _SigtermGuard:
-    """A handler of the test's own for SIGTERM while it sends SIGTERM to itself: a signal that
-    no server caught is counted here instead of ending the test run."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.saved: Any = None
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.calls += 1
-
-    def __enter__(self) -> Self:
-        self.saved = signal.signal(signal.SIGTERM, self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self.saved)
 
 
 async def test_two_servers_in_one_process_both_land_on_one_sigterm() -> None:
@@ -424,7 +367,7 @@ async def test_two_servers_in_one_process_both_land_on_one_sigterm() -> None:
             _fast_app, bind="127.0.0.1:0", grace=5.0, task_status=task_status
         )
 
-    with _SigtermGuard() as program, trio.fail_after(30):
+    with ProgramHandler(signal.SIGTERM) as program, trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             for name in ("public", "admin"):
                 url = await nursery.start(serve, name)
@@ -438,10 +381,15 @@ async def test_two_servers_in_one_process_both_land_on_one_sigterm() -> None:
 
 
 async def _serve_one_slow_request(
-    wind_down: float, signals: Callable[[], Awaitable[None]]
+    wind_down: float,
+    signals: Callable[[], Awaitable[None]],
+    *,
+    grace: float = 600.0,
+    drain_delay: float = 0.0,
 ) -> tuple[tc.LandingReport, list[int]]:
-    """Serve, send one request that takes ``wind_down`` seconds (no token: only phase 2 cuts
-    it short), and once it is in flight call ``await signals()``; the report and the status."""
+    """Serve (with ``grace`` and ``drain_delay``), send one request that takes ``wind_down``
+    seconds (no token: only phase 2 cuts it short), and once it is in flight call
+    ``await signals()``; the report and the status."""
     in_flight = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:  # noqa: ANN401
@@ -458,7 +406,11 @@ async def _serve_one_slow_request(
     async def serve(task_status: trio.TaskStatus[str]) -> None:
         reports.append(
             await serve_until_shutdown(
-                app, bind="127.0.0.1:0", grace=600.0, task_status=task_status
+                app,
+                bind="127.0.0.1:0",
+                grace=grace,
+                drain_delay=drain_delay,
+                task_status=task_status,
             )
         )
 

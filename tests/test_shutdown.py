@@ -7,14 +7,14 @@ import logging
 import math
 import os
 import signal
-import threading
 import tracemalloc
 import unicodedata
-from typing import Any, Self
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from _signals import ProgramHandler, send_together
 
 import trio_cancel as tc
 
@@ -263,17 +263,6 @@ async def test_signals_trigger_then_force_and_handlers_are_restored(
         gs.install_signal_handlers()
 
 
-def _send_together(*signums: int) -> None:
-    """Send ``signums`` to this process so that they arrive at once: blocked while sent, they
-    are pending together when unblocked, and CPython runs their handlers in number order."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
-    try:
-        for signum in signums:  # to this thread: another thread (a worker) would take a signal
-            signal.pthread_kill(threading.get_ident(), signum)  # sent to the process at once
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 async def test_signals_that_arrive_together_trigger_once_and_do_not_force(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -281,7 +270,7 @@ async def test_signals_that_arrive_together_trigger_once_and_do_not_force(
         gs.install_signal_handlers()
         polite = gs.spawn(cooperative, 0.5, name="polite")
         await trio.testing.wait_all_tasks_blocked()
-        _send_together(signal.SIGTERM, signal.SIGINT)  # an orchestrator's and a terminal's
+        send_together(signal.SIGTERM, signal.SIGINT)  # an orchestrator's and a terminal's
         await gs.token.wait_cancelled()
         report = await gs.wait()
     assert report.reason == "signal SIGINT"  # the first one dispatched
@@ -804,32 +793,12 @@ async def test_report_text_of_an_empty_shutdown_says_no_task_was_running() -> No
     )
 
 
-class _ProgramHandler:
-    """A program's own handler for a signal, installed for the test: it counts what reaches
-    it (a signal the library lost to it would otherwise go unseen)."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.calls = 0
-        self.saved: Any = None
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.calls += 1
-
-    def __enter__(self) -> Self:
-        self.saved = signal.signal(self.signum, self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(self.signum, self.saved)
-
-
 async def test_overlapping_shutdowns_each_get_every_signal_whatever_the_order_of_exits(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Two independent subsystems, each with its GracefulShutdown and its signal handlers,
     # whose blocks overlap without nesting: the first one opened ends first.
-    with _ProgramHandler(signal.SIGUSR1) as program:
+    with ProgramHandler(signal.SIGUSR1) as program:
         a_open, b_open, a_done = trio.Event(), trio.Event(), trio.Event()
         shutdowns: dict[str, tc.GracefulShutdown] = {}
         rude: list[tc.TaskHandle[None]] = []
@@ -874,7 +843,7 @@ async def test_overlapping_shutdowns_each_get_every_signal_whatever_the_order_of
 async def test_nested_shutdowns_each_get_every_signal(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with _ProgramHandler(signal.SIGUSR1) as program:
+    with ProgramHandler(signal.SIGUSR1) as program:
         async with tc.GracefulShutdown(grace=100.0) as outer:
             outer.install_signal_handlers(signal.SIGUSR1)
             async with tc.GracefulShutdown(grace=100.0) as inner:
@@ -958,7 +927,7 @@ def test_a_signal_caught_at_the_end_is_raised_again_from_the_exit_for_a_raising_
 async def test_a_signal_another_receiver_still_holds_is_not_raised_again() -> None:
     from trio_cancel._shutdown import open_signal_batches
 
-    with _ProgramHandler(signal.SIGUSR1) as program:
+    with ProgramHandler(signal.SIGUSR1) as program:
         with open_signal_batches([signal.SIGUSR1]) as outer:
             with open_signal_batches([signal.SIGUSR1]):
                 signal.raise_signal(signal.SIGUSR1)  # both caught it; the inner one leaves
