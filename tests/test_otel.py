@@ -1425,3 +1425,40 @@ def test_providers_named_by_environment_variables_before_instrument_are_seen() -
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+_UNLOADABLE_PROVIDER = """
+import logging, trio, trio.testing, trio_cancel as tc, trio_cancel.otel as tc_otel
+from opentelemetry import trace
+
+logged = []
+logging.getLogger("trio_cancel.otel").addHandler(
+    type("H", (logging.Handler,), {"emit": lambda self, r: logged.append(r.getMessage())})()
+)
+
+def unloadable():
+    raise ImportError("no such provider")
+
+tc_otel.instrument()
+trace.get_tracer_provider = unloadable  # as a bad OTEL_PYTHON_TRACER_PROVIDER entry point
+trace._TRACER_PROVIDER = object()  # the API's global changed: the getter is asked
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        handle = tc.spawn(nursery, trio.sleep_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        handle.abort("stop")
+    assert handle.outcome == tc.Aborted("stop"), handle.outcome
+
+trio.run(main)
+assert logged == ["trio_cancel.otel: the tracer provider could not be loaded"], logged
+print("ok")
+"""
+
+
+def test_a_provider_that_cannot_be_loaded_is_logged_not_raised_into_the_task() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _UNLOADABLE_PROVIDER], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -415,6 +415,7 @@ def _tracing() -> bool:
     _tracing_seen = _real_provider(
         trace.get_tracer_provider,
         lambda p: not isinstance(p, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)),
+        "tracer",
     )
     if held is not _UNSET:
         _tracer_checked = held
@@ -432,20 +433,21 @@ def _metering() -> bool:
     _metering_seen = _real_provider(
         metrics.get_meter_provider,
         lambda p: type(p).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider"),
+        "meter",
     )
     if held is not _UNSET:
         _meter_checked = held
     return _metering_seen
 
 
-def _real_provider(get: Callable[[], object], real: Callable[[object], bool]) -> bool:
+def _real_provider(get: Callable[[], object], real: Callable[[object], bool], what: str) -> bool:
     """Whether the provider the API's getter ``get`` returns (loading one named by an
     environment variable) is ``real``; a provider that cannot be loaded is logged, not raised
     into the task that asked."""
     try:
         return real(get())
     except Exception:  # noqa: BLE001 - telemetry must not break the work it observes
-        _log.exception("trio_cancel.otel: the %s could not be loaded", get.__name__[4:])
+        _log.exception("trio_cancel.otel: the %s provider could not be loaded", what)
         return False
 
 
