@@ -565,9 +565,7 @@ class GracefulShutdown(NurseryOwner):
         if self._all_exited.is_set():  # spawned after everything else had landed
             self._all_exited = trio.Event()
         if self._phase_two_reason is not None:
-            self._forced.add(handle)
-            handle.abort(self._phase_two_reason)
-            _hooks.forced(self, handle)  # trio_cancel.otel: the source
+            self._force_task(handle, self._phase_two_reason)
         return handle
 
     async def start(
@@ -639,13 +637,18 @@ class GracefulShutdown(NurseryOwner):
         # as the task cannot reach started()).
         _hooks.forced(self, handle)  # trio_cancel.otel: the source
 
+    def _force_task(self, handle: TaskHandle[Any], reason: str, *, tracked: bool = True) -> None:
+        """Phase 2 aborts ``handle`` (counted as forced in the report if ``tracked``)."""
+        if tracked:
+            self._forced.add(handle)
+        handle.abort(reason)
+        _hooks.forced(self, handle)  # trio_cancel.otel: the source
+
     def _task_started(self, handle: TaskHandle[Any]) -> None:
         self._starting.discard(handle)
         self._tracked[handle] = None
         if self._phase_two_reason is not None and not handle.is_finished():
-            self._forced.add(handle)
-            handle.abort(self._phase_two_reason)
-            _hooks.forced(self, handle)  # trio_cancel.otel: the source
+            self._force_task(handle, self._phase_two_reason)
 
     def spawn_process(
         self,
@@ -762,12 +765,9 @@ class GracefulShutdown(NurseryOwner):
             reason = self._phase_two_reason
             for handle in list(self._tracked):
                 if not handle.is_finished() and handle not in self._forced:
-                    self._forced.add(handle)
-                    handle.abort(reason)
-                    _hooks.forced(self, handle)  # trio_cancel.otel: the source
+                    self._force_task(handle, reason)
             for handle in list(self._starting):  # start() calls still waiting for started()
-                handle.abort(reason)
-                _hooks.forced(self, handle)  # trio_cancel.otel: the source
+                self._force_task(handle, reason, tracked=False)
 
     def _start_helper(self, async_fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start a helper task (not tracked) whose scope exists before it first runs, so that
